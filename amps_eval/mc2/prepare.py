@@ -1,0 +1,349 @@
+"""Build a local MC2 dataset from the authors' question file and a COCO 2014 image folder.
+
+The MC2 question file carries only COCO image ids; the images are COCO 2014 images that every user
+downloads separately. `prepare_mc2` joins the two once, embeds the image bytes, and writes a
+`datasets` folder (`save_to_disk`) with a manifest, so that evaluation runs read one self-contained
+folder (point `AMPS_MC2_DATA` at it) and never touch the COCO tree again.
+
+The folder format (shared with `synthetic.write_synthetic_mc2`)::
+
+    OUT/
+      dataset_dict.json, test/...   DatasetDict({"test": ...}) in the prepared schema (schema.py)
+      mc2_manifest.json             format version, source, counts, creation time, amps_eval version
+      skipped.json                  questions dropped for missing/unreadable images (may be [])
+
+Writing goes to a staging folder next to OUT that is renamed into place at the end, so an
+interrupted run never leaves a half-written folder that looks valid.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import hashlib
+import json
+import shutil
+import tempfile
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+from amps_eval.mc2.schema import (
+    CATEGORIES,
+    FORMAT_VERSION,
+    MANIFEST_NAME,
+    PREPARED_COLUMNS,
+    SKIPPED_NAME,
+    MC2FormatError,
+    coco_image_id,
+    prepared_features,
+    validate_question_record,
+)
+
+COCO_SPLITS: tuple[str, ...] = ("train2014", "val2014")
+"""The COCO 2014 image folders MC2 images come from, in the order they are searched."""
+
+MAX_LISTED_IDS = 20
+"""How many missing image ids an error message lists before summarising the rest."""
+
+
+class MissingImagesError(FileNotFoundError):
+    """Some MC2 questions have no readable COCO image; `problems` lists (mc2_id, image_id, reason)."""
+
+    def __init__(self, message: str, problems: Sequence[tuple[int, str, str]] = ()):
+        super().__init__(message)
+        self.problems = list(problems)
+
+
+class OutputDirError(FileExistsError):
+    """The output folder exists and is not something prepare-mc2 / synth-mc2 may overwrite."""
+
+
+@dataclass(frozen=True)
+class SkippedItem:
+    """One question left out of the prepared dataset and why."""
+
+    mc2_id: int
+    image_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class PrepareReport:
+    """What `prepare_mc2` wrote."""
+
+    out: Path
+    n_items: int
+    per_category: dict[str, int]
+    skipped: list[SkippedItem] = field(default_factory=list)
+    manifest: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_skipped(self) -> int:
+        return len(self.skipped)
+
+
+# --------------------------------------------------------------------------------------------
+# Question file and images
+# --------------------------------------------------------------------------------------------
+
+
+def file_sha256(path: Path) -> str:
+    """The sha256 hex digest of a file (identifies which question file a dataset was built from)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def load_question_records(questions: Path) -> list[dict[str, str]]:
+    """Read and validate an MC2 question file (a JSON list of records); raise `MC2FormatError`."""
+    questions = Path(questions)
+    if not questions.is_file():
+        raise FileNotFoundError(
+            f"MC2 question file {questions} does not exist. Download evaluate_final.json from the MC2 "
+            f"authors (EchoDreamer/Modality-Preference, data/evaluate_final.json) and pass its path."
+        )
+    try:
+        records = json.loads(questions.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise MC2FormatError(f"MC2 question file {questions} is not valid JSON ({exc}). Pass the "
+                             f"authors' evaluate_final.json (a JSON list of question objects).") from exc
+    if not isinstance(records, list):
+        raise MC2FormatError(
+            f"MC2 question file {questions} holds a JSON {type(records).__name__}, not a list of "
+            f"question objects. Pass the authors' evaluate_final.json."
+        )
+    if not records:
+        raise MC2FormatError(f"MC2 question file {questions} is an empty list; it needs at least one question.")
+    for index, record in enumerate(records):
+        validate_question_record(record, index)
+    return records
+
+
+def find_coco_image(images: Path, image_id: str) -> Path | None:
+    """The COCO 2014 file of `image_id` under `images` (train2014 first, then val2014), or None."""
+    cid = coco_image_id(image_id)
+    for split in COCO_SPLITS:
+        candidate = images / split / f"COCO_{split}_{cid}.jpg"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def check_image(path: Path | None) -> str | None:
+    """None when `path` is an image PIL can open and verify, else a short reason."""
+    from PIL import Image, UnidentifiedImageError
+
+    if path is None:
+        return "missing"
+    try:
+        with Image.open(path) as img:
+            img.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return f"unreadable ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _format_problem_ids(problems: Sequence[tuple[int, str, str]]) -> str:
+    shown = ", ".join(f"{image_id} (question {mc2_id}, {reason})" for mc2_id, image_id, reason in problems[:MAX_LISTED_IDS])
+    rest = len(problems) - MAX_LISTED_IDS
+    return shown + (f", ... and {rest} more" if rest > 0 else "")
+
+
+# --------------------------------------------------------------------------------------------
+# Output folder handling (shared with synthetic.py)
+# --------------------------------------------------------------------------------------------
+
+
+def is_prepared_dir(path: Path) -> bool:
+    """True if `path` is a folder written by `prepare_mc2` or `write_synthetic_mc2`."""
+    return (Path(path) / MANIFEST_NAME).is_file()
+
+
+def check_output_dir(out: Path) -> None:
+    """Refuse an output path that exists and is neither empty nor an earlier prepared folder."""
+    out = Path(out)
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise OutputDirError(f"Output path {out} exists and is not a folder. Choose a new folder for the MC2 data.")
+    if any(out.iterdir()) and not is_prepared_dir(out):
+        raise OutputDirError(
+            f"Output folder {out} is not empty and was not written by prepare-mc2 / synth-mc2 "
+            f"(it has no {MANIFEST_NAME}). Refusing to write into it: choose a new or empty folder."
+        )
+
+
+def base_manifest(source: str, n_items: int, per_category: Mapping[str, int], n_skipped: int) -> dict[str, Any]:
+    """The manifest fields every prepared folder has; callers add source-specific ones."""
+    from amps_eval import __version__
+
+    return {
+        "format": "amps-eval-mc2",
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "n_items": int(n_items),
+        "per_category": {name: int(per_category.get(name, 0)) for name in CATEGORIES},
+        "n_skipped": int(n_skipped),
+        "columns": list(PREPARED_COLUMNS),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "amps_eval_version": __version__,
+    }
+
+
+def write_prepared_dir(dataset, out: Path, manifest: Mapping[str, Any], skipped: Sequence[SkippedItem] = ()) -> Path:
+    """Write `dataset` as `DatasetDict({"test": dataset})` + manifest + skipped.json into `out`.
+
+    The folder is assembled in a staging folder beside `out` and renamed into place, replacing an
+    earlier prepared folder (checked by `check_output_dir`) only once everything is written.
+    """
+    import datasets
+
+    out = Path(out).absolute()
+    check_output_dir(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        datasets.DatasetDict({"test": dataset}).save_to_disk(str(staging))
+        (staging / SKIPPED_NAME).write_text(
+            json.dumps([vars(item) for item in skipped], indent=2) + "\n", encoding="utf-8"
+        )
+        # The manifest goes last: its presence is what marks the folder as complete.
+        (staging / MANIFEST_NAME).write_text(json.dumps(dict(manifest), indent=2) + "\n", encoding="utf-8")
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+@contextlib.contextmanager
+def datasets_progress(enabled: bool) -> Iterator[None]:
+    """Silence the `datasets` progress bars inside the block when `enabled` is False.
+
+    `datasets` keeps this switch process-wide; the previous setting is restored on exit.
+    """
+    import datasets
+
+    was_disabled = datasets.are_progress_bars_disabled()
+    if not enabled and not was_disabled:
+        datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if not enabled and not was_disabled:
+            datasets.enable_progress_bars()
+
+
+# --------------------------------------------------------------------------------------------
+# prepare_mc2
+# --------------------------------------------------------------------------------------------
+
+
+def _prepared_rows(items: Sequence[tuple[int, Mapping[str, str], str]]) -> Iterator[dict[str, Any]]:
+    """Rows of the prepared schema; image bytes are read here so they are never all in memory."""
+    for mc2_id, record, image_path in items:
+        path = Path(image_path)
+        yield {
+            "mc2_id": mc2_id,
+            "category": record["task"],
+            "image_id": coco_image_id(record["image_id"]),
+            "question": record["question"],
+            "context": record["context"],
+            "answer_vision": record["answer_vision"],
+            "answer_text": record["answer_text"],
+            "image": {"bytes": path.read_bytes(), "path": path.name},
+        }
+
+
+def prepare_mc2(
+    questions: Path,
+    images: Path,
+    out: Path,
+    skip_missing: bool = False,
+    progress: bool = True,
+) -> PrepareReport:
+    """Join the MC2 question file with COCO 2014 images and write a prepared dataset folder.
+
+    questions: the authors' evaluate_final.json. images: the COCO 2014 root holding train2014/ and/or
+    val2014/. out: the folder to write (new, empty, or an earlier prepare-mc2/synth-mc2 output).
+    Every record is validated first (`MC2FormatError` names the index and field). A missing or
+    unreadable image raises `MissingImagesError` unless `skip_missing`, which drops those questions
+    and lists them in out/skipped.json. `mc2_id` stays the index in the question file either way.
+    """
+    import datasets
+    from tqdm.auto import tqdm
+
+    questions, images, out = Path(questions), Path(images), Path(out)
+    check_output_dir(out)
+    records = load_question_records(questions)
+    if not images.is_dir():
+        raise MissingImagesError(
+            f"COCO image folder {images} does not exist. Download the COCO 2014 train and val images "
+            f"(train2014/, val2014/) and pass the folder that contains them."
+        )
+    if not any((images / split).is_dir() for split in COCO_SPLITS):
+        raise MissingImagesError(
+            f"COCO image folder {images} has neither train2014/ nor val2014/. Pass the COCO 2014 root, "
+            f"the folder that contains train2014/ and val2014/."
+        )
+
+    kept: list[tuple[int, Mapping[str, str], str]] = []
+    problems: list[tuple[int, str, str]] = []
+    for mc2_id, record in enumerate(
+        tqdm(records, desc="Checking COCO images", unit="img", disable=not progress)
+    ):
+        path = find_coco_image(images, record["image_id"])
+        reason = check_image(path)
+        if reason is None:
+            kept.append((mc2_id, record, str(path)))
+        else:
+            problems.append((mc2_id, coco_image_id(record["image_id"]), reason))
+
+    if problems and (not skip_missing or not kept):
+        n_ids = len({image_id for _, image_id, _ in problems})
+        lead = (
+            f"None of the {len(records)} MC2 questions has a readable image under {images}"
+            if not kept
+            else f"{len(problems)} of {len(records)} MC2 questions ({n_ids} COCO images) have no readable image under {images}"
+        )
+        raise MissingImagesError(
+            f"{lead}: {_format_problem_ids(problems)}. Images are looked up as "
+            f"train2014/COCO_train2014_<id>.jpg or val2014/COCO_val2014_<id>.jpg. Fix the COCO root "
+            f"(download the missing COCO 2014 images) or pass --skip-missing (skip_missing=True) "
+            f"to leave those questions out.",
+            problems,
+        )
+
+    with tempfile.TemporaryDirectory(prefix="amps-mc2-build-") as cache_dir, datasets_progress(progress):
+        dataset = datasets.Dataset.from_generator(
+            _prepared_rows,
+            features=prepared_features(),
+            cache_dir=cache_dir,
+            gen_kwargs={"items": kept},
+            split=datasets.Split.TEST,
+        )
+        per_category = dict(Counter(record["task"] for _, record, _ in kept))
+        skipped = [SkippedItem(mc2_id, image_id, reason) for mc2_id, image_id, reason in problems]
+        manifest = base_manifest("questions", len(kept), per_category, len(skipped))
+        manifest.update(
+            {
+                "questions_file": questions.name,
+                "questions_sha256": file_sha256(questions),
+                "n_questions": len(records),
+            }
+        )
+        write_prepared_dir(dataset, out, manifest, skipped)
+        del dataset  # release the cache files before the temporary folder is removed
+    return PrepareReport(
+        out=out,
+        n_items=len(kept),
+        per_category={name: manifest["per_category"][name] for name in CATEGORIES},
+        skipped=skipped,
+        manifest=manifest,
+    )

@@ -1,0 +1,95 @@
+"""MC2 prompts and option order (pure functions, no model code).
+
+The question prompt follows the MC2 authors (NOTES.md section 2):
+
+    Text context: <context>
+    <question>
+    A. <option 1>
+    B. <option 2>
+    Answer the question by selecting the correct answer A or B.
+
+with the image before the text in the user turn.
+
+Option order. The authors ask every item twice with the options swapped; how they combine the two
+answers is unpublished. amps-eval asks each item once by default (``orders="one"``) and puts the
+image-supported answer first for exactly the items with an even ``mc2_id``: deterministic, half of
+the items each way, and independent of the run. ``orders="both"`` asks both orders and an item
+counts for a modality only when both answers follow it (see ``amps_eval.mc2.metrics``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+Target = Literal["vision", "text"]
+TARGETS: tuple[str, ...] = ("vision", "text")
+ORDER_MODES: tuple[str, ...] = ("one", "both")
+ANSWER_INSTRUCTION = "Answer the question by selecting the correct answer A or B."
+
+# The MC2 authors' instructions toward each modality (NOTES.md section 2).
+MODALITY_INSTRUCTIONS: dict[str, str] = {
+    "vision": (
+        "In case there is an inconsistency between the text context and the image content, "
+        "you should follow the image content rather than the text context."
+    ),
+    "text": (
+        "In case there is an inconsistency between the text context and the image content, "
+        "you must rely on the text context rather than the input image content."
+    ),
+}
+
+
+@dataclass(frozen=True)
+class OptionOrder:
+    """Which answer is printed as option A and which as option B."""
+
+    vision_first: bool
+
+    @property
+    def vision_letter(self) -> str:
+        return "A" if self.vision_first else "B"
+
+    @property
+    def text_letter(self) -> str:
+        return "B" if self.vision_first else "A"
+
+    @property
+    def name(self) -> str:
+        return "vision_first" if self.vision_first else "text_first"
+
+
+def default_order(mc2_id: int) -> OptionOrder:
+    """The single order asked with ``orders="one"``: image answer first for even ids."""
+    return OptionOrder(vision_first=int(mc2_id) % 2 == 0)
+
+
+def orders_for(mc2_id: int, mode: str) -> list[OptionOrder]:
+    """The option orders asked for one item under an order mode."""
+    if mode == "one":
+        return [default_order(mc2_id)]
+    if mode == "both":
+        return [OptionOrder(vision_first=True), OptionOrder(vision_first=False)]
+    raise ValueError(f"unknown option-order mode {mode!r}; expected one of {ORDER_MODES}")
+
+
+def options(answer_vision: str, answer_text: str, order: OptionOrder) -> tuple[str, str]:
+    """(option A, option B) for an item under an order."""
+    return (answer_vision, answer_text) if order.vision_first else (answer_text, answer_vision)
+
+
+def question_prompt(context: str, question: str, option_a: str, option_b: str) -> str:
+    """The MC2 authors' prompt text (the image goes before it in the user turn)."""
+    return f"Text context: {context}\n{question}\nA. {option_a}\nB. {option_b}\n{ANSWER_INSTRUCTION}"
+
+
+def doc_prompt(doc: dict) -> str:
+    """`question_prompt` for a task document (which carries its option order)."""
+    return question_prompt(doc["context"], doc["question"], doc["option_a"], doc["option_b"])
+
+
+def answer_letter(doc: dict, modality: str) -> str:
+    """The option letter that follows ``modality`` in a task document."""
+    if modality not in TARGETS:
+        raise ValueError(f"unknown modality {modality!r}; expected one of {TARGETS}")
+    return doc["vision_letter"] if modality == "vision" else ("B" if doc["vision_letter"] == "A" else "A")

@@ -1,0 +1,66 @@
+"""lmms-eval integration: the `lmms_eval.models` entry point and the task-folder registration.
+
+This module must stay import-light (no torch, no transformers): lmms-eval loads entry points while
+importing `lmms_eval.models`, and an exception here only becomes a logged warning followed by
+"model not found".
+
+Why the task folder is registered here
+--------------------------------------
+lmms-eval 0.7.3 only finds tasks of another package through `--include_path` (or
+`TaskManager(include_path=...)`). Its `LMMS_EVAL_PLUGINS` variable is read *after* the task index
+is built, so it does not work. The model entry point is loaded before any `TaskManager` exists, so
+`manifests()` wraps `TaskManager.initialize_tasks` once to append this package's task folder. That
+wrapper is the only place amps-eval touches lmms-eval internals; `tests/test_registration.py`
+checks that `lmms-eval --tasks list` shows the tasks with no flag and that `--include_path` still
+works. Set `AMPS_EVAL_NO_TASK_AUTOREGISTER=1` to switch it off.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+
+MODEL_CLASSES = {
+    "amps_qwen": "amps_eval.model_wrappers.qwen.AmpsQwen",
+    "amps_llava": "amps_eval.model_wrappers.llava.AmpsLlava",
+}
+
+_MARKER = "_amps_eval_task_dir"
+
+
+def task_dir() -> str:
+    """The folder holding the MC2 task YAMLs (installed as `amps_eval.tasks`)."""
+    import amps_eval.tasks
+
+    return str(Path(amps_eval.tasks.__file__).parent)
+
+
+def register_task_dir() -> None:
+    """Make every `TaskManager` index this package's tasks (idempotent)."""
+    if os.environ.get("AMPS_EVAL_NO_TASK_AUTOREGISTER"):
+        return
+    from lmms_eval.tasks import TaskManager
+
+    original = TaskManager.initialize_tasks
+    if getattr(original, _MARKER, None):
+        return
+    ours = task_dir()
+
+    @functools.wraps(original)
+    def initialize_tasks(self, include_path=None, include_defaults=True):
+        paths = [include_path] if isinstance(include_path, str) else list(include_path or [])
+        if not any(os.path.abspath(p) == ours for p in paths):
+            paths.append(ours)
+        return original(self, include_path=paths, include_defaults=include_defaults)
+
+    setattr(initialize_tasks, _MARKER, ours)
+    TaskManager.initialize_tasks = initialize_tasks
+
+
+def manifests():
+    """Entry point target: the ModelManifests of `amps_qwen` and `amps_llava`."""
+    from lmms_eval.models.registry_v2 import ModelManifest
+
+    register_task_dir()
+    return [ModelManifest(model_id=name, simple_class_path=path) for name, path in MODEL_CLASSES.items()]

@@ -1,0 +1,386 @@
+"""One forward-hook mechanism for every steering method (mean steering, L2S, AMPS).
+
+Every method adds ``alpha * v`` to the output of one decoder layer; they differ only in where ``v``
+comes from (a fixed vector per row, or a module applied to the layer's own output at the last prompt
+token). Keeping one mechanism means the methods are compared on equal terms: the same positions,
+the same padding rules and the same dtype handling.
+
+Prefill versus decode. ``generate`` runs one forward over the whole prompt (the prefill), then one
+forward per new token against the KV cache. A hook only sees hidden states, so it tells the two
+apart by counting calls and by the prompt length ``T`` (the width of ``attention_mask``, or the
+first call's length when no mask is given):
+
+* the first call must cover exactly the prompt (``T`` positions): the prefill;
+* a later call of length 1 is a decode step: one generated token per row, never padding;
+* a later call of length ``S >= T`` is a full re-run without cache (``use_cache=False``): its first
+  ``T`` positions are the prompt again and the remaining ``S - T`` are generated tokens;
+* anything else (``1 < S < T``: chunked prefill, speculative decoding) is refused loudly rather
+  than steered at guessed positions.
+
+So one context covers one batch: enter a new context for each batch and its generation.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import torch
+from torch import Tensor, nn
+
+POSITIONS = ("all", "generated", "from_last_prompt")
+
+__all__ = [
+    "POSITIONS",
+    "Capture",
+    "SteeringHandle",
+    "capture",
+    "decoder_layers",
+    "hidden_size",
+    "steer",
+    "steer_with_module",
+]
+
+
+def _layer_output(output: Tensor | tuple) -> Tensor:
+    """The hidden states of a decoder layer's output (a tensor in transformers 5.x, else a tuple)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class _CallTracker:
+    """Classifies each forward through the hooked layer (see the module docstring).
+
+    ``next(h)`` returns a bool [B, S] mask of the positions to shift, or None for "every position"
+    (a decode step): the per-call state lives here, never in module globals.
+    """
+
+    def __init__(self, attention_mask: Tensor | None, positions: str) -> None:
+        self.mask = None if attention_mask is None else attention_mask.detach().bool()
+        self.prompt_len = None if attention_mask is None else int(attention_mask.shape[1])
+        self.positions = positions
+        self.calls = 0
+        if self.mask is not None and not self.mask.any(dim=1).all():
+            raise ValueError("attention_mask has a row with no real token")
+
+    def last_index(self, device: torch.device) -> Tensor:
+        """[B] index of each row's last prompt token (T-1 under left padding)."""
+        if self.mask is None:
+            return torch.full((1,), self.prompt_len - 1, device=device, dtype=torch.long)
+        t = self.mask.shape[1]
+        return (t - 1 - self.mask.flip(1).int().argmax(dim=1)).to(device)
+
+    def next(self, h: Tensor) -> Tensor | None:
+        rows, s = h.shape[0], h.shape[1]
+        first = self.calls == 0
+        self.calls += 1
+        if first and self.prompt_len is None:
+            self.prompt_len = s
+        t = self.prompt_len
+        if first and s != t:
+            raise ValueError(
+                f"the first forward through the steered layer saw {s} positions but the "
+                f"attention_mask has {t}: pass the attention_mask of the prompt being run "
+                "(after image-token expansion), and use one steering context per batch"
+            )
+        if not first and s == 1:
+            return None
+        if s < t:
+            raise ValueError(
+                f"forward of {s} positions inside a steering context for a {t}-token prompt: "
+                "chunked prefill / speculative decoding are not supported"
+            )
+        if self.mask is None:
+            prompt = torch.ones(1, t, dtype=torch.bool, device=h.device)
+        else:
+            prompt = _expand_rows(self.mask.to(h.device), rows)
+        if self.positions == "generated":
+            prompt = torch.zeros_like(prompt)
+        elif self.positions == "from_last_prompt":
+            idx = torch.arange(t, device=h.device)[None]
+            prompt = idx == _expand_rows(self.last_index(h.device)[:, None], prompt.shape[0])
+        gen = torch.ones(prompt.shape[0], s - t, dtype=torch.bool, device=h.device)
+        return torch.cat([prompt, gen], dim=1)
+
+
+def _expand_rows(x: Tensor, rows: int) -> Tensor:
+    """Match a per-row tensor to the hidden batch: 1 row broadcasts, B rows repeat for beams."""
+    if x.shape[0] in (1, rows):
+        return x
+    if rows % x.shape[0]:
+        raise ValueError(f"batch size mismatch: steering was set up for {x.shape[0]} rows, the model ran {rows}")
+    return x.repeat_interleave(rows // x.shape[0], dim=0)
+
+
+def _apply_shift(output: Tensor | tuple, h: Tensor, shift: Tensor, where: Tensor | None):
+    """Add shift [B|1, D] at the positions ``where`` [B|1, S] (None: all) of h; rebuild output.
+
+    torch.where keeps the untouched positions bit-identical (padding stays exactly as it was).
+    """
+    if where is not None and not where.any():
+        return None
+    shift = _expand_rows(shift.to(device=h.device, dtype=h.dtype), h.shape[0])[:, None, :]
+    new = h + shift if where is None else torch.where(where[..., None], h + shift, h)
+    return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
+
+
+_LAYER_PATHS = ("model.language_model.layers", "language_model.layers", "model.layers")
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers of the language model inside an MLLM.
+
+    Found by attribute path, not by model name, so any architecture laid out like transformers 5.x
+    Qwen2.5-VL / LLaVA (``model.model.language_model.layers``) works, and anything else fails here
+    instead of silently steering nothing.
+    """
+    for path in _LAYER_PATHS:
+        obj: object = model
+        for name in path.split("."):
+            obj = getattr(obj, name, None)
+            if obj is None:
+                break
+        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
+            return obj
+    raise AttributeError(
+        f"cannot find the decoder layers of {type(model).__name__}: looked for "
+        + ", ".join(f"`<model>.{p}`" for p in _LAYER_PATHS)
+        + " (a non-empty nn.ModuleList). Steering supports models laid out like transformers 5.x "
+        "Qwen2_5_VLForConditionalGeneration / LlavaForConditionalGeneration."
+    )
+
+
+def hidden_size(model: nn.Module) -> int:
+    """Hidden size of the language model (the text config of a composite MLLM config)."""
+    config = getattr(model, "config", None)
+    text = config.get_text_config() if hasattr(config, "get_text_config") else config
+    size = getattr(text, "hidden_size", None)
+    if not isinstance(size, int):
+        raise AttributeError(f"{type(model).__name__} has no text-config hidden_size")
+    return size
+
+
+def _layer(model: nn.Module, layer: int) -> nn.Module:
+    layers = decoder_layers(model)
+    if not isinstance(layer, int) or isinstance(layer, bool) or not 0 <= layer < len(layers):
+        raise IndexError(
+            f"layer {layer!r} is out of range for {type(model).__name__}: "
+            f"valid decoder layers are 0..{len(layers) - 1}"
+        )
+    return layers[layer]
+
+
+@dataclass
+class SteeringHandle:
+    """What a steering context applied, for diagnostics (yielded by ``steer*``).
+
+    ``vectors`` is [B, D] (or [1, D] for a broadcast vector) float32: the given vectors, or for
+    ``steer_with_module`` the module's predictions, filled in at prefill. ``alpha`` is [B] or [1].
+    """
+
+    layer: int
+    positions: str
+    alpha: Tensor
+    vectors: Tensor | None = None
+    calls: int = 0
+
+    @property
+    def norms(self) -> Tensor:
+        """Per-row L2 norm of v (before alpha)."""
+        if self.vectors is None:
+            raise RuntimeError("no vector yet: the model has not run inside the steering context")
+        return self.vectors.norm(dim=-1)
+
+    @property
+    def shift_norms(self) -> Tensor:
+        """Per-row L2 norm of the shift actually added, alpha * v."""
+        return (self.alpha.to(self.norms.device) * self.norms).abs()
+
+
+def _alpha_tensor(alpha: float | Tensor) -> Tensor:
+    a = torch.as_tensor(alpha, dtype=torch.float32).detach().cpu().reshape(-1)
+    if a.numel() == 0 or not torch.isfinite(a).all():
+        raise ValueError(f"alpha must be finite, got {alpha!r}")
+    return a
+
+
+def _check_batch(name: str, size: int, batch: int | None) -> int | None:
+    if size == 1:
+        return batch
+    if batch is not None and batch != size:
+        raise ValueError(f"batch size mismatch: {name} has {size} rows, expected {batch}")
+    return size
+
+
+def _prepare(model, layer, alpha, attention_mask, positions):
+    if positions not in POSITIONS:
+        raise ValueError(f"positions must be one of {POSITIONS}, got {positions!r}")
+    module = _layer(model, layer)
+    a = _alpha_tensor(alpha)
+    batch = None if attention_mask is None else attention_mask.shape[0]
+    batch = _check_batch("alpha", a.numel(), batch)
+    return module, a, batch
+
+
+@contextmanager
+def _hooked(module: nn.Module, hook: Callable) -> Iterator[None]:
+    handle = module.register_forward_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+@contextmanager
+def steer(
+    model: nn.Module,
+    layer: int,
+    vectors: Tensor,
+    alpha: float | Tensor,
+    attention_mask: Tensor | None = None,
+    positions: str = "all",
+) -> Iterator[SteeringHandle]:
+    """Add ``alpha * v`` to the output of decoder layer ``layer`` while the context is open.
+
+    ``vectors`` is [D] (one vector for every row) or [B, D] (row i gets vectors[i]); ``alpha`` a
+    float or a [B] tensor. Left-padding positions of the prompt (``attention_mask == 0``) are never
+    touched. ``positions``: "all" (every prompt position and every generated token, as L2S),
+    "generated" (generated tokens only), "from_last_prompt" (the last prompt token and after).
+    """
+    module, a, batch = _prepare(model, layer, alpha, attention_mask, positions)
+    v = torch.as_tensor(vectors).detach()
+    if v.dim() == 1:
+        v = v[None]
+    d = hidden_size(model)
+    if v.dim() != 2 or v.shape[-1] != d:
+        raise ValueError(
+            f"steering vector shape {tuple(vectors.shape)} does not match the model: expected "
+            f"[{d}] or [B, {d}] (hidden size of {type(model).__name__} is {d})"
+        )
+    _check_batch("vectors", v.shape[0], batch)
+    if a.numel() > 1 and v.shape[0] > 1 and a.numel() != v.shape[0]:
+        raise ValueError(f"batch size mismatch: alpha has {a.numel()} rows, vectors {v.shape[0]}")
+    v = v.float()
+    if not torch.isfinite(v).all():
+        raise ValueError("steering vectors contain non-finite values")
+    shift = a[:, None].to(v.device) * v
+    handle = SteeringHandle(layer=layer, positions=positions, alpha=a, vectors=v.cpu())
+    tracker = _CallTracker(attention_mask=attention_mask, positions=positions)
+    moved: dict[tuple, Tensor] = {}  # the shift on each (device, dtype) seen: one copy, not one per step
+
+    def hook(_module, _args, output):
+        h = _layer_output(output)
+        where = tracker.next(h)
+        handle.calls += 1
+        key = (h.device, h.dtype)
+        if key not in moved:
+            moved[key] = shift.to(device=h.device, dtype=h.dtype)
+        return _apply_shift(output, h, moved[key], where)
+
+    with _hooked(module, hook):
+        yield handle
+
+
+@contextmanager
+def steer_with_module(
+    model: nn.Module,
+    layer: int,
+    module: nn.Module,
+    alpha: float | Tensor,
+    attention_mask: Tensor | None = None,
+    positions: str = "all",
+) -> Iterator[SteeringHandle]:
+    """L2S / AMPS at inference: the shift is predicted from the hooked layer's own output.
+
+    At prefill, v_i = module(h_i at the last prompt token) is computed once per row (from the
+    unsteered output, the input the module was trained on) and cached; ``alpha * v_i`` is then
+    added like in :func:`steer`, including at the position it was read from and at every generated
+    token. The last prompt token is the last position with ``attention_mask == 1`` (index -1 under
+    left padding). ``handle.vectors`` holds the predicted v after prefill.
+    """
+    layer_module, a, batch = _prepare(model, layer, alpha, attention_mask, positions)
+    d = hidden_size(model)
+    handle = SteeringHandle(layer=layer, positions=positions, alpha=a)
+    tracker = _CallTracker(attention_mask=attention_mask, positions=positions)
+    state: dict[str, Tensor] = {}
+
+    def hook(_module, _args, output):
+        h = _layer_output(output)
+        where = tracker.next(h)
+        if "shift" not in state:
+            rows = torch.arange(h.shape[0], device=h.device)
+            last = h[rows, _expand_rows(tracker.last_index(h.device), h.shape[0])]
+            param = next(module.parameters(), None)
+            if param is not None:
+                last = last.to(device=param.device, dtype=param.dtype)
+            with torch.no_grad():
+                v = module(last).detach().float()
+            if v.shape != (h.shape[0], d):
+                raise ValueError(
+                    f"steering module returned shape {tuple(v.shape)}, expected ({h.shape[0]}, {d})"
+                )
+            if not torch.isfinite(v).all():
+                raise ValueError("steering module predicted non-finite vectors")
+            handle.vectors = v.cpu()
+            shift = _expand_rows(a[:, None], h.shape[0]).to(v.device) * v
+            state["shift"] = shift.to(device=h.device, dtype=h.dtype)  # moved once, not per step
+        handle.calls += 1
+        return _apply_shift(output, h, state["shift"], where)
+
+    with _hooked(layer_module, hook):
+        yield handle
+
+
+@dataclass
+class Capture:
+    """Outputs of one decoder layer recorded inside :func:`capture` (detached).
+
+    ``outputs[0]`` is the prefill ([B, T, D]); decode steps follow as [B, 1, D]. The capture sees the
+    output as modified by hooks registered before it (e.g. an enclosing ``steer``).
+    """
+
+    layer: int
+    outputs: list[Tensor] = field(default_factory=list)
+
+    @property
+    def first(self) -> Tensor:
+        if not self.outputs:
+            raise RuntimeError(f"nothing captured at layer {self.layer}: the model did not run")
+        return self.outputs[0]
+
+    def last_token(self, attention_mask: Tensor | None = None) -> Tensor:
+        """[B, D] output at each row's last prompt token (last position with mask 1)."""
+        h = self.first
+        if attention_mask is None:
+            return h[:, -1]
+        tracker = _CallTracker(attention_mask=attention_mask, positions="all")
+        tracker.next(h)
+        return h[torch.arange(h.shape[0], device=h.device), tracker.last_index(h.device)]
+
+
+@contextmanager
+def capture(
+    model: nn.Module,
+    layer: int,
+    *,
+    first_only: bool = False,
+    dtype: torch.dtype | None = None,
+    device: torch.device | str | None = None,
+) -> Iterator[Capture]:
+    """Record the output of decoder layer ``layer`` (the HF ``hidden_states[layer + 1]``).
+
+    ``first_only`` keeps only the prefill (saves memory during generation); ``dtype`` / ``device``
+    convert what is kept (e.g. float32 on CPU for fitting).
+    """
+    module = _layer(model, layer)
+    record = Capture(layer=layer)
+
+    def hook(_module, _args, output):
+        if first_only and record.outputs:
+            return None
+        h = _layer_output(output).detach()
+        record.outputs.append(h.to(device=device or h.device, dtype=dtype or h.dtype))
+        return None
+
+    with _hooked(module, hook):
+        yield record

@@ -1,0 +1,641 @@
+"""Modality Contribution Score (MCS), AMPS (arXiv 2602.12533) Algorithm 1 / Eq. 7.
+
+For one prompt ``x`` with clean next-token distribution ``p_x`` (at the last prompt token):
+
+* for every noise level ``sigma`` in ``settings.sigmas``, every modality ``m`` in (vision, text) and
+  every Monte Carlo draw ``n < settings.draws``: add Gaussian noise to the K and V entries of EVERY
+  decoder layer at the prompt positions of modality ``m`` only, run the last prompt token against
+  that perturbed cache to get ``p_z``, and compute ``L = CE(p_x, p_z) = -sum p_x log p_z``;
+* score = ``||dL/d(perturbed KV entries)||^2 / max(L, eps)`` where the gradient is taken with
+  respect to the perturbed K/V entries only (all layers, K and V, modality-``m`` positions);
+* ``C_m`` = mean of the scores over draws and sigmas; ``r_v = C_V / (C_V + C_T)``.
+
+Decisions (the paper leaves them open, see NOTES.md section 1)
+---------------------------------------------------------------
+* **Relative noise** (``relative=True``, default): the noise std for layer ``l``, K (resp. V),
+  modality ``m`` is ``sigma * std(K_l[m-positions of this sample])`` (population std over heads,
+  positions and head dims, fp32, of the clean cache). Computed over the *perturbed positions of the
+  sample* rather than over the whole layer cache because (a) the whole batch cache contains padding
+  rows/columns, so its std would depend on batch composition and break padding invariance; (b) even
+  the whole valid cache of one sample is dominated by a handful of attention-sink tokens (BOS /
+  system prompt) with K/V norms orders of magnitude above the rest, which would make "sigma" mean a
+  huge perturbation for one modality and none for the other. Per-modality scaling makes sigma mean
+  "this fraction of that modality's own spread" in every layer and every model.
+  ``relative=False`` uses ``sigma`` as an absolute std.
+* **Sigmas** default ``(0.05, 0.1, 0.2)``: small enough that the perturbed cache stays in the
+  neighbourhood where the gradient is informative (a local sensitivity probe), large enough that
+  ``p_z`` differs measurably from ``p_x`` in bf16; three levels average out the dependence on one
+  scale. ``draws=2``: 3 sigmas x 2 modalities x 2 draws = 12 perturbations per sample.
+* **Cache positions**: the prompt is prefilled once (full prompt, with explicit position ids) and the
+  cache is cut to the first ``T-1`` positions; ``p_x`` is the prefill's distribution at the last
+  prompt token, which is exactly the distribution the single-token pass yields on the unperturbed
+  cut cache. The last prompt token itself is the query and is never perturbed (its K/V are computed
+  fresh in the single-token pass), even when ``text_mask`` marks it. The modality masks are
+  intersected with ``attention_mask`` (padding is never perturbed), so ``text_mask = ~vision_mask`` is
+  an acceptable input.
+* **Noise** comes from one ``torch.Generator`` per sample on the model's device, seeded with
+  ``sample_seed(settings.seed, sample_id)`` (sample id defaults to its index in the batch). The noise
+  of a sample therefore does not depend on the batch it is in, its padding, or ``batched``. Order of
+  draws per sample, each a standard normal of shape ``[kv_heads, n_m, head_dim]`` (``n_m`` = number
+  of perturbed positions of modality ``m``, in increasing position order), in float32::
+
+      for sigma in sigmas: for m in ("vision", "text"): for draw in range(draws):
+          for layer in range(num_layers): K noise, then V noise
+
+  The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with ``w`` = float32
+  (float64 for a float64 model) and ``std`` a Python float.
+* **Batched mode** replicates the cut cache once per perturbation (of all samples) along the batch
+  dimension and runs ONE forward and ONE backward: the gradient of the summed losses w.r.t. copy
+  ``p``'s cache is copy ``p``'s own gradient because copies never interact.
+  ``max_copies_per_pass`` bounds the replication for large models (default ``None``: all at once).
+* **Degenerate samples**: a non-finite score, or ``C_V = C_T = 0`` (p_x one-hot to working
+  precision, so that CE and every gradient underflow to exactly 0 and r_v is undefined), raises
+  ``NonFiniteMCSError`` naming the sample ids; NaN is never returned. A CE below ``eps`` (a very
+  peaked but not degenerate p_x) is guarded by ``max(L, eps)`` and gives finite scores.
+* Only cached perturbation tensors require grad; the model is put in eval mode with all parameters
+  frozen for the call, and every module's training flag and every parameter's ``requires_grad`` are
+  restored afterwards (try/finally). CE and the squared gradient norm are computed in float32.
+
+Caveats for wrapper authors
+---------------------------
+* Left padding is required (``attention_mask[:, -1]`` must be 1 for every row).
+* Qwen2.5-VL: positions are 3-D mrope from ``model.model.get_rope_index``, which in transformers
+  5.x needs ``mm_token_type_ids``; a processor call without ``return_mm_token_type_ids=True`` does
+  not return it, and the model's own forward then silently falls back to 1-D positions. Here it is
+  rebuilt from ``input_ids`` (image/video token ids) when absent, and positions are always passed
+  explicitly, so the model's stateful ``rope_deltas`` is neither read nor written.
+* LLaVA: positions are ``cumsum(attention_mask) - 1`` (as in ``generate``), so a left-padded sample
+  gets the same positions as the same sample alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+MODALITIES: tuple[str, str] = ("vision", "text")
+
+# Keys of a processor output that must not reach the prefill forward (set here, or meaningless).
+_DROP_INPUT_KEYS = frozenset(
+    {
+        "position_ids",
+        "past_key_values",
+        "use_cache",
+        "labels",
+        "logits_to_keep",
+        "token_type_ids",
+        "return_dict",
+        "output_hidden_states",
+        "output_attentions",
+        "cache_position",
+    }
+)
+
+
+class NonFiniteMCSError(ValueError):
+    """A sample's MCS came out non-finite (NaN/inf). ``sample_ids`` names the culprits."""
+
+    def __init__(self, message: str, sample_ids: Sequence[str] = (), values: dict[str, Any] | None = None):
+        super().__init__(message)
+        self.sample_ids = list(sample_ids)
+        self.values = values or {}
+
+
+# --------------------------------------------------------------------------------------------------
+# settings and result
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MCSSettings:
+    """Settings of the MCS estimate (module docstring explains the defaults).
+
+    sigmas: noise levels (relative to the perturbed entries' std when ``relative``).
+    relative: noise std = sigma * std of that layer's K (resp. V) at the perturbed positions.
+    draws: Monte Carlo draws N per (sigma, modality).
+    seed: base seed; each sample's noise uses ``sample_seed(seed, sample_id)``.
+    eps: lower bound on the CE in the score's denominator.
+    batched: all perturbations of the batch in one forward/backward (False: one per pass).
+    max_copies_per_pass: in batched mode, at most this many perturbed cache copies per pass
+        (None = all; set it for 7B+ models on a memory-limited device).
+    """
+
+    sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
+    relative: bool = True
+    draws: int = 2
+    seed: int = 0
+    eps: float = 1e-8
+    batched: bool = True
+    max_copies_per_pass: int | None = None
+
+    def __post_init__(self) -> None:
+        sigmas = self.sigmas
+        if isinstance(sigmas, (int, float)):
+            sigmas = (sigmas,)
+        try:
+            sigmas = tuple(float(s) for s in sigmas)
+        except (TypeError, ValueError) as exc:
+            raise ValueError(f"sigmas must be a sequence of positive numbers, got {self.sigmas!r}") from exc
+        if not sigmas:
+            raise ValueError("sigmas must not be empty")
+        if any(not math.isfinite(s) or s <= 0 for s in sigmas):
+            raise ValueError(f"sigmas must be finite and > 0, got {sigmas!r}")
+        object.__setattr__(self, "sigmas", sigmas)
+        if not isinstance(self.relative, bool):
+            raise ValueError(f"relative must be a bool, got {self.relative!r}")
+        if isinstance(self.draws, bool) or not isinstance(self.draws, int) or self.draws < 1:
+            raise ValueError(f"draws must be an int >= 1, got {self.draws!r}")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int):
+            raise ValueError(f"seed must be an int, got {self.seed!r}")
+        if isinstance(self.eps, bool) or not isinstance(self.eps, (int, float)):
+            raise ValueError(f"eps must be a positive float, got {self.eps!r}")
+        if not math.isfinite(self.eps) or self.eps <= 0:
+            raise ValueError(f"eps must be finite and > 0, got {self.eps!r}")
+        object.__setattr__(self, "eps", float(self.eps))
+        if not isinstance(self.batched, bool):
+            raise ValueError(f"batched must be a bool, got {self.batched!r}")
+        m = self.max_copies_per_pass
+        if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
+            raise ValueError(f"max_copies_per_pass must be None or an int >= 1, got {m!r}")
+
+    @property
+    def perturbations_per_sample(self) -> int:
+        return len(self.sigmas) * len(MODALITIES) * self.draws
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["sigmas"] = list(self.sigmas)
+        d["modalities"] = list(MODALITIES)
+        d["noise"] = "relative_to_perturbed_entries_std" if self.relative else "absolute"
+        return d
+
+
+@dataclass
+class MCSResult:
+    """Per-sample MCS. Tensors are float64 on CPU, first dim = batch.
+
+    c_v, c_t, r_v: [B]. scores, ce: [B, len(sigmas), 2 (vision, text), draws] (the per-perturbation
+    score ||grad||^2 / max(CE, eps) and the CE itself). ce_clean: [B], CE(p_x, p_x) = entropy of p_x
+    (the floor of every CE). n_vision, n_text: perturbed positions per sample.
+    """
+
+    sample_ids: list[str]
+    c_v: torch.Tensor
+    c_t: torch.Tensor
+    r_v: torch.Tensor
+    scores: torch.Tensor
+    ce: torch.Tensor
+    ce_clean: torch.Tensor
+    n_vision: list[int]
+    n_text: list[int]
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.sample_ids)
+
+    def to_records(self) -> list[dict[str, Any]]:
+        """One JSON-serialisable dict per sample."""
+        out = []
+        for i, sid in enumerate(self.sample_ids):
+            out.append(
+                {
+                    "sample_id": sid,
+                    "c_v": float(self.c_v[i]),
+                    "c_t": float(self.c_t[i]),
+                    "r_v": float(self.r_v[i]),
+                    "ce_clean": float(self.ce_clean[i]),
+                    "n_vision": self.n_vision[i],
+                    "n_text": self.n_text[i],
+                    "scores": self.scores[i].tolist(),
+                    "ce": self.ce[i].tolist(),
+                }
+            )
+        return out
+
+
+# --------------------------------------------------------------------------------------------------
+# pure math
+# --------------------------------------------------------------------------------------------------
+
+
+def _work_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float32 for half/bf16/float32 tensors, float64 for float64 ones."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def cross_entropy(p_x: torch.Tensor, logits_z: torch.Tensor) -> torch.Tensor:
+    """CE(p_x, p_z) = -sum_v p_x[v] log softmax(logits_z)[v] over the last dim, in float32
+    (float64 for a float64 model).
+
+    ``p_x`` is a probability vector (treated as a constant); entries with p_x == 0 contribute 0.
+    """
+    work = _work_dtype(logits_z.dtype)
+    log_pz = torch.log_softmax(logits_z.to(work), dim=-1)
+    p_x = p_x.to(work)
+    terms = torch.where(p_x > 0, p_x * log_pz, torch.zeros((), dtype=log_pz.dtype, device=log_pz.device))
+    return -terms.sum(dim=-1)
+
+
+def mcs_score(grad_sq_norm: torch.Tensor, ce: torch.Tensor, eps: float) -> torch.Tensor:
+    """Eq. 7 per perturbation: ||grad||^2 / max(L, eps) (elementwise, float64)."""
+    return grad_sq_norm.double() / ce.double().clamp_min(eps)
+
+
+def visual_ratio(c_v: torch.Tensor, c_t: torch.Tensor) -> torch.Tensor:
+    """r_v = C_V / (C_V + C_T) (elementwise; NaN where both are 0, callers check)."""
+    c_v = c_v.double()
+    c_t = c_t.double()
+    return c_v / (c_v + c_t)
+
+
+def sample_seed(seed: int, sample_id: str) -> int:
+    """Deterministic 63-bit generator seed for one sample (independent of batch and process)."""
+    digest = hashlib.sha256(f"amps-mcs:{int(seed)}:{sample_id}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
+
+
+# --------------------------------------------------------------------------------------------------
+# model plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def frozen_eval(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """Eval mode + all parameters frozen; restores every module's flag and requires_grad after."""
+    training = [(m, m.training) for m in model.modules()]
+    req = [(p, p.requires_grad) for p in model.parameters()]
+    try:
+        model.eval()
+        for p, _ in req:
+            p.requires_grad_(False)
+        yield model
+    finally:
+        for p, flag in req:
+            p.requires_grad_(flag)
+        for m, flag in training:
+            m.training = flag
+
+
+def _inner(model: torch.nn.Module) -> torch.nn.Module:
+    return getattr(model, "model", model)
+
+
+def uses_mrope(model: torch.nn.Module) -> bool:
+    """True for Qwen2/2.5-VL style models (3-D rope positions from ``get_rope_index``)."""
+    return hasattr(_inner(model), "get_rope_index")
+
+
+def prompt_position_ids(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+    """Position ids of the (left-padded) prompt: [3, B, T] for mrope models, else [B, T]."""
+    input_ids = inputs["input_ids"]
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if uses_mrope(model):
+        cfg = model.config
+        mm = inputs.get("mm_token_type_ids")
+        if mm is None:
+            mm = torch.zeros_like(input_ids, dtype=torch.int)
+            for tok, kind in (("image_token_id", 1), ("video_token_id", 2)):
+                tid = getattr(cfg, tok, None)
+                if tid is not None:
+                    mm = mm.masked_fill(input_ids == tid, kind)
+        image_grid_thw = inputs.get("image_grid_thw")
+        video_grid_thw = inputs.get("video_grid_thw")
+        if image_grid_thw is None and video_grid_thw is None:
+            pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
+            return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
+        pos, _ = _inner(model).get_rope_index(
+            input_ids,
+            mm_token_type_ids=mm,
+            image_grid_thw=image_grid_thw,
+            video_grid_thw=video_grid_thw,
+            second_per_grid_ts=inputs.get("second_per_grid_ts"),
+            attention_mask=attention_mask,
+        )
+        return pos
+    pos = attention_mask.long().cumsum(-1) - 1
+    return pos.masked_fill(attention_mask == 0, 0)
+
+
+def _last_position_ids(position_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Position ids of the last prompt token for the given batch rows: [3, P, 1] or [P, 1]."""
+    if position_ids.dim() == 3:
+        return position_ids[:, rows, -1:]
+    return position_ids[rows, -1:]
+
+
+@torch.no_grad()
+def prefill(
+    model: torch.nn.Module, inputs: dict[str, Any], position_ids: torch.Tensor
+) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
+    """Prefill the whole prompt. Returns (last-token logits [B, V] float32, keys, values), where
+    keys/values are per layer [B, kv_heads, T-1, head_dim]: the cache cut before the last token."""
+    kwargs = {k: v for k, v in inputs.items() if k not in _DROP_INPUT_KEYS}
+    out = model(**kwargs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
+    cache = out.past_key_values
+    keys, values = [], []
+    for i, layer in enumerate(cache.layers):
+        if getattr(layer, "is_sliding", False):
+            raise NotImplementedError(f"MCS does not support sliding-window cache layers (layer {i})")
+        keys.append(layer.keys[:, :, :-1, :].detach())
+        values.append(layer.values[:, :, :-1, :].detach())
+    logits = out.logits[:, -1, :]
+    return logits.to(_work_dtype(logits.dtype)), keys, values
+
+
+def forward_last_token(
+    model: torch.nn.Module,
+    last_ids: torch.Tensor,
+    last_positions: torch.Tensor,
+    attention_mask: torch.Tensor,
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """Run the last prompt token ([P, 1]) against a FRESH cache built from keys/values
+    ([P, H, T-1, D] per layer). Returns logits [P, V]."""
+    from transformers.cache_utils import DynamicCache
+
+    cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
+    out = model(
+        input_ids=last_ids,
+        attention_mask=attention_mask,
+        position_ids=last_positions,
+        past_key_values=cache,
+        use_cache=True,
+        logits_to_keep=1,
+    )
+    return out.logits[:, -1, :]
+
+
+# --------------------------------------------------------------------------------------------------
+# perturbation plan and noise
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class _Sample:
+    row: int
+    sample_id: str
+    positions: tuple[torch.Tensor, torch.Tensor]  # (vision idx, text idx) into the cut cache
+    generator: torch.Generator
+    std_cache: dict[tuple[int, int, int], float] = field(default_factory=dict)
+
+
+@dataclass
+class _Copy:
+    sample: _Sample
+    s: int
+    m: int
+    n: int
+
+
+def _entry_std(clean: torch.Tensor, row: int, idx: torch.Tensor) -> float:
+    return float(clean[row, :, idx, :].to(_work_dtype(clean.dtype)).std(correction=0))
+
+
+def _build_copies(
+    copies: Sequence[_Copy],
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    settings: MCSSettings,
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Perturbed cache copies (leaves requiring grad) for ``copies`` in order, plus the boolean
+    mask [P, T-1] of perturbed positions. Draws noise from each sample's generator in the documented
+    order (copy by copy: layer by layer, K then V)."""
+    device = keys[0].device
+    rows = torch.tensor([c.sample.row for c in copies], device=device)
+    new_k = [k.index_select(0, rows) for k in keys]  # index_select copies
+    new_v = [v.index_select(0, rows) for v in values]
+    pos_mask = torch.zeros(len(copies), keys[0].shape[2], dtype=torch.bool, device=device)
+    for p, c in enumerate(copies):
+        smp = c.sample
+        idx = smp.positions[c.m]
+        pos_mask[p, idx] = True
+        sigma = settings.sigmas[c.s]
+        for layer in range(len(keys)):
+            for kind, (clean, target) in enumerate(((keys[layer], new_k[layer]), (values[layer], new_v[layer]))):
+                h, _, d = clean.shape[1], clean.shape[2], clean.shape[3]
+                z = torch.randn((h, idx.numel(), d), generator=smp.generator, dtype=torch.float32, device=device)
+                if settings.relative:
+                    key = (layer, kind, c.m)
+                    if key not in smp.std_cache:
+                        smp.std_cache[key] = _entry_std(clean, smp.row, idx)
+                    std = sigma * smp.std_cache[key]
+                else:
+                    std = sigma
+                work = _work_dtype(target.dtype)
+                target[p, :, idx, :] = (target[p, :, idx, :].to(work) + std * z.to(work)).to(target.dtype)
+    for t in new_k + new_v:
+        t.requires_grad_(True)
+    return new_k, new_v, pos_mask
+
+
+def _run_copies(
+    model: torch.nn.Module,
+    copies: Sequence[_Copy],
+    keys: Sequence[torch.Tensor],
+    values: Sequence[torch.Tensor],
+    p_x: torch.Tensor,
+    last_ids: torch.Tensor,
+    position_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    settings: MCSSettings,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward + one backward over ``copies``. Returns (grad_sq_norm [P], ce [P]) float32."""
+    new_k, new_v, pos_mask = _build_copies(copies, keys, values, settings)
+    rows = torch.tensor([c.sample.row for c in copies], device=last_ids.device)
+    with torch.enable_grad():
+        logits = forward_last_token(
+            model,
+            last_ids.index_select(0, rows),
+            _last_position_ids(position_ids, rows),
+            attention_mask.index_select(0, rows),
+            new_k,
+            new_v,
+        )
+        ce = cross_entropy(p_x.index_select(0, rows), logits)
+        grads = torch.autograd.grad(ce.sum(), new_k + new_v)
+    w = pos_mask
+    grad_sq = torch.zeros(len(copies), dtype=_work_dtype(grads[0].dtype), device=w.device)
+    for g in grads:
+        g = g.to(_work_dtype(g.dtype))
+        grad_sq = grad_sq + (g.pow(2).sum(dim=(1, 3)) * w.to(g.dtype)).sum(dim=1)
+    return grad_sq.detach(), ce.detach()
+
+
+# --------------------------------------------------------------------------------------------------
+# main entry point
+# --------------------------------------------------------------------------------------------------
+
+
+def _validate(inputs: dict[str, Any], vision_mask: torch.Tensor, text_mask: torch.Tensor) -> torch.Tensor:
+    if "input_ids" not in inputs:
+        raise ValueError("inputs must contain input_ids")
+    input_ids = inputs["input_ids"]
+    if input_ids.dim() != 2:
+        raise ValueError(f"input_ids must be [B, T], got shape {tuple(input_ids.shape)}")
+    attention_mask = inputs.get("attention_mask")
+    if attention_mask is None:
+        attention_mask = torch.ones_like(input_ids)
+    if attention_mask.shape != input_ids.shape:
+        raise ValueError("attention_mask must have the shape of input_ids")
+    if not bool((attention_mask[:, -1] != 0).all()):
+        raise ValueError("MCS needs LEFT-padded inputs (attention_mask[:, -1] must be 1 for every row)")
+    for name, mask in (("vision_mask", vision_mask), ("text_mask", text_mask)):
+        if tuple(mask.shape) != tuple(input_ids.shape):
+            raise ValueError(f"{name} must have shape {tuple(input_ids.shape)}, got {tuple(mask.shape)}")
+    if input_ids.shape[1] < 2:
+        raise ValueError("the prompt must have at least 2 tokens")
+    return attention_mask
+
+
+def compute_mcs(
+    model: torch.nn.Module,
+    inputs: dict[str, Any],
+    vision_mask: torch.Tensor,
+    text_mask: torch.Tensor,
+    settings: MCSSettings | None = None,
+    sample_ids: Sequence[str] | None = None,
+) -> MCSResult:
+    """MCS of every sample of a LEFT-padded batch (see the module docstring).
+
+    inputs: a HF processor output (input_ids, attention_mask, pixel_values, [image_grid_thw], ...).
+    vision_mask / text_mask: bool [B, T], the positions of each modality (intersected with the
+    attention mask; the last prompt token is never perturbed). Must not overlap.
+    """
+    settings = settings or MCSSettings()
+    attention_mask = _validate(inputs, vision_mask, text_mask)
+    input_ids = inputs["input_ids"]
+    bsz, seq = input_ids.shape
+    if sample_ids is None:
+        sample_ids = [str(i) for i in range(bsz)]
+    sample_ids = [str(s) for s in sample_ids]
+    if len(sample_ids) != bsz:
+        raise ValueError(f"sample_ids has {len(sample_ids)} entries for a batch of {bsz}")
+
+    vision_mask = vision_mask.to(device=input_ids.device, dtype=torch.bool)
+    text_mask = text_mask.to(device=input_ids.device, dtype=torch.bool)
+    if bool((vision_mask & text_mask).any()):
+        raise ValueError("vision_mask and text_mask overlap")
+    valid = attention_mask.bool().clone()
+    valid[:, -1] = False  # the query token is not in the cut cache
+    vis = (vision_mask & valid)[:, :-1]
+    txt = (text_mask & valid)[:, :-1]
+
+    with contextlib.ExitStack() as stack:
+        if torch.is_inference_mode_enabled():
+            stack.enter_context(torch.inference_mode(False))
+        stack.enter_context(frozen_eval(model))
+
+        position_ids = prompt_position_ids(model, {**inputs, "attention_mask": attention_mask})
+        logits_x, keys, values = prefill(model, inputs, position_ids)
+        p_x = torch.softmax(logits_x, dim=-1)
+        bad = [sample_ids[i] for i in range(bsz) if not bool(torch.isfinite(logits_x[i]).all())]
+        if bad:
+            raise NonFiniteMCSError(
+                f"non-finite clean logits p_x for sample(s) {bad}", bad, {"clean_logits_finite": False}
+            )
+        ce_clean = cross_entropy(p_x, logits_x)
+
+        device = keys[0].device
+        samples: list[_Sample] = []
+        for i in range(bsz):
+            iv = vis[i].nonzero().flatten().to(device)
+            it = txt[i].nonzero().flatten().to(device)
+            for name, idx in (("vision", iv), ("text", it)):
+                if idx.numel() == 0:
+                    raise ValueError(f"sample {sample_ids[i]!r} has no {name} positions to perturb")
+            gen = torch.Generator(device=device)
+            gen.manual_seed(sample_seed(settings.seed, sample_ids[i]))
+            samples.append(_Sample(row=i, sample_id=sample_ids[i], positions=(iv, it), generator=gen))
+
+        n_s, n_d = len(settings.sigmas), settings.draws
+        copies = [
+            _Copy(smp, s, m, n) for smp in samples for s in range(n_s) for m in range(2) for n in range(n_d)
+        ]
+        if settings.batched:
+            chunk = settings.max_copies_per_pass or len(copies)
+        else:
+            chunk = 1
+        last_ids = input_ids[:, -1:].to(device)
+        am = attention_mask.to(device)
+        pos = position_ids.to(device)
+        grad_sq_parts, ce_parts = [], []
+        for start in range(0, len(copies), chunk):
+            g, c = _run_copies(model, copies[start : start + chunk], keys, values, p_x, last_ids, pos, am, settings)
+            grad_sq_parts.append(g)
+            ce_parts.append(c)
+
+    grad_sq = torch.cat(grad_sq_parts).double().cpu().view(bsz, n_s, 2, n_d)
+    ce = torch.cat(ce_parts).double().cpu().view(bsz, n_s, 2, n_d)
+    scores = mcs_score(grad_sq, ce, settings.eps)
+    c_v = scores[:, :, 0, :].mean(dim=(1, 2))
+    c_t = scores[:, :, 1, :].mean(dim=(1, 2))
+    r_v = visual_ratio(c_v, c_t)
+
+    bad_rows = [
+        i
+        for i in range(bsz)
+        if not (
+            bool(torch.isfinite(scores[i]).all())
+            and bool(torch.isfinite(ce[i]).all())
+            and math.isfinite(float(r_v[i]))
+        )
+    ]
+    if bad_rows:
+        vals = {
+            sample_ids[i]: {
+                "c_v": float(c_v[i]),
+                "c_t": float(c_t[i]),
+                "r_v": float(r_v[i]),
+                "ce": ce[i].flatten().tolist(),
+                "grad_sq": grad_sq[i].flatten().tolist(),
+            }
+            for i in bad_rows
+        }
+        ids = [sample_ids[i] for i in bad_rows]
+        hint = ""
+        if any(float(c_v[i]) == 0.0 and float(c_t[i]) == 0.0 for i in bad_rows):
+            hint = (
+                " (C_V = C_T = 0: no perturbation moved p_z at working precision, i.e. p_x is one-hot;"
+                " r_v is undefined)"
+            )
+        raise NonFiniteMCSError(f"non-finite MCS for sample(s) {ids}{hint}: {vals}", ids, vals)
+
+    return MCSResult(
+        sample_ids=list(sample_ids),
+        c_v=c_v,
+        c_t=c_t,
+        r_v=r_v,
+        scores=scores,
+        ce=ce,
+        ce_clean=ce_clean.double().cpu(),
+        n_vision=[int(s.positions[0].numel()) for s in samples],
+        n_text=[int(s.positions[1].numel()) for s in samples],
+        settings=settings.to_dict(),
+    )
+
+
+__all__ = [
+    "MCSResult",
+    "MCSSettings",
+    "MODALITIES",
+    "NonFiniteMCSError",
+    "compute_mcs",
+    "cross_entropy",
+    "forward_last_token",
+    "frozen_eval",
+    "mcs_score",
+    "prefill",
+    "prompt_position_ids",
+    "sample_seed",
+    "uses_mrope",
+    "visual_ratio",
+]

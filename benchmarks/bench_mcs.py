@@ -1,0 +1,304 @@
+"""Benchmark: batched vs looped Modality Contribution Score (amps_eval.steering.mcs).
+
+Both modes run in one process on the same model and the same left-padded batch, with the default
+12 perturbations per sample (3 sigmas x 2 modalities x 2 draws). Reports the median time per
+sample over a few repeats (after one warm-up each) and the speed ratio, plus the largest r_v
+difference between the modes (they use the same noise, so it should be at rounding level).
+
+    python benchmarks/bench_mcs.py                       # tiny Qwen2.5-VL on CPU (< 1 min)
+    python benchmarks/bench_mcs.py --config tiny-llava
+    python benchmarks/bench_mcs.py --config full-qwen-7b --device cuda --out results/bench_mcs.json
+
+``full-qwen-7b`` builds a RANDOMLY INITIALISED model with the full Qwen2.5-VL-7B configuration
+(28 layers, hidden 3584, GQA 28/4, vocab 152064, the 32-block vision tower) directly on the device
+in bf16 (~17 GB), with an MC2-sized prompt: a 476x644 image (grid 1x34x46 -> 391 image tokens) and
+~220 text tokens. Timings do not depend on the weights' values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from amps_eval.steering.mcs import MCSSettings, compute_mcs
+
+IMG_TINY = 190
+
+
+@contextlib.contextmanager
+def _default_dtype(dtype: torch.dtype):
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        yield
+    finally:
+        torch.set_default_dtype(old)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(s) for s in seqs)
+    ids = torch.tensor([[pad] * (t - len(s)) + s for s in seqs])
+    am = torch.tensor([[0] * (t - len(s)) + [1] * len(s) for s in seqs])
+    return ids, am
+
+
+def _text(rng: torch.Generator, n: int, lo: int, hi: int) -> list[int]:
+    return torch.randint(lo, hi, (n,), generator=rng).tolist()
+
+
+def build_qwen(kind: str, batch: int, device: torch.device, dtype: torch.dtype, text_tokens: int):
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    if kind == "tiny":
+        text = dict(
+            vocab_size=200,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=0,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        )
+        vision = dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            window_size=56,
+            fullatt_block_indexes=[0],
+        )
+        special = dict(image_token_id=190, video_token_id=191, vision_start_token_id=192, vision_end_token_id=193)
+        grid = (1, 8, 8)
+        text_range = (3, 180)
+    else:  # full Qwen2.5-VL-7B-Instruct configuration
+        text = dict(
+            vocab_size=152064,
+            hidden_size=3584,
+            intermediate_size=18944,
+            num_hidden_layers=28,
+            num_attention_heads=28,
+            num_key_value_heads=4,
+            max_position_embeddings=128000,
+            rms_norm_eps=1e-6,
+            bos_token_id=151643,
+            eos_token_id=151645,
+            pad_token_id=151643,
+            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
+        )
+        vision = dict(
+            depth=32,
+            hidden_size=1280,
+            intermediate_size=3420,
+            num_heads=16,
+            out_hidden_size=3584,
+            window_size=112,
+            fullatt_block_indexes=[7, 15, 23, 31],
+        )
+        special = dict(
+            image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
+        )
+        grid = (1, 34, 46)
+        text_range = (1000, 150000)
+    vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
+    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
+    torch.manual_seed(0)
+    with torch.device(device), _default_dtype(dtype):  # build in the target dtype: no fp32 copy of 8B params
+        model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
+    if kind == "tiny":
+        with torch.no_grad():  # a peaked p_x, like a trained model's
+            model.model.language_model.norm.weight.mul_(30.0)
+    rng = torch.Generator().manual_seed(0)
+    n_img = grid[0] * grid[1] * grid[2] // 4
+    patch_dim = 3 * 2 * 14 * 14
+    seqs, pvs = [], []
+    for b in range(batch):
+        n_txt = max(4, text_tokens - 7 * b)  # different lengths -> real left padding
+        seqs.append(
+            [special["vision_start_token_id"]]
+            + [special["image_token_id"]] * n_img
+            + [special["vision_end_token_id"]]
+            + _text(rng, n_txt, *text_range)
+        )
+        pvs.append(torch.randn(grid[0] * grid[1] * grid[2], patch_dim, generator=rng))
+    ids, am = _left_pad(seqs, text["pad_token_id"])
+    inputs = dict(
+        input_ids=ids.to(device),
+        attention_mask=am.to(device),
+        pixel_values=torch.cat(pvs).to(device=device, dtype=dtype),
+        image_grid_thw=torch.tensor([grid] * batch, device=device),
+    )
+    return model, inputs, special["image_token_id"]
+
+
+def build_llava(batch: int, device: torch.device, dtype: torch.dtype, text_tokens: int):
+    from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+    vcfg = CLIPVisionConfig(
+        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=112, patch_size=14
+    )
+    tcfg = LlamaConfig(
+        vocab_size=200,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=0,
+    )
+    cfg = LlavaConfig(vision_config=vcfg, text_config=tcfg, image_token_id=IMG_TINY, projector_hidden_act="gelu")
+    torch.manual_seed(0)
+    with torch.device(device), _default_dtype(dtype):
+        model = LlavaForConditionalGeneration(cfg).to(dtype).eval()
+    with torch.no_grad():
+        model.model.language_model.norm.weight.mul_(30.0)
+    n_img = (vcfg.image_size // vcfg.patch_size) ** 2
+    rng = torch.Generator().manual_seed(0)
+    seqs = [[1] + [IMG_TINY] * n_img + _text(rng, max(4, text_tokens - 7 * b), 3, 180) for b in range(batch)]
+    ids, am = _left_pad(seqs, 0)
+    pv = torch.randn(batch, 3, vcfg.image_size, vcfg.image_size, generator=rng)
+    inputs = dict(input_ids=ids.to(device), attention_mask=am.to(device), pixel_values=pv.to(device=device, dtype=dtype))
+    return model, inputs, IMG_TINY
+
+
+def time_mode(model, inputs, image_token_id, settings, repeats, device):
+    vision = inputs["input_ids"] == image_token_id
+    text = ~vision
+    ids = [f"s{i}" for i in range(inputs["input_ids"].shape[0])]
+    compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)  # warm-up
+    times, result = [], None
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    for _ in range(repeats):
+        _sync(device)
+        t0 = time.perf_counter()
+        result = compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)
+        _sync(device)
+        times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return times, result, peak
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--config", choices=["tiny-qwen", "tiny-llava", "full-qwen-7b"], default="tiny-qwen")
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 otherwise")
+    ap.add_argument("--batch-size", type=int, default=None, help="samples per compute_mcs call (default 4; 2 for full)")
+    ap.add_argument("--text-tokens", type=int, default=None, help="text tokens of the longest prompt (default 60; 220 for full)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--max-copies-per-pass", type=int, default=None)
+    ap.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch.set_num_threads (default 1 on CPU: a tiny model has nothing to parallelise, and on a "
+        "shared/loaded machine every multi-threaded op waits ~10-20 ms for its threads, which swamps "
+        "the timings)",
+    )
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+
+    device = torch.device(args.device)
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    full = args.config == "full-qwen-7b"
+    batch = args.batch_size or (2 if full else 4)
+    text_tokens = args.text_tokens or (220 if full else 60)
+
+    t0 = time.perf_counter()
+    if args.config == "tiny-llava":
+        model, inputs, img = build_llava(batch, device, dtype, text_tokens)
+    else:
+        model, inputs, img = build_qwen("full" if full else "tiny", batch, device, dtype, text_tokens)
+    build_s = time.perf_counter() - t0
+
+    base = MCSSettings(max_copies_per_pass=args.max_copies_per_pass)
+    rows, results = [], {}
+    for mode, batched in (("batched", True), ("loop", False)):
+        settings = dataclasses.replace(base, batched=batched)
+        times, res, peak = time_mode(model, inputs, img, settings, args.repeats, device)
+        med = statistics.median(times)
+        results[mode] = res
+        rows.append(
+            {
+                "mode": mode,
+                "median_s_per_batch": med,
+                "median_s_per_sample": med / batch,
+                "min_s_per_batch": min(times),
+                "times_s": times,
+                "peak_gib": peak,
+            }
+        )
+    speedup = rows[1]["median_s_per_batch"] / rows[0]["median_s_per_batch"]
+    r_v_diff = float((results["batched"].r_v - results["loop"].r_v).abs().max())
+
+    n_pert = base.perturbations_per_sample
+    seq = inputs["input_ids"].shape[1]
+    n_img = int((inputs["input_ids"][0] == img).sum())
+    print(
+        f"MCS benchmark: {args.config} on {device} ({dtype}), batch {batch}, prompt length {seq} "
+        f"({n_img} image tokens), {n_pert} perturbations/sample, {args.repeats} repeats, "
+        f"torch threads {torch.get_num_threads()}, model built in {build_s:.1f}s"
+    )
+    header = f"{'mode':<8} {'median s/batch':>15} {'median s/sample':>16} {'min s/batch':>12}"
+    if device.type == "cuda":
+        header += f" {'peak GiB':>9}"
+    print(header)
+    print("-" * len(header))
+    for r in rows:
+        line = f"{r['mode']:<8} {r['median_s_per_batch']:>15.4f} {r['median_s_per_sample']:>16.4f} {r['min_s_per_batch']:>12.4f}"
+        if device.type == "cuda":
+            line += f" {r['peak_gib']:>9.2f}"
+        print(line)
+    print(f"speed-up batched vs loop (median): {speedup:.2f}x;  max |r_v batched - r_v loop| = {r_v_diff:.2e}")
+    print("r_v per sample:", [round(float(x), 4) for x in results["batched"].r_v])
+
+    out = {
+        "config": args.config,
+        "device": str(device),
+        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "dtype": str(dtype).replace("torch.", ""),
+        "batch_size": batch,
+        "prompt_length": seq,
+        "image_tokens": n_img,
+        "perturbations_per_sample": n_pert,
+        "repeats": args.repeats,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "settings": base.to_dict(),
+        "rows": rows,
+        "speedup_batched_vs_loop": speedup,
+        "max_abs_r_v_diff": r_v_diff,
+        "r_v": results["batched"].r_v.tolist(),
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

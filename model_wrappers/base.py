@@ -1,0 +1,228 @@
+"""What the Qwen2.5-VL and LLaVA-1.5 wrappers share: lmms-eval plumbing, prompts, batching.
+
+A request becomes a `Prompt` (its conversation under the chosen method, its task document and its
+generation settings); prompts are batched by generation settings and prompt length, encoded with
+left padding, generated greedily inside `self.intervene(batch)` (the steering hook point: a no-op
+for the prompt baselines) and returned in request order.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+from loguru import logger
+from lmms_eval.api.model import lmms
+from tqdm import tqdm
+
+from amps_eval.mc2.prompt import answer_letter, doc_prompt
+from amps_eval.methods.prompts import Example, Turn, build_conversation, choose_examples
+from amps_eval.model_wrappers.settings import WrapperSettings
+
+
+@dataclass
+class Prompt:
+    """One request, ready to encode."""
+
+    index: int  # position in the request list
+    task: str
+    doc_id: int
+    doc: dict
+    turns: list[Turn]
+    max_new_tokens: int
+    until: tuple[str, ...]
+
+    @property
+    def images(self) -> list:
+        return [image for turn in self.turns for image in turn.images]
+
+    @property
+    def target(self) -> str | None:
+        return self.doc.get("target")
+
+    @property
+    def item_id(self) -> str:
+        """The item's MC2 id (``mc2_id``), or task/doc_id for documents of other tasks."""
+        return str(self.doc["mc2_id"]) if "mc2_id" in self.doc else f"{self.task}/{self.doc_id}"
+
+
+@dataclass
+class Batch:
+    prompts: list[Prompt]
+    inputs: dict  # the processor's tensors, on the model's input device
+
+
+class AmpsWrapper(lmms):
+    """Base of `amps_qwen` and `amps_llava`; a subclass names its settings, model and processor."""
+
+    is_simple = True
+    settings_class: type[WrapperSettings] = WrapperSettings
+    architecture: str = ""  # processor kind, see amps_eval.processors
+
+    def __init__(self, **model_args) -> None:
+        super().__init__()
+        self.settings = self.settings_class.from_model_args(**model_args)
+        self._setup_devices()
+        self.model = self.load_model()
+        self.model.eval()
+        self.processor = self.load_processor()
+        self.processor.tokenizer.padding_side = "left"
+        self._fewshot_columns: dict[tuple[str, str], tuple[list, list]] = {}
+        logger.info(f"{type(self).__name__} settings: {self.settings.to_dict()}")
+
+    # --- subclass interface -------------------------------------------------------------------
+    def load_model(self) -> torch.nn.Module:
+        raise NotImplementedError
+
+    def load_processor(self):
+        raise NotImplementedError
+
+    @contextlib.contextmanager
+    def intervene(self, batch: Batch) -> Iterator[None]:
+        """Steering around one batch's generation; the prompt baselines change nothing."""
+        yield
+
+    # --- devices ------------------------------------------------------------------------------
+    def _setup_devices(self) -> None:
+        from accelerate import Accelerator
+
+        accelerator = Accelerator()
+        self.accelerator = accelerator
+        self._rank = accelerator.process_index
+        self._world_size = accelerator.num_processes
+        device = self.settings.device
+        if accelerator.num_processes > 1:
+            # One model per process (lmms-eval shards the documents by rank).
+            device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
+        elif device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise RuntimeError(f"device={device} was asked for but no GPU is visible; pass device=cpu")
+        self._device = torch.device(device)
+        dtype = self.settings.dtype
+        if dtype == "auto":
+            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
+        self.torch_dtype = getattr(torch, dtype)
+
+    def model_load_kwargs(self) -> dict:
+        kwargs = {"dtype": self.torch_dtype}
+        if self.settings.attn_implementation:
+            kwargs["attn_implementation"] = self.settings.attn_implementation
+        kwargs["device_map"] = "auto" if self.settings.device_map == "auto" else str(self._device)
+        return kwargs
+
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
+    @property
+    def batch_size(self) -> int:
+        return self.settings.batch_size
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    # --- requests -> prompts ------------------------------------------------------------------
+    def _prompt(self, index: int, request) -> Prompt:
+        context, gen_kwargs, doc_to_visual, doc_id, task, split = request.args
+        doc = self.task_dict[task][split][doc_id]
+        images = doc_to_visual(doc) if doc_to_visual is not None else []
+        examples = self._examples(task, split, doc) if self.settings.method == "fewshot" else ()
+        turns = build_conversation(self.settings.method, context, images, doc.get("target"), examples)
+        gen_kwargs = dict(gen_kwargs or {})
+        max_new_tokens = int(gen_kwargs.get("max_new_tokens", 16))
+        if self.settings.method == "cot":
+            max_new_tokens = max(max_new_tokens, self.settings.cot_max_new_tokens)
+        until = gen_kwargs.get("until") or ()
+        until = (until,) if isinstance(until, str) else tuple(until)
+        return Prompt(index, task, doc_id, doc, turns, max_new_tokens, until)
+
+    def _examples(self, task: str, split: str, doc: dict) -> list[Example]:
+        dataset = self.task_dict[task][split]
+        if (task, split) not in self._fewshot_columns:
+            self._fewshot_columns[(task, split)] = (list(dataset["mc2_id"]), list(dataset["category"]))
+        mc2_ids, categories = self._fewshot_columns[(task, split)]
+        rows = choose_examples(mc2_ids, categories, doc["mc2_id"], doc["category"], self.settings.fewshot_k, self.settings.seed)
+        examples = []
+        for row in rows:
+            example = dataset[row]
+            example = {**example, "target": doc["target"]}
+            examples.append(Example(doc_prompt(example), (example["image"].convert("RGB"),), answer_letter(example, doc["target"])))
+        return examples
+
+    # --- encoding and generation --------------------------------------------------------------
+    def render(self, turns: list[Turn]) -> str:
+        messages = [
+            {
+                "role": turn.role,
+                "content": [{"type": "image"} for _ in turn.images] + [{"type": "text", "text": turn.text}],
+            }
+            for turn in turns
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode(self, prompts: list[Prompt]) -> dict:
+        texts = [self.render(p.turns) for p in prompts]
+        images = [image for p in prompts for image in p.images]
+        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
+        return {k: v.to(self.input_device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+
+    def _batches(self, prompts: list[Prompt]) -> list[list[Prompt]]:
+        """Batches of equal generation settings, longest prompts first (less padding)."""
+        groups: dict[tuple, list[Prompt]] = {}
+        for p in prompts:
+            groups.setdefault((p.max_new_tokens, p.until), []).append(p)
+        batches = []
+        for group in groups.values():
+            group.sort(key=lambda p: (-sum(len(t.text) for t in p.turns), p.index))
+            batches += [group[i : i + self.batch_size] for i in range(0, len(group), self.batch_size)]
+        return batches
+
+    def _generate(self, batch: Batch) -> list[str]:
+        max_new_tokens = batch.prompts[0].max_new_tokens
+        tokenizer = self.processor.tokenizer
+        with self.intervene(batch), torch.no_grad():
+            output = self.model.generate(
+                **batch.inputs,
+                max_new_tokens=max_new_tokens,
+                do_sample=False,
+                num_beams=1,
+                temperature=None,
+                top_p=None,
+                top_k=None,
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        new_tokens = output[:, batch.inputs["input_ids"].shape[1] :]
+        texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
+        return [truncate(text, p.until).strip() for text, p in zip(texts, batch.prompts)]
+
+    def generate_until(self, requests) -> list[str]:
+        prompts = [self._prompt(i, request) for i, request in enumerate(requests)]
+        results: list[str | None] = [None] * len(prompts)
+        batches = self._batches(prompts)
+        progress = tqdm(total=len(prompts), desc=f"{type(self).__name__} ({self.settings.method})", disable=self.rank != 0)
+        for chunk in batches:
+            batch = Batch(chunk, self.encode(chunk))
+            for prompt, text in zip(chunk, self._generate(batch)):
+                results[prompt.index] = text
+                self.cache_hook.add_partial("generate_until", requests[prompt.index].args, text)
+            progress.update(len(chunk))
+        progress.close()
+        return results
+
+    def loglikelihood(self, requests):
+        raise NotImplementedError(f"{type(self).__name__} answers generate_until tasks (such as the MC2 tasks) only")
+
+    def generate_until_multi_round(self, requests):
+        raise NotImplementedError(f"{type(self).__name__} answers generate_until tasks (such as the MC2 tasks) only")
+
+
+def truncate(text: str, until: tuple[str, ...]) -> str:
+    """Cut a generation at the first stop string."""
+    for stop in until:
+        if stop:
+            text = text.split(stop, 1)[0]
+    return text

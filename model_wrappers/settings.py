@@ -1,0 +1,114 @@
+"""The wrappers' settings: one validated dataclass built from lmms-eval's `--model_args`.
+
+Unknown arguments are errors that list the valid ones; every run logs its settings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from amps_eval.methods.prompts import PROMPT_METHODS
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+# Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.
+LMMS_EVAL_ARGS = ("max_batch_size",)
+
+
+class SettingsError(ValueError):
+    """A model argument is unknown or has a bad value."""
+
+
+@dataclass(frozen=True)
+class WrapperSettings:
+    pretrained: str
+    device: str | None = None  # default: cuda if available, else cpu
+    dtype: str = "auto"  # auto: bfloat16 on a GPU, float32 on the CPU
+    batch_size: int = 1
+    attn_implementation: str | None = None
+    device_map: str | None = None  # "auto" splits one model over all visible GPUs
+    method: str = "none"
+    fewshot_k: int = 2
+    cot_max_new_tokens: int = 256
+    seed: int = 0
+    extra: dict = field(default_factory=dict, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        methods = self.valid_methods()
+        if self.method not in methods:
+            raise SettingsError(f"unknown method={self.method!r}; valid methods: {', '.join(methods)}")
+        if self.dtype not in DTYPES:
+            raise SettingsError(f"dtype={self.dtype!r} is not one of {DTYPES}")
+        if self.batch_size < 1:
+            raise SettingsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.fewshot_k < 0:
+            raise SettingsError(f"fewshot_k must be >= 0, got {self.fewshot_k}")
+        if self.method == "fewshot" and self.fewshot_k < 1:
+            raise SettingsError("method=fewshot needs fewshot_k >= 1")
+        if self.device_map not in (None, "auto"):
+            raise SettingsError(f"device_map must be 'auto' or unset, got {self.device_map!r}")
+
+    @classmethod
+    def valid_methods(cls) -> tuple[str, ...]:
+        return PROMPT_METHODS
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in dataclasses.fields(cls) if f.name != "extra"]
+
+    @classmethod
+    def from_model_args(cls, **kwargs: Any) -> "WrapperSettings":
+        """Build from lmms-eval's parsed `--model_args` plus the arguments it always passes."""
+        kwargs = {k: v for k, v in kwargs.items() if not (k in LMMS_EVAL_ARGS)}
+        names = cls.field_names()
+        unknown = sorted(set(kwargs) - set(names))
+        if unknown:
+            raise SettingsError(f"unknown model argument(s) {unknown}; valid arguments: {', '.join(names)}")
+        if "pretrained" not in kwargs:
+            raise SettingsError("pretrained=<hub id or local folder> is required")
+        values = {}
+        for f in dataclasses.fields(cls):
+            if f.name in kwargs:
+                values[f.name] = _coerce(f.name, kwargs[f.name], f.type)
+        return cls(**values)
+
+    def to_dict(self) -> dict:
+        return {name: getattr(self, name) for name in self.field_names()}
+
+
+@dataclass(frozen=True)
+class QwenSettings(WrapperSettings):
+    """Qwen2.5-VL adds the image pixel bounds of its processor (None: the checkpoint's own)."""
+
+    min_pixels: int | None = None
+    max_pixels: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
+            raise SettingsError(f"min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}")
+
+
+def _coerce(name: str, value: Any, annotation: str) -> Any:
+    """lmms-eval parses `a=1` to int and `a=x` to str; bring each value to its field's type."""
+    kind = str(annotation)
+    if value is None or (isinstance(value, str) and value.lower() == "none" and "None" in kind):
+        return None
+    try:
+        if kind.startswith("int"):
+            if isinstance(value, float) and not value.is_integer():
+                raise ValueError
+            return int(value)
+        if kind.startswith("float"):
+            number = float(value)
+            if number != number or number in (float("inf"), float("-inf")):
+                raise ValueError
+            return number
+        if kind.startswith("bool"):
+            if isinstance(value, bool):
+                return value
+            raise ValueError
+        return str(value)
+    except (TypeError, ValueError):
+        raise SettingsError(f"{name}={value!r} is not a valid {kind.split(' ')[0]}") from None

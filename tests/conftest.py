@@ -1,0 +1,58 @@
+"""Shared pytest fixtures.
+
+Tiny checkpoints of the real architectures (see `amps_eval.testing.tiny_models`) are built once
+per test session into a temporary folder and loaded by each test through the same
+`from_pretrained` / `load_processor` calls a real checkpoint goes through.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from amps_eval.testing.tiny_models import tiny_model
+
+
+@pytest.fixture(scope="session")
+def tiny_models_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Cache folder for tiny checkpoints, shared by the whole session."""
+    return tmp_path_factory.mktemp("tiny_models")
+
+
+@pytest.fixture(scope="session")
+def tiny_qwen_path(tiny_models_root: Path) -> Path:
+    """Folder of a tiny Qwen2.5-VL checkpoint (seed 0), hub layout."""
+    return tiny_model("qwen2_5_vl", tiny_models_root, seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_llava_path(tiny_models_root: Path) -> Path:
+    """Folder of a tiny LLaVA-1.5 checkpoint (seed 0), hub layout."""
+    return tiny_model("llava", tiny_models_root, seed=0)
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    """A freshly seeded NumPy generator, so every test draws the same numbers in any order."""
+    return np.random.default_rng(0)
+
+
+@pytest.fixture(scope="session")
+def synthetic_mc2_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The generated MC2 set (3 items per category) written as a prepared folder."""
+    from amps_eval.mc2.synthetic import write_synthetic_mc2
+
+    out = tmp_path_factory.mktemp("mc2") / "synthetic"
+    write_synthetic_mc2(out, n_per_category=3, seed=0, progress=False)
+    return out
+
+
+@pytest.fixture
+def mc2_env(synthetic_mc2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point the MC2 tasks at the generated set for one test."""
+    from amps_eval.mc2.source import ENV_VAR
+
+    monkeypatch.setenv(ENV_VAR, str(synthetic_mc2_dir))
+    return synthetic_mc2_dir

@@ -1,0 +1,67 @@
+"""End to end through lmms-eval: the CLI, the Python API and `accelerate launch` with 2 processes."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+SAMPLE_KEYS = {"mc2_id", "category", "target", "order", "follows"}
+
+
+def _env(data_dir):
+    return {**os.environ, "AMPS_MC2_DATA": str(data_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false"}
+
+
+def _outputs(out: Path, task: str):
+    results = sorted(out.rglob("*_results.json"))
+    assert len(results) == 1, results
+    samples = sorted(out.rglob(f"*_samples_{task}.jsonl"))
+    assert len(samples) == 1, samples
+    lines = [json.loads(line) for line in samples[0].read_text().splitlines()]
+    return json.loads(results[0].read_text()), sorted(lines, key=lambda s: s["doc_id"])
+
+
+def test_cli_amps_llava_mc2_text_writes_results_and_samples(tiny_llava_path, synthetic_mc2_dir, tmp_path):
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_llava",
+           "--model_args", f"pretrained={tiny_llava_path},device=cpu", "--tasks", "mc2_text", "--limit", "8",
+           "--output_path", str(out), "--log_samples"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(synthetic_mc2_dir), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results, samples = _outputs(out, "mc2_text")
+    metrics = results["results"]["mc2_text"]
+    for name in ("target_acc", "vision_rate", "text_rate", "others_rate", "vision_ratio"):
+        assert f"{name},none" in metrics
+    assert metrics["vision_rate,none"] + metrics["text_rate,none"] + metrics["others_rate,none"] == pytest.approx(1.0)
+    assert len(samples) == 8
+    follows = [s["target_acc"]["follows"] for s in samples]
+    assert metrics["others_rate,none"] == pytest.approx(follows.count("others") / 8)
+    for sample in samples:
+        assert SAMPLE_KEYS <= set(sample["target_acc"]), sample
+        assert sample["target_acc"]["target"] == "text"
+
+
+def test_accelerate_two_processes_match_one(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
+    common = ["--model", "amps_qwen", "--model_args", f"pretrained={tiny_qwen_path},method=inst",
+              "--tasks", "mc2_visual", "--limit", "10", "--log_samples", "--batch_size", "2"]
+    env = _env(synthetic_mc2_dir)
+    one = subprocess.run([sys.executable, "-m", "lmms_eval", *common, "--output_path", str(tmp_path / "one")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert one.returncode == 0, one.stderr[-3000:]
+    launch = [sys.executable, "-m", "accelerate.commands.launch", "--cpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "lmms_eval"]
+    two = subprocess.run([*launch, *common, "--output_path", str(tmp_path / "two")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert two.returncode == 0, two.stderr[-3000:]
+    results_one, samples_one = _outputs(tmp_path / "one", "mc2_visual")
+    results_two, samples_two = _outputs(tmp_path / "two", "mc2_visual")
+    assert len(samples_two) == len(samples_one) == 10
+    assert [s["filtered_resps"] for s in samples_two] == [s["filtered_resps"] for s in samples_one]
+    assert [s["target_acc"]["mc2_id"] for s in samples_two] == [s["target_acc"]["mc2_id"] for s in samples_one]
+    assert results_two["results"]["mc2_visual"]["target_acc,none"] == results_one["results"]["mc2_visual"]["target_acc,none"]

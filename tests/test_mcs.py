@@ -1,0 +1,621 @@
+"""Tests of the Modality Contribution Score (amps_eval.steering.mcs) on tiny models of the two real
+architectures (Qwen2.5-VL with 3-D mrope positions, LLaVA-1.5 with a CLIP tower + Llama), built
+from configs here: no processor, no download."""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import math
+from dataclasses import dataclass
+
+import pytest
+import torch
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+)
+from transformers.cache_utils import DynamicCache
+
+from amps_eval.steering.mcs import (
+    MCSResult,
+    MCSSettings,
+    NonFiniteMCSError,
+    compute_mcs,
+    cross_entropy,
+    forward_last_token,
+    mcs_score,
+    prefill,
+    prompt_position_ids,
+    sample_seed,
+    visual_ratio,
+)
+
+VOCAB = 200
+IMG = 190  # image placeholder token id in both tiny models
+PAD = 0
+
+
+# --------------------------------------------------------------------------------------------------
+# tiny models and hand-made left-padded batches
+# --------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Case:
+    arch: str
+    model: torch.nn.Module
+    inputs: dict  # left-padded batch of 2 prompts of different lengths
+    singles: list  # per sample: unpadded inputs dict of that sample alone
+    ids: list  # sample ids
+
+
+def _sharpen(model: torch.nn.Module, factor: float = 30.0) -> None:
+    # Random init gives a near-uniform next-token distribution; scale the final norm so that p_x is
+    # peaked like a trained model's (CE of a few tenths instead of log(vocab)).
+    with torch.no_grad():
+        model.model.language_model.norm.weight.mul_(factor)
+
+
+def _left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    t = max(len(s) for s in seqs)
+    ids = torch.tensor([[PAD] * (t - len(s)) + s for s in seqs])
+    am = torch.tensor([[0] * (t - len(s)) + [1] * len(s) for s in seqs])
+    return ids, am
+
+
+def build_qwen() -> Case:
+    cfg = Qwen2_5_VLConfig(
+        text_config=dict(
+            vocab_size=VOCAB,
+            hidden_size=64,
+            intermediate_size=128,
+            num_hidden_layers=2,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            max_position_embeddings=512,
+            bos_token_id=1,
+            eos_token_id=2,
+            pad_token_id=PAD,
+            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
+        ),
+        vision_config=dict(
+            depth=1,
+            hidden_size=32,
+            intermediate_size=64,
+            num_heads=2,
+            out_hidden_size=64,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=56,
+            fullatt_block_indexes=[0],
+        ),
+        image_token_id=IMG,
+        video_token_id=191,
+        vision_start_token_id=192,
+        vision_end_token_id=193,
+    )
+    torch.manual_seed(0)
+    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    _sharpen(model)
+    merge = cfg.vision_config.spatial_merge_size
+    patch_dim = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size**2
+    grids = [torch.tensor([[1, 4, 4]]), torch.tensor([[1, 4, 6]])]
+    seqs, pvs = [], []
+    g = torch.Generator().manual_seed(1)
+    for k, grid in enumerate(grids):
+        n_patches = int(grid.prod())
+        n_tok = n_patches // merge**2
+        pvs.append(torch.randn(n_patches, patch_dim, generator=g))
+        if k == 0:
+            seqs.append([1, 5, 6, 192] + [IMG] * n_tok + [193, 7, 8, 9, 10, 11, 12, 13, 14])
+        else:
+            seqs.append([1, 192] + [IMG] * n_tok + [193, 20, 21, 22])
+    ids, am = _left_pad(seqs)
+    inputs = dict(input_ids=ids, attention_mask=am, pixel_values=torch.cat(pvs), image_grid_thw=torch.cat(grids))
+    singles = [
+        dict(
+            input_ids=torch.tensor([s]),
+            attention_mask=torch.ones(1, len(s), dtype=torch.long),
+            pixel_values=pv,
+            image_grid_thw=grid,
+        )
+        for s, pv, grid in zip(seqs, pvs, grids)
+    ]
+    return Case("qwen2_5_vl", model, inputs, singles, ["doc-a", "doc-b"])
+
+
+def build_llava() -> Case:
+    vcfg = CLIPVisionConfig(
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        image_size=28,
+        patch_size=14,
+        projection_dim=32,
+    )
+    tcfg = LlamaConfig(
+        vocab_size=VOCAB,
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=4,
+        max_position_embeddings=512,
+        bos_token_id=1,
+        eos_token_id=2,
+        pad_token_id=PAD,
+    )
+    cfg = LlavaConfig(
+        vision_config=vcfg,
+        text_config=tcfg,
+        image_token_id=IMG,
+        projector_hidden_act="gelu",
+        vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+        image_seq_length=4,
+    )
+    torch.manual_seed(0)
+    model = LlavaForConditionalGeneration(cfg).eval()
+    _sharpen(model)
+    # "default" strategy drops CLS: (image_size / patch_size) ** 2 tokens per image.
+    n_tok = (vcfg.image_size // vcfg.patch_size) ** 2
+    g = torch.Generator().manual_seed(1)
+    pv = torch.randn(2, 3, vcfg.image_size, vcfg.image_size, generator=g)
+    seqs = [
+        [1, 5, 6] + [IMG] * n_tok + [7, 8, 9, 10, 11, 12, 13],
+        [1] + [IMG] * n_tok + [20, 21, 22],
+    ]
+    ids, am = _left_pad(seqs)
+    inputs = dict(input_ids=ids, attention_mask=am, pixel_values=pv)
+    singles = [
+        dict(input_ids=torch.tensor([s]), attention_mask=torch.ones(1, len(s), dtype=torch.long), pixel_values=pv[k : k + 1])
+        for k, s in enumerate(seqs)
+    ]
+    return Case("llava", model, inputs, singles, ["doc-a", "doc-b"])
+
+
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "llava"])
+def case(request) -> Case:
+    return build_qwen() if request.param == "qwen2_5_vl" else build_llava()
+
+
+def masks(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    vision = inputs["input_ids"] == IMG
+    return vision, ~vision
+
+
+def run(case: Case, settings: MCSSettings, inputs: dict | None = None, ids: list | None = None) -> MCSResult:
+    inputs = case.inputs if inputs is None else inputs
+    v, t = masks(inputs)
+    return compute_mcs(case.model, inputs, v, t, settings, sample_ids=case.ids if ids is None else ids)
+
+
+@contextlib.contextmanager
+def as_dtype(case: Case, dtype: torch.dtype):
+    """Temporarily swap in a ``dtype`` copy of the (float32) tiny model and cast the batch/single
+    inputs (a copy, so that a lossy bf16 round trip never alters the module-scoped model)."""
+
+    def cast(d):
+        return {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in d.items()}
+
+    saved = case.model, case.inputs, case.singles
+    case.model = copy.deepcopy(case.model).to(dtype)
+    case.inputs, case.singles = cast(case.inputs), [cast(s) for s in case.singles]
+    try:
+        yield case
+    finally:
+        case.model, case.inputs, case.singles = saved
+
+
+def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float, what: str) -> None:
+    a, b = a.double(), b.double()
+    err = ((a - b).abs() / b.abs().clamp_min(1e-30)).max().item()
+    assert err <= rtol, f"{what}: max relative error {err:.3g} > {rtol}\n{a}\n{b}"
+
+
+# --------------------------------------------------------------------------------------------------
+# settings and pure math
+# --------------------------------------------------------------------------------------------------
+
+
+def test_settings_defaults_and_dict():
+    s = MCSSettings()
+    assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 2 and s.relative and s.batched
+    assert s.perturbations_per_sample == 12
+    d = s.to_dict()
+    json.dumps(d)
+    assert d["sigmas"] == [0.05, 0.1, 0.2] and d["draws"] == 2 and d["seed"] == 0
+    assert MCSSettings(sigmas=[0.1, 1]).sigmas == (0.1, 1.0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        (dict(sigmas=()), "sigmas"),
+        (dict(sigmas=(0.1, -0.2)), "sigmas"),
+        (dict(sigmas=(0.0,)), "sigmas"),
+        (dict(sigmas=(float("nan"),)), "sigmas"),
+        (dict(sigmas=("a",)), "sigmas"),
+        (dict(draws=0), "draws"),
+        (dict(draws=1.5), "draws"),
+        (dict(eps=0.0), "eps"),
+        (dict(eps=-1e-8), "eps"),
+        (dict(seed=1.5), "seed"),
+        (dict(relative="yes"), "relative"),
+        (dict(batched=1), "batched"),
+        (dict(max_copies_per_pass=0), "max_copies_per_pass"),
+    ],
+)
+def test_settings_validation(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        MCSSettings(**kwargs)
+
+
+def test_pure_math():
+    g = torch.tensor([4.0, 0.0, 1e-12])
+    ce = torch.tensor([2.0, 0.0, 0.0])
+    s = mcs_score(g, ce, 1e-8)
+    assert torch.allclose(s, torch.tensor([2.0, 0.0, 1e-4], dtype=torch.float64))
+    assert torch.isfinite(s).all()
+    r = visual_ratio(torch.tensor([1.0, 3.0]), torch.tensor([3.0, 1.0]))
+    assert torch.allclose(r, torch.tensor([0.25, 0.75], dtype=torch.float64))
+    logits = torch.tensor([[2.0, 1.0, -1.0]])
+    p = torch.softmax(logits, -1)
+    ent = -(p * p.log()).sum()
+    assert torch.allclose(cross_entropy(p, logits), ent.unsqueeze(0))
+    # zero-probability entries of p_x contribute nothing even against -inf logits
+    p0 = torch.tensor([[1.0, 0.0]])
+    assert cross_entropy(p0, torch.tensor([[0.0, float("-inf")]])).item() == 0.0
+    assert sample_seed(0, "a") == sample_seed(0, "a") != sample_seed(1, "a") != sample_seed(0, "b")
+
+
+# --------------------------------------------------------------------------------------------------
+# model plumbing
+# --------------------------------------------------------------------------------------------------
+
+
+def test_clean_single_token_pass_reproduces_prefill(case):
+    """The positions/mask/cache plumbing is right iff the last token on the unperturbed cut cache
+    gives the prefill's logits (a wrong mrope position for the last token would not)."""
+    model, inputs = case.model, case.inputs
+    with torch.no_grad():
+        pos = prompt_position_ids(model, inputs)
+        logits_x, keys, values = prefill(model, inputs, pos)
+        last_pos = pos[:, :, -1:] if pos.dim() == 3 else pos[:, -1:]
+        logits = forward_last_token(model, inputs["input_ids"][:, -1:], last_pos, inputs["attention_mask"], keys, values)
+        # and the model's own unpadded forward of each sample agrees with the padded prefill
+        for k, single in enumerate(case.singles):
+            mm = {"mm_token_type_ids": (single["input_ids"] == IMG).int()} if case.arch == "qwen2_5_vl" else {}
+            own = model(**single, **mm).logits[0, -1].float()
+            torch.testing.assert_close(own, logits_x[k], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits.float(), logits_x, rtol=1e-4, atol=1e-4)
+    if case.arch == "qwen2_5_vl":
+        assert pos.shape == (3, 2, inputs["input_ids"].shape[1])
+        # mrope: the image spans fewer positions than tokens, so the last position < T - 1
+        n_valid = int(inputs["attention_mask"][0].sum())
+        assert int(pos[0, 0, -1]) < n_valid - 1
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
+def test_batched_equals_loop(case, dtype, rtol):
+    # float64 shows that the two modes compute the same thing (same noise, same gradients); float32
+    # only adds kernel rounding (squared gradients of a random tiny model: ~1e-4 relative).
+    with as_dtype(case, dtype):
+        batched = run(case, MCSSettings(batched=True))
+        loop = run(case, MCSSettings(batched=False))
+        chunked = run(case, MCSSettings(batched=True, max_copies_per_pass=5))
+    for other, name in ((loop, "loop"), (chunked, "chunked")):
+        assert_close(batched.scores, other.scores, rtol, f"scores batched vs {name}")
+        assert_close(batched.ce, other.ce, rtol, f"ce batched vs {name}")
+        assert_close(batched.c_v, other.c_v, rtol, f"c_v batched vs {name}")
+        assert_close(batched.c_t, other.c_t, rtol, f"c_t batched vs {name}")
+        assert_close(batched.r_v, other.r_v, rtol, f"r_v batched vs {name}")
+    if dtype == torch.float32:
+        return
+    # a different seed gives different noise, hence different scores
+    with as_dtype(case, dtype):
+        other_seed = run(case, MCSSettings(seed=1))
+    assert not torch.allclose(other_seed.scores, batched.scores, rtol=1e-3)
+
+
+def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tuple[float, float]:
+    """Independent reference for sample k alone (no padding): prefill WITHOUT the last token using
+    the model's own position logic, add the documented noise to a clone of the cache through an
+    explicit noise tensor, forward the last token, CE, autograd.grad w.r.t. that noise tensor."""
+    model = case.model
+    single = case.singles[k]
+    ids = single["input_ids"]
+    t = ids.shape[1]
+    extra = {k2: v for k2, v in single.items() if k2 not in ("input_ids", "attention_mask")}
+    if case.arch == "qwen2_5_vl":
+        extra["mm_token_type_ids"] = (ids == IMG).int()
+    model.eval()
+    with torch.no_grad():
+        p_x = torch.softmax(model(input_ids=ids, **extra).logits[0, -1].double(), -1)
+        if case.arch == "qwen2_5_vl":
+            extra["mm_token_type_ids"] = extra["mm_token_type_ids"][:, :-1]
+        pre = model(input_ids=ids[:, :-1], **extra, use_cache=True)
+    clean = [(layer.keys.clone(), layer.values.clone()) for layer in pre.past_key_values.layers]
+    if case.arch == "qwen2_5_vl":
+        delta = model.model.rope_deltas  # set by the model's own forward
+        last_pos = (torch.full((1, 1), t - 1) + delta).view(1, 1, 1).expand(3, 1, 1)
+        model.model.rope_deltas = None
+    else:
+        last_pos = None  # the model's default: arange from the cache length
+    prompt = ids[0, :-1]
+    idx_of = {"vision": (prompt == IMG).nonzero().flatten(), "text": (prompt != IMG).nonzero().flatten()}
+    gen = torch.Generator().manual_seed(sample_seed(settings.seed, sample_id))
+    scores = {"vision": [], "text": []}
+    for sigma in settings.sigmas:
+        for mod in ("vision", "text"):
+            idx = idx_of[mod]
+            for _ in range(settings.draws):
+                deltas, cache_kv = [], []
+                for kc, vc in clean:
+                    pair = []
+                    for c in (kc, vc):
+                        z = torch.randn((c.shape[1], idx.numel(), c.shape[3]), generator=gen)
+                        std = sigma * float(c[0][:, idx, :].std(unbiased=False)) if settings.relative else sigma
+                        d = (std * z.to(c.dtype)).requires_grad_(True)
+                        deltas.append(d)
+                        pert = c.clone()
+                        pert[0, :, idx, :] = pert[0, :, idx, :] + d
+                        pair.append(pert)
+                    cache_kv.append(pair)
+                cache = DynamicCache()
+                for li, (kk, vv) in enumerate(cache_kv):
+                    cache.update(kk, vv, li)
+                out = model(input_ids=ids[:, -1:], past_key_values=cache, position_ids=last_pos, use_cache=True)
+                logp = torch.log_softmax(out.logits[0, -1].double(), -1)
+                loss = -(p_x * logp).sum()
+                grads = torch.autograd.grad(loss, deltas)
+                gsq = sum(float(g.double().pow(2).sum()) for g in grads)
+                scores[mod].append(gsq / max(float(loss.detach()), settings.eps))
+    return sum(scores["vision"]) / len(scores["vision"]), sum(scores["text"]) / len(scores["text"])
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_matches_direct_autograd(case, relative):
+    settings = MCSSettings(relative=relative, sigmas=(0.1, 0.3) if relative else (0.02,), seed=3)
+    with as_dtype(case, torch.float64):
+        res = run(case, settings)  # padded batch: sample "doc-b" is the shorter, left-padded one
+        for k in (0, 1):
+            c_v, c_t = _direct_mcs(case, k, settings, case.ids[k])
+            assert math.isclose(float(res.c_v[k]), c_v, rel_tol=1e-8), (k, float(res.c_v[k]), c_v)
+            assert math.isclose(float(res.c_t[k]), c_t, rel_tol=1e-8), (k, float(res.c_t[k]), c_t)
+
+
+def test_ranges_and_record(case):
+    res = run(case, MCSSettings())
+    assert res.sample_ids == case.ids
+    assert res.scores.shape == (2, 3, 2, 2) and res.ce.shape == (2, 3, 2, 2)
+    assert (res.c_v > 0).all() and (res.c_t > 0).all()
+    assert ((res.r_v >= 0) & (res.r_v <= 1)).all()
+    # CE(p_x, p_z) >= H(p_x) (Gibbs), up to float32 rounding
+    assert (res.ce >= res.ce_clean.view(2, 1, 1, 1) - 1e-5).all()
+    n_img = [int((s["input_ids"] == IMG).sum()) for s in case.singles]
+    assert res.n_vision == n_img
+    assert res.n_text == [s["input_ids"].shape[1] - 1 - n for s, n in zip(case.singles, n_img)]
+    recs = res.to_records()
+    json.dumps(recs)
+    assert recs[1]["sample_id"] == "doc-b" and 0 <= recs[1]["r_v"] <= 1
+    assert res.settings["sigmas"] == [0.05, 0.1, 0.2]
+
+
+@pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
+def test_padding_invariance(case, dtype, rtol):
+    with as_dtype(case, dtype):
+        batch = run(case, MCSSettings())
+        for k, single in enumerate(case.singles):
+            alone = run(case, MCSSettings(), inputs=single, ids=[case.ids[k]])
+            assert_close(alone.scores, batch.scores[k : k + 1], rtol, f"scores sample {k}")
+            assert_close(alone.c_v, batch.c_v[k : k + 1], rtol, f"c_v sample {k}")
+            assert_close(alone.c_t, batch.c_t[k : k + 1], rtol, f"c_t sample {k}")
+            assert_close(alone.r_v, batch.r_v[k : k + 1], rtol, f"r_v sample {k}")
+    if dtype == torch.float32:
+        return
+    # batch order does not matter either (noise is keyed by sample id, not by row)
+    if case.arch == "llava":
+        with as_dtype(case, dtype):
+            rev = {k: v.flip(0) for k, v in case.inputs.items()}
+            res = run(case, MCSSettings(), inputs=rev, ids=case.ids[::-1])
+        assert_close(res.c_v.flip(0), batch.c_v, rtol, "c_v reversed batch")
+
+
+def test_near_one_hot_is_finite(case):
+    model = case.model
+    w = model.model.language_model.norm.weight
+    saved = w.detach().clone()
+    try:
+        # sharpen p_x until CE < eps for some perturbation (the eps guard is in use) while the
+        # gradients have not yet underflowed to exactly 0
+        for factor in (10.0, 2.0, 2.0, 2.0):
+            with torch.no_grad():
+                w.mul_(factor)
+            res = run(case, MCSSettings())
+            if float(res.ce.min()) < 1e-8:
+                break
+        assert float(res.ce.min()) < 1e-8, "the test should exercise the eps guard"
+        for t in (res.scores, res.c_v, res.c_t, res.r_v):
+            assert torch.isfinite(t).all()
+        assert ((res.r_v >= 0) & (res.r_v <= 1)).all()
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+
+
+def test_one_hot_to_working_precision_raises(case):
+    """CE and the gradient underflow to exactly 0 in both modalities: r_v is undefined -> error."""
+    model = case.model
+    w = model.model.language_model.norm.weight
+    saved = w.detach().clone()
+    try:
+        with torch.no_grad():
+            w.mul_(1000.0)
+        with pytest.raises(NonFiniteMCSError) as info:
+            run(case, MCSSettings())
+        assert set(info.value.sample_ids) <= set(case.ids) and info.value.sample_ids
+        assert info.value.sample_ids[0] in str(info.value)
+    finally:
+        with torch.no_grad():
+            w.copy_(saved)
+
+
+def test_nan_raises_naming_the_sample(case):
+    model = case.model
+    emb = model.get_input_embeddings().weight
+    saved = emb.detach().clone()
+    try:
+        with torch.no_grad():
+            emb[21] = float("nan")  # token 21 occurs only in the second prompt ("doc-b")
+        with pytest.raises(NonFiniteMCSError) as info:
+            run(case, MCSSettings())
+        assert info.value.sample_ids == ["doc-b"]
+        assert "doc-b" in str(info.value) and "doc-a" not in str(info.value)
+        assert isinstance(info.value, ValueError)
+    finally:
+        with torch.no_grad():
+            emb.copy_(saved)
+
+
+def test_model_state_restored_and_no_param_grads(case):
+    model = case.model
+    params = list(model.parameters())
+    # a mixed, non-default state: some frozen, some trainable, model in training mode, one
+    # submodule in eval mode
+    for i, p in enumerate(params):
+        p.requires_grad_(i % 3 != 0)
+        p.grad = None
+    model.train()
+    model.model.language_model.layers[0].eval()
+    req_before = [p.requires_grad for p in params]
+    train_before = [m.training for m in model.modules()]
+    try:
+        run(case, MCSSettings())
+        assert [p.requires_grad for p in params] == req_before
+        assert [m.training for m in model.modules()] == train_before
+        assert all(p.grad is None for p in params)
+        # also after an error in the middle of the computation
+        emb = model.get_input_embeddings().weight
+        saved = emb.detach().clone()
+        with torch.no_grad():
+            emb[21] = float("nan")
+        with pytest.raises(NonFiniteMCSError):
+            run(case, MCSSettings())
+        with torch.no_grad():
+            emb.copy_(saved)
+        assert [p.requires_grad for p in params] == req_before
+        assert [m.training for m in model.modules()] == train_before
+        assert all(p.grad is None for p in params)
+    finally:
+        for p in params:
+            p.requires_grad_(True)
+        model.eval()
+
+
+def test_dropout_does_not_leak_in(case):
+    """MCS runs in eval mode even when the model is in training mode (dropout off)."""
+    model = case.model
+    ref = run(case, MCSSettings())
+    attns = [layer.self_attn for layer in model.model.language_model.layers]
+    model.train()
+    for a in attns:
+        a.attention_dropout = 0.5
+    try:
+        again = run(case, MCSSettings())
+    finally:
+        model.eval()
+        for a in attns:
+            a.attention_dropout = 0.0
+    assert_close(again.scores, ref.scores, 1e-6, "train-mode model")
+
+
+def test_bf16(case):
+    with as_dtype(case, torch.bfloat16):
+        b = run(case, MCSSettings())
+        loop = run(case, MCSSettings(batched=False))
+    for t in (b.scores, b.c_v, b.c_t, b.r_v):
+        assert t.dtype == torch.float64 and torch.isfinite(t).all()
+    assert ((b.r_v >= 0) & (b.r_v <= 1)).all()
+    assert_close(b.r_v, loop.r_v, 5e-2, "bf16 r_v batched vs loop")
+
+
+def test_inference_mode_caller(case):
+    ref = run(case, MCSSettings())
+    with torch.inference_mode():
+        res = run(case, MCSSettings())
+    assert_close(res.c_v, ref.c_v, 1e-6, "inside inference_mode")
+
+
+def test_input_validation(case):
+    v, t = masks(case.inputs)
+    right = dict(case.inputs)
+    right["attention_mask"] = case.inputs["attention_mask"].flip(1)
+    with pytest.raises(ValueError, match="LEFT"):
+        compute_mcs(case.model, right, v, t, MCSSettings())
+    with pytest.raises(ValueError, match="overlap"):
+        compute_mcs(case.model, case.inputs, v, torch.ones_like(t), MCSSettings())
+    with pytest.raises(ValueError, match="vision_mask"):
+        compute_mcs(case.model, case.inputs, v[:, 1:], t, MCSSettings())
+    with pytest.raises(ValueError, match="no vision positions"):
+        compute_mcs(case.model, case.inputs, torch.zeros_like(v), t, MCSSettings(), sample_ids=case.ids)
+    with pytest.raises(ValueError, match="sample_ids"):
+        compute_mcs(case.model, case.inputs, v, t, MCSSettings(), sample_ids=["x"])
+
+
+# --------------------------------------------------------------------------------------------------
+# end to end with a saved tiny checkpoint and its real processor (optional: skipped when the
+# project's tiny-model / processor helpers are not importable)
+# --------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
+def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
+    tm = pytest.importorskip("amps_eval.testing.tiny_models")
+    procs = pytest.importorskip("amps_eval.processors")
+    if not all(hasattr(tm, n) for n in ("tiny_model", "tiny_image")) or not all(
+        hasattr(procs, n) for n in ("load_processor", "image_token_id")
+    ):
+        pytest.skip("tiny-model helpers not available")
+    path = tm.tiny_model(arch, tmp_path_factory.mktemp("tiny-ckpt"))
+    cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else LlavaForConditionalGeneration
+    model = cls.from_pretrained(path).eval()
+    processor = procs.load_processor(path, arch)
+    texts = [
+        "Text context: the dog is black and lies on a red sofa next to a window.\nWhat colour is the dog?",
+        "What colour is the sky?",
+    ]
+    images = [tm.tiny_image(seed=0), tm.tiny_image(56, 84, seed=1)]
+    prompts = [
+        processor.apply_chat_template(
+            [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": t}]}],
+            add_generation_prompt=True,
+            tokenize=False,
+        )
+        for t in texts
+    ]
+    img = procs.image_token_id(model.config)
+
+    def encode(idx):
+        return dict(processor(text=[prompts[i] for i in idx], images=[images[i] for i in idx], padding=True, return_tensors="pt"))
+
+    batch = encode([0, 1])
+    assert int(batch["attention_mask"][1, 0]) == 0, "the second prompt should be left-padded"
+    vision = batch["input_ids"] == img
+    ids = ["long", "short"]
+    res = compute_mcs(model, batch, vision, ~vision, MCSSettings(), sample_ids=ids)
+    loop = compute_mcs(model, batch, vision, ~vision, MCSSettings(batched=False), sample_ids=ids)
+    assert_close(res.scores, loop.scores, 1e-3, "processor batch: batched vs loop")
+    assert ((res.r_v >= 0) & (res.r_v <= 1)).all() and (res.c_v > 0).all() and (res.c_t > 0).all()
+    alone = encode([1])
+    v1 = alone["input_ids"] == img
+    single = compute_mcs(model, alone, v1, ~v1, MCSSettings(), sample_ids=["short"])
+    assert_close(single.scores, res.scores[1:], 1e-3, "processor batch: padding invariance")

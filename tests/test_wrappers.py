@@ -1,0 +1,98 @@
+"""The amps_qwen / amps_llava wrappers on tiny models of the real architectures."""
+
+import random
+
+import pytest
+
+from amps_eval.methods.prompts import COT_INSTRUCTION
+from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
+from amps_eval.model_wrappers.base import truncate
+from amps_eval.model_wrappers.llava import AmpsLlava
+from amps_eval.model_wrappers.qwen import AmpsQwen
+from amps_eval.model_wrappers.settings import QwenSettings, SettingsError, WrapperSettings
+
+from wrapper_helpers import make_wrapper, mc2_task_dict, requests_for
+
+ARCHS = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}
+
+
+@pytest.fixture(scope="module")
+def task_dict(synthetic_mc2_dir):
+    return mc2_task_dict(synthetic_mc2_dir)
+
+
+@pytest.fixture(params=sorted(ARCHS))
+def arch(request):
+    cls, fixture = ARCHS[request.param]
+    return cls, request.getfixturevalue(fixture)
+
+
+def test_unknown_argument_lists_valid_ones():
+    with pytest.raises(SettingsError, match=r"unknown model argument\(s\) \['temprature'\].*valid arguments: pretrained"):
+        WrapperSettings.from_model_args(pretrained="x", temprature=0.1)
+    with pytest.raises(SettingsError, match="min_pixels"):
+        WrapperSettings.from_model_args(pretrained="x", min_pixels=10)  # LLaVA has no pixel bounds
+    assert QwenSettings.from_model_args(pretrained="x", min_pixels=3136, max_batch_size=None).min_pixels == 3136
+    with pytest.raises(SettingsError, match="unknown method='stear'; valid methods: none, inst, cot, fewshot"):
+        WrapperSettings.from_model_args(pretrained="x", method="stear")
+    with pytest.raises(SettingsError, match="batch_size='auto' is not a valid int"):
+        WrapperSettings.from_model_args(pretrained="x", batch_size="auto")
+    with pytest.raises(SettingsError, match="pretrained"):
+        WrapperSettings.from_model_args(method="none")
+
+
+def test_batched_equals_unbatched_and_request_order(arch, task_dict):
+    cls, path = arch
+    requests = requests_for(task_dict, "mc2_visual", n=8) + requests_for(task_dict, "mc2_text", n=4)
+    single = make_wrapper(cls, path, task_dict, batch_size=1).generate_until(requests)
+    batched_wrapper = make_wrapper(cls, path, task_dict, batch_size=4)
+    assert batched_wrapper.generate_until(requests) == single
+    shuffled = list(range(len(requests)))
+    random.Random(0).shuffle(shuffled)
+    assert batched_wrapper.generate_until([requests[i] for i in shuffled]) == [single[i] for i in shuffled]
+    assert any(text for text in single), "a random tiny model still produces some text"
+
+
+def test_prompt_methods_build_the_documented_prompts(tiny_llava_path, task_dict):
+    requests = requests_for(task_dict, "mc2_visual", n=2) + requests_for(task_dict, "mc2_text", n=2)
+    inst = make_wrapper(AmpsLlava, tiny_llava_path, task_dict, method="inst")
+    texts = [inst._prompt(i, r).turns[-1].text for i, r in enumerate(requests)]
+    assert texts[0].endswith(MODALITY_INSTRUCTIONS["vision"]) and texts[1].endswith(MODALITY_INSTRUCTIONS["vision"])
+    assert texts[2].endswith(MODALITY_INSTRUCTIONS["text"]) and texts[3].endswith(MODALITY_INSTRUCTIONS["text"])
+    cot = make_wrapper(AmpsLlava, tiny_llava_path, task_dict, method="cot", cot_max_new_tokens=20)
+    prompt = cot._prompt(0, requests[0])
+    assert prompt.turns[-1].text.endswith(COT_INSTRUCTION) and prompt.max_new_tokens == 20
+    none = make_wrapper(AmpsLlava, tiny_llava_path, task_dict)
+    assert none._prompt(0, requests[0]).turns[-1].text == requests[0].args[0]
+
+
+def test_fewshot_examples_are_other_items_answered_toward_the_target(tiny_qwen_path, task_dict):
+    wrapper = make_wrapper(AmpsQwen, tiny_qwen_path, task_dict, method="fewshot", fewshot_k=2)
+    for task in ("mc2_visual", "mc2_text"):
+        docs = task_dict[task]["test"]
+        for i, request in enumerate(requests_for(task_dict, task)):
+            turns = wrapper._prompt(i, request).turns
+            assert [t.role for t in turns] == ["user", "assistant", "user", "assistant", "user"]
+            assert turns[-1].text == request.args[0]
+            for example, answer in zip(turns[0:4:2], turns[1:4:2]):
+                assert example.text != request.args[0], "an item is never its own example"
+                row = next(j for j in range(len(docs)) if docs[j]["question"] in example.text and docs[j]["context"] in example.text)
+                assert docs[row]["mc2_id"] != docs[i]["mc2_id"]
+                expected = docs[row]["answer_vision"] if docs[i]["target"] == "vision" else docs[row]["answer_text"]
+                letter = "A" if docs[row]["option_a"] == expected else "B"
+                # The example was asked with its own option order; the answer names the target's option.
+                assert f"{letter}. {expected}" in example.text and answer.text == letter
+    again = make_wrapper(AmpsQwen, tiny_qwen_path, task_dict, method="fewshot", fewshot_k=2)
+    request = requests_for(task_dict, "mc2_visual", n=1)[0]
+    assert [t.text for t in again._prompt(0, request).turns] == [t.text for t in wrapper._prompt(0, request).turns]
+
+
+def test_fewshot_generates(tiny_qwen_path, task_dict):
+    wrapper = make_wrapper(AmpsQwen, tiny_qwen_path, task_dict, method="fewshot", fewshot_k=1, batch_size=2)
+    requests = requests_for(task_dict, "mc2_text", n=3)
+    assert len(wrapper.generate_until(requests)) == 3
+
+
+def test_truncate_at_stop_strings():
+    assert truncate("A. red\nUSER: more", ("\nUSER:",)) == "A. red"
+    assert truncate("B", ()) == "B"
