@@ -18,10 +18,8 @@ in bf16 (~17 GB), with an MC2-sized prompt: a 476x644 image (grid 1x34x46 -> 391
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import platform
 import statistics
 import sys
 import time
@@ -29,123 +27,12 @@ from pathlib import Path
 
 import torch
 
-from amps_eval.steering.mcs import MCSSettings, compute_mcs
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this is run
+from common import build_qwen, default_dtype, device_name, left_pad, random_text, sync  # noqa: E402
+
+from amps_eval.steering.mcs import MCSSettings, compute_mcs  # noqa: E402
 
 IMG_TINY = 190
-
-
-@contextlib.contextmanager
-def _default_dtype(dtype: torch.dtype):
-    old = torch.get_default_dtype()
-    torch.set_default_dtype(dtype)
-    try:
-        yield
-    finally:
-        torch.set_default_dtype(old)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def _left_pad(seqs: list[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
-    t = max(len(s) for s in seqs)
-    ids = torch.tensor([[pad] * (t - len(s)) + s for s in seqs])
-    am = torch.tensor([[0] * (t - len(s)) + [1] * len(s) for s in seqs])
-    return ids, am
-
-
-def _text(rng: torch.Generator, n: int, lo: int, hi: int) -> list[int]:
-    return torch.randint(lo, hi, (n,), generator=rng).tolist()
-
-
-def build_qwen(kind: str, batch: int, device: torch.device, dtype: torch.dtype, text_tokens: int):
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
-
-    if kind == "tiny":
-        text = dict(
-            vocab_size=200,
-            hidden_size=64,
-            intermediate_size=128,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            bos_token_id=1,
-            eos_token_id=2,
-            pad_token_id=0,
-            rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
-        )
-        vision = dict(
-            depth=1,
-            hidden_size=32,
-            intermediate_size=64,
-            num_heads=2,
-            out_hidden_size=64,
-            window_size=56,
-            fullatt_block_indexes=[0],
-        )
-        special = dict(image_token_id=190, video_token_id=191, vision_start_token_id=192, vision_end_token_id=193)
-        grid = (1, 8, 8)
-        text_range = (3, 180)
-    else:  # full Qwen2.5-VL-7B-Instruct configuration
-        text = dict(
-            vocab_size=152064,
-            hidden_size=3584,
-            intermediate_size=18944,
-            num_hidden_layers=28,
-            num_attention_heads=28,
-            num_key_value_heads=4,
-            max_position_embeddings=128000,
-            rms_norm_eps=1e-6,
-            bos_token_id=151643,
-            eos_token_id=151645,
-            pad_token_id=151643,
-            rope_parameters={"rope_type": "default", "rope_theta": 1000000.0, "mrope_section": [16, 24, 24]},
-        )
-        vision = dict(
-            depth=32,
-            hidden_size=1280,
-            intermediate_size=3420,
-            num_heads=16,
-            out_hidden_size=3584,
-            window_size=112,
-            fullatt_block_indexes=[7, 15, 23, 31],
-        )
-        special = dict(
-            image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653
-        )
-        grid = (1, 34, 46)
-        text_range = (1000, 150000)
-    vision.update(patch_size=14, spatial_merge_size=2, temporal_patch_size=2, in_chans=3)
-    cfg = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **special)
-    torch.manual_seed(0)
-    with torch.device(device), _default_dtype(dtype):  # build in the target dtype: no fp32 copy of 8B params
-        model = Qwen2_5_VLForConditionalGeneration(cfg).to(dtype).eval()
-    if kind == "tiny":
-        with torch.no_grad():  # a peaked p_x, like a trained model's
-            model.model.language_model.norm.weight.mul_(30.0)
-    rng = torch.Generator().manual_seed(0)
-    n_img = grid[0] * grid[1] * grid[2] // 4
-    patch_dim = 3 * 2 * 14 * 14
-    seqs, pvs = [], []
-    for b in range(batch):
-        n_txt = max(4, text_tokens - 7 * b)  # different lengths -> real left padding
-        seqs.append(
-            [special["vision_start_token_id"]]
-            + [special["image_token_id"]] * n_img
-            + [special["vision_end_token_id"]]
-            + _text(rng, n_txt, *text_range)
-        )
-        pvs.append(torch.randn(grid[0] * grid[1] * grid[2], patch_dim, generator=rng))
-    ids, am = _left_pad(seqs, text["pad_token_id"])
-    inputs = dict(
-        input_ids=ids.to(device),
-        attention_mask=am.to(device),
-        pixel_values=torch.cat(pvs).to(device=device, dtype=dtype),
-        image_grid_thw=torch.tensor([grid] * batch, device=device),
-    )
-    return model, inputs, special["image_token_id"]
 
 
 def build_llava(batch: int, device: torch.device, dtype: torch.dtype, text_tokens: int):
@@ -167,14 +54,14 @@ def build_llava(batch: int, device: torch.device, dtype: torch.dtype, text_token
     )
     cfg = LlavaConfig(vision_config=vcfg, text_config=tcfg, image_token_id=IMG_TINY, projector_hidden_act="gelu")
     torch.manual_seed(0)
-    with torch.device(device), _default_dtype(dtype):
+    with torch.device(device), default_dtype(dtype):
         model = LlavaForConditionalGeneration(cfg).to(dtype).eval()
     with torch.no_grad():
         model.model.language_model.norm.weight.mul_(30.0)
     n_img = (vcfg.image_size // vcfg.patch_size) ** 2
     rng = torch.Generator().manual_seed(0)
-    seqs = [[1] + [IMG_TINY] * n_img + _text(rng, max(4, text_tokens - 7 * b), 3, 180) for b in range(batch)]
-    ids, am = _left_pad(seqs, 0)
+    seqs = [[1] + [IMG_TINY] * n_img + random_text(rng, max(4, text_tokens - 7 * b), 3, 180) for b in range(batch)]
+    ids, am = left_pad(seqs, 0)
     pv = torch.randn(batch, 3, vcfg.image_size, vcfg.image_size, generator=rng)
     inputs = dict(input_ids=ids.to(device), attention_mask=am.to(device), pixel_values=pv.to(device=device, dtype=dtype))
     return model, inputs, IMG_TINY
@@ -189,10 +76,10 @@ def time_mode(model, inputs, image_token_id, settings, repeats, device):
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     for _ in range(repeats):
-        _sync(device)
+        sync(device)
         t0 = time.perf_counter()
         result = compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)
-        _sync(device)
+        sync(device)
         times.append(time.perf_counter() - t0)
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return times, result, peak
@@ -278,7 +165,7 @@ def main(argv: list[str] | None = None) -> dict:
     out = {
         "config": args.config,
         "device": str(device),
-        "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or platform.machine(),
+        "device_name": device_name(device),
         "dtype": str(dtype).replace("torch.", ""),
         "batch_size": batch,
         "prompt_length": seq,

@@ -18,8 +18,9 @@ from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
 from amps_eval.mc2.prompt import answer_letter, doc_prompt
-from amps_eval.methods.prompts import Example, Turn, build_conversation, choose_examples
-from amps_eval.model_wrappers.settings import WrapperSettings
+from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
+from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
+from amps_eval.model_wrappers.settings import WrapperSettings, load_steering
 
 
 @dataclass
@@ -49,9 +50,20 @@ class Prompt:
 
 
 @dataclass
+class Encoded:
+    inputs: dict  # the processor's tensors, on the model's input device
+    vision_mask: torch.Tensor  # [B, T] image-token positions
+    text_mask: torch.Tensor  # [B, T] positions of the user's text
+
+
+@dataclass
 class Batch:
     prompts: list[Prompt]
-    inputs: dict  # the processor's tensors, on the model's input device
+    encoded: Encoded
+
+    @property
+    def inputs(self) -> dict:
+        return self.encoded.inputs
 
 
 class AmpsWrapper(lmms):
@@ -60,6 +72,7 @@ class AmpsWrapper(lmms):
     is_simple = True
     settings_class: type[WrapperSettings] = WrapperSettings
     architecture: str = ""  # processor kind, see amps_eval.processors
+    default_mlp_hidden: int = 100  # L2S's hidden width for this family (amps-eval fit --hidden)
 
     def __init__(self, **model_args) -> None:
         super().__init__()
@@ -70,6 +83,8 @@ class AmpsWrapper(lmms):
         self.processor = self.load_processor()
         self.processor.tokenizer.padding_side = "left"
         self._fewshot_columns: dict[tuple[str, str], tuple[list, list]] = {}
+        self.steering = load_steering(self.settings, self.model)
+        self.diagnostics = DiagnosticsWriter.for_run(self.settings, self.rank) if self.settings.diagnostics else None
         logger.info(f"{type(self).__name__} settings: {self.settings.to_dict()}")
 
     # --- subclass interface -------------------------------------------------------------------
@@ -82,7 +97,13 @@ class AmpsWrapper(lmms):
     @contextlib.contextmanager
     def intervene(self, batch: Batch) -> Iterator[None]:
         """Steering around one batch's generation; the prompt baselines change nothing."""
-        yield
+        if self.steering is None:
+            yield
+            return
+        with self.steering.apply(self.model, batch) as rows:
+            yield
+        if self.diagnostics is not None:
+            self.diagnostics.write(rows)
 
     # --- devices ------------------------------------------------------------------------------
     def _setup_devices(self) -> None:
@@ -131,7 +152,8 @@ class AmpsWrapper(lmms):
         doc = self.task_dict[task][split][doc_id]
         images = doc_to_visual(doc) if doc_to_visual is not None else []
         examples = self._examples(task, split, doc) if self.settings.method == "fewshot" else ()
-        turns = build_conversation(self.settings.method, context, images, doc.get("target"), examples)
+        prompt_method = self.settings.method if self.settings.method in PROMPT_METHODS else "none"
+        turns = build_conversation(prompt_method, context, images, doc.get("target"), examples)
         gen_kwargs = dict(gen_kwargs or {})
         max_new_tokens = int(gen_kwargs.get("max_new_tokens", 16))
         if self.settings.method == "cot":
@@ -164,11 +186,37 @@ class AmpsWrapper(lmms):
         ]
         return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
 
-    def encode(self, prompts: list[Prompt]) -> dict:
-        texts = [self.render(p.turns) for p in prompts]
-        images = [image for p in prompts for image in p.images]
-        inputs = self.processor(text=texts, images=images or None, padding=True, return_tensors="pt")
-        return {k: v.to(self.input_device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+    def encode_turns(self, conversations: list[list[Turn]]) -> "Encoded":
+        """Left-padded model inputs for a batch of conversations, with each row's modality masks.
+
+        Vision positions are the image tokens. Text positions are the tokens of the last user turn's
+        text (context, question, options and any instruction), not the chat template: found by
+        character offsets, counted from the end of the prompt, which image-token expansion in the
+        processor does not move.
+        """
+        texts = [self.render(turns) for turns in conversations]
+        images = [image for turns in conversations for turn in turns for image in turn.images]
+        inputs = self.processor(
+            text=texts, images=images or None, padding=True, return_tensors="pt", return_offsets_mapping=True
+        )
+        offsets = inputs.pop("offset_mapping")
+        attention = inputs["attention_mask"].bool()
+        text_mask = torch.zeros_like(attention)
+        for row, (rendered, turns) in enumerate(zip(texts, conversations)):
+            user_text = next(t.text for t in reversed(turns) if t.role == "user")
+            start = rendered.rfind(user_text)
+            if start < 0:
+                raise RuntimeError(f"the chat template dropped the user text of row {row}; cannot locate text tokens")
+            end_of_prompt = int(offsets[row][attention[row]][:, 1].max())
+            lo = end_of_prompt - (len(rendered) - start)
+            hi = end_of_prompt - (len(rendered) - start - len(user_text))
+            begins, ends = offsets[row][:, 0], offsets[row][:, 1]
+            text_mask[row] = attention[row] & (begins >= lo) & (ends <= hi) & (ends > begins)
+        vision_mask = (inputs["input_ids"] == self.model.config.image_token_id) & attention
+        text_mask &= ~vision_mask
+        device = self.input_device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        return Encoded(inputs, vision_mask.to(device), text_mask.to(device))
 
     def _batches(self, prompts: list[Prompt]) -> list[list[Prompt]]:
         """Batches of equal generation settings, longest prompts first (less padding)."""
@@ -205,7 +253,7 @@ class AmpsWrapper(lmms):
         batches = self._batches(prompts)
         progress = tqdm(total=len(prompts), desc=f"{type(self).__name__} ({self.settings.method})", disable=self.rank != 0)
         for chunk in batches:
-            batch = Batch(chunk, self.encode(chunk))
+            batch = Batch(chunk, self.encode_turns([p.turns for p in chunk]))
             for prompt, text in zip(chunk, self._generate(batch)):
                 results[prompt.index] = text
                 self.cache_hook.add_partial("generate_until", requests[prompt.index].args, text)

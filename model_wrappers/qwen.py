@@ -12,6 +12,7 @@ from amps_eval.processors import load_processor
 class AmpsQwen(AmpsWrapper):
     settings_class = QwenSettings
     architecture = "qwen2_5_vl"
+    default_mlp_hidden = 400  # the L2S paper's width for Qwen
 
     def load_model(self):
         return Qwen2_5_VLForConditionalGeneration.from_pretrained(self.settings.pretrained, **self.model_load_kwargs())

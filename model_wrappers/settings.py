@@ -10,6 +10,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from amps_eval.methods.prompts import PROMPT_METHODS
+from amps_eval.methods.steering import STEERING_METHODS
+from amps_eval.steering.hooks import POSITIONS
+from amps_eval.steering.scaling import CONVENTIONS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.
@@ -32,6 +35,17 @@ class WrapperSettings:
     fewshot_k: int = 2
     cot_max_new_tokens: int = 256
     seed: int = 0
+    # steering (method=mean|mean_mcs|l2s|amps)
+    steering: str | None = None  # the file written by `amps-eval fit`
+    steering_sha256: str | None = None  # optional: refuse a file with other content (and key lmms-eval's cache)
+    alpha: float = 1.0
+    positions: str = "all"
+    beta: float = 1.0  # mean_mcs: strength of the per-sample scaling (Eq. 9)
+    convention: str = "prose"  # mean_mcs: sign convention of Eq. 9 (see amps_eval/steering/scaling.py)
+    mcs_sigmas: str = "0.05/0.1/0.2"  # "/"-separated (commas separate model arguments)
+    mcs_draws: int = 2
+    mcs_relative: bool = True
+    diagnostics: str | None = None  # folder for per-sample steering diagnostics (JSONL)
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
     def __post_init__(self) -> None:
@@ -48,10 +62,31 @@ class WrapperSettings:
             raise SettingsError("method=fewshot needs fewshot_k >= 1")
         if self.device_map not in (None, "auto"):
             raise SettingsError(f"device_map must be 'auto' or unset, got {self.device_map!r}")
+        steered = self.method in STEERING_METHODS
+        if steered and not self.steering:
+            raise SettingsError(f"method={self.method} needs steering=<file written by `amps-eval fit`>")
+        if not steered and self.steering:
+            raise SettingsError(f"steering= is given but method={self.method} does not steer; use one of {STEERING_METHODS}")
+        if self.positions not in POSITIONS:
+            raise SettingsError(f"positions={self.positions!r} is not one of {POSITIONS}")
+        if self.convention not in CONVENTIONS:
+            raise SettingsError(f"convention={self.convention!r} is not one of {CONVENTIONS}")
+        if self.beta < 0:
+            raise SettingsError(f"beta must be >= 0, got {self.beta}")
+        self.mcs_settings()  # validates the MCS settings
+
+    def mcs_settings(self):
+        from amps_eval.steering.mcs import MCSSettings
+
+        try:
+            sigmas = tuple(float(x) for x in str(self.mcs_sigmas).split("/") if x)
+            return MCSSettings(sigmas=sigmas, draws=self.mcs_draws, relative=self.mcs_relative, seed=self.seed)
+        except ValueError as error:
+            raise SettingsError(f"bad MCS settings (mcs_sigmas={self.mcs_sigmas!r}, mcs_draws={self.mcs_draws}): {error}") from None
 
     @classmethod
     def valid_methods(cls) -> tuple[str, ...]:
-        return PROMPT_METHODS
+        return PROMPT_METHODS + STEERING_METHODS
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -112,3 +147,27 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         return str(value)
     except (TypeError, ValueError):
         raise SettingsError(f"{name}={value!r} is not a valid {kind.split(' ')[0]}") from None
+
+
+def load_steering(settings: WrapperSettings, model):
+    """The run's `Steering` (None for the prompt methods), checked against the loaded model."""
+    from loguru import logger
+
+    from amps_eval.methods.steering import FILE_METHOD, STEERING_METHODS, Steering, SteeringConfig
+    from amps_eval.steering.file import SteeringFile, sha256
+
+    if settings.method not in STEERING_METHODS:
+        return None
+    digest = sha256(settings.steering)
+    if settings.steering_sha256 and settings.steering_sha256 != digest:
+        raise SettingsError(
+            f"steering file {settings.steering} has sha256 {digest}, but steering_sha256={settings.steering_sha256} "
+            "was asked for: the file changed since the run was set up; refit or update steering_sha256"
+        )
+    if not settings.steering_sha256:
+        logger.info(f"steering file {settings.steering} sha256={digest} (pass steering_sha256= to pin it)")
+    file = SteeringFile.load(settings.steering)
+    file.check_compatible(model.config, settings.pretrained, FILE_METHOD[settings.method])
+    config = SteeringConfig(settings.method, settings.alpha, settings.positions, settings.beta, settings.convention,
+                            settings.mcs_settings())
+    return Steering(file, config, model)

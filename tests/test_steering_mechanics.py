@@ -298,9 +298,11 @@ def _file(method="amps", folds=2, hidden=8):
     for k, held in enumerate(parts):
         fit = [i for i in ids if i not in held]
         if method == "mean":
-            tensors = {"vector": torch.randn(D)}
+            vector = torch.randn(D)
+            tensors = {"vision.vector": vector, "text.vector": -vector}
         else:
-            tensors = {k2: v.clone() for k2, v in SteeringMLP(D, hidden).state_dict().items()}
+            tensors = {f"{d}.{k2}": v.clone() for d in ("vision", "text")
+                       for k2, v in SteeringMLP(D, hidden).state_dict().items()}
         out.append(Fold(name=f"fold{k}", fit_ids=fit, held_out_ids=held, tensors=tensors,
                         hidden=None if method == "mean" else hidden))
     return SteeringFile(method=method, layer=1, hidden_size=D, num_layers=LAYERS, model_id="Qwen/Tiny-VL",
@@ -335,10 +337,12 @@ def test_steering_file_round_trip_without_pickle(tmp_path, monkeypatch, method):
     assert meta["method"] == method and set(load_file(str(path))) == {
         f"fold{k}.{name}" for k, f in enumerate(original.folds) for name in f.tensors}
     if method == "mean":
-        assert torch.equal(loaded.vector(0), original.folds[0].tensors["vector"])
+        assert torch.equal(loaded.vector(0), original.folds[0].tensors["vision.vector"])
+        assert torch.equal(loaded.vector(0, "text"), -original.folds[0].tensors["vision.vector"])
     else:
         x = torch.randn(3, D)
         assert torch.allclose(loaded.module(1)(x), original.module(1)(x))
+        assert torch.allclose(loaded.module(1, "text")(x), original.module(1, "text")(x))
 
 
 def test_steering_file_mismatch_refused(model, tmp_path):
@@ -377,8 +381,8 @@ def test_fold_for_never_returns_a_fold_that_saw_the_item():
         assert not choice.in_sample and sf.fold_for(item) == choice.index
     assert not sf.fold_choice("unknown").in_sample
     single = SteeringFile(method="mean", layer=0, hidden_size=D, num_layers=LAYERS, model_id="m", architecture="A",
-                          folds=[Fold("all", [f"mc2_{i}" for i in range(10)], [], {"vector": torch.zeros(D)})])
+                          folds=[Fold("all", [f"mc2_{i}" for i in range(10)], [], {"vision.vector": torch.zeros(D), "text.vector": torch.zeros(D)})])
     assert single.fold_choice("mc2_3").in_sample and single.fold_for("mc2_3") == 0
     with pytest.raises(ValueError, match="expected tensors"):
         SteeringFile(method="mean", layer=0, hidden_size=D, num_layers=LAYERS, model_id="m", architecture="A",
-                     folds=[Fold("all", [], [], {"vector": torch.zeros(D + 1)})])
+                     folds=[Fold("all", [], [], {"vision.vector": torch.zeros(D + 1), "text.vector": torch.zeros(D + 1)})])

@@ -96,3 +96,22 @@ def test_fewshot_generates(tiny_qwen_path, task_dict):
 def test_truncate_at_stop_strings():
     assert truncate("A. red\nUSER: more", ("\nUSER:",)) == "A. red"
     assert truncate("B", ()) == "B"
+
+
+def test_modality_masks_cover_image_tokens_and_user_text(arch, task_dict):
+    cls, path = arch
+    wrapper = make_wrapper(cls, path, task_dict, batch_size=2)
+    requests = requests_for(task_dict, "mc2_visual", n=2)
+    prompts = [wrapper._prompt(i, r) for i, r in enumerate(requests)]
+    encoded = wrapper.encode_turns([p.turns for p in prompts])
+    tokenizer = wrapper.processor.tokenizer
+    for row, prompt in enumerate(prompts):
+        ids = encoded.inputs["input_ids"][row]
+        text = tokenizer.decode(ids[encoded.text_mask[row]])
+        # The text positions decode to the user's text (context, question, options) and nothing else.
+        assert " ".join(text.split()) == " ".join(prompt.turns[-1].text.split())
+        assert (ids[encoded.vision_mask[row]] == wrapper.model.config.image_token_id).all()
+        assert encoded.vision_mask[row].sum() > 0
+        assert not (encoded.text_mask[row] & encoded.vision_mask[row]).any()
+        template = encoded.inputs["attention_mask"][row].bool() & ~encoded.text_mask[row] & ~encoded.vision_mask[row]
+        assert template.sum() > 0  # the chat template is neither

@@ -1,7 +1,7 @@
 """The steering file: what `amps-eval fit` writes and the steered wrappers read.
 
-One safetensors file: the tensors (a mean vector or an MLP state dict per fold, keys prefixed
-``fold{k}.``) plus one JSON string under the metadata key "amps_eval" with everything else. Loading
+One safetensors file: the tensors (a mean vector or an MLP state dict per fold and direction, keys
+prefixed ``fold{k}.vision.`` / ``fold{k}.text.``) plus one JSON string under the metadata key "amps_eval" with everything else. Loading
 never unpickles (safetensors + json only), so a steering file from anywhere is safe to open.
 
 Cross-fitting: with k folds, fold k's module is fitted on every item except its held-out set, and an
@@ -43,6 +43,16 @@ FORMAT_VERSION = 1
 METHODS = ("mean", "l2s", "amps")
 META_KEY = "amps_eval"
 _MLP_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight")
+# Every fold stores its tensors for both steering directions, prefixed "vision." and "text.": for
+# mean and L2S the text entries are the negated vision ones; AMPS scales its targets per direction
+# (Eq. 9 depends on which modality is steered away from), so its two modules differ.
+DIRECTIONS = ("vision", "text")
+
+
+def _direction(direction: str) -> str:
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
+    return direction
 
 
 class SteeringFileMismatch(ValueError):
@@ -135,15 +145,19 @@ class SteeringFile:
     def _check_fold(self, fold: Fold) -> None:
         d = self.hidden_size
         if self.method == "mean":
-            expected = {"vector": (d,)}
+            shapes = {"vector": (d,)}
         else:
             if not isinstance(fold.hidden, int) or fold.hidden < 1:
                 raise ValueError(f"fold {fold.name!r}: an MLP fold needs its hidden width")
             h = fold.hidden
-            expected = dict(zip(_MLP_KEYS, [(h, d), (h,), (d, h)]))
+            shapes = dict(zip(_MLP_KEYS, [(h, d), (h,), (d, h)]))
+        expected = {f"{direction}.{name}": shape for direction in DIRECTIONS for name, shape in shapes.items()}
         found = {k: tuple(t.shape) for k, t in fold.tensors.items()}
         if found != expected:
             raise ValueError(f"fold {fold.name!r} of a {self.method!r} file: expected tensors {expected}, found {found}")
+        for name, tensor in fold.tensors.items():
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"fold {fold.name!r}: tensor {name!r} has non-finite values; refit")
 
     # ---- using the folds -------------------------------------------------------------------
     def fold_choice(self, item_id: str) -> FoldChoice:
@@ -166,17 +180,20 @@ class SteeringFile:
     def fold_for(self, item_id: str) -> int:
         return self.fold_choice(item_id).index
 
-    def vector(self, fold: int) -> Tensor:
+    def vector(self, fold: int, direction: str = "vision") -> Tensor:
+        """The steering vector of a fold toward ``direction`` ("vision" or "text")."""
         if self.method != "mean":
             raise ValueError(f"a {self.method!r} file has modules, not vectors")
-        return self.folds[fold].tensors["vector"]
+        return self.folds[fold].tensors[f"{_direction(direction)}.vector"]
 
-    def module(self, fold: int) -> SteeringMLP:
+    def module(self, fold: int, direction: str = "vision") -> SteeringMLP:
+        """The fitted MLP of a fold that predicts the shift toward ``direction``."""
         if self.method == "mean":
             raise ValueError("a 'mean' file has vectors, not modules")
         f = self.folds[fold]
+        prefix = f"{_direction(direction)}."
         mlp = SteeringMLP(self.hidden_size, f.hidden)
-        mlp.load_state_dict(f.tensors)
+        mlp.load_state_dict({k[len(prefix):]: t for k, t in f.tensors.items() if k.startswith(prefix)})
         return mlp.eval()
 
     # ---- compatibility ---------------------------------------------------------------------

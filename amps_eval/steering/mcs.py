@@ -60,10 +60,10 @@ Caveats for wrapper authors
 ---------------------------
 * Left padding is required (``attention_mask[:, -1]`` must be 1 for every row).
 * Qwen2.5-VL: positions are 3-D mrope from ``model.model.get_rope_index``, which in transformers
-  5.x needs ``mm_token_type_ids``; a processor call without ``return_mm_token_type_ids=True`` does
-  not return it, and the model's own forward then silently falls back to 1-D positions. Here it is
-  rebuilt from ``input_ids`` (image/video token ids) when absent, and positions are always passed
-  explicitly, so the model's stateful ``rope_deltas`` is neither read nor written.
+  5.x needs ``mm_token_type_ids`` (the Qwen2.5-VL processor returns it). Without it the model's own
+  forward silently falls back to 1-D positions; here it is rebuilt from ``input_ids`` (image/video
+  token ids) when absent. Positions are always passed explicitly, so the model's stateful
+  ``rope_deltas`` is neither read nor written by ``compute_mcs``.
 * LLaVA: positions are ``cumsum(attention_mask) - 1`` (as in ``generate``), so a left-padded sample
   gets the same positions as the same sample alone.
 """
