@@ -14,7 +14,10 @@ def _prepare_mc2(args: argparse.Namespace) -> int:
     from amps_eval.mc2.prepare import prepare_mc2
 
     report = prepare_mc2(Path(args.questions), Path(args.images), Path(args.out), skip_missing=args.skip_missing)
-    print(report)
+    counts = ", ".join(f"{category} {n}" for category, n in report.per_category.items())
+    print(f"wrote {report.n_items} MC2 items to {args.out} ({counts})")
+    if report.n_skipped:
+        print(f"skipped {report.n_skipped} items without a readable image: listed in {Path(args.out) / 'skipped.json'}")
     print(f"export AMPS_MC2_DATA={Path(args.out).resolve()}")
     return 0
 
@@ -32,6 +35,46 @@ def _demo(args: argparse.Namespace) -> int:
     from amps_eval.demo import DemoSettings, run_demo
 
     run_demo(DemoSettings(out=Path(args.out), methods=tuple(args.methods.split(",")), limit=args.limit))
+    return 0
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    """'0.05,0.1,0.2' -> (0.05, 0.1, 0.2), for --sigmas."""
+    try:
+        return tuple(float(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.05,0.1,0.2, got {text!r}") from None
+
+
+def _mcs_settings(args: argparse.Namespace):
+    from amps_eval.steering.mcs import MCSSettings
+
+    return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from amps_eval.fit import FitSettings, fit
+    from amps_eval.steering.module import TrainSettings
+
+    given = {"epochs": args.epochs, "lr": args.lr, "loss": args.loss, "batch_size": args.train_batch_size}
+    train = TrainSettings(**{k: v for k, v in given.items() if v is not None})
+    settings = FitSettings(
+        model=args.model, pretrained=args.pretrained, method=args.method, layer=args.layer, folds=args.folds,
+        hidden=args.hidden, train=train, beta=args.beta, convention=args.convention, mcs=_mcs_settings(args),
+        batch_size=args.batch_size, device=args.device, dtype=args.dtype, data=args.data, cache_dir=args.cache_dir,
+        limit=args.limit, seed=args.seed,
+    )
+    fit(settings, Path(args.out), progress=True)
+    return 0
+
+
+def _mcs(args: argparse.Namespace) -> int:
+    from amps_eval.mcs_run import run_mcs
+
+    out = Path(args.out)
+    records = run_mcs(args.model, args.pretrained, out, data=args.data, prompt=args.prompt, settings=_mcs_settings(args),
+                      batch_size=args.batch_size, device=args.device, limit=args.limit, dtype=args.dtype)
+    print(f"wrote the MCS of {len(records)} items to {out} (+ {out.name}.meta.json, {out.stem}.summary.json)")
     return 0
 
 
@@ -57,6 +100,48 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--methods", default="none,inst,cot,fewshot")
     p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
     p.set_defaults(run=_demo)
+
+    from amps_eval.plugin import MODEL_CLASSES
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, choices=sorted(MODEL_CLASSES))
+        p.add_argument("--pretrained", required=True, help="hub id or local folder of the checkpoint")
+        p.add_argument("--data", default=None, help="prepared MC2 folder (default: AMPS_MC2_DATA, else the hub copy)")
+        p.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass")
+        p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+        p.add_argument("--limit", type=int, default=None, help="use only the first N items")
+        p.add_argument("--sigmas", type=_floats, default=(0.05, 0.1, 0.2), help="MCS noise levels (relative)")
+        p.add_argument("--draws", type=int, default=2, help="MCS Monte Carlo draws per noise level and modality")
+        p.add_argument("--mcs-seed", type=int, default=0, help="seed of the MCS noise")
+
+    p = sub.add_parser("fit", help="fit mean-steering vectors, L2S or AMPS modules on MC2 items (cross-fitted)")
+    model_args(p)
+    p.add_argument("--method", required=True, choices=("mean", "l2s", "amps"))
+    p.add_argument("--layer", type=int, default=14, help="decoder layer to read and steer (the paper: 14)")
+    p.add_argument("--out", required=True, help="the steering file to write (.safetensors)")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds; 1 fits on everything")
+    p.add_argument("--hidden", type=int, default=None, help="MLP width (default: 400 for Qwen, 100 for LLaVA)")
+    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 100)")
+    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-5)")
+    p.add_argument("--loss", choices=("mse", "l2s"), default=None, help="mse (AMPS Eq. 12, default) or l2s")
+    p.add_argument("--train-batch-size", type=int, default=None, help="training batch size (default 64)")
+    p.add_argument("--beta", type=float, default=1.0, help="AMPS scaling strength of Eq. 9")
+    p.add_argument("--convention", choices=("prose", "literal"), default="prose", help="sign convention of Eq. 9")
+    p.add_argument("--cache-dir", default=None, help="extraction cache (default: <out>.cache/)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    p.set_defaults(run=_fit)
+
+    p = sub.add_parser("mcs", help="the modality contribution score of every MC2 item (JSONL + summary)")
+    model_args(p)
+    p.add_argument("--prompt", choices=("none", "visual", "text"), default="none",
+                   help="plain prompt, or with the instruction toward the image / the text")
+    p.add_argument("--out", required=True, help="output .jsonl (+ <out>.meta.json and <stem>.summary.json)")
+    p.set_defaults(run=_mcs)
+
+    from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
+
+    add_parsers(sub)
     return parser
 
 

@@ -113,7 +113,10 @@ def num_layers(pretrained: str) -> int:
     """Decoder layers of a checkpoint, read from its config alone (no weights are loaded)."""
     from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(pretrained)
+    try:
+        config = AutoConfig.from_pretrained(pretrained)
+    except OSError as error:
+        raise ValueError(f"cannot read the model config of --pretrained {pretrained}: {error}") from error
     text = config.get_text_config() if hasattr(config, "get_text_config") else config
     return int(text.num_hidden_layers)
 

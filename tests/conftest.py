@@ -56,3 +56,21 @@ def mc2_env(synthetic_mc2_dir: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
     monkeypatch.setenv(ENV_VAR, str(synthetic_mc2_dir))
     return synthetic_mc2_dir
+
+
+@pytest.fixture(scope="session")
+def task_dict(synthetic_mc2_dir: Path) -> dict:
+    """`lm.task_dict` as lmms-eval gives it to a model: the mc2_visual and mc2_text documents."""
+    from wrapper_helpers import mc2_task_dict
+
+    return mc2_task_dict(synthetic_mc2_dir)
+
+
+@pytest.fixture(params=["qwen", "llava"])
+def arch(request: pytest.FixtureRequest):
+    """(wrapper class, tiny checkpoint folder) for each architecture."""
+    from amps_eval.model_wrappers.llava import AmpsLlava
+    from amps_eval.model_wrappers.qwen import AmpsQwen
+
+    cls, fixture = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}[request.param]
+    return cls, request.getfixturevalue(fixture)

@@ -65,3 +65,29 @@ def test_accelerate_two_processes_match_one(tiny_qwen_path, synthetic_mc2_dir, t
     assert [s["filtered_resps"] for s in samples_two] == [s["filtered_resps"] for s in samples_one]
     assert [s["target_acc"]["mc2_id"] for s in samples_two] == [s["target_acc"]["mc2_id"] for s in samples_one]
     assert results_two["results"]["mc2_visual"]["target_acc,none"] == results_one["results"]["mc2_visual"]["target_acc,none"]
+
+
+def test_fit_then_lmms_eval_amps_with_diagnostics(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
+    steering = tmp_path / "amps.safetensors"
+    env = _env(synthetic_mc2_dir)
+    fit = [sys.executable, "-m", "amps_eval.cli", "fit", "--model", "amps_qwen", "--pretrained", str(tiny_qwen_path),
+           "--method", "amps", "--layer", "1", "--out", str(steering), "--epochs", "3", "--lr", "1e-3",
+           "--hidden", "8", "--draws", "1", "--device", "cpu"]
+    proc = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    diagnostics = tmp_path / "out" / "diagnostics"
+    args = f"pretrained={tiny_qwen_path},method=amps,steering={steering},alpha=2,diagnostics={diagnostics},device=cpu"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_qwen", "--model_args", args, "--tasks",
+           "mc2_visual,mc2_text", "--output_path", str(tmp_path / "out"), "--log_samples", "--batch_size", "4",
+           "--verbosity", "DEBUG"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads(next((tmp_path / "out").rglob("*_results.json")).read_text())
+    assert {"mc2_visual", "mc2_text"} <= set(results["results"])
+    lines = [json.loads(line) for f in diagnostics.glob("*.jsonl") for line in f.read_text().splitlines()][1:]
+    n_items = results["n-samples"]["mc2_visual"]["effective"]
+    assert len(lines) == 2 * n_items
+    assert {(row["task"], row["mc2_id"]) for row in lines} == {
+        (task, i) for task in ("mc2_visual", "mc2_text") for i in range(n_items)
+    }
+    assert all(row["in_sample"] is False and row["vector_norm"] > 0 for row in lines)

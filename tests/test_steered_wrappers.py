@@ -13,21 +13,9 @@ from amps_eval.steering import hooks
 from amps_eval.steering.file import Fold, SteeringFile, SteeringFileMismatch
 from amps_eval.steering.module import SteeringMLP
 
-from wrapper_helpers import make_wrapper, mc2_task_dict, requests_for
+from wrapper_helpers import make_wrapper, requests_for
 
-ARCHS = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}
 LAYER = 1
-
-
-@pytest.fixture(scope="module")
-def task_dict(synthetic_mc2_dir):
-    return mc2_task_dict(synthetic_mc2_dir)
-
-
-@pytest.fixture(params=sorted(ARCHS))
-def arch(request):
-    cls, fixture = ARCHS[request.param]
-    return cls, request.getfixturevalue(fixture)
 
 
 def write_file(path, model_path, method, task_dict, scale=4.0, hidden_size=None, seed=0):

@@ -11,21 +11,7 @@ from amps_eval.model_wrappers.llava import AmpsLlava
 from amps_eval.model_wrappers.qwen import AmpsQwen
 from amps_eval.model_wrappers.settings import QwenSettings, SettingsError, WrapperSettings
 
-from wrapper_helpers import make_wrapper, mc2_task_dict, requests_for
-
-ARCHS = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}
-
-
-@pytest.fixture(scope="module")
-def task_dict(synthetic_mc2_dir):
-    return mc2_task_dict(synthetic_mc2_dir)
-
-
-@pytest.fixture(params=sorted(ARCHS))
-def arch(request):
-    cls, fixture = ARCHS[request.param]
-    return cls, request.getfixturevalue(fixture)
-
+from wrapper_helpers import make_wrapper, requests_for
 
 def test_unknown_argument_lists_valid_ones():
     with pytest.raises(SettingsError, match=r"unknown model argument\(s\) \['temprature'\].*valid arguments: pretrained"):

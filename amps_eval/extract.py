@@ -1,0 +1,203 @@
+"""Per-item hidden states and MCS for a fit, cached on disk so that an interrupted fit resumes.
+
+What is extracted for every item (AMPS Eq. 10): the output of decoder layer ``layer`` at the last
+prompt token for [I,T] (the plain prompt), [I,T,P_v] and [I,T,P_t] (the prompt plus the instruction
+toward the image / the text); for ``mean`` and ``amps`` also the item's MCS (c_v, c_t, r_v) on [I,T].
+
+The cache (default ``<out>.cache/``) holds two kinds of entries, because they depend on different
+things and a fit of one method should reuse what a fit of another computed:
+
+* ``hidden-<key>/shard-*.safetensors``: one shard per batch, written atomically (temp file +
+  rename); the key hashes (model, dtype, layer, instruction texts);
+* ``mcs-<key>/records.jsonl``: one line per item, appended and flushed per batch; the key hashes
+  (model, dtype, MCS settings). MCS does not depend on the layer.
+
+Each entry carries its item's content hash (``amps_eval.fit_data``): an entry is reused only for the
+same ``mc2_id`` with the same content, which is the data hash of the brief taken per item, so a run
+with ``--limit`` and a full run share the work. A crash can at worst leave a torn last JSONL line or
+a stray ``.tmp`` shard; both are ignored on reading. Values round-trip exactly (float32 tensors,
+float64 via JSON's shortest repr), so a resumed fit gives the same tensors as an uninterrupted one.
+
+Not in the key: the batch size and the device (they change the values only at rounding level), and
+the weights behind a path (a checkpoint overwritten in place needs a fresh ``--cache-dir``).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from amps_eval.fit_data import PROMPTS, ItemSet
+from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
+from amps_eval.steering.hooks import capture
+from amps_eval.steering.mcs import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs
+
+__all__ = ["Extracted", "extract", "last_token_states", "mcs_batch"]
+
+CACHE_FORMAT = 1
+KINDS = tuple(PROMPTS)  # ("none", "vision", "text"): [I,T], [I,T,P_v], [I,T,P_t]
+
+
+@dataclass
+class Extracted:
+    """Per-item results in the ItemSet's order. Hidden states [N, D] float32 on the CPU; MCS [N]
+    float64, None when not asked for. ``computed_*``: items computed in this call (not cached)."""
+
+    ids: list[str]
+    categories: list[str]
+    hidden: dict[str, Tensor]  # kind in KINDS -> [N, D]
+    c_v: Tensor | None
+    c_t: Tensor | None
+    r_v: Tensor | None
+    computed_hidden: int
+    computed_mcs: int
+
+    @property
+    def d(self) -> Tensor:
+        """h[I,T,P_v] - h[I,T,P_t] per item: the unscaled steering target toward the image."""
+        return self.hidden["vision"] - self.hidden["text"]
+
+
+def last_token_states(wrapper, conversations: list, layer: int) -> Tensor:
+    """[B, D] float32 CPU: output of decoder layer ``layer`` at each conversation's last prompt token."""
+    enc = wrapper.encode_turns(conversations)
+    with torch.no_grad(), capture(wrapper.model, layer, first_only=True, dtype=torch.float32, device="cpu") as cap:
+        wrapper.model(**enc.inputs, use_cache=False, logits_to_keep=1)
+    return cap.last_token(enc.inputs["attention_mask"].cpu())
+
+
+def mcs_batch(wrapper, conversations: list, ids: list[str], settings: MCSSettings) -> MCSResult:
+    """MCS of a batch of conversations (sample ids = mc2_ids, which also seed each item's noise)."""
+    enc = wrapper.encode_turns(conversations)
+    try:
+        return compute_mcs(wrapper.model, enc.inputs, enc.vision_mask, enc.text_mask, settings, ids)
+    except NonFiniteMCSError as error:
+        raise NonFiniteMCSError(
+            f"the MCS of MC2 item(s) mc2_id={error.sample_ids} is not finite ({error}). The model's next-token "
+            "distribution is degenerate for these items: check the weights and dtype (try --dtype float32), or "
+            "leave the items out of the data.",
+            error.sample_ids,
+            error.values,
+        ) from error
+
+
+def _digest(key: dict) -> str:
+    return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:20]
+
+
+def _folder(root: Path, prefix: str, key: dict) -> Path:
+    folder = root / f"{prefix}-{_digest(key)}"
+    folder.mkdir(parents=True, exist_ok=True)
+    key_file = folder / "key.json"
+    if key_file.exists():
+        if json.loads(key_file.read_text()) != json.loads(json.dumps(key)):
+            raise RuntimeError(f"cache folder {folder} belongs to other settings; delete it or pick another cache_dir")
+    else:
+        key_file.write_text(json.dumps(key, indent=1, sort_keys=True))
+    return folder
+
+
+def _read_hidden(folder: Path) -> dict[str, tuple[str, dict[str, Tensor]]]:
+    done: dict[str, tuple[str, dict[str, Tensor]]] = {}
+    for shard in sorted(folder.glob("shard-*.safetensors")):
+        with safe_open(str(shard), framework="pt") as handle:
+            meta = handle.metadata()
+            tensors = {kind: handle.get_tensor(kind) for kind in KINDS}
+        for row, (item, item_hash) in enumerate(zip(json.loads(meta["ids"]), json.loads(meta["hashes"]))):
+            done[item] = (item_hash, {kind: tensors[kind][row] for kind in KINDS})
+    return done
+
+
+def _write_hidden(folder: Path, ids: list[str], hashes: list[str], tensors: dict[str, Tensor]) -> None:
+    number = 1 + max((int(p.name[6:-12]) for p in folder.glob("shard-*.safetensors")), default=-1)
+    path = folder / f"shard-{number:06d}.safetensors"
+    tmp = folder / f"shard-{number:06d}.tmp"
+    meta = {"ids": json.dumps(ids), "hashes": json.dumps(hashes)}
+    save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
+    os.replace(tmp, path)
+
+
+def _read_mcs(path: Path) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if path.exists():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:  # a torn last line from an interrupted run
+                continue
+            done[record["mc2_id"]] = record
+    return done
+
+
+def _check_finite(name: str, values: Tensor, ids: list[str]) -> None:
+    bad = [ids[i] for i in range(len(ids)) if not bool(torch.isfinite(values[i]).all())]
+    if bad:
+        raise ValueError(
+            f"non-finite {name} for MC2 item(s) mc2_id={bad}; check the model weights and dtype "
+            "(try --dtype float32) or leave these items out"
+        )
+
+
+def _batches(rows: list[int], size: int) -> list[list[int]]:
+    return [rows[i : i + size] for i in range(0, len(rows), size)]
+
+
+def extract(
+    wrapper, items: ItemSet, layer: int, cache_root: Path, mcs: MCSSettings | None, batch_size: int, progress: bool = True
+) -> Extracted:
+    """Hidden states (and MCS when ``mcs`` is given) of every item, computing only what the cache lacks."""
+    pretrained = str(wrapper.settings.pretrained)
+    if Path(pretrained).exists():  # a local folder: the same folder from any working directory
+        pretrained = str(Path(pretrained).resolve())
+    model_key = {"format": CACHE_FORMAT, "pretrained": pretrained,
+                 "class": type(wrapper.model).__name__, "dtype": str(wrapper.torch_dtype)}
+    folder = _folder(Path(cache_root), "hidden",
+                     {**model_key, "layer": layer, "prompts": PROMPTS, "instructions": MODALITY_INSTRUCTIONS})
+    done = _read_hidden(folder)
+    todo = [i for i, item in enumerate(items.ids) if done.get(item, ("",))[0] != items.hashes[i]]
+    bar = tqdm(total=len(todo), desc=f"hidden states (layer {layer})", disable=not progress or not todo)
+    for rows in _batches(todo, batch_size):
+        ids = [items.ids[i] for i in rows]
+        states = {kind: last_token_states(wrapper, items.conversations(rows, kind), layer) for kind in KINDS}
+        for kind, values in states.items():
+            _check_finite(f"hidden states ({kind} prompt, layer {layer})", values, ids)
+        _write_hidden(folder, ids, [items.hashes[i] for i in rows], states)
+        for j, i in enumerate(rows):
+            done[items.ids[i]] = (items.hashes[i], {kind: values[j] for kind, values in states.items()})
+        bar.update(len(rows))
+    bar.close()
+    hidden = {kind: torch.stack([done[item][1][kind] for item in items.ids]) for kind in KINDS}
+
+    c_v = c_t = r_v = None
+    computed_mcs = 0
+    if mcs is not None:
+        # batched / max_copies_per_pass change how the perturbations are grouped, not the values
+        values_key = {k: v for k, v in mcs.to_dict().items() if k not in ("batched", "max_copies_per_pass")}
+        records_path = _folder(Path(cache_root), "mcs", {**model_key, "mcs": values_key}) / "records.jsonl"
+        records = _read_mcs(records_path)
+        missing = [i for i, item in enumerate(items.ids) if records.get(item, {}).get("item_hash") != items.hashes[i]]
+        bar = tqdm(total=len(missing), desc="MCS", disable=not progress or not missing)
+        with records_path.open("a") as handle:
+            for rows in _batches(missing, batch_size):
+                ids = [items.ids[i] for i in rows]
+                result = mcs_batch(wrapper, items.conversations(rows, "none"), ids, mcs)
+                for j, i in enumerate(rows):
+                    record = {"mc2_id": ids[j], "item_hash": items.hashes[i], "c_v": float(result.c_v[j]),
+                              "c_t": float(result.c_t[j]), "r_v": float(result.r_v[j])}
+                    records[ids[j]] = record
+                    handle.write(json.dumps(record, allow_nan=False) + "\n")
+                handle.flush()
+                bar.update(len(rows))
+        bar.close()
+        computed_mcs = len(missing)
+        c_v, c_t, r_v = (torch.tensor([records[i][k] for i in items.ids], dtype=torch.float64) for k in ("c_v", "c_t", "r_v"))
+    return Extracted(list(items.ids), list(items.categories), hidden, c_v, c_t, r_v, len(todo), computed_mcs)

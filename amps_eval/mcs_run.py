@@ -1,0 +1,105 @@
+"""`amps-eval mcs`: the Modality Contribution Score of every MC2 item (the AMPS paper's Fig. 4 and 5).
+
+Writes three files:
+
+* ``<out>`` (JSONL): one line per item, ``{"mc2_id", "category", "prompt", "c_v", "c_t", "r_v"}``
+  and nothing else, so every line has the same keys and the file loads as a table as it is;
+* ``<out>.meta.json`` (sidecar): what produced it: model, pretrained, MCS settings, prompt, the data
+  description and data hash, versions. A sidecar rather than a header line, for the same reason;
+* ``<out stem>.summary.json``: r_v per category and overall: mean, std (sample std, ddof=1; 0 for a
+  single item), n; plus the mean c_v and c_t.
+
+``prompt`` picks the conversation: ``none`` the plain MC2 prompt [I,T]; ``visual`` / ``text`` the
+prompt followed by the MC2 authors' instruction toward that modality ([I,T,P_v] / [I,T,P_t]), to
+see how much an instruction alone moves the model's reliance (Figure 5).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tqdm.auto import tqdm
+
+from amps_eval.steering.mcs import MCSSettings
+
+__all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
+
+MCS_PROMPTS = {"none": "none", "visual": "vision", "text": "text"}  # CLI name -> fit_data.PROMPTS kind
+
+
+def _stats(values: list[float]) -> dict:
+    n = len(values)
+    mean = sum(values) / n
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (n - 1)) if n > 1 else 0.0
+    return {"mean": mean, "std": std, "n": n}
+
+
+def summarise(records: list[dict]) -> dict:
+    """Per-category and overall statistics of r_v (and the mean C_V, C_T) over JSONL records."""
+    groups: dict[str, list[dict]] = {}
+    for record in records:
+        groups.setdefault(record["category"], []).append(record)
+
+    def block(rows: list[dict]) -> dict:
+        return {"r_v": _stats([r["r_v"] for r in rows]),
+                "c_v_mean": sum(r["c_v"] for r in rows) / len(rows), "c_t_mean": sum(r["c_t"] for r in rows) / len(rows)}
+
+    return {"categories": {c: block(groups[c]) for c in sorted(groups)}, "overall": block(records)}
+
+
+def run_mcs(
+    model: str,
+    pretrained: str,
+    out: Path,
+    data: str | Path | None = None,
+    prompt: str = "none",
+    settings: MCSSettings = MCSSettings(),
+    batch_size: int = 4,
+    device: str | None = None,
+    limit: int | None = None,
+    progress: bool = True,
+    dtype: str = "auto",
+) -> list[dict]:
+    """Compute the MCS of every item and write ``out``, its sidecar and its summary; returns the records."""
+    from amps_eval.extract import mcs_batch
+    from amps_eval.fit_data import load_items, load_wrapper
+    from amps_eval.steering.file import current_versions
+
+    if prompt not in MCS_PROMPTS:
+        raise ValueError(f"prompt must be one of {tuple(MCS_PROMPTS)}, got {prompt!r}")
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
+    out = Path(out)
+    items = load_items(data, limit)
+    wrapper = load_wrapper(model, pretrained, device, dtype, batch_size)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "model": model, "pretrained": str(pretrained), "prompt": prompt, "mcs": settings.to_dict(),
+        "batch_size": batch_size, "dtype": str(wrapper.torch_dtype), "device": str(wrapper.device),
+        "data": items.description, "data_hash": items.data_hash, "n_items": len(items), "versions": current_versions(),
+    }
+    Path(str(out) + ".meta.json").write_text(json.dumps(meta, indent=2))
+    records: list[dict] = []
+    rows_all = list(range(len(items)))
+    bar = tqdm(total=len(items), desc=f"MCS ({prompt} prompt)", disable=not progress)
+    tmp = out.with_name(out.name + ".tmp")
+    with tmp.open("w") as handle:
+        for start in range(0, len(rows_all), batch_size):
+            rows = rows_all[start : start + batch_size]
+            ids = [items.ids[i] for i in rows]
+            result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings)
+            for j, i in enumerate(rows):
+                record = {"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],
+                          "prompt": prompt, "c_v": float(result.c_v[j]), "c_t": float(result.c_t[j]),
+                          "r_v": float(result.r_v[j])}
+                records.append(record)
+                handle.write(json.dumps(record, allow_nan=False) + "\n")
+            handle.flush()
+            bar.update(len(rows))
+    bar.close()
+    tmp.replace(out)
+    summary = {"prompt": prompt, "model": model, "pretrained": str(pretrained), **summarise(records)}
+    out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2))
+    return records

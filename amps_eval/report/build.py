@@ -1,0 +1,152 @@
+"""``amps-eval report``: tables (and figures) from a results folder, with everything it could not show.
+
+Besides the tables, the report always says what a reader needs to trust them: which rows have no
+run (with the command that makes one), which runs were superseded by a newer run of the same
+settings, which files could not be read, how steered rows chose their alpha, and, with ``--paper``,
+which published numbers are on file. In github/markdown these are sections after the tables, in
+LaTeX ``%`` comments; CSV output stays pure data and the notes go to ``Report.notes`` (the CLI
+prints them on stderr).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amps_eval.report.cells import COLUMNS
+from amps_eval.report.paper import PaperNumbers
+from amps_eval.report.render import RenderOptions, render_csv, render_table
+from amps_eval.report.runs import discover, model_display_name
+from amps_eval.report.select import ResultIndex, build_index
+from amps_eval.report.tables import Table, TableOptions, pick_models, table1, table2, table3
+
+TABLES = ("1", "2", "3")
+
+
+@dataclass(frozen=True)
+class ReportOptions:
+    results_dir: Path
+    tables: tuple[str, ...] = TABLES
+    format: str = "github"
+    collapse: bool = False
+    stderr: bool = False
+    paper: bool = False
+    model: str | None = None
+    alpha: float | None = None
+    orders: str = "one"
+    figures: Path | None = None
+    mcs: tuple[Path, ...] = ()
+
+
+@dataclass
+class Report:
+    text: str  # the tables, plus the notes unless the format is csv
+    notes: list[str]
+    tables: list[Table]
+    index: ResultIndex
+    figures: list[Path] = field(default_factory=list)
+
+
+def build_tables(index: ResultIndex, options: ReportOptions) -> list[Table]:
+    models = pick_models(index, options.model)
+    table_options = TableOptions(options.alpha, options.orders, str(options.results_dir))
+    tables = []
+    for number in options.tables:
+        if number == "2":
+            tables.append(table2(index, models, table_options))
+        else:
+            for pretrained in models:
+                tables.append((table1 if number == "1" else table3)(index, pretrained, table_options))
+    return tables
+
+
+def notes_for(index: ResultIndex, tables: list[Table], options: ReportOptions, paper: PaperNumbers | None) -> list[str]:
+    """The report's sections after the tables, as markdown lines."""
+    lines = ["## Rows and alphas", "",
+             f"Steered rows show alpha={options.alpha:g} (--alpha)." if options.alpha is not None else
+             "Steered rows show the alpha with the highest Total target share among the runs (ties: smaller |alpha|, "
+             "then newer); this selects on the evaluated items, so it is optimistic. Pass --alpha to fix one.",
+             "Per-category cells and the item-level standard error come from the samples files "
+             "(amps_eval.mc2.metrics.score); without them, Total comes from lmms-eval's results file.", ""]
+    missing = [m for t in tables for m in t.missing]
+    lines += ["## Missing runs", ""]
+    if not missing:
+        lines.append("None: every row has a run.")
+    seen = set()
+    for m in missing:
+        if m.command in seen:
+            continue
+        seen.add(m.command)
+        lines.append(f"- {model_display_name(m.pretrained)} / {m.method} / target {', '.join(m.targets)}:")
+        if m.fit_command:
+            lines.append(f"  `{m.fit_command}` then")
+        lines.append(f"  `{m.command}`")
+    lines += ["", "## Duplicate runs (newest used)", ""]
+    if not index.dropped:
+        lines.append("None.")
+    for d in index.dropped:
+        lines.append(f"- {model_display_name(d.variant.pretrained)} / {d.variant.method} ({d.variant.describe()}) / "
+                     f"target {d.target}: used {d.used}, dropped {d.dropped} ({d.dropped_date}; "
+                     f"{len(d.columns)} cell(s))")
+    lines += ["", "## Problems", ""]
+    if not index.problems:
+        lines.append("None.")
+    lines += [f"- {p}" for p in index.problems]
+    if paper is not None:
+        lines += ["", "## Published numbers", ""] + _paper_notes(tables, paper)
+    return lines
+
+
+def _paper_notes(tables: list[Table], paper: PaperNumbers) -> list[str]:
+    lines, sources = [], {}
+    for table in tables:
+        shown, absent = 0, set()
+        for block in table.blocks:
+            for row in block.rows:
+                for column in COLUMNS:
+                    entry = paper.lookup(table.number, row.pretrained, row.method, block.target, column)
+                    if entry is not None and entry.value is not None:
+                        shown += 1
+                        sources[entry.source] = True
+                    elif entry is not None:
+                        absent.add(entry.source)
+        if shown:
+            lines.append(f"- {table.title}: {shown} published cell(s) shown beside ours.")
+        else:
+            lines.append(f"- {table.title}: no published numbers on file for these rows"
+                         + (f" ({'; '.join(sorted(absent))})" if absent else "") + ".")
+    lines += [f"- source: {s}" for s in sources]
+    lines.append(f"- published numbers on file exist only for: {', '.join(paper.models())} (MLLM-only rows, Total).")
+    return lines
+
+
+def build_report(options: ReportOptions) -> Report:
+    results_dir = Path(options.results_dir)
+    if not results_dir.is_dir():
+        raise FileNotFoundError(f"results folder {results_dir} does not exist; pass the --output_path of your lmms-eval runs")
+    runs, problems = discover(results_dir)
+    if not runs and not problems:
+        raise ValueError(f"no *_results.json under {results_dir}; run lmms-eval with --output_path {results_dir} "
+                         "--log_samples first")
+    index = build_index(runs, problems)
+    tables = build_tables(index, options) if runs else []
+    paper = PaperNumbers.load() if options.paper else None
+    render = RenderOptions(options.format, options.collapse, options.stderr, paper)
+    figures = []
+    if options.figures is not None:
+        from amps_eval.report.figures import write_figures
+
+        figures, figure_notes = write_figures(index, Path(options.figures), options.model, list(options.mcs) or [results_dir])
+    else:
+        figure_notes = []
+    notes = notes_for(index, tables, options, paper)
+    if figure_notes or figures:
+        notes += ["", "## Figures", ""] + [f"- wrote {p}" for p in figures] + [f"- {n}" for n in figure_notes]
+    if options.format == "csv":
+        return Report(render_csv(tables, render), notes, tables, index, figures)
+    body = [render_table(t, render) for t in tables]
+    if options.format == "latex":
+        text = "\n".join(body + ["% " + line for line in notes])
+    else:
+        text = "\n".join(body + notes)
+    return Report(text.rstrip() + "\n", notes, tables, index, figures)

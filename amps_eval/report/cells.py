@@ -1,0 +1,107 @@
+"""The numbers of one run: target share, collapse rate and standard error per target and column.
+
+Columns are the eight MC2 categories and "Total" (every item of the target). Numbers come from the
+samples files whenever they are usable, scored by ``amps_eval.mc2.metrics.score`` (the same item
+rule as the tasks: with both option orders an item counts only if both answers agree); the results
+file's aggregates are the fallback, which gives Total (and category cells only for the per-category
+tasks). The standard error from samples is the binomial one over items, sqrt(p(1-p)/n); from the
+results file it is lmms-eval's CLT error (clustered by mc2_id), the closest it records.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+from amps_eval.mc2.metrics import score
+from amps_eval.mc2.schema import CATEGORIES, CATEGORY_ABBREV
+from amps_eval.report.runs import Problem, Run, TaskData
+
+TOTAL = "Total"
+COLUMNS: tuple[str, ...] = (*CATEGORIES, TOTAL)
+HEADERS: dict[str, str] = {**CATEGORY_ABBREV, TOTAL: TOTAL}
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One table cell: shares in [0, 1], and the run it came from."""
+
+    target_acc: float
+    others: float | None
+    stderr: float | None
+    n_items: int | None
+    source: str  # "samples" | "results"
+    run: Path
+    date: str
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _from_records(records, run: Run) -> Cell:
+    scores = score(records)
+    p, n = scores.target_acc, scores.n_items
+    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run.path, run.date)
+
+
+def _from_results(task: TaskData, run: Run) -> Cell | None:
+    p = _number(task.metrics.get("target_acc,none"))
+    if p is None or math.isnan(p):
+        return None
+    n = task.n_docs // (2 if task.orders == "both" else 1) if task.n_docs else None
+    return Cell(p, _number(task.metrics.get("others_rate,none")), _number(task.metrics.get("target_acc_stderr_clt,none")),
+                n, "results", run.path, run.date)
+
+
+def run_cells(run: Run, problems: list[Problem]) -> dict[tuple[str, str], dict[str, Cell]]:
+    """(target, orders) -> column -> Cell for one run; inconsistencies are appended to ``problems``."""
+    out: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)
+    by_category: dict[tuple[str, str], list] = defaultdict(list)
+    for task in run.tasks:
+        key = (task.target, task.orders)
+        cells = out[key]
+        if task.category is None:
+            if task.records:
+                groups = defaultdict(list)
+                for record in task.records:
+                    groups[record["category"]].append(record)
+                for category, records in groups.items():
+                    if category in CATEGORIES:
+                        cells.setdefault(category, _from_records(records, run))
+                cells[TOTAL] = _from_records(task.records, run)
+                _check(task, cells[TOTAL], run, problems)
+            elif (cell := _from_results(task, run)) is not None:
+                cells[TOTAL] = cell
+        else:
+            cell = _from_records(task.records, run) if task.records else _from_results(task, run)
+            if cell is not None:
+                cells[task.category] = cell  # the dedicated task wins over a slice of the full one
+                by_category[key].append(task)
+    for key, tasks in by_category.items():
+        if TOTAL not in out[key] and {t.category for t in tasks} == set(CATEGORIES):
+            out[key][TOTAL] = _union_total(tasks, run)
+    return {key: cells for key, cells in out.items() if cells}
+
+
+def _union_total(tasks: list[TaskData], run: Run) -> Cell | None:
+    """Total from the eight per-category tasks: scored over their records, else size-weighted."""
+    if all(t.records for t in tasks):
+        return _from_records([r for t in tasks for r in t.records], run)
+    cells = [_from_results(t, run) for t in tasks]
+    if any(c is None or not c.n_items for c in cells):
+        return None
+    n = sum(c.n_items for c in cells)
+    p = sum(c.target_acc * c.n_items for c in cells) / n
+    others = None if any(c.others is None for c in cells) else sum(c.others * c.n_items for c in cells) / n
+    return Cell(p, others, math.sqrt(p * (1 - p) / n), n, "results", run.path, run.date)
+
+
+def _check(task: TaskData, cell: Cell, run: Run, problems: list[Problem]) -> None:
+    reported = _number(task.metrics.get("target_acc,none"))
+    if reported is not None and not math.isnan(reported) and abs(reported - cell.target_acc) > 1e-9:
+        problems.append(Problem(run.path, f"{task.name}: target_acc {reported:.4f} in the results file but "
+                                          f"{cell.target_acc:.4f} from its samples file (the samples are used); "
+                                          "were the files of two runs mixed?"))

@@ -1,0 +1,100 @@
+"""The ``report``, ``leaderboard`` and ``sweep`` subcommands of ``amps-eval`` (parsers + handlers).
+
+Kept here rather than in ``amps_eval/cli.py`` so that the CLI module only needs one line to add
+them; heavy imports happen inside the handlers, so ``amps-eval --help`` stays instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+
+def _alpha(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number such as 2 or 0.5, got {text!r}") from None
+
+
+def _report(args: argparse.Namespace) -> int:
+    from amps_eval.report.build import TABLES, ReportOptions, build_report
+
+    options = ReportOptions(
+        results_dir=Path(args.results_dir), tables=TABLES if args.table == "all" else (args.table,), format=args.format,
+        collapse=args.collapse, stderr=args.stderr, paper=args.paper, model=args.model, alpha=args.alpha,
+        orders="both" if args.both_orders else "one", figures=Path(args.figures) if args.figures else None,
+        mcs=tuple(Path(p) for p in args.mcs),
+    )
+    report = build_report(options)
+    if args.out:
+        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.out).write_text(report.text, encoding="utf-8")
+        print(f"wrote {args.out}", file=sys.stderr)
+    else:
+        sys.stdout.write(report.text)
+    if args.format == "csv":  # the other formats carry the notes in the text itself
+        print("\n".join(report.notes), file=sys.stderr)
+    return 0
+
+
+def _leaderboard(args: argparse.Namespace) -> int:
+    from amps_eval.report.leaderboard import write_leaderboard
+
+    html_path, md_path = write_leaderboard(Path(args.results_dir), Path(args.out) if args.out else None)
+    print(f"wrote {html_path} and {md_path}")
+    return 0
+
+
+def _sweep(args: argparse.Namespace) -> int:
+    from amps_eval.report.runs import parse_model_args
+    from amps_eval.report.sweep import SweepSettings, parse_alphas, run_sweep
+
+    settings = SweepSettings(
+        model=args.model, pretrained=args.pretrained, method=args.method, steering=Path(args.steering),
+        alphas=parse_alphas(args.alphas), tasks=tuple(t for t in args.tasks.split(",") if t), out=Path(args.out),
+        batch_size=args.batch_size, limit=args.limit, device=args.device,
+        extra_model_args=parse_model_args(args.model_args),
+    )
+    run_sweep(settings)
+    return 0
+
+
+def add_parsers(sub) -> None:
+    """Add the three subcommands to ``amps-eval``'s subparsers."""
+    p = sub.add_parser("report", help="the AMPS paper's tables (and figures) from lmms-eval result files")
+    p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of lmms-eval outputs (searched recursively)")
+    p.add_argument("--table", choices=("1", "2", "3", "all"), default="all")
+    p.add_argument("--format", choices=("github", "markdown", "latex", "csv"), default="github")
+    p.add_argument("--out", default=None, help="write here instead of stdout (notes then go to stderr)")
+    p.add_argument("--paper", action="store_true", help="show the published numbers on file beside ours")
+    p.add_argument("--collapse", action="store_true", help="add the collapse rate (answers following neither option)")
+    p.add_argument("--stderr", action="store_true", help="add the standard error over items")
+    p.add_argument("--model", default=None, help="only this model (pretrained id, its last component, or a substring)")
+    p.add_argument("--alpha", type=_alpha, default=None,
+                   help="steered rows use this alpha (default: the alpha with the best Total target share)")
+    p.add_argument("--both-orders", action="store_true", help="use the mc2_*_both_orders runs instead of the one-order ones")
+    p.add_argument("--figures", default=None, metavar="DIR", help="also write Figures 1, 4, 5, 6 (PNG + PDF) here")
+    p.add_argument("--mcs", action="append", default=[], metavar="PATH",
+                   help="amps-eval mcs outputs / diagnostics for Figures 4-5 (default: search RESULTS_DIR); repeatable")
+    p.set_defaults(run=_report)
+
+    p = sub.add_parser("leaderboard", help="rank every model/method/setting by target share (HTML + markdown)")
+    p.add_argument("results_dir", metavar="RESULTS_DIR")
+    p.add_argument("--out", default=None, metavar="DIR", help="folder for leaderboard.html/.md (default: RESULTS_DIR)")
+    p.set_defaults(run=_leaderboard)
+
+    p = sub.add_parser("sweep", help="run one steered method over a grid of alphas (one results folder)")
+    p.add_argument("--model", required=True, help="lmms-eval model: amps_qwen or amps_llava")
+    p.add_argument("--pretrained", required=True)
+    p.add_argument("--method", required=True, choices=("mean", "mean_mcs", "l2s", "amps"))
+    p.add_argument("--steering", required=True, help="steering file from `amps-eval fit`")
+    p.add_argument("--alphas", required=True, help="comma-separated, e.g. 0,0.5,1,2,4")
+    p.add_argument("--tasks", default="mc2_visual,mc2_text")
+    p.add_argument("--out", required=True, help="results folder (one subfolder per alpha)")
+    p.add_argument("--batch-size", type=int, default=1)
+    p.add_argument("--limit", type=int, default=None, help="documents per task")
+    p.add_argument("--device", default=None)
+    p.add_argument("--model-args", default="", help="further model arguments, k=v,k=v (e.g. positions=last)")
+    p.set_defaults(run=_sweep)

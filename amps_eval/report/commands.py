@@ -1,0 +1,63 @@
+"""The exact lmms-eval command that fills a missing table row.
+
+A report is only useful for planning if it says how to get what it lacks: every missing (model,
+method, targets) becomes one ``lmms-eval`` command line. The steering file of a steered method is
+taken from an existing run of the same model that used a file of the same kind (mean / mean_mcs
+share one); when there is none, the command holds a placeholder and the ``amps-eval fit`` command
+that writes the file.
+"""
+
+from __future__ import annotations
+
+import shlex
+from dataclasses import dataclass
+
+from amps_eval.report import STEERED
+from amps_eval.report.runs import Run
+
+FILE_KIND = {"mean": "mean", "mean_mcs": "mean", "l2s": "l2s", "amps": "amps"}
+TASKS = {("vision", "one"): "mc2_visual", ("text", "one"): "mc2_text",
+         ("vision", "both"): "mc2_visual_both_orders", ("text", "both"): "mc2_text_both_orders"}
+
+
+@dataclass(frozen=True)
+class MissingRun:
+    """A table row with no run behind it for these targets, and how to produce it."""
+
+    pretrained: str
+    method: str
+    targets: tuple[str, ...]
+    command: str
+    fit_command: str | None = None  # when no steering file of the right kind is known
+
+
+def steering_of(runs: list[Run], pretrained: str, method: str) -> tuple[str, str | None] | None:
+    """(path, sha256) of the newest steering file of this kind used with this model, if any."""
+    kind = FILE_KIND[method]
+    for run in sorted(runs, key=lambda r: r.date, reverse=True):
+        if run.pretrained == pretrained and FILE_KIND.get(run.method) == kind and run.settings.get("steering"):
+            return run.settings["steering"], run.settings.get("steering_sha256")
+    return None
+
+
+def missing_run(runs: list[Run], lmms_model: str, pretrained: str, method: str, targets: tuple[str, ...],
+                orders: str, alpha: float | None, output_path: str) -> MissingRun:
+    """The command for one missing row (both targets in one command when both are missing)."""
+    args = [f"pretrained={pretrained}", f"method={method}"]
+    fit = None
+    if method in STEERED:
+        known = steering_of(runs, pretrained, method)
+        if known:
+            path, sha = known
+            args.append(f"steering={path}")
+            if sha:
+                args.append(f"steering_sha256={sha}")
+        else:
+            args.append("steering=STEERING_FILE")
+            fit = (f"amps-eval fit --model {lmms_model} --pretrained {shlex.quote(pretrained)} "
+                   f"--method {FILE_KIND[method]} --out STEERING_FILE")
+        args.append(f"alpha={1.0 if alpha is None else alpha:g}")
+    tasks = ",".join(TASKS[(t, orders)] for t in targets)
+    command = (f"lmms-eval --model {lmms_model} --model_args {shlex.quote(','.join(args))} --tasks {tasks} "
+               f"--log_samples --output_path {shlex.quote(output_path)}")
+    return MissingRun(pretrained, method, targets, command, fit)

@@ -1,0 +1,135 @@
+"""Tables as text: github / markdown (tabulate), LaTeX (one ``tabular`` per table), CSV (long format).
+
+Cells are the target share in percent with one decimal ("-": no run). Options add the standard
+error ("52.2 ± 3.1"), the collapse rate, i.e. the share of answers that follow neither option
+("52.2 / 35.4"), and published numbers with our difference ("52.2 [paper 50.0, Δ +2.2]").
+
+CSV is for machines: one line per (table, target, row, column) with plain numbers in separate
+columns (shares in percent, empty when missing), whatever the display options.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+from dataclasses import dataclass
+
+from tabulate import tabulate
+
+from amps_eval.report.cells import COLUMNS, HEADERS, Cell
+from amps_eval.report.paper import PaperNumbers
+from amps_eval.report.tables import Row, Table
+
+FORMATS = ("github", "markdown", "latex", "csv")
+ROW_HEADERS = {"1": "Method", "2": "Model", "3": "Ablation"}
+_LATEX_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                  "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+                  "α": r"$\alpha$", "±": r"$\pm$", "Δ": r"$\Delta$"}
+
+
+@dataclass(frozen=True)
+class RenderOptions:
+    format: str = "github"
+    collapse: bool = False
+    stderr: bool = False
+    paper: PaperNumbers | None = None
+
+    def __post_init__(self) -> None:
+        if self.format not in FORMATS:
+            raise ValueError(f"unknown format {self.format!r}; choose one of {', '.join(FORMATS)}")
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_ESCAPES.get(c, c) for c in str(text))
+
+
+def legend(options: RenderOptions) -> str:
+    parts = ["target share %"]
+    if options.stderr:
+        parts[0] += " ± standard error"
+    if options.collapse:
+        parts.append("collapse (others) %")
+    text = "cells: " + " / ".join(parts)
+    if options.paper is not None:
+        text += "; [paper: published value, Δ = ours - paper]"
+    return text + "; '-': no run"
+
+
+def paper_value(options: RenderOptions, table: Table, row: Row, target: str, column: str, metric: str = "target_acc"):
+    if options.paper is None:
+        return None
+    entry = options.paper.lookup(table.number, row.pretrained, row.method, target, column, metric)
+    return entry if entry is not None and entry.value is not None else None
+
+
+def cell_text(cell: Cell | None, options: RenderOptions, published=None) -> str:
+    if cell is None:
+        return "-" if published is None else f"- [paper {published.value:.1f}]"
+    text = f"{100 * cell.target_acc:.1f}"
+    if options.stderr:
+        text += f" ± {100 * cell.stderr:.1f}" if cell.stderr is not None else " ± ?"
+    if options.collapse:
+        text += f" / {100 * cell.others:.1f}" if cell.others is not None else " / ?"
+    if published is not None:
+        text += f" [paper {published.value:.1f}, Δ {100 * cell.target_acc - published.value:+.1f}]"
+    return text
+
+
+def _rows(table: Table, options: RenderOptions, block) -> list[list[str]]:
+    return [[row.label] + [cell_text(row.cells.get(c), options, paper_value(options, table, row, block.target, c))
+                           for c in COLUMNS] for row in block.rows]
+
+
+def render_table(table: Table, options: RenderOptions) -> str:
+    if options.format == "csv":
+        return render_csv([table], options)
+    headers = [ROW_HEADERS.get(table.number, "Row")] + [HEADERS[c] for c in COLUMNS]
+    if options.format == "latex":
+        return _latex(table, options, headers)
+    fmt = "github" if options.format == "github" else "pipe"
+    parts = [f"### {table.title}", "", f"_{legend(options)}_", ""]
+    for block in table.blocks:
+        parts += [f"**{block.title}**", "", tabulate(_rows(table, options, block), headers=headers, tablefmt=fmt,
+                                                     disable_numparse=True), ""]
+    return "\n".join(parts)
+
+
+def _latex(table: Table, options: RenderOptions, headers: list[str]) -> str:
+    width = len(headers)
+    lines = [f"% {table.title}", f"% {legend(options)}", r"\begin{tabular}{l" + "r" * (width - 1) + "}", r"\hline",
+             " & ".join(latex_escape(h) for h in headers) + r" \\", r"\hline"]
+    for block in table.blocks:
+        lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(block.title)}}}}} \\")
+        for row in _rows(table, options, block):
+            lines.append(" & ".join(latex_escape(x) for x in row) + r" \\")
+        lines.append(r"\hline")
+    lines.append(r"\end{tabular}")
+    return "\n".join(lines) + "\n"
+
+
+CSV_HEADER = ["table", "target", "row", "method", "alpha", "column", "target_acc", "others_rate", "stderr", "n_items",
+              "source_file", "paper", "paper_diff"]
+
+
+def render_csv(tables: list[Table], options: RenderOptions) -> str:
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(CSV_HEADER)
+
+    def pct(x):
+        return "" if x is None else f"{100 * x:.4f}"
+
+    for table in tables:
+        for block in table.blocks:
+            for row in block.rows:
+                alpha = "" if row.variant is None or row.variant.alpha is None else f"{row.variant.alpha:g}"
+                for column in COLUMNS:
+                    cell = row.cells.get(column)
+                    published = paper_value(options, table, row, block.target, column)
+                    paper = "" if published is None else f"{published.value:.1f}"
+                    diff = "" if published is None or cell is None else f"{100 * cell.target_acc - published.value:.4f}"
+                    writer.writerow([table.number, block.target, row.label, row.method, alpha, column,
+                                     pct(cell and cell.target_acc), pct(cell and cell.others),
+                                     pct(cell and cell.stderr), "" if cell is None else cell.n_items,
+                                     "" if cell is None else str(cell.run), paper, diff])
+    return out.getvalue()

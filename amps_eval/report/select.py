@@ -1,0 +1,148 @@
+"""Which run fills which cell, and which variant of a method a table row shows.
+
+A *variant* is what produced a number: model, method, alpha and every other setting that changes
+answers (not device, batch size, diagnostics folder: the wrappers' answers do not depend on them;
+the steering file by its sha256 when the run pinned one, else by its path). Settings equal to the
+wrappers' defaults are dropped, so ``alpha=1`` and no alpha are the same variant.
+
+Duplicates: when several runs give the same (variant, target, column), the newest (lmms-eval's
+``date``) is used and the others are listed as dropped.
+
+Rows: a table row is one method of one model. When several variants of the method exist (a sweep
+over alpha, say), ``--alpha A`` picks alpha A; otherwise the variant with the highest Total target
+share is shown (ties: the smaller |alpha|, then the newest), and its alpha is in the row label. That
+default is a selection on the evaluated items and so optimistic; pass ``--alpha`` to fix one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from amps_eval.report import STEERED
+from amps_eval.report.cells import TOTAL, Cell, run_cells
+from amps_eval.report.runs import Problem, Run
+
+NOT_IDENTITY = {"pretrained", "method", "alpha", "steering", "steering_sha256", "device", "device_map",
+                "diagnostics", "batch_size", "max_batch_size", "attn_implementation"}
+STEERING_ONLY = {"positions", "beta", "convention", "mcs_sigmas", "mcs_draws", "mcs_relative"}
+
+
+@dataclass(frozen=True)
+class Variant:
+    model: str  # lmms-eval model name
+    pretrained: str
+    method: str
+    alpha: float | None
+    settings: tuple[tuple[str, str], ...]  # the other identity settings, defaults dropped
+    orders: str  # "one" | "both"
+
+    def describe(self) -> str:
+        parts = [f"alpha={self.alpha:g}"] if self.alpha is not None else []
+        parts += [f"{k}={v}" for k, v in self.settings]
+        return ", ".join(parts) or "defaults"
+
+
+@dataclass(frozen=True)
+class Dropped:
+    variant: Variant
+    target: str
+    columns: tuple[str, ...]
+    used: Path
+    dropped: Path
+    dropped_date: str
+
+
+@dataclass
+class ResultIndex:
+    """Every usable number of a results folder, one per (variant, target, column)."""
+
+    cells: dict[tuple[Variant, str], dict[str, Cell]] = field(default_factory=dict)
+    runs: list[Run] = field(default_factory=list)
+    dropped: list[Dropped] = field(default_factory=list)
+    problems: list[Problem] = field(default_factory=list)
+
+    def models(self) -> list[str]:
+        return sorted({v.pretrained for v, _ in self.cells})
+
+    def lmms_model(self, pretrained: str) -> str:
+        """The lmms-eval model a model's runs used (a guess from the name when there is none)."""
+        for run in self.runs:
+            if run.pretrained == pretrained:
+                return run.model
+        return "amps_llava" if "llava" in pretrained.lower() else "amps_qwen"
+
+    def candidates(self, pretrained: str, method: str, target: str, orders: str) -> list[Variant]:
+        return [v for (v, t) in self.cells if t == target and v.pretrained == pretrained and v.method == method
+                and v.orders == orders]
+
+    def choose(self, pretrained: str, method: str, target: str, orders: str, alpha: float | None = None) -> Variant | None:
+        """The variant a row shows (see the module docstring for the rule)."""
+        found = self.candidates(pretrained, method, target, orders)
+        if alpha is not None and method in STEERED:
+            found = [v for v in found if v.alpha is not None and abs(v.alpha - alpha) < 1e-9]
+        if not found:
+            return None
+
+        def rank(v: Variant):
+            cells = self.cells[(v, target)]
+            total = cells[TOTAL].target_acc if TOTAL in cells else -1.0
+            newest = max(c.date for c in cells.values())
+            return (-total, abs(v.alpha or 0.0), _reverse(newest))
+
+        return min(found, key=rank)
+
+
+def _reverse(text: str) -> tuple[int, ...]:
+    return tuple(-ord(c) for c in text)
+
+
+def wrapper_defaults() -> dict[str, object]:
+    """The wrappers' default settings (imported lazily: it pulls in torch)."""
+    from amps_eval.model_wrappers.settings import QwenSettings
+
+    return {f.name: f.default for f in dataclasses.fields(QwenSettings) if f.default is not dataclasses.MISSING}
+
+
+def _is_default(value: str, default: object) -> bool:
+    if default is None:
+        return value.lower() in ("", "none")
+    try:
+        return float(value) == float(default)  # also bools: "True" -> error, handled below
+    except (TypeError, ValueError):
+        return value.lower() == str(default).lower()
+
+
+def variant_of(run: Run, orders: str, defaults: dict[str, object]) -> Variant:
+    settings = {}
+    for key, value in run.settings.items():
+        if key in NOT_IDENTITY or (run.method not in STEERED and key in STEERING_ONLY):
+            continue
+        if key in defaults and _is_default(value, defaults[key]):
+            continue
+        settings[key] = value
+    if run.steering_id is not None:
+        settings["steering"] = run.steering_id
+    return Variant(run.model, run.pretrained, run.method, run.alpha, tuple(sorted(settings.items())), orders)
+
+
+def build_index(runs: list[Run], problems: list[Problem], defaults: dict[str, object] | None = None) -> ResultIndex:
+    """Index every run's cells; the newest run wins each cell, the others are recorded as dropped."""
+    defaults = wrapper_defaults() if defaults is None else defaults
+    index = ResultIndex(runs=list(runs), problems=problems)
+    dropped: dict[tuple, list[str]] = defaultdict(list)
+    for run in sorted(runs, key=lambda r: (r.date, str(r.path))):
+        for (target, orders), cells in run_cells(run, problems).items():
+            key = (variant_of(run, orders, defaults), target)
+            held = index.cells.setdefault(key, {})
+            for column, cell in cells.items():
+                if column in held and held[column].run != cell.run:
+                    old = held[column]
+                    dropped[(key, old.run, old.date)].append(column)
+                held[column] = cell
+    for ((variant, target), old_run, old_date), columns in dropped.items():
+        used = {index.cells[(variant, target)][c].run for c in columns}
+        index.dropped.append(Dropped(variant, target, tuple(columns), sorted(used)[-1], old_run, old_date))
+    return index

@@ -1,0 +1,85 @@
+"""``amps-eval sweep``: one steered method over a grid of alphas, into one results folder.
+
+Each alpha is a separate lmms-eval run written to ``<out>/alpha_<alpha>/``, so a report over
+``<out>`` sees one variant per alpha (Figures 1 and 6, and the alpha choice of the tables). The
+steering file's sha256 goes into every run's model arguments (``steering_sha256=``): the wrapper
+then refuses a file that changed during the sweep, and the run's identity, lmms-eval's cache key
+included, names the file's content rather than just its path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from amps_eval.report import STEERED
+
+
+def parse_alphas(text: str) -> tuple[float, ...]:
+    """"0,0.5,1" -> (0.0, 0.5, 1.0); duplicates and non-finite values are errors."""
+    try:
+        alphas = tuple(float(x) for x in str(text).split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--alphas must be comma-separated numbers, e.g. 0,0.5,1,2; got {text!r}") from None
+    if not alphas or any(not math.isfinite(a) for a in alphas) or len(set(alphas)) != len(alphas):
+        raise ValueError(f"--alphas needs distinct finite numbers, got {text!r}")
+    return alphas
+
+
+@dataclass(frozen=True)
+class SweepSettings:
+    model: str
+    pretrained: str
+    method: str
+    steering: Path
+    alphas: tuple[float, ...]
+    tasks: tuple[str, ...] = ("mc2_visual", "mc2_text")
+    out: Path = Path("results/sweep")
+    batch_size: int = 1
+    limit: int | None = None
+    device: str | None = None
+    extra_model_args: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in STEERED:
+            raise ValueError(f"sweep varies alpha, which only the steered methods use ({', '.join(STEERED)}); "
+                             f"got method={self.method}")
+        if not Path(self.steering).is_file():
+            raise FileNotFoundError(f"steering file {self.steering} not found; write it with `amps-eval fit`")
+        clash = {"pretrained", "method", "steering", "steering_sha256", "alpha", "device"} & set(self.extra_model_args)
+        if clash:
+            raise ValueError(f"--model-args must not set {sorted(clash)}: the sweep sets them")
+
+
+def alpha_folder(alpha: float) -> str:
+    return "alpha_" + f"{alpha:g}".replace("-", "m")
+
+
+def model_args(settings: SweepSettings, alpha: float, sha: str) -> str:
+    args = {"pretrained": settings.pretrained, "method": settings.method, "steering": str(Path(settings.steering).resolve()),
+            "steering_sha256": sha, "alpha": f"{alpha:g}", **settings.extra_model_args}
+    if settings.device:
+        args["device"] = settings.device
+    return ",".join(f"{k}={v}" for k, v in args.items())
+
+
+def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print) -> list[Path]:
+    """Run every alpha; return the results files in alpha order."""
+    from amps_eval.runner import run_lmms_eval
+    from amps_eval.steering.file import sha256
+
+    sha = sha256(settings.steering)
+    files = []
+    for i, alpha in enumerate(settings.alphas, 1):
+        progress(f"[sweep] {i}/{len(settings.alphas)} alpha={alpha:g}: {settings.method} on {','.join(settings.tasks)}")
+        run = run_lmms_eval(settings.model, model_args(settings, alpha, sha), list(settings.tasks),
+                            Path(settings.out) / alpha_folder(alpha), batch_size=settings.batch_size,
+                            limit=settings.limit)
+        numbers = {t: run.results.get("results", {}).get(t, {}).get("target_acc,none") for t in settings.tasks}
+        shares = ", ".join(f"{t} {100 * v:.1f}%" for t, v in numbers.items() if isinstance(v, (int, float)))
+        progress(f"[sweep] alpha={alpha:g} done: {shares} -> {run.results_file}")
+        files.append(run.results_file)
+    progress(f"[sweep] report: amps-eval report {settings.out}")
+    return files

@@ -1,0 +1,127 @@
+"""Tables 1-3 of the AMPS paper as data (rendering is ``render.py``).
+
+* Table 1 (one model): one row per method, MLLM-only ... AMPS, then any other method that ran;
+* Table 2 (every model): base, L2S and AMPS rows per model;
+* Table 3 (one model, ablation): w/o steering (none), w/o scaling (L2S), full (AMPS).
+
+Each table has one block per target (vision, text); columns are the eight MC2 categories in the
+paper's order and Total. Which variant fills a row is ``ResultIndex.choose`` (newest run per cell,
+``--alpha`` or the best alpha); the row label shows the alpha and any setting that tells the chosen
+variant apart from the other variants of the same method.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from amps_eval.report import METHOD_LABELS, STEERED
+from amps_eval.report.cells import Cell
+from amps_eval.report.commands import MissingRun, missing_run
+from amps_eval.report.runs import model_display_name
+from amps_eval.report.select import ResultIndex, Variant
+
+TARGETS = ("vision", "text")
+BLOCK_TITLES = {"vision": "target: vision (answers that follow the image)",
+                "text": "target: text (answers that follow the text context)"}
+
+
+@dataclass(frozen=True)
+class Row:
+    label: str
+    pretrained: str
+    method: str
+    variant: Variant | None
+    cells: dict[str, Cell] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Block:
+    target: str
+    title: str
+    rows: tuple[Row, ...]
+
+
+@dataclass(frozen=True)
+class Table:
+    number: str
+    title: str
+    blocks: tuple[Block, ...]
+    missing: tuple[MissingRun, ...]
+
+
+@dataclass(frozen=True)
+class TableOptions:
+    alpha: float | None = None  # None: the best alpha per row (see select.py)
+    orders: str = "one"  # "both": the *_both_orders tasks
+    output_path: str = "results"  # where the suggested commands write
+
+
+def row_label(base: str, index: ResultIndex, variant: Variant | None, target: str) -> str:
+    """``base``, plus the alpha of a steered row and the settings that set its variant apart."""
+    if variant is None:
+        return base
+    extras = [f"α={variant.alpha:g}"] if variant.method in STEERED and variant.alpha is not None else []
+    others = index.candidates(variant.pretrained, variant.method, target, variant.orders)
+    for key, value in variant.settings:
+        if any(dict(o.settings).get(key) != value for o in others if o.alpha == variant.alpha):
+            extras.append(f"{key}={value}")
+    return f"{base} ({', '.join(extras)})" if extras else base
+
+
+def build_table(number: str, title: str, index: ResultIndex, specs: list[tuple[str, str, str]],
+                options: TableOptions) -> Table:
+    """``specs``: (pretrained, method, label) per row, in order."""
+    blocks, missing = [], {}
+    for target in TARGETS:
+        rows = []
+        for pretrained, method, label in specs:
+            variant = index.choose(pretrained, method, target, options.orders, options.alpha)
+            cells = dict(index.cells[(variant, target)]) if variant else {}
+            rows.append(Row(row_label(label, index, variant, target), pretrained, method, variant, cells))
+            if variant is None:
+                missing.setdefault((pretrained, method), []).append(target)
+        blocks.append(Block(target, BLOCK_TITLES[target], tuple(rows)))
+    commands = tuple(missing_run(index.runs, index.lmms_model(p), p, m, tuple(targets), options.orders, options.alpha,
+                                 options.output_path) for (p, m), targets in missing.items())
+    return Table(number, title, tuple(blocks), commands)
+
+
+def methods_of(index: ResultIndex, pretrained: str) -> list[str]:
+    """The paper's eight methods, then any other method this model ran (alphabetically)."""
+    ran = {v.method for v, _ in index.cells if v.pretrained == pretrained}
+    return list(METHOD_LABELS) + sorted(ran - set(METHOD_LABELS))
+
+
+def table1(index: ResultIndex, pretrained: str, options: TableOptions) -> Table:
+    specs = [(pretrained, m, METHOD_LABELS.get(m, m)) for m in methods_of(index, pretrained)]
+    return build_table("1", f"Table 1: methods on {model_display_name(pretrained)} (target share, %)", index,
+                       specs, options)
+
+
+def table2(index: ResultIndex, models: list[str], options: TableOptions) -> Table:
+    specs = []
+    for pretrained in models:
+        name = model_display_name(pretrained)
+        specs += [(pretrained, "none", f"{name} base"), (pretrained, "l2s", f"{name}-L2S"),
+                  (pretrained, "amps", f"{name}-AMPS")]
+    return build_table("2", "Table 2: models x {base, L2S, AMPS} (target share, %)", index, specs, options)
+
+
+def table3(index: ResultIndex, pretrained: str, options: TableOptions) -> Table:
+    specs = [(pretrained, "none", "w/o steering (MLLM-only)"), (pretrained, "l2s", "w/o scaling (L2S)"),
+             (pretrained, "amps", "full (AMPS)")]
+    return build_table("3", f"Table 3: ablation on {model_display_name(pretrained)} (target share, %)", index,
+                       specs, options)
+
+
+def pick_models(index: ResultIndex, name: str | None) -> list[str]:
+    """Models matching ``--model`` (exact pretrained or display name, else a substring); all if None."""
+    models = index.models()
+    if name is None:
+        return models
+    exact = [m for m in models if name in (m, model_display_name(m))]
+    found = exact or [m for m in models if name.lower() in m.lower()]
+    if not found:
+        raise ValueError(f"--model {name!r} matches no model in the results; models found: "
+                         f"{', '.join(models) or 'none'}")
+    return found
