@@ -20,14 +20,16 @@ interleaved (the arm order rotates every repetition: none ctrl mean amps, ctrl m
 background load hits every arm alike. Reported per batch size and arm: the median time per run,
 tokens/s from it, the ratio steered/unsteered tokens/s and the overhead (1 - ratio) with a 90%
 bootstrap interval (repetitions resampled together); the JSON also has the overhead from each arm's
-fastest run, the median of the per-repetition paired ratios and every raw time. Target: overhead < 5%.
+fastest run, the median of the per-repetition paired ratios and every raw time. Target: overhead < 5%;
+the verdict is "met" / "NOT met" only if the A/A control's interval lies within +-5% (the
+measurement can resolve the target), else "not resolved end-to-end at this noise level".
 
 End-to-end differences of a few % drown in noise on a shared machine, so the steering code is also
 timed on its own ("hook ms/run", see :func:`isolated_hook_cost`): the same contexts on a stand-in
 identity layer fed hidden states of the real shapes, minus the unsteered stand-in. It is the cost
 the hooks add to a run, without the model's own run-to-run variation.
 
-    python benchmarks/bench_steering.py                    # tiny Qwen2.5-VL on CPU (~1-2 min)
+    python benchmarks/bench_steering.py                    # tiny Qwen2.5-VL on CPU (~1-1.5 min)
     python benchmarks/bench_steering.py --config full-qwen-7b --device cuda --out results/bench_steering.json
 
 ``tiny`` is the test checkpoint of ``amps_eval.testing.tiny_models`` (4 layers, hidden 64) loaded with
@@ -403,10 +405,13 @@ def main(argv: list[str] | None = None) -> dict:
     worst = max(steered, key=lambda r: r["overhead_pct"])
     target = 100 * TARGET_OVERHEAD
     noise_hi = max(r["overhead_pct_ci90"][1] for r in controls)
-    if all(r["overhead_pct"] < target and r["overhead_pct_ci90"][1] < target for r in steered):
+    # The end-to-end figures decide only if the A/A control's interval lies within +-target, i.e. the
+    # measurement can tell a 5% cost from none; otherwise the verdict says so.
+    resolving = all(-target < r["overhead_pct_ci90"][0] and r["overhead_pct_ci90"][1] < target for r in controls)
+    if resolving and all(r["overhead_pct_ci90"][1] < target for r in steered):
         verdict = "met"
-    elif any(r["overhead_pct_ci90"][0] > max(target, noise_hi) for r in steered):
-        verdict = "NOT met"  # above the target and above what the A/A control shows as noise
+    elif resolving and any(r["overhead_pct_ci90"][0] > target for r in steered):
+        verdict = "NOT met"
     else:
         verdict = "not resolved end-to-end at this noise level"
     print(

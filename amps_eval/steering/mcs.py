@@ -73,29 +73,24 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
 
+from amps_eval.steering.kv_cache import (
+    _last_position_ids,
+    _work_dtype,
+    forward_last_token,
+    frozen_eval,
+    prefill,
+    prompt_position_ids,
+    uses_mrope,
+)
+
 MODALITIES: tuple[str, str] = ("vision", "text")
 
-# Keys of a processor output that must not reach the prefill forward (set here, or meaningless).
-_DROP_INPUT_KEYS = frozenset(
-    {
-        "position_ids",
-        "past_key_values",
-        "use_cache",
-        "labels",
-        "logits_to_keep",
-        "token_type_ids",
-        "return_dict",
-        "output_hidden_states",
-        "output_attentions",
-        "cache_position",
-    }
-)
 
 
 class NonFiniteMCSError(ValueError):
@@ -224,11 +219,6 @@ class MCSResult:
 # --------------------------------------------------------------------------------------------------
 
 
-def _work_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float32 for half/bf16/float32 tensors, float64 for float64 ones."""
-    return torch.promote_types(dtype, torch.float32)
-
-
 def cross_entropy(p_x: torch.Tensor, logits_z: torch.Tensor) -> torch.Tensor:
     """CE(p_x, p_z) = -sum_v p_x[v] log softmax(logits_z)[v] over the last dim, in float32
     (float64 for a float64 model).
@@ -258,120 +248,6 @@ def sample_seed(seed: int, sample_id: str) -> int:
     """Deterministic 63-bit generator seed for one sample (independent of batch and process)."""
     digest = hashlib.sha256(f"amps-mcs:{int(seed)}:{sample_id}".encode()).digest()
     return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# model plumbing
-# --------------------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def frozen_eval(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
-    """Eval mode + all parameters frozen; restores every module's flag and requires_grad after."""
-    training = [(m, m.training) for m in model.modules()]
-    req = [(p, p.requires_grad) for p in model.parameters()]
-    try:
-        model.eval()
-        for p, _ in req:
-            p.requires_grad_(False)
-        yield model
-    finally:
-        for p, flag in req:
-            p.requires_grad_(flag)
-        for m, flag in training:
-            m.training = flag
-
-
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "model", model)
-
-
-def uses_mrope(model: torch.nn.Module) -> bool:
-    """True for Qwen2/2.5-VL style models (3-D rope positions from ``get_rope_index``)."""
-    return hasattr(_inner(model), "get_rope_index")
-
-
-def prompt_position_ids(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """Position ids of the (left-padded) prompt: [3, B, T] for mrope models, else [B, T]."""
-    input_ids = inputs["input_ids"]
-    attention_mask = inputs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    if uses_mrope(model):
-        cfg = model.config
-        mm = inputs.get("mm_token_type_ids")
-        if mm is None:
-            mm = torch.zeros_like(input_ids, dtype=torch.int)
-            for tok, kind in (("image_token_id", 1), ("video_token_id", 2)):
-                tid = getattr(cfg, tok, None)
-                if tid is not None:
-                    mm = mm.masked_fill(input_ids == tid, kind)
-        image_grid_thw = inputs.get("image_grid_thw")
-        video_grid_thw = inputs.get("video_grid_thw")
-        if image_grid_thw is None and video_grid_thw is None:
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-            return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
-        pos, _ = _inner(model).get_rope_index(
-            input_ids,
-            mm_token_type_ids=mm,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            second_per_grid_ts=inputs.get("second_per_grid_ts"),
-            attention_mask=attention_mask,
-        )
-        return pos
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
-
-
-def _last_position_ids(position_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
-    """Position ids of the last prompt token for the given batch rows: [3, P, 1] or [P, 1]."""
-    if position_ids.dim() == 3:
-        return position_ids[:, rows, -1:]
-    return position_ids[rows, -1:]
-
-
-@torch.no_grad()
-def prefill(
-    model: torch.nn.Module, inputs: dict[str, Any], position_ids: torch.Tensor
-) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
-    """Prefill the whole prompt. Returns (last-token logits [B, V] float32, keys, values), where
-    keys/values are per layer [B, kv_heads, T-1, head_dim]: the cache cut before the last token."""
-    kwargs = {k: v for k, v in inputs.items() if k not in _DROP_INPUT_KEYS}
-    out = model(**kwargs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
-    keys, values = [], []
-    for i, layer in enumerate(cache.layers):
-        if getattr(layer, "is_sliding", False):
-            raise NotImplementedError(f"MCS does not support sliding-window cache layers (layer {i})")
-        keys.append(layer.keys[:, :, :-1, :].detach())
-        values.append(layer.values[:, :, :-1, :].detach())
-    logits = out.logits[:, -1, :]
-    return logits.to(_work_dtype(logits.dtype)), keys, values
-
-
-def forward_last_token(
-    model: torch.nn.Module,
-    last_ids: torch.Tensor,
-    last_positions: torch.Tensor,
-    attention_mask: torch.Tensor,
-    keys: Sequence[torch.Tensor],
-    values: Sequence[torch.Tensor],
-) -> torch.Tensor:
-    """Run the last prompt token ([P, 1]) against a FRESH cache built from keys/values
-    ([P, H, T-1, D] per layer). Returns logits [P, V]."""
-    from transformers.cache_utils import DynamicCache
-
-    cache = DynamicCache(ddp_cache_data=list(zip(keys, values)))
-    out = model(
-        input_ids=last_ids,
-        attention_mask=attention_mask,
-        position_ids=last_positions,
-        past_key_values=cache,
-        use_cache=True,
-        logits_to_keep=1,
-    )
-    return out.logits[:, -1, :]
 
 
 # --------------------------------------------------------------------------------------------------
