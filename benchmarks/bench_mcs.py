@@ -2,7 +2,7 @@
 
 Both modes run in one process on the same model and the same left-padded batch, with the default
 12 perturbations per sample (3 sigmas x 2 modalities x 2 draws). Reports the median time per
-sample over a few repeats (after one warm-up each) and the speed ratio, plus the largest r_v
+sample over a few repeats (after one warm-up each; the two modes interleaved) and the speed ratio, plus the largest r_v
 difference between the modes (they use the same noise, so it should be at rounding level).
 
     python benchmarks/bench_mcs.py                       # tiny Qwen2.5-VL on CPU (< 1 min)
@@ -67,22 +67,29 @@ def build_llava(batch: int, device: torch.device, dtype: torch.dtype, text_token
     return model, inputs, IMG_TINY
 
 
-def time_mode(model, inputs, image_token_id, settings, repeats, device):
+def time_modes(model, inputs, image_token_id, modes: dict, repeats, device):
+    """Time every mode ``repeats`` times, interleaved (A B A B ...), so that background load on a
+    shared machine hits all modes alike; returns {mode: (times, last result, peak GiB)}."""
     vision = inputs["input_ids"] == image_token_id
     text = ~vision
     ids = [f"s{i}" for i in range(inputs["input_ids"].shape[0])]
-    compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)  # warm-up
-    times, result = [], None
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
+    out = {mode: ([], None, 0.0 if device.type == "cuda" else None) for mode in modes}
+    for settings in modes.values():
+        compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)  # warm-up
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        result = compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)
-        sync(device)
-        times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return times, result, peak
+        for mode, settings in modes.items():
+            times, _, peak = out[mode]
+            if device.type == "cuda":
+                torch.cuda.reset_peak_memory_stats(device)
+            sync(device)
+            t0 = time.perf_counter()
+            result = compute_mcs(model, inputs, vision, text, settings, sample_ids=ids)
+            sync(device)
+            times.append(time.perf_counter() - t0)
+            if device.type == "cuda":
+                peak = max(peak, torch.cuda.max_memory_allocated(device) / 2**30)
+            out[mode] = (times, result, peak)
+    return out
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -123,9 +130,10 @@ def main(argv: list[str] | None = None) -> dict:
 
     base = MCSSettings(max_copies_per_pass=args.max_copies_per_pass)
     rows, results = [], {}
-    for mode, batched in (("batched", True), ("loop", False)):
-        settings = dataclasses.replace(base, batched=batched)
-        times, res, peak = time_mode(model, inputs, img, settings, args.repeats, device)
+    modes = {"batched": dataclasses.replace(base, batched=True), "loop": dataclasses.replace(base, batched=False)}
+    timed = time_modes(model, inputs, img, modes, args.repeats, device)
+    for mode in modes:
+        times, res, peak = timed[mode]
         med = statistics.median(times)
         results[mode] = res
         rows.append(

@@ -111,10 +111,11 @@ def _paper_notes(tables: list[Table], paper: PaperNumbers) -> list[str]:
                     elif entry is not None:
                         absent.add(entry.source)
         if shown:
-            lines.append(f"- {table.title}: {shown} published cell(s) shown beside ours.")
+            lines.append(f"- {table.title}: {shown} published cell(s) shown beside ours"
+                         + (f"; the other cells: {'; '.join(a.rstrip('.') for a in sorted(absent))}" if absent else "") + ".")
         else:
             lines.append(f"- {table.title}: no published numbers on file for these rows"
-                         + (f" ({'; '.join(sorted(absent))})" if absent else "") + ".")
+                         + (f" ({'; '.join(a.rstrip('.') for a in sorted(absent))})" if absent else "") + ".")
     lines += [f"- source: {s}" for s in sources]
     lines.append(f"- published numbers on file exist only for: {', '.join(paper.models())} (MLLM-only rows, Total).")
     return lines

@@ -62,7 +62,7 @@ def paper_value(options: RenderOptions, table: Table, row: Row, target: str, col
     return entry if entry is not None and entry.value is not None else None
 
 
-def cell_text(cell: Cell | None, options: RenderOptions, published=None) -> str:
+def cell_text(cell: Cell | None, options: RenderOptions, published=None, published_others=None) -> str:
     if cell is None:
         return "-" if published is None else f"- [paper {published.value:.1f}]"
     text = f"{100 * cell.target_acc:.1f}"
@@ -71,12 +71,18 @@ def cell_text(cell: Cell | None, options: RenderOptions, published=None) -> str:
     if options.collapse:
         text += f" / {100 * cell.others:.1f}" if cell.others is not None else " / ?"
     if published is not None:
-        text += f" [paper {published.value:.1f}, Δ {100 * cell.target_acc - published.value:+.1f}]"
+        diff = f"{100 * cell.target_acc - published.value:+.1f}"
+        if options.collapse and published_others is not None and cell.others is not None:
+            text += (f" [paper {published.value:.1f} / {published_others.value:.1f}, "
+                     f"Δ {diff} / {100 * cell.others - published_others.value:+.1f}]")
+        else:
+            text += f" [paper {published.value:.1f}, Δ {diff}]"
     return text
 
 
 def _rows(table: Table, options: RenderOptions, block) -> list[list[str]]:
-    return [[row.label] + [cell_text(row.cells.get(c), options, paper_value(options, table, row, block.target, c))
+    return [[row.label] + [cell_text(row.cells.get(c), options, paper_value(options, table, row, block.target, c),
+                                     paper_value(options, table, row, block.target, c, "others_rate"))
                            for c in COLUMNS] for row in block.rows]
 
 
