@@ -232,6 +232,21 @@ def test_cells_from_category_tasks_and_both_orders():
     assert problems == []
 
 
+def test_mcs_points_from_mcs_outputs_and_diagnostics(tmp_path):
+    from amps_eval.report.mcs_data import load_mcs
+
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"mc2_id": i, "category": "color", "prompt": "text", "c_v": 1.0,
+                                                           "c_t": 3.0, "r_v": 0.25}) + "\n" for i in range(3)))
+    (tmp_path / "q.jsonl.meta.json").write_text(json.dumps({"model": "amps_qwen", "pretrained": "Qwen/Qwen2.5-VL-7B-Instruct"}))
+    rows = [{"settings": {"pretrained": "/m/llava-1.5-7b-hf", "method": "mean_mcs"}}]
+    rows += [{"task": t, "mc2_id": 5, "category": "counting", "r_v": 0.75} for t in ("mc2_visual", "mc2_text")]
+    (tmp_path / "amps_diagnostics_x_rank0.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (tmp_path / "20260101_000000_samples_mc2_text.jsonl").write_text('{"doc_id": 0}\n')
+    points = sorted(load_mcs([tmp_path], []), key=lambda p: p.model)
+    assert [(p.model, p.prompt, p.category, p.r_v) for p in points] == [
+        ("Qwen2.5-VL-7B-Instruct", "text", "color", 0.25)] * 3 + [("llava-1.5-7b-hf", "none", "counting", 0.75)]
+
+
 def test_paper_numbers_are_only_the_ones_on_file_with_sources():
     paper = PaperNumbers.load()
     assert all(e.source for e in paper.entries)

@@ -6,7 +6,7 @@ the steering file by its sha256 when the run pinned one, else by its path). Sett
 wrappers' defaults are dropped, so ``alpha=1`` and no alpha are the same variant.
 
 Duplicates: when several runs give the same (variant, target, column), the newest (lmms-eval's
-``date``) is used and the others are listed as dropped.
+``date``; equal dates: the later path) is used and the others are listed as dropped.
 
 Rows: a table row is one method of one model. When several variants of the method exist (a sweep
 over alpha, say), ``--alpha A`` picks alpha A; otherwise the variant with the highest Total target
@@ -86,17 +86,12 @@ class ResultIndex:
         if not found:
             return None
 
-        def rank(v: Variant):
+        def preference(v: Variant):  # higher is better: Total, then smaller |alpha|, then newer
             cells = self.cells[(v, target)]
             total = cells[TOTAL].target_acc if TOTAL in cells else -1.0
-            newest = max(c.date for c in cells.values())
-            return (-total, abs(v.alpha or 0.0), _reverse(newest))
+            return (total, -abs(v.alpha or 0.0), max(c.date for c in cells.values()))
 
-        return min(found, key=rank)
-
-
-def _reverse(text: str) -> tuple[int, ...]:
-    return tuple(-ord(c) for c in text)
+        return max(found, key=preference)
 
 
 def wrapper_defaults() -> dict[str, object]:
