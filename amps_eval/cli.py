@@ -1,4 +1,4 @@
-"""`amps-eval`: the command line (data preparation, the demo, and later fitting and reports).
+"""`amps-eval`: the command line (data, MCS, fitting, the study, reports).
 
 Each subcommand is a small function; heavy imports happen inside them so that `--help` is instant.
 """
@@ -31,10 +31,17 @@ def _synth_mc2(args: argparse.Namespace) -> int:
     return 0
 
 
-def _demo(args: argparse.Namespace) -> int:
-    from amps_eval.demo import DemoSettings, run_demo
+def _study(args: argparse.Namespace) -> int:
+    from amps_eval.report.sweep import parse_alphas
+    from amps_eval.study import StudySettings, run_study
 
-    run_demo(DemoSettings(out=Path(args.out), methods=tuple(args.methods.split(",")), limit=args.limit))
+    settings = StudySettings(
+        out=Path(args.out), model=args.model, pretrained=args.pretrained,
+        data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
+        alphas=parse_alphas(args.alphas), table_alpha=args.table_alpha, batch_size=args.batch_size,
+        epochs=args.epochs, lr=args.lr, limit=args.limit,
+    )
+    run_study(settings)
     return 0
 
 
@@ -95,11 +102,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_synth_mc2)
 
-    p = sub.add_parser("demo", help="the end-to-end run on the embedded default, offline, on CPU")
-    p.add_argument("--out", default="results/demo")
-    p.add_argument("--methods", default="none,inst,cot,fewshot")
-    p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
-    p.set_defaults(run=_demo)
+    for name, help_text in (
+        ("demo", "the whole study offline on CPU on the shipped model organism (what `make demo` runs)"),
+        ("study", "the whole study (MCS, fit, baselines, sweeps, tables, figures, leaderboard) on any checkpoint"),
+    ):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("--out", default="results/demo" if name == "demo" else None, required=name == "study")
+        p.add_argument("--model", default="amps_qwen", choices=["amps_qwen", "amps_llava"])
+        p.add_argument("--pretrained", default=None, help="checkpoint (default: the shipped organism)")
+        p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
+        p.add_argument("--n-per-category", type=int, default=16, help="generated items per category")
+        p.add_argument("--layer", type=int, default=None, help="steering layer (default: the middle layer)")
+        p.add_argument("--alphas", default="0,0.5,1,2,4")
+        p.add_argument("--table-alpha", type=float, default=1.0, help="alpha of the tables' steered rows")
+        p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--epochs", type=int, default=100)
+        p.add_argument("--lr", type=float, default=1e-3)
+        p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+        p.set_defaults(run=_study)
 
     from amps_eval.plugin import MODEL_CLASSES
 

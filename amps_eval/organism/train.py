@@ -65,11 +65,13 @@ class OrganismSettings:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
+    qk_init_logit: float | None = 4.0  # mimetic init of the LM's attention (None: the model's own)
     # vision tower
     vision_hidden_size: int = 128
     vision_intermediate_size: int = 256
     vision_depth: int = 2
     vision_num_heads: int = 4
+    consistent_from_step: int = 0  # consistent examples join the stream from this step on
     # runtime
     num_threads: int = 1
     log_every: int = 25
@@ -192,6 +194,45 @@ def data_order(settings: OrganismSettings) -> Iterator[int]:
         yield from torch.randperm(n, generator=generator).tolist()
 
 
+def batches(settings: OrganismSettings) -> Iterator[list[int]]:
+    """The slots of each step's batch; consistent examples (variant 3) are skipped before
+    ``consistent_from_step``."""
+    order = data_order(settings)
+    for step in range(settings.steps):
+        slots: list[int] = []
+        while len(slots) < settings.batch_size:
+            slot = next(order)
+            if step < settings.consistent_from_step and slot % VARIANTS_PER_ITEM == len(CONDITIONS):
+                continue
+            slots.append(slot)
+        yield slots
+
+
+@torch.no_grad()
+def mimetic_qk_init(model: torch.nn.Module, self_logit: float, seed: int) -> None:
+    """Mimetic initialisation of the language model's attention (after Trockman & Kolter, 2023,
+    "Mimetic initialization of self-attention layers"): each query head starts as a copy of its
+    key head, so ``W_q x . W_k x > 0`` and every head initially prefers tokens like its own. The
+    weights are redrawn with the scale at which a token's attention logit to itself (at distance
+    0, before rotary rotation) is about ``self_logit``; biases start at zero. This is what lets a
+    model this small find the "which option appears in the context" match within the budget.
+    """
+    generator = torch.Generator().manual_seed(seed + 7919)
+    config = model.config.text_config
+    head_dim = config.hidden_size // config.num_attention_heads
+    group = config.num_attention_heads // config.num_key_value_heads
+    # |W x|^2 / sqrt(head_dim) = self_logit with x of unit RMS: per-entry std of W
+    std = (self_logit * head_dim**0.5 / (head_dim * config.hidden_size)) ** 0.5
+    for layer in model.model.language_model.layers:
+        attention = layer.self_attn
+        key = torch.randn(attention.k_proj.weight.shape, generator=generator) * std
+        attention.k_proj.weight.copy_(key)
+        attention.q_proj.weight.copy_(key.view(config.num_key_value_heads, 1, head_dim, -1).expand(-1, group, -1, -1).reshape(attention.q_proj.weight.shape))
+        for proj in (attention.q_proj, attention.k_proj):
+            if proj.bias is not None:
+                proj.bias.zero_()
+
+
 @dataclass
 class TrainingLog:
     """The training curve: one record per ``log_every`` steps (means over that window)."""
@@ -244,6 +285,8 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     from tqdm import tqdm
 
     encoder = PromptEncoder(model, processor)
+    if settings.qk_init_logit is not None:
+        mimetic_qk_init(model, settings.qk_init_logit, settings.seed)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     optimizer = torch.optim.AdamW(
@@ -251,13 +294,11 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
         lr=settings.lr,
         betas=settings.betas,
     )
-    order = data_order(settings)
     log, window = TrainingLog(), _Window()
     start = time.perf_counter()
     model.train()
-    bar = tqdm(range(settings.steps), desc="organism", disable=not progress, dynamic_ncols=True)
-    for step in bar:
-        slots = [next(order) for _ in range(settings.batch_size)]
+    bar = tqdm(batches(settings), total=settings.steps, desc="organism", disable=not progress, dynamic_ncols=True)
+    for step, slots in enumerate(bar):
         examples = [training_example(s, settings.data_seed, settings.train_image_sizes) for s in slots]
         inputs, targets = encoder.encode(examples)
         lr = lr_at(step, settings)
@@ -279,6 +320,12 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
             record = window.record(step + 1, lr, time.perf_counter() - start)
             log.records.append(record)
             bar.set_postfix(loss=record["loss"], acc=record["accuracy"])
+            if progress:
+                by = record["accuracy_by"]
+                bar.write(
+                    f"step {record['step']:5d} loss {record['loss']:.3f} acc {record['accuracy']:.3f} | "
+                    + " ".join(f"{k}={v:.2f}" for k, v in by.items() if not k.startswith("category/"))
+                )
             window = _Window()
     bar.close()
     model.eval()

@@ -1,0 +1,181 @@
+"""The whole AMPS study, end to end, on one or more checkpoints (`make demo` runs it on the organism).
+
+Steps, each with its own progress output:
+
+1. data: the generated MC2-format set (held out from the organism's training seeds), pointed to by
+   ``AMPS_MC2_DATA`` for this process;
+2. MCS of every item without an instruction and with each instruction (Figures 4 and 5), and the
+   check of the MCS against the organism's designed preference;
+3. fitting mean steering, L2S and AMPS (2-fold cross-fitting);
+4. every prompt baseline through lmms-eval;
+5. a sweep of the steering strength for mean, mean_mcs, L2S and AMPS (Figures 1 and 6; the tables'
+   steered rows use ``table_alpha``);
+6. Tables 1-3, the figures and the leaderboard, written into ``out``.
+
+Real checkpoints go through the same code: ``amps-eval study --model amps_qwen --pretrained
+Qwen/Qwen2.5-VL-7B-Instruct --data $AMPS_MC2_DATA --layer 14 --out results/qwen7b`` (slow on CPU).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+PROMPT_METHODS = ("none", "inst", "cot", "fewshot")
+STEERING_METHODS = ("mean", "mean_mcs", "l2s", "amps")
+
+
+@dataclass(frozen=True)
+class StudySettings:
+    out: Path = Path("results/demo")
+    model: str = "amps_qwen"
+    pretrained: str | None = None  # default: the shipped organism
+    data: Path | None = None  # default: generate the held-out synthetic set into <out>/data
+    n_per_category: int = 16
+    data_seed: int = 3  # the organism trained on seed 1 and was checked on seed 2
+    image_size: int = 84
+    layer: int | None = None  # default: the middle decoder layer
+    alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
+    table_alpha: float = 1.0
+    batch_size: int = 8
+    epochs: int = 100
+    lr: float = 1e-3  # the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
+    limit: int | None = None
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+def _step(i: int, n: int, text: str) -> None:
+    print(f"\n[study {i}/{n}] {text}", flush=True)
+
+
+def _data(settings: StudySettings, out: Path) -> Path:
+    from amps_eval.mc2.synthetic import write_synthetic_mc2
+
+    if settings.data is not None:
+        return Path(settings.data)
+    folder = out / "data"
+    if not (folder / "mc2_manifest.json").exists():
+        write_synthetic_mc2(folder, n_per_category=settings.n_per_category, seed=settings.data_seed,
+                            image_size=settings.image_size)
+    return folder
+
+
+def _layer(settings: StudySettings, pretrained: str) -> int:
+    from transformers import AutoConfig
+
+    if settings.layer is not None:
+        return settings.layer
+    return AutoConfig.from_pretrained(pretrained).get_text_config().num_hidden_layers // 2
+
+
+def mcs_check(mcs_dir: Path, stem: str) -> dict:
+    """Mean visual ratio per prompt and per designed leaning (the organism's known truth)."""
+    from amps_eval.organism.design import IMAGE_LEANING, TEXT_LEANING
+
+    def mean(values):
+        return sum(values) / len(values) if values else float("nan")
+
+    out = {}
+    for prompt in ("none", "visual", "text"):
+        lines = [json.loads(line) for line in (mcs_dir / f"{stem}_{prompt}.jsonl").read_text().splitlines()]
+        out[prompt] = {
+            "all": mean([r["r_v"] for r in lines]),
+            "image_leaning": mean([r["r_v"] for r in lines if r["category"] in IMAGE_LEANING]),
+            "text_leaning": mean([r["r_v"] for r in lines if r["category"] in TEXT_LEANING]),
+        }
+    out["leaning_ordered"] = out["none"]["image_leaning"] > out["none"]["text_leaning"]
+    out["instruction_ordered"] = out["visual"]["all"] > out["text"]["all"]
+    return out
+
+
+def run_study(settings: StudySettings) -> dict:
+    from amps_eval.fit import FitSettings, fit
+    from amps_eval.mc2.source import ENV_VAR
+    from amps_eval.mcs_run import run_mcs
+    from amps_eval.report.build import ReportOptions, build_report
+    from amps_eval.report.leaderboard import write_leaderboard
+    from amps_eval.report.sweep import SweepSettings, run_sweep
+    from amps_eval.runner import run_lmms_eval
+    from amps_eval.steering.module import TrainSettings
+
+    started = time.perf_counter()
+    out = Path(settings.out)
+    out.mkdir(parents=True, exist_ok=True)
+    pretrained = settings.pretrained
+    if pretrained is None:
+        from amps_eval.organism import organism_path
+
+        pretrained = str(organism_path())
+    (out / "study_settings.json").write_text(json.dumps({**settings.to_dict(), "pretrained": pretrained}, indent=2))
+    n = 6
+
+    _step(1, n, "data")
+    data = _data(settings, out)
+    os.environ[ENV_VAR] = str(Path(data).resolve())
+    print(f"{ENV_VAR}={os.environ[ENV_VAR]}")
+    layer = _layer(settings, pretrained)
+    stem = settings.model
+
+    _step(2, n, "MCS without instruction and with each instruction (Figures 4, 5)")
+    mcs_dir = out / "mcs"
+    mcs_dir.mkdir(exist_ok=True)
+    for prompt in ("none", "visual", "text"):
+        run_mcs(settings.model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
+                batch_size=settings.batch_size, device="cpu", limit=settings.limit)
+    check = mcs_check(mcs_dir, stem) if settings.pretrained is None else None
+    if check:
+        (out / "mcs_check.json").write_text(json.dumps(check, indent=2))
+        print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "
+              f"{check['none']['text_leaning']:.3f}; image instruction {check['visual']['all']:.3f} vs text "
+              f"instruction {check['text']['all']:.3f}")
+
+    _step(3, n, f"fitting mean, L2S and AMPS at layer {layer}")
+    steering_dir = out / "steering"
+    steering_dir.mkdir(exist_ok=True)
+    files = {}
+    train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
+    for method in ("mean", "l2s", "amps"):
+        files[method] = steering_dir / f"{stem}_{method}.safetensors"
+        fit(FitSettings(model=settings.model, pretrained=pretrained, method=method, layer=layer, train=train,
+                        batch_size=settings.batch_size, device="cpu", data=data, limit=settings.limit),
+            files[method])
+    files["mean_mcs"] = files["mean"]
+
+    runs = out / "runs"
+    _step(4, n, f"prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
+    for method in PROMPT_METHODS:
+        extra = {"cot_max_new_tokens": 32} if method == "cot" else {}
+        args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, "device": "cpu", **extra}.items())
+        run = run_lmms_eval(settings.model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
+                            batch_size=settings.batch_size, limit=settings.limit)
+        print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
+                                          for t in ("mc2_visual", "mc2_text")))
+
+    _step(5, n, f"steering sweeps over alpha in {settings.alphas}")
+    alphas = tuple(sorted(set(settings.alphas) | {settings.table_alpha}))
+    for method in STEERING_METHODS:
+        run_sweep(SweepSettings(model=settings.model, pretrained=pretrained, method=method, steering=files[method],
+                                alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
+                                limit=settings.limit, device="cpu",
+                                extra_model_args={"diagnostics": str(out / "diagnostics" / method)}))
+
+    _step(6, n, "Tables 1-3, figures and leaderboard")
+    report = build_report(ReportOptions(results_dir=runs, collapse=True, stderr=True, alpha=settings.table_alpha,
+                                        figures=out / "figures", mcs=(mcs_dir,)))
+    (out / "tables.md").write_text(report.text)
+    latex = build_report(ReportOptions(results_dir=runs, format="latex", alpha=settings.table_alpha))
+    (out / "tables.tex").write_text(latex.text)
+    write_leaderboard(runs, out)
+    minutes = (time.perf_counter() - started) / 60
+    summary = {"minutes": round(minutes, 1), "layer": layer, "pretrained": pretrained, "mcs_check": check,
+               "figures": [str(p) for p in report.figures]}
+    (out / "study_summary.json").write_text(json.dumps(summary, indent=2))
+    print(report.text)
+    print(f"\n[study] done in {minutes:.1f} min: {out}/tables.md, tables.tex, figures/, leaderboard.html")
+    return summary
