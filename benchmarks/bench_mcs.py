@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this is run
-from common import build_qwen, default_dtype, device_name, left_pad, random_text, sync  # noqa: E402
+from common import add_runtime_args, build_qwen, default_dtype, device_name, left_pad, random_text, runtime, sync  # noqa: E402
 
 from amps_eval.steering.mcs import MCSSettings, compute_mcs  # noqa: E402
 
@@ -95,28 +95,15 @@ def time_modes(model, inputs, image_token_id, modes: dict, repeats, device):
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=["tiny-qwen", "tiny-llava", "full-qwen-7b"], default="tiny-qwen")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 otherwise")
     ap.add_argument("--batch-size", type=int, default=None, help="samples per compute_mcs call (default 4; 2 for full)")
     ap.add_argument("--text-tokens", type=int, default=None, help="text tokens of the longest prompt (default 60; 220 for full)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--max-copies-per-pass", type=int, default=None)
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads (default 1 on CPU: a tiny model has nothing to parallelise, and on a "
-        "shared/loaded machine every multi-threaded op waits ~10-20 ms for its threads, which swamps "
-        "the timings)",
-    )
-    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_runtime_args(ap)
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
-    threads = args.threads or (1 if device.type == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    dtype = getattr(torch, args.dtype) if args.dtype else (torch.float32 if device.type == "cpu" else torch.bfloat16)
+    device, dtype_name = runtime(args)
+    dtype = getattr(torch, dtype_name)
     full = args.config == "full-qwen-7b"
     batch = args.batch_size or (2 if full else 4)
     text_tokens = args.text_tokens or (220 if full else 60)

@@ -61,7 +61,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this is run
-from common import build_qwen_model, device_name, qwen_inputs, sync  # noqa: E402
+from common import add_runtime_args, build_qwen_model, device_name, qwen_inputs, runtime, sync  # noqa: E402
 
 from amps_eval.steering.hooks import decoder_layers, hidden_size, steer, steer_with_module  # noqa: E402
 from amps_eval.steering.module import SteeringMLP  # noqa: E402
@@ -324,8 +324,6 @@ def print_table(rows: list[dict]) -> None:
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--config", choices=["tiny", "tiny-random", "full-qwen-7b"], default="tiny")
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--dtype", choices=["float32", "bfloat16"], default=None, help="default: float32 on CPU, bfloat16 otherwise")
     ap.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--new-tokens", type=int, default=32, help="tokens generated per row (min = max, EOS disabled)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repetitions per arm (default 40; 7 for full-qwen-7b)")
@@ -334,21 +332,10 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--alpha", type=float, default=4.0)
     ap.add_argument("--mlp-hidden", type=int, default=400, help="hidden units of the AMPS SteeringMLP")
     ap.add_argument("--text-tokens", type=int, default=220, help="tiny-random / full-qwen-7b: text tokens of the longest prompt")
-    ap.add_argument(
-        "--threads",
-        type=int,
-        default=None,
-        help="torch.set_num_threads (default 1 on CPU, as bench_mcs.py: a tiny model has nothing to "
-        "parallelise, and on a shared machine multi-threaded ops wait for their threads)",
-    )
-    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_runtime_args(ap)
     args = ap.parse_args(argv)
 
-    device = torch.device(args.device)
-    threads = args.threads or (1 if device.type == "cpu" else None)
-    if threads:
-        torch.set_num_threads(threads)
-    dtype_name = args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
+    device, dtype_name = runtime(args)
     dtype = getattr(torch, dtype_name)
     full = args.config == "full-qwen-7b"
     settings = Settings(
@@ -363,7 +350,7 @@ def main(argv: list[str] | None = None) -> dict:
         alpha=args.alpha,
         mlp_hidden=args.mlp_hidden,
         text_tokens=args.text_tokens,
-        threads=threads,
+        threads=torch.get_num_threads(),
     )
 
     t0 = time.perf_counter()

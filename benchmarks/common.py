@@ -33,6 +33,31 @@ def default_dtype(dtype: torch.dtype):
         torch.set_default_dtype(old)
 
 
+THREADS_HELP = (
+    "torch.set_num_threads (default 1 on CPU: a tiny model has nothing to parallelise, and on a "
+    "shared/loaded machine every multi-threaded op waits ~10-20 ms for its threads, which swamps the timings)"
+)
+
+
+def add_runtime_args(ap, dtype_choices=("float32", "bfloat16")) -> None:
+    """--device, --dtype, --threads and --out, shared by the benchmark scripts."""
+    from pathlib import Path
+
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--dtype", choices=list(dtype_choices), default=None, help="default: float32 on CPU, bfloat16 otherwise")
+    ap.add_argument("--threads", type=int, default=None, help=THREADS_HELP)
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+
+
+def runtime(args) -> tuple[torch.device, str]:
+    """The device and dtype name of a benchmark run; sets the CPU thread count."""
+    device = torch.device(args.device)
+    threads = args.threads or (1 if device.type == "cpu" else None)
+    if threads:
+        torch.set_num_threads(threads)
+    return device, args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
+
+
 def sync(device: torch.device) -> None:
     """Wait for queued GPU work, so wall-clock timings cover it."""
     if device.type == "cuda":
