@@ -66,6 +66,24 @@ def _data(settings: StudySettings, out: Path) -> Path:
     return folder
 
 
+def _checkpoint(settings: StudySettings, out: Path) -> tuple[str, bool]:
+    """(checkpoint, whether it is the shipped organism). Without a shipped organism the demo falls
+    back to a tiny random model, says so loudly, and its steering numbers are noise."""
+    if settings.pretrained is not None:
+        return settings.pretrained, False
+    if settings.model != "amps_qwen":
+        raise ValueError(f"the shipped organism is a Qwen2.5-VL (amps_qwen); pass --pretrained for {settings.model}")
+    from amps_eval.organism import organism_path
+
+    try:
+        return str(organism_path()), True
+    except FileNotFoundError as error:
+        from amps_eval.testing.tiny_models import build_tiny_qwen
+
+        print(f"WARNING: {error}\nWARNING: falling back to a tiny RANDOM model: no preference, the numbers are noise")
+        return str(build_tiny_qwen(out / "models" / "tiny-random-qwen", seed=0)), False
+
+
 def _layer(settings: StudySettings, pretrained: str) -> int:
     from transformers import AutoConfig
 
@@ -107,11 +125,7 @@ def run_study(settings: StudySettings) -> dict:
     started = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    pretrained = settings.pretrained
-    if pretrained is None:
-        from amps_eval.organism import organism_path
-
-        pretrained = str(organism_path())
+    pretrained, organism = _checkpoint(settings, out)
     (out / "study_settings.json").write_text(json.dumps({**settings.to_dict(), "pretrained": pretrained}, indent=2))
     n = 6
 
@@ -128,7 +142,7 @@ def run_study(settings: StudySettings) -> dict:
     for prompt in ("none", "visual", "text"):
         run_mcs(settings.model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
                 batch_size=settings.batch_size, device="cpu", limit=settings.limit)
-    check = mcs_check(mcs_dir, stem) if settings.pretrained is None else None
+    check = mcs_check(mcs_dir, stem) if organism else None
     if check:
         (out / "mcs_check.json").write_text(json.dumps(check, indent=2))
         print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "

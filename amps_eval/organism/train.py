@@ -65,12 +65,15 @@ class OrganismSettings:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
+    word_tokens: bool = True  # train the tokenizer on MC2-style text too (see tokenizer_corpus)
     qk_init_logit: float | None = 4.0  # mimetic init of the LM's attention (None: the model's own)
     # vision tower
     vision_hidden_size: int = 128
     vision_intermediate_size: int = 256
     vision_depth: int = 2
     vision_num_heads: int = 4
+    lm_steps: int = 0  # steps with an extra language-modelling loss on the prompt text (warm-up)
+    lm_weight: float = 1.0
     consistent_from_step: int = 0  # consistent examples join the stream from this step on
     # runtime
     num_threads: int = 1
@@ -142,16 +145,19 @@ class PromptEncoder:
             self.letter_ids[letter] = ids[0]
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def encode(self, examples: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """Model inputs (prompt then answer letter) and the two target ids (letter, EOS) per row."""
-        inputs = self.encode_turns([example.turns() for example in examples]).inputs
+    def encode(self, examples: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+        """Model inputs (prompt then answer letter), the two target ids (letter, EOS) per row, and
+        the mask of the user's text tokens (context, question, options, instructions)."""
+        encoded = self.encode_turns([example.turns() for example in examples])
+        inputs = encoded.inputs
         letters = torch.tensor([[self.letter_ids[e.answer]] for e in examples])
         inputs["input_ids"] = torch.cat([inputs["input_ids"], letters], dim=1)
         inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(letters)], dim=1)
         if "mm_token_type_ids" in inputs:
             inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(letters)], dim=1)
         targets = torch.cat([letters, torch.full_like(letters, self.eos_id)], dim=1)
-        return inputs, targets
+        text_mask = torch.cat([encoded.text_mask, torch.zeros_like(letters, dtype=torch.bool)], dim=1)
+        return inputs, targets, text_mask
 
 
 # ---------------------------------------------------------------------------------------------
@@ -300,19 +306,25 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     bar = tqdm(batches(settings), total=settings.steps, desc="organism", disable=not progress, dynamic_ncols=True)
     for step, slots in enumerate(bar):
         examples = [training_example(s, settings.data_seed, settings.train_image_sizes) for s in slots]
-        inputs, targets = encoder.encode(examples)
+        inputs, targets, text_mask = encoder.encode(examples)
         lr = lr_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        logits = model(**inputs, logits_to_keep=2, use_cache=False).logits.float()  # [B, 2, V]
-        loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        warmup_lm = step < settings.lm_steps
+        logits = model(**inputs, logits_to_keep=0 if warmup_lm else 2, use_cache=False).logits.float()
+        answer_logits = logits[:, -2:]  # [B, 2, V]: predicts the letter, then <|im_end|>
+        loss = torch.nn.functional.cross_entropy(answer_logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
+        if warmup_lm:  # language modelling on the user's text: next-token loss where the next token is text
+            predicts_text = text_mask[:, 1:]
+            lm = torch.nn.functional.cross_entropy(logits[:, :-1][predicts_text], inputs["input_ids"][:, 1:][predicts_text])
+            loss = loss + settings.lm_weight * lm
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
 
         with torch.no_grad():
-            predicted = logits[:, 0].argmax(-1)
+            predicted = answer_logits[:, 0].argmax(-1)
             correct = (predicted == targets[:, 0]).tolist()
         window.add(float(loss), examples, correct)
         log.examples_seen += len(examples)
@@ -331,6 +343,35 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     model.eval()
     log.seconds = time.perf_counter() - start
     return log
+
+
+def tokenizer_corpus(n_per_category: int = 32, seed: int = 0) -> list[str]:
+    """Extra tokenizer-training text: the prompts of synthetic MC2 items (seed 0, every answer of
+    every category), so that the answer words become whole tokens (" circle", " moving", " big"),
+    as they are in the real Qwen2.5-VL vocabulary, instead of letter pieces."""
+    from amps_eval.mc2.prompt import question_prompt
+    from amps_eval.mc2.synthetic import SPECS, iter_synthetic_items
+
+    lines = []
+    for item in iter_synthetic_items(n_per_category, seed, image_size=32):
+        lines.append(question_prompt(item["context"], item["question"], item["answer_vision"], item["answer_text"]))
+    for spec in SPECS.values():
+        lines += [" ".join(spec.answers)] * 8
+    return lines
+
+
+@contextlib.contextmanager
+def extended_tokenizer_corpus(extra: list[str]) -> Iterator[None]:
+    """``build_tiny_qwen`` trains its tokenizer on ``tiny_models.corpus()``; extend that corpus
+    for the duration of the block (the builder itself is reused unchanged)."""
+    from amps_eval.testing import tiny_models
+
+    original = tiny_models.corpus
+    tiny_models.corpus = lambda: original() + extra
+    try:
+        yield
+    finally:
+        tiny_models.corpus = original
 
 
 def file_sha256(path: Path) -> str:
@@ -365,7 +406,8 @@ def build_organism(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new or empty folder")
-    build_tiny_qwen(out_dir, seed=settings.seed, **settings.model_overrides())
+    with extended_tokenizer_corpus(tokenizer_corpus() if settings.word_tokens else []):
+        build_tiny_qwen(out_dir, seed=settings.seed, **settings.model_overrides())
     with torch_settings(settings.num_threads, settings.seed):
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32)
         processor = load_processor(out_dir, "qwen2_5_vl")
