@@ -25,6 +25,9 @@ def test_wheel_contains_tasks_and_wrappers(tmp_path):
     for module in ("amps_eval/tasks/utils.py", "amps_eval/model_wrappers/qwen.py", "amps_eval/model_wrappers/llava.py",
                    "amps_eval/plugin.py"):
         assert module in names
+    packages = sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "amps_eval").rglob("__init__.py"))
+    lost = [p for p in packages if f"{p}/__init__.py" not in names]
+    assert not lost, f"packages missing from the wheel (add them to pyproject's packages): {lost}"
     top_level = {n.split("/")[0] for n in names}
     assert top_level <= {"amps_eval", next(n.split("/")[0] for n in names if ".dist-info/" in n)}, top_level
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
