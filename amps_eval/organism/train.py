@@ -65,6 +65,7 @@ class OrganismSettings:
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
+    positional_offsets: tuple[int, ...] | None = (1, 2, 3, 4)  # layer 0 heads start as fixed-offset heads
     word_tokens: bool = True  # train the tokenizer on MC2-style text too (see tokenizer_corpus)
     qk_init_logit: float | None = 4.0  # mimetic init of the LM's attention (None: the model's own)
     # vision tower
@@ -215,7 +216,39 @@ def batches(settings: OrganismSettings) -> Iterator[list[int]]:
 
 
 @torch.no_grad()
-def mimetic_qk_init(model: torch.nn.Module, self_logit: float, seed: int) -> None:
+def positional_qk_init(model: torch.nn.Module, offsets: tuple[int, ...], layer: int = 0) -> None:
+    """Initialise the heads of one language-model layer as fixed-offset ("convolutional") heads:
+    head ``h`` starts attending to the token ``offsets[h]`` positions back, whatever the content
+    (cf. convolutional initialisation of attention, Zheng et al., 2023). Only the query / key biases
+    are set: with rotary embeddings a constant query and key whose per-frequency phases differ by
+    ``-omega * offset`` give the logit ``sum_i c_i cos(omega_i (distance - offset))``, largest at
+    ``distance == offset``. The weights stay random, so the heads can also learn content."""
+    config = model.config.text_config
+    attention = model.model.language_model.layers[layer].self_attn
+    head_dim = config.hidden_size // config.num_attention_heads
+    half = head_dim // 2
+    group = config.num_attention_heads // config.num_key_value_heads
+    if len(offsets) != config.num_attention_heads:
+        raise ValueError(f"need one offset per head ({config.num_attention_heads}), got {offsets}")
+    rope = model.model.language_model.rotary_emb
+    omega = rope.inv_freq.detach().float()[:half]
+    weights = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5])[: min(5, half)]  # logit per frequency pair
+    amplitude = (weights * head_dim**0.5).sqrt()  # q . k * head_dim**-0.5 = weight
+    with torch.no_grad():
+        q_bias = attention.q_proj.bias.view(config.num_attention_heads, head_dim)
+        k_bias = attention.k_proj.bias.view(config.num_key_value_heads, head_dim)
+        k_bias.zero_()
+        k_bias[:, : len(weights)] = amplitude
+        q_bias.zero_()
+        for head, offset in enumerate(offsets):
+            phase = -omega[: len(weights)] * offset
+            q_bias[head, : len(weights)] = amplitude * phase.cos()
+            q_bias[head, half : half + len(weights)] = amplitude * phase.sin()
+        del group
+
+
+@torch.no_grad()
+def mimetic_qk_init(model: torch.nn.Module, self_logit: float, seed: int, layers: range | None = None) -> None:
     """Mimetic initialisation of the language model's attention (after Trockman & Kolter, 2023,
     "Mimetic initialization of self-attention layers"): each query head starts as a copy of its
     key head, so ``W_q x . W_k x > 0`` and every head initially prefers tokens like its own. The
@@ -229,7 +262,9 @@ def mimetic_qk_init(model: torch.nn.Module, self_logit: float, seed: int) -> Non
     group = config.num_attention_heads // config.num_key_value_heads
     # |W x|^2 / sqrt(head_dim) = self_logit with x of unit RMS: per-entry std of W
     std = (self_logit * head_dim**0.5 / (head_dim * config.hidden_size)) ** 0.5
-    for layer in model.model.language_model.layers:
+    for index, layer in enumerate(model.model.language_model.layers):
+        if layers is not None and index not in layers:
+            continue
         attention = layer.self_attn
         key = torch.randn(attention.k_proj.weight.shape, generator=generator) * std
         attention.k_proj.weight.copy_(key)
@@ -291,8 +326,15 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     from tqdm import tqdm
 
     encoder = PromptEncoder(model, processor)
+    first = 0
+    if settings.positional_offsets:
+        heads = settings.num_attention_heads
+        offsets = tuple(settings.positional_offsets)
+        for layer in range(len(offsets) // heads):
+            positional_qk_init(model, offsets[layer * heads : (layer + 1) * heads], layer=layer)
+        first = len(offsets) // heads
     if settings.qk_init_logit is not None:
-        mimetic_qk_init(model, settings.qk_init_logit, settings.seed)
+        mimetic_qk_init(model, settings.qk_init_logit, settings.seed, range(first, settings.num_hidden_layers))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     optimizer = torch.optim.AdamW(
