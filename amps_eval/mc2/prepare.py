@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import hashlib
 import json
 import shutil
 import tempfile
@@ -29,6 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
+from amps_eval.files import sha256_file
 from amps_eval.mc2.schema import (
     CATEGORIES,
     FORMAT_VERSION,
@@ -89,13 +89,7 @@ class PrepareReport:
 # --------------------------------------------------------------------------------------------
 
 
-def file_sha256(path: Path) -> str:
-    """The sha256 hex digest of a file (identifies which question file a dataset was built from)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+file_sha256 = sha256_file  # identifies which question file a dataset was built from
 
 
 def load_question_records(questions: Path) -> list[dict[str, str]]:

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import hashlib
 import json
 import math
 import time
@@ -34,6 +33,7 @@ from typing import Any, Iterator
 import torch
 
 from amps_eval.model_wrappers.base import AmpsWrapper
+from amps_eval.files import sha256_file as file_sha256
 from amps_eval.organism.design import CONDITIONS, KINDS, VARIANTS_PER_ITEM, Example, design_dict, training_example
 
 MANIFEST_NAME = "organism_manifest.json"
@@ -402,26 +402,6 @@ def tokenizer_corpus(n_per_category: int = 32, seed: int = 0) -> list[str]:
     return lines
 
 
-@contextlib.contextmanager
-def extended_tokenizer_corpus(extra: list[str]) -> Iterator[None]:
-    """``build_tiny_qwen`` trains its tokenizer on ``tiny_models.corpus()``; extend that corpus
-    for the duration of the block (the builder itself is reused unchanged)."""
-    from amps_eval.testing import tiny_models
-
-    original = tiny_models.corpus
-    tiny_models.corpus = lambda: original() + extra
-    try:
-        yield
-    finally:
-        tiny_models.corpus = original
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def build_organism(
@@ -448,8 +428,8 @@ def build_organism(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new or empty folder")
-    with extended_tokenizer_corpus(tokenizer_corpus() if settings.word_tokens else []):
-        build_tiny_qwen(out_dir, seed=settings.seed, **settings.model_overrides())
+    build_tiny_qwen(out_dir, seed=settings.seed, extra_corpus=tokenizer_corpus() if settings.word_tokens else (),
+                    **settings.model_overrides())
     with torch_settings(settings.num_threads, settings.seed):
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32)
         processor = load_processor(out_dir, "qwen2_5_vl")

@@ -17,7 +17,6 @@ catch a different model family or size.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -32,6 +31,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import Tensor
 
+from amps_eval.files import sha256_file
 from amps_eval.steering.module import SteeringMLP
 
 __all__ = [
@@ -65,11 +65,7 @@ class SteeringFileWarning(UserWarning):
 
 def sha256(path: str | os.PathLike) -> str:
     """Content hash of a file: identifies the steering in run ids and lmms-eval's cache key."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    return sha256_file(path)
 
 
 def current_versions() -> dict[str, str]:

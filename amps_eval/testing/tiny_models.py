@@ -46,7 +46,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Sequence, Callable
 
 import numpy as np
 import torch
@@ -238,7 +238,7 @@ def corpus() -> list[str]:
 
 
 def _train_bpe(
-    template: Tokenizer, vocab_size: int, special_tokens: list[str], **trainer_kwargs: Any
+    template: Tokenizer, vocab_size: int, special_tokens: list[str], extra_corpus: Sequence[str] = (), **trainer_kwargs: Any
 ) -> tuple[dict[str, int], list[tuple[str, str]]]:
     """Train a BPE model with the normalizer and pre-tokenizer of ``template`` (the tokenizer class
     of the real model), so the learnt merges fit the pipeline the class rebuilds on load."""
@@ -248,17 +248,18 @@ def _train_bpe(
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size, special_tokens=special_tokens, show_progress=False, **trainer_kwargs
     )
-    tokenizer.train_from_iterator(corpus(), trainer=trainer)
+    tokenizer.train_from_iterator(corpus() + list(extra_corpus), trainer=trainer)
     model = json.loads(tokenizer.to_str())["model"]
     return model["vocab"], [tuple(m) for m in model["merges"]]
 
 
-def _qwen_tokenizer() -> Qwen2Tokenizer:
+def _qwen_tokenizer(extra_corpus: Sequence[str] = ()) -> Qwen2Tokenizer:
     """Byte-level BPE in ``Qwen2Tokenizer``'s pipeline; special tokens appended in Qwen's order."""
     vocab, merges = _train_bpe(
         Qwen2Tokenizer().backend_tokenizer,
         _BPE_VOCAB_SIZE,
         special_tokens=[],
+        extra_corpus=extra_corpus,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
     )
     vocab = dict(vocab)
@@ -340,8 +341,12 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_tiny_qwen(out_dir: str | os.PathLike, seed: int = 0, **overrides: Any) -> Path:
+def build_tiny_qwen(
+    out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (), **overrides: Any
+) -> Path:
     """Write a tiny ``Qwen2_5_VLForConditionalGeneration`` checkpoint to ``out_dir``.
+
+    ``extra_corpus``: more text for the locally trained tokenizer (e.g. whole answer words).
 
     ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
     ``vision_config={...}``, and ``min_pixels`` / ``max_pixels`` for the image processor.
@@ -350,7 +355,7 @@ def build_tiny_qwen(out_dir: str | os.PathLike, seed: int = 0, **overrides: Any)
     out_dir.mkdir(parents=True, exist_ok=True)
     text, vision, pixels = _split_overrides(overrides, _QWEN_TEXT_DEFAULTS, ("min_pixels", "max_pixels"))
 
-    tokenizer = _qwen_tokenizer()
+    tokenizer = _qwen_tokenizer(extra_corpus)
     ids = {token: tokenizer.convert_tokens_to_ids(token) for token in QWEN_SPECIAL_TOKENS}
 
     head_dim = text["hidden_size"] // text["num_attention_heads"]
