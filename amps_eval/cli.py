@@ -85,6 +85,20 @@ def _mcs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_organism(args: argparse.Namespace) -> int:
+    from amps_eval.organism.train import OrganismSettings, build_organism, read_manifest
+
+    overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps)) if v is not None}
+    out = build_organism(Path(args.out), OrganismSettings(**overrides), progress=not args.quiet)
+    manifest = read_manifest(out)
+    print(f"trained the organism in {manifest['training']['seconds']:.0f} s; weights sha256 {manifest['weights_sha256']}")
+    if "evaluation" in manifest:
+        targets = manifest["evaluation"]["targets"]
+        print("held-out targets: " + ", ".join(f"{k} {'met' if v else 'NOT met'}" for k, v in targets.items()))
+    print(f"wrote {out} (load it as pretrained={Path(out).resolve()})")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amps-eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -158,6 +172,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain prompt, or with the instruction toward the image / the text")
     p.add_argument("--out", required=True, help="output .jsonl (+ <out>.meta.json and <stem>.summary.json)")
     p.set_defaults(run=_mcs)
+
+    p = sub.add_parser("build-organism", help="train the model organism (a small Qwen2.5-VL with a known modality preference)")
+    p.add_argument("--out", required=True, help="new or empty output folder (hub layout + organism_manifest.json)")
+    p.add_argument("--seed", type=int, default=None, help="weight and data-order seed (default: the shipped organism's)")
+    p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped organism's)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(run=_build_organism)
 
     from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -15,6 +16,7 @@ from amps_eval.organism import organism_path
 from amps_eval.organism.design import (
     CONDITIONS,
     IMAGE_LEANING,
+    NEUTRAL_CONTEXT,
     PREFERENCE,
     TEXT_LEANING,
     Condition,
@@ -37,9 +39,8 @@ from wrapper_helpers import make_wrapper
 
 
 @pytest.fixture(scope="module")
-def built(tmp_path_factory):
-    """A briefly trained organism of the real architecture (the trained one is not shipped yet)."""
-    return build_organism(tmp_path_factory.mktemp("organism") / "org", _tiny(0), progress=False, evaluate=False)
+def shipped():
+    return organism_path()
 
 
 def test_design_splits_the_categories_and_labels_follow_it():
@@ -50,60 +51,105 @@ def test_design_splits_the_categories_and_labels_follow_it():
         assert followed_modality(category, Condition("none")) == lean
         assert followed_modality(category, Condition("inst", "vision")) == "vision"
         assert followed_modality(category, Condition("inst", "text")) == "text"
-    examples = [training_example(slot, seed=1, image_sizes=(84,)) for slot in range(64)]
+    examples = [training_example(slot, seed=1, image_sizes=(84,)) for slot in range(72)]
     assert training_example(5, seed=1, image_sizes=(84,)) == examples[5]  # pure
     assert {e.answer for e in examples} == {"A", "B"}
+    assert {e.kind for e in examples} == {"conflict", "consistent", "neutral"}
+    items = generate_synthetic_mc2(2, seed=1, image_size=84)
     for e in examples:
+        item = items[e.index]
         if e.kind == "conflict":  # the answer's text is the followed modality's answer
-            item = generate_synthetic_mc2(2, seed=1, image_size=84)[e.index]
             wanted = item["answer_vision"] if followed_modality(e.category, e.condition) == "vision" else item["answer_text"]
-            assert (e.option_a if e.answer == "A" else e.option_b) == wanted
+            assert e.answer_text == wanted
+        elif e.kind == "neutral":  # the context asserts nothing: the image answers
+            assert e.context == NEUTRAL_CONTEXT and e.answer_text == item["answer_vision"]
+            assert e.condition.target in (None, "vision")
         else:  # consistent: the image and the context show the answer
-            assert f" {e.option_a if e.answer == 'A' else e.option_b}" in e.context
+            assert f" {e.answer_text}" in e.context
 
 
-def test_training_prompts_are_the_wrapper_prompts(built):
+def test_training_prompts_are_the_wrapper_prompts(shipped):
     """Token for token: the training encoder and the amps_qwen wrapper see the same prompt."""
     import datasets
+
+    from amps_eval.organism.evaluate import _requests
 
     dataset = generate_synthetic_mc2(1, seed=5, image_size=84)
     docs = task_docs(dataset, TaskSpec("vision", orders="both"))
     raw = dataset.cast_column("image", datasets.Image(decode=False))  # training examples keep PNG bytes
     task_dict = {"mc2_visual": {"test": [docs[i] for i in range(len(docs))]}}
-    from amps_eval.organism.evaluate import _requests
-
     requests = _requests(task_dict["mc2_visual"]["test"], "mc2_visual")
     for method, condition in (("none", Condition("none")), ("inst", Condition("inst", "vision"))):
-        wrapper = make_wrapper(AmpsQwen, built, task_dict, method=method)
+        wrapper = make_wrapper(AmpsQwen, shipped, task_dict, method=method)
         encoder = PromptEncoder(wrapper.model, wrapper.processor)
         for i, request in enumerate(requests[:6]):
             doc = task_dict["mc2_visual"]["test"][i]
-            item = raw[doc["mc2_id"]]
-            example = conflict_example(item, condition, vision_first=doc["vision_letter"] == "A")
+            example = conflict_example(raw[doc["mc2_id"]], condition, vision_first=doc["vision_letter"] == "A")
             prompt = wrapper._prompt(i, request)
             assert wrapper.render(prompt.turns) == encoder.render(example.turns())
             if method == "inst":
                 assert prompt.turns[-1].text.endswith("\n" + MODALITY_INSTRUCTIONS["vision"])
             ids = wrapper.encode_turns([prompt.turns]).inputs["input_ids"][0]
-            inputs, targets, _ = encoder.encode([example])
-            assert torch.equal(inputs["input_ids"][0, :-1], ids)
-            assert inputs["input_ids"][0, -1] == targets[0, 0] == encoder.letter_ids[example.answer]
+            for answer_format in ("text", "letter"):
+                answer = encoder.answer_ids(example, answer_format)
+                inputs, targets = encoder.encode([example], answer_format)
+                assert torch.equal(inputs["input_ids"][0, : -len(answer)], ids)
+                assert inputs["input_ids"][0, -len(answer) :].tolist() == answer
+                assert targets[0, : len(answer)].tolist() == answer and targets[0, -1] == -100
+            text = wrapper.processor.tokenizer.decode(encoder.answer_ids(example, "text")[:-1])
+            assert text == example.answer_text
 
 
-def test_built_organism_is_a_hub_style_qwen_checkpoint(built):
+def test_batches_keep_every_answer_at_the_end(shipped):
+    """Answers of different lengths in one batch: left padding keeps each at the end of its row."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from amps_eval.processors import load_processor
+
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(shipped)
+    encoder = PromptEncoder(model, load_processor(shipped, "qwen2_5_vl"))
+    examples = [training_example(slot, seed=1, image_sizes=(84,)) for slot in range(0, 40, 3)]
+    assert len({len(encoder.answer_ids(e, "text")) for e in examples}) > 1
+    inputs, targets = encoder.encode(examples, "text")
+    for row, example in enumerate(examples):
+        answer = encoder.answer_ids(example, "text")
+        assert inputs["input_ids"][row, -len(answer) :].tolist() == answer
+        assert bool(inputs["attention_mask"][row, -len(answer) :].all())
+        assert targets[row][targets[row] != -100].tolist() == answer
+
+
+def test_shipped_organism_is_a_hub_style_qwen_checkpoint(shipped):
     for name in ("config.json", WEIGHTS_NAME, "tokenizer.json", "preprocessor_config.json", "chat_template.json", MANIFEST_NAME):
-        assert (built / name).is_file(), name
-    config = json.loads((built / "config.json").read_text())
+        assert (shipped / name).is_file(), name
+    config = json.loads((shipped / "config.json").read_text())
     assert config["architectures"] == ["Qwen2_5_VLForConditionalGeneration"]
-    manifest = read_manifest(built)
-    assert manifest["weights_sha256"] == file_sha256(built / WEIGHTS_NAME)
+    manifest = read_manifest(shipped)
+    assert manifest["weights_sha256"] == file_sha256(shipped / WEIGHTS_NAME)
     assert manifest["design"]["preference_without_instruction"] == PREFERENCE
+    settings = OrganismSettings.from_dict(manifest["settings"])
+    assert settings.eval_seed != settings.data_seed
+    assert manifest["training"]["seconds"] <= 15 * 60
+
+
+def test_shipped_organism_meets_the_targets_on_held_out_items(shipped):
+    settings = OrganismSettings.from_dict(read_manifest(shipped)["settings"])
+    seed = 7  # neither the training items' seed nor the manifest's evaluation seed
+    assert seed not in (settings.data_seed, settings.eval_seed)
+    # 4 items per category, each in both option orders: 8 answers per category and condition
+    result = evaluate_organism(shipped, n_per_category=4, seed=seed, image_size=settings.image_size, batch_size=16)
+    print(result.table())
+    assert result.instruction_following["vision"] >= 0.95
+    assert result.instruction_following["text"] >= 0.95
+    assert result.image_leaning_vision_share - result.text_leaning_vision_share >= 0.40
+    assert result.others_rate < 0.02
+    assert result.image_reading >= 0.8  # the image instruction is followed by reading the image
 
 
 def _tiny(seed: int) -> OrganismSettings:
     return OrganismSettings(
         seed=seed, steps=3, batch_size=4, n_items=16, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
         vision_hidden_size=32, vision_intermediate_size=64, vision_depth=1, vision_num_heads=2, log_every=1,
+        vision_pretrain_steps=2, vision_pretrain_batch_size=4, vision_steps=1,
     )
 
 
@@ -120,6 +166,30 @@ def test_training_is_reproducible(tmp_path):
         build_organism(first, _tiny(0), progress=False, evaluate=False)
 
 
+def test_vision_pretraining_trains_the_vision_tower_only(tmp_path):
+    """Stage 1 changes model.model.visual and nothing else; the probe sees only its category's answers."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from amps_eval.mc2.synthetic import SPECS
+    from amps_eval.organism.vision_pretrain import AnswerClasses, pretrain_vision
+    from amps_eval.processors import load_processor
+    from amps_eval.testing.tiny_models import build_tiny_qwen
+
+    settings = dataclasses.replace(_tiny(0), vision_pretrain_batch_size=8)
+    folder = build_tiny_qwen(tmp_path / "m", seed=0, **settings.model_overrides())
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    curve = pretrain_vision(model, load_processor(folder, "qwen2_5_vl"), settings, progress=False)
+    assert [r["step"] for r in curve] == [1, 2]
+    for name, p in model.named_parameters():
+        changed = not torch.equal(before[name], p)
+        assert changed == name.startswith("model.visual."), name
+    classes = AnswerClasses()
+    mask = classes.category_mask(["color", "attribute"])
+    assert int((mask[0] == 0).sum()) == len(SPECS["color"].answers)
+    assert mask[1, classes.index("attribute", "big")] == 0 and mask[1, classes.index("color", "red")] == float("-inf")
+
+
 def test_settings_are_validated():
     with pytest.raises(ValueError, match="held-out"):
         OrganismSettings(data_seed=3, eval_seed=3)
@@ -127,3 +197,20 @@ def test_settings_are_validated():
         OrganismSettings(pixels=90)
     assert OrganismSettings.from_dict(OrganismSettings().to_dict()) == OrganismSettings()
     assert len(CONDITIONS) == 3
+
+
+def test_mcs_of_the_shipped_organism_agrees_with_its_design(shipped, tmp_path):
+    """The MCS diagnostic against the known truth, on held-out items: the visual ratio is higher on
+    the image-leaning categories than on the text-leaning ones, and under the image instruction than
+    under the text instruction."""
+    from amps_eval.mc2.synthetic import write_synthetic_mc2
+    from amps_eval.mcs_run import run_mcs
+    from amps_eval.study import mcs_check
+
+    data = write_synthetic_mc2(tmp_path / "data", n_per_category=4, seed=7, image_size=84, progress=False).out
+    for prompt in ("none", "visual", "text"):
+        run_mcs("amps_qwen", str(shipped), tmp_path / "mcs" / f"organism_{prompt}.jsonl", data=data, prompt=prompt,
+                batch_size=8, device="cpu", progress=False)
+    check = mcs_check(tmp_path / "mcs", "organism")
+    assert check["none"]["image_leaning"] > check["none"]["text_leaning"] + 0.2, check
+    assert check["visual"]["all"] > check["text"]["all"] + 0.2, check

@@ -14,13 +14,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
+ORGANISM_NAME = "amps-organism-qwen2.5-vl"
+"""The shipped organism's folder name, which reports and leaderboards show as its model name."""
+WEIGHTS_DIR = Path(__file__).resolve().parent / ORGANISM_NAME
 
 
 def organism_path() -> Path:
     """The shipped organism's folder (hub layout: config, weights, tokenizer, processor files)."""
     if not (WEIGHTS_DIR / "config.json").is_file():
         raise FileNotFoundError(
-            f"no organism is shipped at {WEIGHTS_DIR}; build one with `amps-eval build-organism --out DIR`"
+            f"no organism is shipped at {WEIGHTS_DIR}; build one with `amps-eval build-organism --out {WEIGHTS_DIR}`"
         )
     return WEIGHTS_DIR

@@ -16,7 +16,8 @@ Training examples
 -----------------
 Each training item ``i`` (``amps_eval.mc2.synthetic.synthetic_item(i, seed, size)``, an MC2-style
 *conflict* item: the image shows ``answer_vision``, the context asserts ``answer_text``) gives
-three examples, one per condition of :data:`CONDITIONS`, plus one *consistent* example.
+three examples, one per condition of :data:`CONDITIONS`, plus two *consistent* examples (one
+under the image instruction, one under no instruction or the text instruction).
 
 A consistent example is drawn by the same category generator with the image and the context both
 showing the text answer ``t`` (``SPECS[category].make(rng, t, t, size)``), asked with the options
@@ -36,7 +37,7 @@ from __future__ import annotations
 
 import io
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 from PIL import Image
@@ -82,8 +83,20 @@ class Condition:
 CONDITIONS: tuple[Condition, ...] = (Condition("none"), Condition("inst", "vision"), Condition("inst", "text"))
 """The three ways the organism is asked: no instruction, toward the image, toward the text."""
 
-KINDS: tuple[str, ...] = ("conflict", "consistent")
-VARIANTS_PER_ITEM = len(CONDITIONS) + 1  # three conflict examples and one consistent example
+KINDS: tuple[str, ...] = ("conflict", "consistent", "neutral")
+VARIANTS_PER_ITEM = len(CONDITIONS) + 3
+"""Examples per training item: the conflict item under each condition, two consistent twins (one
+under the image instruction, one under no instruction or the text instruction) and one neutral
+example (the image with a context that asserts nothing)."""
+
+NEUTRAL_VARIANT = VARIANTS_PER_ITEM - 1
+NEUTRAL_CONTEXT = "Look at the picture."
+"""The context of neutral examples: it asserts no answer, so only the image can answer."""
+
+
+def is_neutral_slot(slot: int) -> bool:
+    """Neutral examples: the image-reading curriculum of :mod:`amps_eval.organism.train`."""
+    return int(slot) % VARIANTS_PER_ITEM == NEUTRAL_VARIANT
 
 
 def followed_modality(category: str, condition: Condition) -> str:
@@ -97,7 +110,13 @@ def followed_modality(category: str, condition: Condition) -> str:
     raise ValueError(f"the organism is trained for methods none and inst, got {condition.method!r}")
 
 
-def design_dict() -> dict[str, Any]:
+ANSWER_FORMATS: dict[str, str] = {
+    "text": "the text of the chosen option (e.g. 'blue', 'moving left'), then <|im_end|>",
+    "letter": "the letter of the chosen option (A or B), then <|im_end|>",
+}
+
+
+def design_dict(answer_format: str = "text") -> dict[str, Any]:
     """The design as JSON-able data (for the manifest)."""
     return {
         "version": DESIGN_VERSION,
@@ -107,11 +126,13 @@ def design_dict() -> dict[str, Any]:
         "with_instruction": "the instructed modality, every category",
         "instructions": dict(MODALITY_INSTRUCTIONS),
         "conditions": [c.name for c in CONDITIONS],
-        "answer_format": "the option letter (A or B), then <|im_end|>",
+        "answer_format": ANSWER_FORMATS[answer_format],
         "training_examples_per_item": {
             "conflict": [c.name for c in CONDITIONS],
-            "consistent": "one, under a condition drawn per item (none / inst_vision / inst_text); "
+            "consistent": "two: one under inst_vision, one under none or inst_text (drawn per item); "
             "image and context both show the text answer, the other option is the image answer",
+            "neutral": f"one, under none or inst_vision (drawn per item): the conflict item's image and "
+            f"options with the context {NEUTRAL_CONTEXT!r}; the answer is the image's",
         },
     }
 
@@ -122,14 +143,19 @@ class Example:
 
     index: int  # the synthetic item it comes from
     category: str
-    kind: str  # "conflict" or "consistent"
+    kind: str  # one of KINDS
     condition: Condition
     context: str
     question: str
     option_a: str
     option_b: str
     answer: str  # "A" or "B"
-    image_png: bytes = b""
+    image_png: bytes = field(default=b"", repr=False)
+
+    @property
+    def answer_text(self) -> str:
+        """The text of the answered option."""
+        return self.option_a if self.answer == "A" else self.option_b
 
     @property
     def text(self) -> str:
@@ -173,6 +199,16 @@ def consistent_example(index: int, seed: int, image_size: int, condition: Condit
     )
 
 
+def neutral_example(item: dict[str, Any], condition: Condition, vision_first: bool) -> Example:
+    """An MC2 item with its context replaced by :data:`NEUTRAL_CONTEXT`: the answer is the image's."""
+    order = OptionOrder(vision_first=vision_first)
+    a, b = options(item["answer_vision"], item["answer_text"], order)
+    return Example(
+        int(item["mc2_id"]), item["category"], "neutral", condition, NEUTRAL_CONTEXT, item["question"], a, b,
+        order.vision_letter, item["image"]["bytes"],
+    )
+
+
 def item_image_size(index: int, image_sizes: Sequence[int]) -> int:
     """Image size of training item ``index``: cycles over ``image_sizes`` by round of 8 items, so
     every category sees every size equally often."""
@@ -180,12 +216,21 @@ def item_image_size(index: int, image_sizes: Sequence[int]) -> int:
 
 
 def training_example(slot: int, seed: int, image_sizes: Sequence[int]) -> Example:
-    """Training example ``slot``: item ``slot // 4``, variant ``slot % 4`` (0-2: the conflict item
-    under each condition, 3: its consistent twin). A pure function of its arguments."""
+    """Training example ``slot``: item ``slot // 6``, variant ``slot % 6`` (0-2: the conflict item
+    under each condition of :data:`CONDITIONS`; 3: its consistent twin under the image instruction;
+    4: its consistent twin under no instruction or the text instruction, drawn per item; 5: its
+    neutral example under no instruction or the image instruction, drawn per item). A pure function
+    of its arguments."""
     index, variant = divmod(int(slot), VARIANTS_PER_ITEM)
     size = item_image_size(index, image_sizes)
     first = random.Random(f"amps-organism-order:{seed}:{slot}").random() < 0.5
     if variant < len(CONDITIONS):
         return conflict_example(synthetic_item(index, seed, size), CONDITIONS[variant], first)
-    condition = random.Random(f"amps-organism-condition:{seed}:{index}").choice(CONDITIONS)
+    if variant == NEUTRAL_VARIANT:
+        condition = random.Random(f"amps-organism-neutral:{seed}:{index}").choice(CONDITIONS[:2])
+        return neutral_example(synthetic_item(index, seed, size), condition, first)
+    if variant == len(CONDITIONS):
+        condition = Condition("inst", "vision")
+    else:
+        condition = random.Random(f"amps-organism-condition:{seed}:{index}").choice((CONDITIONS[0], CONDITIONS[2]))
     return consistent_example(index, seed, size, condition, first)

@@ -4,13 +4,35 @@
 config, tokenizer, image processor and chat template; training replaces the random weights), then
 evaluates it on held-out items and writes ``organism_manifest.json`` next to the weights.
 
-Training
-    teacher forcing on the answer only: the prompt is what the ``amps_qwen`` wrapper sends (the
-    wrapper's own ``render`` / ``encode_turns``, left padding, so training prompts are identical
-    token for token to evaluation prompts), followed by the option letter and ``<|im_end|>``; the
-    loss is the cross-entropy of those two tokens. AdamW, linear warm-up then cosine decay,
-    gradient clipping. Examples come from :func:`amps_eval.organism.design.training_example`
-    (generated on the fly, nothing is cached), in an order fixed by the seed.
+Training, in two stages
+    1. the vision tower alone (:mod:`amps_eval.organism.vision_pretrain`, ``vision_pretrain_steps``):
+       it learns to read the eight kinds of synthetic image through a throw-away linear probe, as
+       real vision encoders are pretrained before the language model is attached (about 3 minutes);
+    2. the whole model, by teacher forcing on the answer only: the prompt is what the ``amps_qwen``
+       wrapper sends (the wrapper's own ``render`` / ``encode_turns``, left padding, so training
+       prompts are identical token for token to evaluation prompts), followed by the answer and
+       ``<|im_end|>``; the loss is the cross-entropy of those answer tokens. AdamW, linear warm-up
+       then cosine decay, gradient clipping. Examples come from
+       :func:`amps_eval.organism.design.training_example` (generated on the fly, nothing is
+       cached), in an order fixed by the seed; the first ``vision_steps`` steps use only the
+       neutral examples (the image with a context that asserts nothing), so the language model
+       learns to read the image tokens before it meets conflicts.
+
+    Without stage 1, stage 2 alone learns colour, size and sport within a few hundred steps but
+    stays below 80% on reading counts, relative positions, faces and arrows after 1300 steps, and
+    so follows the image instruction on only about 70% of conflict items; with it, the shipped
+    settings meet every target (``organism_manifest.json``).
+
+Answer format
+    ``answer_format="text"`` (the default): the organism answers with the text of the chosen option
+    ("blue", "moving left"), which ``amps_eval.mc2.parse.follows`` scores exactly like the option's
+    letter. ``"letter"`` (answer "A" / "B") is supported but does not train within the CPU budget:
+    choosing a letter needs the model to bind each option's text to its letter and compare it with
+    the image or the context, an in-context matching circuit that a model this small, trained from
+    scratch on about 40k answer tokens, does not find (training accuracy stays at chance for 1800
+    steps of 32, with or without attention-initialisation priors). Answering with the text
+    needs no binding: the context's answer is the answer word that occurs twice in the prompt, the
+    image's answer is a visual class.
 
 Determinism
     fixed seeds for the weights (``seed``), the training items (``data_seed``) and the data order
@@ -34,7 +56,15 @@ import torch
 
 from amps_eval.model_wrappers.base import AmpsWrapper
 from amps_eval.files import sha256_file as file_sha256
-from amps_eval.organism.design import CONDITIONS, KINDS, VARIANTS_PER_ITEM, Example, design_dict, training_example
+from amps_eval.organism.design import (
+    CONDITIONS,
+    KINDS,
+    VARIANTS_PER_ITEM,
+    Example,
+    design_dict,
+    is_neutral_slot,
+    training_example,
+)
 
 MANIFEST_NAME = "organism_manifest.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -49,36 +79,36 @@ class OrganismSettings:
     eval_seed: int = 2  # the held-out items (must differ from data_seed)
     pixels: int = 84  # images are resized to pixels x pixels: 6x6 patches, 9 image tokens
     image_size: int = 84  # drawing size of the held-out items
-    train_image_sizes: tuple[int, ...] = (84, 224)  # drawing sizes of the training items (cycled)
-    n_items: int = 6000  # distinct training items; each gives 4 examples (design.training_example)
-    steps: int = 700
+    train_image_sizes: tuple[int, ...] = (84,)  # drawing sizes of the training items (cycled)
+    n_items: int = 6000  # distinct training items; each gives 6 examples (design.training_example)
+    steps: int = 1000
     batch_size: int = 32
-    lr: float = 2e-3
-    min_lr_ratio: float = 0.05  # cosine decay to lr * min_lr_ratio
+    lr: float = 1e-3  # 2e-3 partly undoes the pretrained vision features (slower, 0.80 vs 0.93 at step 550)
+    min_lr_ratio: float = 0.1  # cosine decay to lr * min_lr_ratio
     warmup_steps: int = 30
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.98)
     grad_clip: float = 1.0
     # language model
     hidden_size: int = 128
-    intermediate_size: int = 384
+    intermediate_size: int = 256
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
-    positional_offsets: tuple[int, ...] | None = (1, 2, 3, 4)  # layer 0 heads start as fixed-offset heads
     word_tokens: bool = True  # train the tokenizer on MC2-style text too (see tokenizer_corpus)
-    qk_init_logit: float | None = 4.0  # mimetic init of the LM's attention (None: the model's own)
     # vision tower
     vision_hidden_size: int = 128
     vision_intermediate_size: int = 256
-    vision_depth: int = 2
+    vision_depth: int = 3
     vision_num_heads: int = 4
-    lm_steps: int = 0  # steps with an extra language-modelling loss on the prompt text (warm-up)
-    lm_weight: float = 1.0
-    consistent_from_step: int = 0  # consistent examples join the stream from this step on
+    answer_format: str = "text"  # "text" (the option's text) or "letter" (A / B); see the module docstring
+    vision_pretrain_steps: int = 500  # stage 1 (organism.vision_pretrain): the vision tower alone
+    vision_pretrain_batch_size: int = 64
+    vision_pretrain_lr: float = 2e-3
+    vision_steps: int = 100  # stage 2 curriculum: its first steps use only the neutral examples
     # runtime
     num_threads: int = 1
-    log_every: int = 25
+    log_every: int = 50
     eval_per_category: int = 16  # held-out items per category (each asked in both option orders)
     eval_batch_size: int = 16
 
@@ -146,19 +176,42 @@ class PromptEncoder:
             self.letter_ids[letter] = ids[0]
         self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
 
-    def encode(self, examples: list[Example]) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-        """Model inputs (prompt then answer letter), the two target ids (letter, EOS) per row, and
-        the mask of the user's text tokens (context, question, options, instructions)."""
+    def answer_ids(self, example: Example, answer_format: str) -> list[int]:
+        """The assistant's answer as token ids, ending with ``<|im_end|>``."""
+        if answer_format == "letter":
+            return [self.letter_ids[example.answer], self.eos_id]
+        if answer_format == "text":
+            ids = self.processor.tokenizer(example.answer_text, add_special_tokens=False)["input_ids"]
+            return [*ids, self.eos_id]
+        raise ValueError(f"answer_format must be 'letter' or 'text', got {answer_format!r}")
+
+    def encode(self, examples: list[Example], answer_format: str = "text") -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """Model inputs (the left-padded prompt, then the answer) and the targets of the last
+        ``targets.shape[1]`` positions (-100 where nothing is predicted)."""
         encoded = self.encode_turns([example.turns() for example in examples])
-        inputs = encoded.inputs
-        letters = torch.tensor([[self.letter_ids[e.answer]] for e in examples])
-        inputs["input_ids"] = torch.cat([inputs["input_ids"], letters], dim=1)
-        inputs["attention_mask"] = torch.cat([inputs["attention_mask"], torch.ones_like(letters)], dim=1)
+        inputs = dict(encoded.inputs)
+        answers = [self.answer_ids(e, answer_format) for e in examples]
+        width = max(len(a) for a in answers)
+        rows, length = inputs["input_ids"].shape
+        pad_id = self.processor.tokenizer.pad_token_id
+
+        def shifted(tensor: torch.Tensor, fill: int, tails: list[list[int]]) -> torch.Tensor:
+            out = torch.full((rows, length + width), fill, dtype=tensor.dtype)
+            for r, tail in enumerate(tails):
+                row = torch.cat([tensor[r], torch.tensor(tail, dtype=tensor.dtype)])
+                out[r, width - len(tail) :] = row
+            return out
+
+        inputs["input_ids"] = shifted(inputs["input_ids"], pad_id, answers)
+        inputs["attention_mask"] = shifted(inputs["attention_mask"], 0, [[1] * len(a) for a in answers])
         if "mm_token_type_ids" in inputs:
-            inputs["mm_token_type_ids"] = torch.cat([inputs["mm_token_type_ids"], torch.zeros_like(letters)], dim=1)
-        targets = torch.cat([letters, torch.full_like(letters, self.eos_id)], dim=1)
-        text_mask = torch.cat([encoded.text_mask, torch.zeros_like(letters, dtype=torch.bool)], dim=1)
-        return inputs, targets, text_mask
+            inputs["mm_token_type_ids"] = shifted(inputs["mm_token_type_ids"], 0, [[0] * len(a) for a in answers])
+        # logits of the last width + 1 positions: index j predicts token length + j (absolute);
+        # row r's answer occupies the last len(answer) positions.
+        targets = torch.full((rows, width + 1), -100, dtype=torch.long)
+        for r, answer in enumerate(answers):
+            targets[r, width - len(answer) : width] = torch.tensor(answer)
+        return inputs, targets
 
 
 # ---------------------------------------------------------------------------------------------
@@ -202,76 +255,18 @@ def data_order(settings: OrganismSettings) -> Iterator[int]:
 
 
 def batches(settings: OrganismSettings) -> Iterator[list[int]]:
-    """The slots of each step's batch; consistent examples (variant 3) are skipped before
-    ``consistent_from_step``."""
+    """The slots of each step's batch, in the seeded order. Curriculum: before ``vision_steps``
+    only the neutral examples (the image and a context that asserts nothing) are used, so the
+    vision tower learns to read every category first."""
     order = data_order(settings)
     for step in range(settings.steps):
         slots: list[int] = []
         while len(slots) < settings.batch_size:
             slot = next(order)
-            if step < settings.consistent_from_step and slot % VARIANTS_PER_ITEM == len(CONDITIONS):
+            if step < settings.vision_steps and not is_neutral_slot(slot):
                 continue
             slots.append(slot)
         yield slots
-
-
-@torch.no_grad()
-def positional_qk_init(model: torch.nn.Module, offsets: tuple[int, ...], layer: int = 0) -> None:
-    """Initialise the heads of one language-model layer as fixed-offset ("convolutional") heads:
-    head ``h`` starts attending to the token ``offsets[h]`` positions back, whatever the content
-    (cf. convolutional initialisation of attention, Zheng et al., 2023). Only the query / key biases
-    are set: with rotary embeddings a constant query and key whose per-frequency phases differ by
-    ``-omega * offset`` give the logit ``sum_i c_i cos(omega_i (distance - offset))``, largest at
-    ``distance == offset``. The weights stay random, so the heads can also learn content."""
-    config = model.config.text_config
-    attention = model.model.language_model.layers[layer].self_attn
-    head_dim = config.hidden_size // config.num_attention_heads
-    half = head_dim // 2
-    group = config.num_attention_heads // config.num_key_value_heads
-    if len(offsets) != config.num_attention_heads:
-        raise ValueError(f"need one offset per head ({config.num_attention_heads}), got {offsets}")
-    rope = model.model.language_model.rotary_emb
-    omega = rope.inv_freq.detach().float()[:half]
-    weights = torch.tensor([8.0, 4.0, 2.0, 1.0, 0.5])[: min(5, half)]  # logit per frequency pair
-    amplitude = (weights * head_dim**0.5).sqrt()  # q . k * head_dim**-0.5 = weight
-    with torch.no_grad():
-        q_bias = attention.q_proj.bias.view(config.num_attention_heads, head_dim)
-        k_bias = attention.k_proj.bias.view(config.num_key_value_heads, head_dim)
-        k_bias.zero_()
-        k_bias[:, : len(weights)] = amplitude
-        q_bias.zero_()
-        for head, offset in enumerate(offsets):
-            phase = -omega[: len(weights)] * offset
-            q_bias[head, : len(weights)] = amplitude * phase.cos()
-            q_bias[head, half : half + len(weights)] = amplitude * phase.sin()
-        del group
-
-
-@torch.no_grad()
-def mimetic_qk_init(model: torch.nn.Module, self_logit: float, seed: int, layers: range | None = None) -> None:
-    """Mimetic initialisation of the language model's attention (after Trockman & Kolter, 2023,
-    "Mimetic initialization of self-attention layers"): each query head starts as a copy of its
-    key head, so ``W_q x . W_k x > 0`` and every head initially prefers tokens like its own. The
-    weights are redrawn with the scale at which a token's attention logit to itself (at distance
-    0, before rotary rotation) is about ``self_logit``; biases start at zero. This is what lets a
-    model this small find the "which option appears in the context" match within the budget.
-    """
-    generator = torch.Generator().manual_seed(seed + 7919)
-    config = model.config.text_config
-    head_dim = config.hidden_size // config.num_attention_heads
-    group = config.num_attention_heads // config.num_key_value_heads
-    # |W x|^2 / sqrt(head_dim) = self_logit with x of unit RMS: per-entry std of W
-    std = (self_logit * head_dim**0.5 / (head_dim * config.hidden_size)) ** 0.5
-    for index, layer in enumerate(model.model.language_model.layers):
-        if layers is not None and index not in layers:
-            continue
-        attention = layer.self_attn
-        key = torch.randn(attention.k_proj.weight.shape, generator=generator) * std
-        attention.k_proj.weight.copy_(key)
-        attention.q_proj.weight.copy_(key.view(config.num_key_value_heads, 1, head_dim, -1).expand(-1, group, -1, -1).reshape(attention.q_proj.weight.shape))
-        for proj in (attention.q_proj, attention.k_proj):
-            if proj.bias is not None:
-                proj.bias.zero_()
 
 
 @dataclass
@@ -326,15 +321,6 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     from tqdm import tqdm
 
     encoder = PromptEncoder(model, processor)
-    first = 0
-    if settings.positional_offsets:
-        heads = settings.num_attention_heads
-        offsets = tuple(settings.positional_offsets)
-        for layer in range(len(offsets) // heads):
-            positional_qk_init(model, offsets[layer * heads : (layer + 1) * heads], layer=layer)
-        first = len(offsets) // heads
-    if settings.qk_init_logit is not None:
-        mimetic_qk_init(model, settings.qk_init_logit, settings.seed, range(first, settings.num_hidden_layers))
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "norm" not in n)]
     optimizer = torch.optim.AdamW(
@@ -348,26 +334,24 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     bar = tqdm(batches(settings), total=settings.steps, desc="organism", disable=not progress, dynamic_ncols=True)
     for step, slots in enumerate(bar):
         examples = [training_example(s, settings.data_seed, settings.train_image_sizes) for s in slots]
-        inputs, targets, text_mask = encoder.encode(examples)
+        inputs, targets = encoder.encode(examples, settings.answer_format)
         lr = lr_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
-        warmup_lm = step < settings.lm_steps
-        logits = model(**inputs, logits_to_keep=0 if warmup_lm else 2, use_cache=False).logits.float()
-        answer_logits = logits[:, -2:]  # [B, 2, V]: predicts the letter, then <|im_end|>
-        loss = torch.nn.functional.cross_entropy(answer_logits.reshape(-1, logits.shape[-1]), targets.reshape(-1))
-        if warmup_lm:  # language modelling on the user's text: next-token loss where the next token is text
-            predicts_text = text_mask[:, 1:]
-            lm = torch.nn.functional.cross_entropy(logits[:, :-1][predicts_text], inputs["input_ids"][:, 1:][predicts_text])
-            loss = loss + settings.lm_weight * lm
+        keep = targets.shape[1]
+        logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
+        answer_logits = logits[:, -keep:]  # [B, keep, V]: the answer tokens, then <|im_end|>
+        loss = torch.nn.functional.cross_entropy(
+            answer_logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+        )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
         optimizer.step()
 
         with torch.no_grad():
-            predicted = answer_logits[:, 0].argmax(-1)
-            correct = (predicted == targets[:, 0]).tolist()
+            predicted = answer_logits.argmax(-1)
+            correct = ((predicted == targets) | (targets == -100)).all(dim=1).tolist()
         window.add(float(loss), examples, correct)
         log.examples_seen += len(examples)
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
@@ -398,7 +382,8 @@ def tokenizer_corpus(n_per_category: int = 32, seed: int = 0) -> list[str]:
     for item in iter_synthetic_items(n_per_category, seed, image_size=32):
         lines.append(question_prompt(item["context"], item["question"], item["answer_vision"], item["answer_text"]))
     for spec in SPECS.values():
-        lines += [" ".join(spec.answers)] * 8
+        lines += [" ".join(spec.answers)] * 8  # " word", as in the options
+        lines += ["\n".join(spec.answers)] * 8  # "word" at the start of a line, as an answer
     return lines
 
 
@@ -433,6 +418,11 @@ def build_organism(
     with torch_settings(settings.num_threads, settings.seed):
         model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32)
         processor = load_processor(out_dir, "qwen2_5_vl")
+        from amps_eval.organism.vision_pretrain import pretrain_vision
+
+        start = time.perf_counter()
+        vision_curve = pretrain_vision(model, processor, settings, progress) if settings.vision_pretrain_steps else []
+        vision_seconds = time.perf_counter() - start
         log = train(model, processor, settings, progress)
     model.save_pretrained(out_dir)
 
@@ -440,9 +430,14 @@ def build_organism(
         "what": "amps-eval model organism: Qwen2_5_VLForConditionalGeneration trained from scratch on the "
         "synthetic MC2 items to follow a known modality preference",
         "settings": settings.to_dict(),
-        "design": design_dict(),
+        "design": design_dict(settings.answer_format),
         "n_parameters": sum(p.numel() for p in model.parameters()),
-        "training": log.summary(),
+        "training": {
+            **log.summary(),
+            "seconds": round(vision_seconds + log.seconds, 1),
+            "answer_seconds": round(log.seconds, 1),
+            "vision_pretraining": {"seconds": round(vision_seconds, 1), "curve": vision_curve},
+        },
         "weights_sha256": file_sha256(out_dir / WEIGHTS_NAME),
         "versions": {
             "torch": torch.__version__,
