@@ -36,7 +36,8 @@ def _study(args: argparse.Namespace) -> int:
     from amps_eval.study import StudySettings, run_study
 
     settings = StudySettings(
-        out=Path(args.out), model=args.model, pretrained=args.pretrained,
+        out=Path(args.out), models=tuple(m.strip() for m in args.model.split(",") if m.strip()),
+        pretrained=args.pretrained,
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=parse_alphas(args.alphas), table_alpha=args.table_alpha, batch_size=args.batch_size,
         epochs=args.epochs, lr=args.lr, limit=args.limit,
@@ -89,7 +90,8 @@ def _build_organism(args: argparse.Namespace) -> int:
     from amps_eval.organism.train import OrganismSettings, build_organism, read_manifest
 
     overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps)) if v is not None}
-    out = build_organism(Path(args.out), OrganismSettings(**overrides), progress=not args.quiet)
+    settings = OrganismSettings.for_architecture(args.architecture, **overrides)
+    out = build_organism(Path(args.out), settings, progress=not args.quiet)
     manifest = read_manifest(out)
     print(f"trained the organism in {manifest['training']['seconds']:.0f} s; weights sha256 {manifest['weights_sha256']}")
     if "evaluation" in manifest:
@@ -122,7 +124,9 @@ def build_parser() -> argparse.ArgumentParser:
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--out", default="results/demo" if name == "demo" else None, required=name == "study")
-        p.add_argument("--model", default="amps_qwen", choices=["amps_qwen", "amps_llava"])
+        p.add_argument("--model", default="amps_qwen,amps_llava" if name == "demo" else "amps_qwen",
+                       help="lmms-eval model name(s), comma-separated: amps_qwen, amps_llava "
+                       "(demo default: both organisms; study default: amps_qwen)")
         p.add_argument("--pretrained", default=None, help="checkpoint (default: the shipped organism)")
         p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
         p.add_argument("--n-per-category", type=int, default=16, help="generated items per category")
@@ -173,8 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .jsonl (+ <out>.meta.json and <stem>.summary.json)")
     p.set_defaults(run=_mcs)
 
-    p = sub.add_parser("build-organism", help="train the model organism (a small Qwen2.5-VL with a known modality preference)")
+    p = sub.add_parser("build-organism", help="train a model organism (a small Qwen2.5-VL or LLaVA with a known modality preference)")
     p.add_argument("--out", required=True, help="new or empty output folder (hub layout + organism_manifest.json)")
+    p.add_argument("--architecture", default="qwen2_5_vl", choices=["qwen2_5_vl", "llava"],
+                   help="Qwen2.5-VL (served by amps_qwen) or LLaVA-1.5 (amps_llava)")
     p.add_argument("--seed", type=int, default=None, help="weight and data-order seed (default: the shipped organism's)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped organism's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

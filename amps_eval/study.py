@@ -31,8 +31,8 @@ STEERING_METHODS = ("mean", "mean_mcs", "l2s", "amps")
 @dataclass(frozen=True)
 class StudySettings:
     out: Path = Path("results/demo")
-    model: str = "amps_qwen"
-    pretrained: str | None = None  # default: the shipped organism
+    models: tuple[str, ...] = ("amps_qwen",)  # lmms-eval model names, studied one after the other
+    pretrained: str | None = None  # default: each model's shipped organism (only with one model)
     data: Path | None = None  # default: generate the held-out synthetic set into <out>/data
     n_per_category: int = 16
     data_seed: int = 3  # the organism trained on seed 1 and was checked on seed 2
@@ -45,6 +45,15 @@ class StudySettings:
     lr: float = 1e-3  # the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
     limit: int | None = None
     extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from amps_eval.plugin import MODEL_CLASSES
+
+        unknown = [m for m in self.models if m not in MODEL_CLASSES]
+        if not self.models or unknown:
+            raise ValueError(f"models must name one or more of {tuple(MODEL_CLASSES)}, got {self.models!r}")
+        if self.pretrained is not None and len(self.models) != 1:
+            raise ValueError("--pretrained names one checkpoint: give exactly one --model with it")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -66,22 +75,25 @@ def _data(settings: StudySettings, out: Path) -> Path:
     return folder
 
 
-def _checkpoint(settings: StudySettings, out: Path) -> tuple[str, bool]:
-    """(checkpoint, whether it is the shipped organism). Without a shipped organism the demo falls
-    back to a tiny random model, says so loudly, and its steering numbers are noise."""
+def _checkpoint(settings: StudySettings, model: str, out: Path) -> tuple[str, bool]:
+    """(checkpoint, whether it is an organism with a known preference: the shipped one, or a folder
+    written by ``amps-eval build-organism``). Without a shipped organism the demo falls back to a
+    tiny random model, says so loudly, and its steering numbers are noise."""
     if settings.pretrained is not None:
-        return settings.pretrained, False
-    if settings.model != "amps_qwen":
-        raise ValueError(f"the shipped organism is a Qwen2.5-VL (amps_qwen); pass --pretrained for {settings.model}")
+        from amps_eval.organism.train import MANIFEST_NAME
+
+        return settings.pretrained, (Path(settings.pretrained) / MANIFEST_NAME).is_file()
     from amps_eval.organism import organism_path
 
     try:
-        return str(organism_path()), True
+        return str(organism_path(model)), True
     except FileNotFoundError as error:
-        from amps_eval.testing.tiny_models import build_tiny_qwen
+        from amps_eval.organism.architectures import architecture_of_model
+        from amps_eval.testing import tiny_models
 
+        arch = architecture_of_model(model)
         print(f"WARNING: {error}\nWARNING: falling back to a tiny RANDOM model: no preference, the numbers are noise")
-        return str(build_tiny_qwen(out / "models" / "tiny-random-qwen", seed=0)), False
+        return str(getattr(tiny_models, arch.builder)(out / "models" / f"tiny-random-{arch.name}", seed=0)), False
 
 
 def _layer(settings: StudySettings, pretrained: str) -> int:
@@ -113,83 +125,103 @@ def mcs_check(mcs_dir: Path, stem: str) -> dict:
 
 
 def run_study(settings: StudySettings) -> dict:
-    from amps_eval.fit import FitSettings, fit
+    """Every step for every model of ``settings.models`` into ``settings.out``; returns the summary."""
     from amps_eval.mc2.source import ENV_VAR
-    from amps_eval.mcs_run import run_mcs
-    from amps_eval.report.build import ReportOptions, build_report
-    from amps_eval.report.leaderboard import write_leaderboard
-    from amps_eval.report.sweep import SweepSettings, run_sweep
-    from amps_eval.runner import run_lmms_eval
-    from amps_eval.steering.module import TrainSettings
 
     started = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
-    pretrained, organism = _checkpoint(settings, out)
-    (out / "study_settings.json").write_text(json.dumps({**settings.to_dict(), "pretrained": pretrained}, indent=2))
-    n = 6
+    checkpoints = {model: _checkpoint(settings, model, out) for model in settings.models}
+    (out / "study_settings.json").write_text(json.dumps(
+        {**settings.to_dict(), "pretrained": {m: c[0] for m, c in checkpoints.items()}}, indent=2))
 
-    _step(1, n, "data")
+    _step(1, 6, "data")
     data = _data(settings, out)
     os.environ[ENV_VAR] = str(Path(data).resolve())
     print(f"{ENV_VAR}={os.environ[ENV_VAR]}")
-    layer = _layer(settings, pretrained)
-    stem = settings.model
+    per_model = {}
+    for model, (pretrained, organism) in checkpoints.items():
+        per_model[model] = study_model(settings, model, pretrained, organism, data, out)
+    checks = {m: r["mcs_check"] for m, r in per_model.items() if r["mcs_check"] is not None}
+    if checks:
+        (out / "mcs_check.json").write_text(json.dumps(checks, indent=2))
 
-    _step(2, n, "MCS without instruction and with each instruction (Figures 4, 5)")
+    _step(6, 6, "Tables 1-3, figures and leaderboard")
+    report = write_study_report(out, settings.table_alpha)
+    minutes = (time.perf_counter() - started) / 60
+    summary = {"minutes": round(minutes, 1), "models": per_model, "figures": [str(p) for p in report.figures]}
+    (out / "study_summary.json").write_text(json.dumps(summary, indent=2))
+    print(report.text)
+    print(f"\n[study] done in {minutes:.1f} min: {out}/tables.md, tables.tex, figures/, leaderboard.html")
+    return summary
+
+
+def study_model(settings: StudySettings, model: str, pretrained: str, organism: bool, data: Path, out: Path) -> dict:
+    """Steps 2-5 for one model: MCS (and its check on an organism), fits, baselines, sweeps."""
+    from amps_eval.fit import FitSettings, fit
+    from amps_eval.mcs_run import run_mcs
+    from amps_eval.report.sweep import SweepSettings, run_sweep
+    from amps_eval.runner import run_lmms_eval
+    from amps_eval.steering.module import TrainSettings
+
+    layer = _layer(settings, pretrained)
+    stem = model
+    print(f"\n=== {model}: {pretrained}{' (model organism)' if organism else ''}")
+
+    _step(2, 6, f"{model}: MCS without instruction and with each instruction (Figures 4, 5)")
     mcs_dir = out / "mcs"
     mcs_dir.mkdir(exist_ok=True)
     for prompt in ("none", "visual", "text"):
-        run_mcs(settings.model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
+        run_mcs(model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
                 batch_size=settings.batch_size, device="cpu", limit=settings.limit)
     check = mcs_check(mcs_dir, stem) if organism else None
     if check:
-        (out / "mcs_check.json").write_text(json.dumps(check, indent=2))
         print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "
               f"{check['none']['text_leaning']:.3f}; image instruction {check['visual']['all']:.3f} vs text "
               f"instruction {check['text']['all']:.3f}")
 
-    _step(3, n, f"fitting mean, L2S and AMPS at layer {layer}")
+    _step(3, 6, f"{model}: fitting mean, L2S and AMPS at layer {layer}")
     steering_dir = out / "steering"
     steering_dir.mkdir(exist_ok=True)
     files = {}
     train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
     for method in ("mean", "l2s", "amps"):
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
-        fit(FitSettings(model=settings.model, pretrained=pretrained, method=method, layer=layer, train=train,
+        fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
                         batch_size=settings.batch_size, device="cpu", data=data, limit=settings.limit),
             files[method])
     files["mean_mcs"] = files["mean"]
 
     runs = out / "runs"
-    _step(4, n, f"prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
+    _step(4, 6, f"{model}: prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
     for method in PROMPT_METHODS:
         extra = {"cot_max_new_tokens": 32} if method == "cot" else {}
         args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, "device": "cpu", **extra}.items())
-        run = run_lmms_eval(settings.model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
+        run = run_lmms_eval(model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
                             batch_size=settings.batch_size, limit=settings.limit)
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
                                           for t in ("mc2_visual", "mc2_text")))
 
-    _step(5, n, f"steering sweeps over alpha in {settings.alphas}")
     alphas = tuple(sorted(set(settings.alphas) | {settings.table_alpha}))
+    _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
     for method in STEERING_METHODS:
-        run_sweep(SweepSettings(model=settings.model, pretrained=pretrained, method=method, steering=files[method],
+        run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method, steering=files[method],
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
                                 limit=settings.limit, device="cpu",
-                                extra_model_args={"diagnostics": str(out / "diagnostics" / method)}))
+                                extra_model_args={"diagnostics": str(out / "diagnostics" / stem / method)}))
+    return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
 
-    _step(6, n, "Tables 1-3, figures and leaderboard")
-    report = build_report(ReportOptions(results_dir=runs, collapse=True, stderr=True, alpha=settings.table_alpha,
-                                        figures=out / "figures", mcs=(mcs_dir,)))
+
+def write_study_report(out: Path, table_alpha: float):
+    """Tables 1-3 (Markdown and LaTeX), the figures and the leaderboard from ``out/runs`` and ``out/mcs``."""
+    from amps_eval.report.build import ReportOptions, build_report
+    from amps_eval.report.leaderboard import write_leaderboard
+
+    runs = out / "runs"
+    report = build_report(ReportOptions(results_dir=runs, collapse=True, stderr=True, alpha=table_alpha,
+                                        figures=out / "figures", mcs=(out / "mcs",)))
     (out / "tables.md").write_text(report.text)
-    latex = build_report(ReportOptions(results_dir=runs, format="latex", alpha=settings.table_alpha))
+    latex = build_report(ReportOptions(results_dir=runs, format="latex", alpha=table_alpha))
     (out / "tables.tex").write_text(latex.text)
     write_leaderboard(runs, out)
-    minutes = (time.perf_counter() - started) / 60
-    summary = {"minutes": round(minutes, 1), "layer": layer, "pretrained": pretrained, "mcs_check": check,
-               "figures": [str(p) for p in report.figures]}
-    (out / "study_summary.json").write_text(json.dumps(summary, indent=2))
-    print(report.text)
-    print(f"\n[study] done in {minutes:.1f} min: {out}/tables.md, tables.tex, figures/, leaderboard.html")
-    return summary
+    return report

@@ -1,12 +1,14 @@
-"""A model organism: a small Qwen2.5-VL trained from scratch to have a known modality preference.
+"""Model organisms: small Qwen2.5-VL and LLaVA-1.5 models trained from scratch to have a known
+modality preference.
 
 * :mod:`amps_eval.organism.design` - which categories lean to the image or the text, and the
   training examples (pure functions);
-* :mod:`amps_eval.organism.train` - :func:`build_organism` trains and saves one (hub layout);
-* :mod:`amps_eval.organism.evaluate` - measures it on held-out items through the ``amps_qwen``
-  wrapper.
+* :mod:`amps_eval.organism.architectures` - what differs between the Qwen2.5-VL and LLaVA organisms;
+* :mod:`amps_eval.organism.vision_pretrain` and :mod:`amps_eval.organism.train` -
+  :func:`~amps_eval.organism.train.build_organism` trains and saves one (hub layout);
+* :mod:`amps_eval.organism.evaluate` - measures it on held-out items through its lmms-eval wrapper.
 
-:func:`organism_path` is the folder of the organism shipped with the package, so tests and demos
+:func:`organism_path` is the folder of an organism shipped with the package, so tests and demos
 load it like any checkpoint (``AmpsQwen(pretrained=organism_path(), ...)``) without training.
 """
 
@@ -14,15 +16,19 @@ from __future__ import annotations
 
 from pathlib import Path
 
-ORGANISM_NAME = "amps-organism-qwen2.5-vl"
-"""The shipped organism's folder name, which reports and leaderboards show as its model name."""
-WEIGHTS_DIR = Path(__file__).resolve().parent / ORGANISM_NAME
+PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def organism_path() -> Path:
-    """The shipped organism's folder (hub layout: config, weights, tokenizer, processor files)."""
-    if not (WEIGHTS_DIR / "config.json").is_file():
+def organism_path(model: str = "amps_qwen") -> Path:
+    """The shipped organism of the lmms-eval model ``model`` (amps_qwen or amps_llava): its folder,
+    in hub layout (config, weights, tokenizer, processor files, ``organism_manifest.json``)."""
+    from amps_eval.organism.architectures import architecture_of_model
+
+    arch = architecture_of_model(model)
+    folder = PACKAGE_DIR / arch.folder
+    if not (folder / "config.json").is_file():
         raise FileNotFoundError(
-            f"no organism is shipped at {WEIGHTS_DIR}; build one with `amps-eval build-organism --out {WEIGHTS_DIR}`"
+            f"no {arch.name} organism is shipped at {folder}; build one with "
+            f"`amps-eval build-organism --architecture {arch.name} --out {folder}`"
         )
-    return WEIGHTS_DIR
+    return folder

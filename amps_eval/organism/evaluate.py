@@ -1,4 +1,4 @@
-"""Measure an organism on held-out items through the ``amps_qwen`` wrapper.
+"""Measure an organism on held-out items through its lmms-eval wrapper (``amps_qwen`` / ``amps_llava``).
 
 The held-out items are ``generate_synthetic_mc2(n_per_category, seed, image_size)`` with a seed the
 training data did not use. Each item is asked in both option orders (task documents of
@@ -151,6 +151,7 @@ def evaluate_organism(
     batch_size: int = 16,
     image_reading: bool = True,
     keep_samples: bool = False,
+    model: str = "amps_qwen",
 ) -> OrganismEvaluation:
     """Evaluate the organism at ``path`` on held-out synthetic items (see the module docstring)."""
     from datasets.utils.logging import disable_progress_bar, enable_progress_bar, is_progress_bar_enabled
@@ -158,8 +159,10 @@ def evaluate_organism(
     from amps_eval.mc2.docs import TaskSpec, task_docs
     from amps_eval.mc2.parse import follows
     from amps_eval.mc2.synthetic import generate_synthetic_mc2
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.organism.architectures import architecture_of_model
     from amps_eval.organism.design import IMAGE_LEANING, TEXT_LEANING
+
+    wrapper_class = architecture_of_model(model).load_wrapper_class()
 
     bars = is_progress_bar_enabled()
     disable_progress_bar()
@@ -184,7 +187,7 @@ def evaluate_organism(
     wrappers: dict[str, Any] = {}
     for condition, method, task in runs:
         if method not in wrappers:
-            wrapper = AmpsQwen(pretrained=str(path), device="cpu", method=method, batch_size=batch_size)
+            wrapper = wrapper_class(pretrained=str(path), device="cpu", method=method, batch_size=batch_size)
             wrapper.task_dict = task_dict
             wrappers[method] = wrapper
         wrapper = wrappers[method]

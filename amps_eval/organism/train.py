@@ -1,15 +1,17 @@
-"""Train the model organism: a small ``Qwen2_5_VLForConditionalGeneration`` from scratch, on CPU.
+"""Train a model organism from scratch, on CPU: a small ``Qwen2_5_VLForConditionalGeneration`` or
+``LlavaForConditionalGeneration`` (``OrganismSettings.architecture``).
 
-:func:`build_organism` writes a checkpoint folder in hub layout (``build_tiny_qwen`` supplies the
-config, tokenizer, image processor and chat template; training replaces the random weights), then
-evaluates it on held-out items and writes ``organism_manifest.json`` next to the weights.
+:func:`build_organism` writes a checkpoint folder in hub layout (the ``amps_eval.testing.tiny_models``
+builder of the architecture supplies the config, tokenizer, image processor and chat template;
+training replaces the random weights), then evaluates it on held-out items and writes
+``organism_manifest.json`` next to the weights.
 
 Training, in two stages
     1. the vision tower alone (:mod:`amps_eval.organism.vision_pretrain`, ``vision_pretrain_steps``):
        it learns to read the eight kinds of synthetic image through a throw-away linear probe, as
        real vision encoders are pretrained before the language model is attached (about 3 minutes);
     2. the whole model, by teacher forcing on the answer only: the prompt is what the ``amps_qwen``
-       wrapper sends (the wrapper's own ``render`` / ``encode_turns``, left padding, so training
+       (or ``amps_llava``) wrapper sends (the wrapper's own ``render`` / ``encode_turns``, left padding, so training
        prompts are identical token for token to evaluation prompts), followed by the answer and
        ``<|im_end|>``; the loss is the cross-entropy of those answer tokens. AdamW, linear warm-up
        then cosine decay, gradient clipping. Examples come from
@@ -74,6 +76,7 @@ WEIGHTS_NAME = "model.safetensors"
 class OrganismSettings:
     """Everything that determines an organism (recorded in its manifest)."""
 
+    architecture: str = "qwen2_5_vl"  # or "llava" (amps_eval.organism.architectures)
     seed: int = 0  # weight initialisation and data order
     data_seed: int = 1  # the synthetic training items
     eval_seed: int = 2  # the held-out items (must differ from data_seed)
@@ -113,6 +116,9 @@ class OrganismSettings:
     eval_batch_size: int = 16
 
     def __post_init__(self) -> None:
+        from amps_eval.organism.architectures import architecture
+
+        architecture(self.architecture)  # a clear error for an unknown one
         if self.data_seed == self.eval_seed:
             raise ValueError("eval_seed must differ from data_seed: the evaluation is on held-out items")
         if self.pixels % 28:
@@ -122,24 +128,12 @@ class OrganismSettings:
         if self.hidden_size % self.num_attention_heads or self.vision_hidden_size % self.vision_num_heads:
             raise ValueError("hidden sizes must be divisible by the number of heads")
 
-    def model_overrides(self) -> dict[str, Any]:
-        """Arguments of ``build_tiny_qwen`` for this organism."""
-        return {
-            "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size,
-            "num_hidden_layers": self.num_hidden_layers,
-            "num_attention_heads": self.num_attention_heads,
-            "num_key_value_heads": self.num_key_value_heads,
-            "vision_config": {
-                "hidden_size": self.vision_hidden_size,
-                "intermediate_size": self.vision_intermediate_size,
-                "depth": self.vision_depth,
-                "num_heads": self.vision_num_heads,
-                "fullatt_block_indexes": [self.vision_depth - 1],
-            },
-            "min_pixels": self.pixels * self.pixels,
-            "max_pixels": self.pixels * self.pixels,
-        }
+    @classmethod
+    def for_architecture(cls, name: str = "qwen2_5_vl", **overrides: Any) -> "OrganismSettings":
+        """The settings of the shipped organism of architecture ``name``, with ``overrides``."""
+        from amps_eval.organism.architectures import architecture
+
+        return cls(**{"architecture": name, **dict(architecture(name).settings_overrides), **overrides})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -167,19 +161,17 @@ class PromptEncoder:
         self.model = model
         self.processor = processor
         self.input_device = torch.device("cpu")
-        tokenizer = processor.tokenizer
-        self.letter_ids = {}
-        for letter in ("A", "B"):
-            ids = tokenizer(letter, add_special_tokens=False)["input_ids"]
-            if len(ids) != 1:
-                raise RuntimeError(f"the answer {letter!r} is not a single token: {ids}")
-            self.letter_ids[letter] = ids[0]
-        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
+        eos = model.generation_config.eos_token_id  # where the wrapper's generation stops
+        self.eos_id = eos[0] if isinstance(eos, (list, tuple)) else eos
 
     def answer_ids(self, example: Example, answer_format: str) -> list[int]:
-        """The assistant's answer as token ids, ending with ``<|im_end|>``."""
+        """The assistant's answer as token ids, ending with the token where generation stops
+        (``<|im_end|>`` for Qwen2.5-VL, ``</s>`` for LLaVA)."""
         if answer_format == "letter":
-            return [self.letter_ids[example.answer], self.eos_id]
+            ids = self.processor.tokenizer(example.answer, add_special_tokens=False)["input_ids"]
+            if len(ids) != 1:
+                raise RuntimeError(f"the answer {example.answer!r} is not a single token here: {ids}")
+            return [ids[0], self.eos_id]
         if answer_format == "text":
             ids = self.processor.tokenizer(example.answer_text, add_special_tokens=False)["input_ids"]
             return [*ids, self.eos_id]
@@ -352,7 +344,7 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
         with torch.no_grad():
             predicted = answer_logits.argmax(-1)
             correct = ((predicted == targets) | (targets == -100)).all(dim=1).tolist()
-        window.add(float(loss), examples, correct)
+        window.add(loss.item(), examples, correct)
         log.examples_seen += len(examples)
         if (step + 1) % settings.log_every == 0 or step + 1 == settings.steps:
             record = window.record(step + 1, lr, time.perf_counter() - start)
@@ -397,27 +389,26 @@ def build_organism(
 ) -> Path:
     """Train an organism into ``out_dir`` (new or empty) and return the folder.
 
-    The folder loads like a hub checkpoint (``Qwen2_5_VLForConditionalGeneration.from_pretrained``,
-    ``amps_eval.processors.load_processor(folder, "qwen2_5_vl")``, ``amps_qwen`` with
-    ``pretrained=folder``) and holds ``organism_manifest.json``: settings, design, training curve,
+    The folder loads like a hub checkpoint (``<model class>.from_pretrained``,
+    ``amps_eval.processors.load_processor(folder, settings.architecture)``, ``amps_qwen`` /
+    ``amps_llava`` with ``pretrained=folder``) and holds ``organism_manifest.json``: settings, design, training curve,
     held-out evaluation (unless ``evaluate=False``) and the sha256 of the weights.
     """
     import transformers
-    from transformers import Qwen2_5_VLForConditionalGeneration
 
     from amps_eval.mc2.synthetic import SYNTHETIC_VERSION
+    from amps_eval.organism.architectures import architecture
     from amps_eval.processors import load_processor
-    from amps_eval.testing.tiny_models import build_tiny_qwen
 
     settings = settings or OrganismSettings()
+    arch = architecture(settings.architecture)
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new or empty folder")
-    build_tiny_qwen(out_dir, seed=settings.seed, extra_corpus=tokenizer_corpus() if settings.word_tokens else (),
-                    **settings.model_overrides())
+    arch.build_checkpoint(out_dir, settings, tokenizer_corpus() if settings.word_tokens else [])
     with torch_settings(settings.num_threads, settings.seed):
-        model = Qwen2_5_VLForConditionalGeneration.from_pretrained(out_dir, dtype=torch.float32)
-        processor = load_processor(out_dir, "qwen2_5_vl")
+        model = arch.load_model_class().from_pretrained(out_dir, dtype=torch.float32)
+        processor = load_processor(out_dir, arch.name)
         from amps_eval.organism.vision_pretrain import pretrain_vision
 
         start = time.perf_counter()
@@ -427,8 +418,9 @@ def build_organism(
     model.save_pretrained(out_dir)
 
     manifest: dict[str, Any] = {
-        "what": "amps-eval model organism: Qwen2_5_VLForConditionalGeneration trained from scratch on the "
+        "what": f"amps-eval model organism: {arch.model_class} trained from scratch on the "
         "synthetic MC2 items to follow a known modality preference",
+        "lmms_model": arch.lmms_model,
         "settings": settings.to_dict(),
         "design": design_dict(settings.answer_format),
         "n_parameters": sum(p.numel() for p in model.parameters()),
@@ -455,6 +447,7 @@ def build_organism(
                 seed=settings.eval_seed,
                 image_size=settings.image_size,
                 batch_size=settings.eval_batch_size,
+                model=arch.lmms_model,
             )
         manifest["evaluation"] = result.to_dict()
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")

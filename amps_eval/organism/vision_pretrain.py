@@ -6,9 +6,10 @@ relative position, facial expression and arrow direction for thousands of steps:
 reaches the vision tower through a language model that does not yet look at the image is weak and
 noisy. Real multimodal models do not learn to see this way either: their vision encoders are
 pretrained (CLIP / SigLIP) before the language model is connected. Stage 1 does the same, in small:
-the vision tower and its patch merger (``model.model.visual``, exactly the modules the checkpoint
-ships) are trained to classify the image of each synthetic item, through a linear probe on the mean
-of the merged image tokens. The probe is thrown away; the language model is untouched.
+the modules that turn pixels into the language model's image tokens (Qwen2.5-VL's vision tower and
+patch merger, LLaVA's CLIP tower and projector: whatever ``model.model.get_image_features`` runs)
+are trained to classify the image of each synthetic item, through a linear probe on the mean of the
+image tokens. The probe is thrown away; the language model is untouched.
 
 The mean pooling matters: the probe can only succeed if the answer is present in the average image
 token, so the tower learns to spread it over all image tokens, where the language model's attention
@@ -50,28 +51,33 @@ class AnswerClasses:
         return mask
 
 
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "image_sizes")
+"""The image processor's outputs that ``get_image_features`` takes (by architecture)."""
+
+
 def pooled_image_features(model: torch.nn.Module, processor: Any, images: list[Image.Image]) -> torch.Tensor:
-    """[B, hidden]: the mean of each image's merged tokens, as the language model receives them."""
+    """[B, hidden]: the mean of each image's tokens, as the language model receives them."""
     pixels = processor.image_processor(images=images, return_tensors="pt")
-    tokens = model.model.visual(pixels["pixel_values"], grid_thw=pixels["image_grid_thw"]).pooler_output
-    return tokens.view(len(images), -1, tokens.shape[-1]).mean(dim=1)  # every image has the same size
+    inputs = {k: v for k, v in pixels.items() if k in IMAGE_INPUTS and k != "image_sizes"}
+    per_image = model.model.get_image_features(**inputs).pooler_output  # one [tokens, hidden] per image
+    return torch.stack([tokens.mean(dim=0) for tokens in per_image])
 
 
 def pretrain_vision(model: torch.nn.Module, processor: Any, settings: Any, progress: bool = True) -> list[dict[str, Any]]:
-    """Train ``model.model.visual`` in place (call inside ``torch_settings``); returns the curve:
-    probe accuracy per category, averaged over ``settings.log_every`` steps."""
+    """Train the image path of ``model`` in place (call inside ``torch_settings``): the optimiser
+    holds every parameter, but only those ``get_image_features`` uses get a gradient, and AdamW
+    leaves the others exactly as they are. Returns the curve: probe accuracy per category, averaged
+    over ``settings.log_every`` steps."""
     from tqdm import tqdm
 
     classes = AnswerClasses()
-    visual = model.model.visual
     probe = torch.nn.Linear(model.config.text_config.hidden_size, len(classes.pairs))
-    optimizer = torch.optim.AdamW(
-        [*visual.parameters(), *probe.parameters()], lr=settings.vision_pretrain_lr, weight_decay=settings.weight_decay
-    )
+    parameters = [*model.parameters(), *probe.parameters()]
+    optimizer = torch.optim.AdamW(parameters, lr=settings.vision_pretrain_lr, weight_decay=settings.weight_decay)
     batch = settings.vision_pretrain_batch_size
     curve: list[dict[str, Any]] = []
     hits = {c: [0, 0] for c in CATEGORIES}
-    visual.train()
+    model.train()
     bar = tqdm(range(settings.vision_pretrain_steps), desc="organism vision", disable=not progress, dynamic_ncols=True)
     for step in bar:
         items = [synthetic_item(step * batch + i, settings.data_seed, settings.image_size) for i in range(batch)]
@@ -82,7 +88,7 @@ def pretrain_vision(model: torch.nn.Module, processor: Any, settings: Any, progr
         loss = torch.nn.functional.cross_entropy(logits, labels)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(visual.parameters(), settings.grad_clip)
+        torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)  # the probe is not clipped
         optimizer.step()
         for category, ok in zip(categories, (logits.argmax(-1) == labels).tolist()):
             hits[category][0] += int(ok)

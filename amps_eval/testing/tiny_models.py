@@ -278,7 +278,7 @@ def _qwen_tokenizer(extra_corpus: Sequence[str] = ()) -> Qwen2Tokenizer:
     )
 
 
-def _llava_tokenizer() -> LlamaTokenizer:
+def _llava_tokenizer(extra_corpus: Sequence[str] = ()) -> LlamaTokenizer:
     """Llama-style BPE (metaspace, byte fallback): ``<unk> <s> </s>`` and the 256 byte tokens
     first, as in Llama's vocabulary, then ``<image>`` and ``<pad>`` appended as in llava-hf."""
     byte_tokens = [f"<0x{b:02X}>" for b in range(256)]
@@ -286,7 +286,9 @@ def _llava_tokenizer() -> LlamaTokenizer:
     # boundary; LlamaTokenizer itself runs Metaspace with split=False, which these merges respect.
     template = Tokenizer(models.BPE())
     template.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first", split=True)
-    vocab, merges = _train_bpe(template, _BPE_VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens])
+    vocab, merges = _train_bpe(
+        template, _BPE_VOCAB_SIZE, special_tokens=["<unk>", "<s>", "</s>", *byte_tokens], extra_corpus=extra_corpus
+    )
     vocab = dict(vocab)
     for token in ("<image>", "<pad>"):
         vocab[token] = len(vocab)
@@ -412,9 +414,12 @@ def build_tiny_qwen(
     return out_dir
 
 
-def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, **overrides: Any) -> Path:
+def build_tiny_llava(
+    out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (), **overrides: Any
+) -> Path:
     """Write a tiny ``LlavaForConditionalGeneration`` checkpoint (CLIP tower + Llama LM) to ``out_dir``.
 
+    ``extra_corpus``: more text for the locally trained tokenizer (e.g. whole answer words).
     ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
     ``vision_config={...}`` (e.g. ``{"image_size": 84}``: the image gives (84/14)^2 = 36 tokens).
     """
@@ -423,7 +428,7 @@ def build_tiny_llava(out_dir: str | os.PathLike, seed: int = 0, **overrides: Any
     text, vision, _ = _split_overrides(overrides, _LLAVA_TEXT_DEFAULTS, ())
     vision = {**_LLAVA_VISION_DEFAULTS, **vision}
 
-    tokenizer = _llava_tokenizer()
+    tokenizer = _llava_tokenizer(extra_corpus)
     bos, eos, pad = (tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>"))
     image_token_id = tokenizer.convert_tokens_to_ids("<image>")
     num_patches = (vision["image_size"] // vision["patch_size"]) ** 2
