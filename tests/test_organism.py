@@ -244,3 +244,37 @@ def test_study_settings_are_validated():
         StudySettings(models=("amps_foo",))
     with pytest.raises(ValueError, match="exactly one --model"):
         StudySettings(models=("amps_qwen", "amps_llava"), pretrained="some/checkpoint")
+
+
+def test_mean_steering_moves_the_organism_toward_the_image(tmp_path):
+    """Ground truth for steering: on the Qwen organism (which follows the text in half of the
+    categories), mean steering toward the image, fitted and applied by the package's own code,
+    raises the share of answers that follow the image on held-out items, and alpha = 0 changes
+    nothing."""
+    from amps_eval.fit import FitSettings, fit
+    from amps_eval.mc2.parse import follows
+    from amps_eval.mc2.synthetic import write_synthetic_mc2
+    from amps_eval.model_wrappers.qwen import AmpsQwen
+
+    from wrapper_helpers import mc2_task_dict, requests_for
+
+    shipped = organism_path("amps_qwen")
+    data = write_synthetic_mc2(tmp_path / "data", n_per_category=16, seed=11, image_size=84, progress=False).out
+    fit(FitSettings(model="amps_qwen", pretrained=str(shipped), method="mean", layer=2, batch_size=8,
+                               device="cpu", data=data), tmp_path / "mean.safetensors", progress=False)
+    task_dict = mc2_task_dict(data, targets=("vision",))
+    requests = requests_for(task_dict, "mc2_visual", max_new_tokens=8)
+    docs = task_dict["mc2_visual"]["test"]
+
+    def answers(**model_args) -> list[str]:
+        wrapper = make_wrapper(AmpsQwen, shipped, task_dict, batch_size=16, **model_args)
+        return wrapper.generate_until(requests)
+
+    def vision_share(responses: list[str]) -> float:
+        return sum(follows(r, d) == "vision" for r, d in zip(responses, docs)) / len(docs)
+
+    plain = answers(method="none")
+    assert answers(method="mean", steering=str(tmp_path / "mean.safetensors"), alpha=0.0) == plain
+    steered = answers(method="mean", steering=str(tmp_path / "mean.safetensors"), alpha=2.0)
+    print(f"vision share: plain {vision_share(plain):.3f}, mean steering alpha=2 {vision_share(steered):.3f}")
+    assert vision_share(steered) >= vision_share(plain) + 0.05
