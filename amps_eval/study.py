@@ -21,7 +21,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROMPT_METHODS = ("none", "inst", "cot", "fewshot")
@@ -44,7 +44,6 @@ class StudySettings:
     epochs: int = 100
     lr: float = 1e-3  # the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
     limit: int | None = None
-    extra: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         from amps_eval.plugin import MODEL_CLASSES

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from amps_eval.mc2 import source as mc2_source
-from amps_eval.mc2.prepare import MissingImagesError, OutputDirError, file_sha256, prepare_mc2
+from amps_eval.files import sha256_file
+from amps_eval.mc2.prepare import MissingImagesError, OutputDirError, prepare_mc2
 from amps_eval.mc2.schema import (
     CATEGORIES,
     CATEGORY_ABBREV,
@@ -303,7 +304,7 @@ def test_prepare_round_trip(fake_mc2, tmp_path):
     assert ds["answer_text"] == [r["answer_text"] for r in records]
     assert ds[3]["image"].size == (8, 6)
     manifest = json.loads((out / MANIFEST_NAME).read_text())
-    assert manifest["questions_sha256"] == file_sha256(questions)
+    assert manifest["questions_sha256"] == sha256_file(questions)
     assert manifest["n_items"] == 10 and manifest["n_skipped"] == 0 and manifest["format_version"] == 1
     assert manifest["per_category"] == dict(Counter(r["task"] for r in records))
     assert set(manifest["per_category"]) == set(CATEGORIES)

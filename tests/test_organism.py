@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from amps_eval.files import sha256_file
 from amps_eval.mc2.docs import TaskSpec, task_docs
 from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
 from amps_eval.mc2.synthetic import generate_synthetic_mc2
@@ -32,7 +33,6 @@ from amps_eval.organism.train import (
     OrganismSettings,
     PromptEncoder,
     build_organism,
-    file_sha256,
     read_manifest,
 )
 
@@ -134,7 +134,7 @@ def test_shipped_organism_is_a_hub_style_checkpoint(organism):
     assert config["architectures"] == [arch.model_class]
     manifest = read_manifest(shipped)
     assert manifest["lmms_model"] == model and manifest["settings"]["architecture"] == arch.name
-    assert manifest["weights_sha256"] == file_sha256(shipped / WEIGHTS_NAME)
+    assert manifest["weights_sha256"] == sha256_file(shipped / WEIGHTS_NAME)
     assert manifest["design"]["preference_without_instruction"] == PREFERENCE
     settings = OrganismSettings.from_dict(manifest["settings"])
     assert settings.eval_seed != settings.data_seed
@@ -171,7 +171,7 @@ def test_training_is_reproducible(tmp_path):
     again = build_organism(tmp_path / "b", _tiny(0), progress=False, evaluate=False)
     other = build_organism(tmp_path / "c", _tiny(1), progress=False, evaluate=False)
     digest = [read_manifest(p)["weights_sha256"] for p in (first, again, other)]
-    assert digest[0] == digest[1] == file_sha256(first / WEIGHTS_NAME)
+    assert digest[0] == digest[1] == sha256_file(first / WEIGHTS_NAME)
     assert digest[2] != digest[0]
     curve = read_manifest(first)["training"]["curve"]
     assert [r["step"] for r in curve] == [1, 2, 3]

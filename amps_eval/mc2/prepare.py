@@ -89,9 +89,6 @@ class PrepareReport:
 # --------------------------------------------------------------------------------------------
 
 
-file_sha256 = sha256_file  # identifies which question file a dataset was built from
-
-
 def load_question_records(questions: Path) -> list[dict[str, str]]:
     """Read and validate an MC2 question file (a JSON list of records); raise `MC2FormatError`."""
     questions = Path(questions)
@@ -328,7 +325,7 @@ def prepare_mc2(
         manifest.update(
             {
                 "questions_file": questions.name,
-                "questions_sha256": file_sha256(questions),
+                "questions_sha256": sha256_file(questions),
                 "n_questions": len(records),
             }
         )

@@ -57,10 +57,9 @@ from typing import Any, Iterator
 import torch
 
 from amps_eval.model_wrappers.base import AmpsWrapper
-from amps_eval.files import sha256_file as file_sha256
+from amps_eval.files import sha256_file
 from amps_eval.organism.design import (
-    CONDITIONS,
-    KINDS,
+    ANSWER_FORMATS,
     VARIANTS_PER_ITEM,
     Example,
     design_dict,
@@ -123,6 +122,8 @@ class OrganismSettings:
             raise ValueError("eval_seed must differ from data_seed: the evaluation is on held-out items")
         if self.pixels % 28:
             raise ValueError(f"pixels must be a multiple of 28 (patch 14 x merge 2), got {self.pixels}")
+        if self.answer_format not in ANSWER_FORMATS:
+            raise ValueError(f"answer_format must be one of {tuple(ANSWER_FORMATS)}, got {self.answer_format!r}")
         if self.steps < 1 or self.batch_size < 1 or self.n_items < 1:
             raise ValueError("steps, batch_size and n_items must be >= 1")
         if self.hidden_size % self.num_attention_heads or self.vision_hidden_size % self.vision_num_heads:
@@ -279,7 +280,7 @@ class TrainingLog:
 
 
 class _Window:
-    """Running loss and answer accuracy (argmax at the letter position) by kind and condition."""
+    """Running loss and answer accuracy (every answer token argmax-correct) by kind, condition and category."""
 
     def __init__(self) -> None:
         self.loss, self.steps = 0.0, 0
@@ -430,7 +431,7 @@ def build_organism(
             "answer_seconds": round(log.seconds, 1),
             "vision_pretraining": {"seconds": round(vision_seconds, 1), "curve": vision_curve},
         },
-        "weights_sha256": file_sha256(out_dir / WEIGHTS_NAME),
+        "weights_sha256": sha256_file(out_dir / WEIGHTS_NAME),
         "versions": {
             "torch": torch.__version__,
             "transformers": transformers.__version__,
@@ -460,8 +461,6 @@ def read_manifest(folder: str | Path) -> dict[str, Any]:
 
 
 __all__ = [
-    "CONDITIONS",
-    "KINDS",
     "MANIFEST_NAME",
     "OrganismSettings",
     "PromptEncoder",

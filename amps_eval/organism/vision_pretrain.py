@@ -51,14 +51,14 @@ class AnswerClasses:
         return mask
 
 
-IMAGE_INPUTS = ("pixel_values", "image_grid_thw", "image_sizes")
-"""The image processor's outputs that ``get_image_features`` takes (by architecture)."""
+IMAGE_INPUTS = ("pixel_values", "image_grid_thw")
+"""The image processor's outputs that ``get_image_features`` takes (Qwen2.5-VL: both; LLaVA: pixels)."""
 
 
 def pooled_image_features(model: torch.nn.Module, processor: Any, images: list[Image.Image]) -> torch.Tensor:
     """[B, hidden]: the mean of each image's tokens, as the language model receives them."""
     pixels = processor.image_processor(images=images, return_tensors="pt")
-    inputs = {k: v for k, v in pixels.items() if k in IMAGE_INPUTS and k != "image_sizes"}
+    inputs = {k: v for k, v in pixels.items() if k in IMAGE_INPUTS}
     per_image = model.model.get_image_features(**inputs).pooler_output  # one [tokens, hidden] per image
     return torch.stack([tokens.mean(dim=0) for tokens in per_image])
 

@@ -46,7 +46,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Sequence, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import torch
