@@ -213,6 +213,8 @@ def test_settings_are_validated():
         OrganismSettings(pixels=90)
     assert OrganismSettings.from_dict(OrganismSettings().to_dict()) == OrganismSettings()
     assert len(CONDITIONS) == 3
+    with pytest.raises(ValueError, match="answer_format must be one of"):
+        OrganismSettings(answer_format="word")
     with pytest.raises(ValueError, match="unknown organism architecture 'gpt'"):
         OrganismSettings(architecture="gpt")
     with pytest.raises(ValueError, match="no organism for model 'amps_foo'"):

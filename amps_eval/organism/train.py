@@ -79,7 +79,7 @@ class OrganismSettings:
     seed: int = 0  # weight initialisation and data order
     data_seed: int = 1  # the synthetic training items
     eval_seed: int = 2  # the held-out items (must differ from data_seed)
-    pixels: int = 84  # images are resized to pixels x pixels: 6x6 patches, 9 image tokens
+    pixels: int = 84  # images are resized to pixels x pixels: 6x6 patches (Qwen: 9 merged tokens, LLaVA: 36)
     image_size: int = 84  # drawing size of the held-out items
     train_image_sizes: tuple[int, ...] = (84,)  # drawing sizes of the training items (cycled)
     n_items: int = 6000  # distinct training items; each gives 6 examples (design.training_example)
