@@ -62,15 +62,49 @@ def _step(i: int, n: int, text: str) -> None:
     print(f"\n[study {i}/{n}] {text}", flush=True)
 
 
+STUDY_OUTPUTS = ("runs", "mcs", "steering", "diagnostics", "figures", "models")
+"""The folders a study writes into ``out`` (besides ``data``), replaced by the next study there."""
+SETTINGS_NAME = "study_settings.json"
+
+
+def clear_previous_outputs(out: Path) -> list[str]:
+    """Remove what an earlier study wrote into ``out``, so that the report reads this study's runs
+    only (an earlier run of the same model from another checkpoint path, e.g. the committed
+    ``results/demo`` in a fresh clone, would otherwise show up as a second model). Refuses to touch a
+    folder that holds such subfolders but no ``study_settings.json``: it is not a study's."""
+    import shutil
+
+    found = [name for name in STUDY_OUTPUTS if (out / name).exists()]
+    if found and not (out / SETTINGS_NAME).is_file():
+        raise FileExistsError(f"{out} has {', '.join(found)} but no {SETTINGS_NAME}: not a study folder; "
+                              "give a new folder or an earlier study's --out")
+    for name in found:
+        shutil.rmtree(out / name)
+    return found
+
+
 def _data(settings: StudySettings, out: Path) -> Path:
+    """The MC2 folder: ``settings.data``, or the generated set in ``out/data`` (reused only when it
+    was generated with the same seed, size and image size)."""
+    import shutil
+
     from amps_eval.mc2.synthetic import write_synthetic_mc2
 
     if settings.data is not None:
         return Path(settings.data)
     folder = out / "data"
-    if not (folder / "mc2_manifest.json").exists():
-        write_synthetic_mc2(folder, n_per_category=settings.n_per_category, seed=settings.data_seed,
-                            image_size=settings.image_size)
+    wanted = {"source": "synthetic", "seed": settings.data_seed, "n_per_category": settings.n_per_category,
+              "image_size": settings.image_size}
+    manifest = folder / "mc2_manifest.json"
+    if manifest.is_file():
+        recorded = json.loads(manifest.read_text())
+        if all(recorded.get(k) == v for k, v in wanted.items()):
+            return folder
+        print(f"replacing {folder}: it was generated with other settings")
+    if folder.exists():
+        shutil.rmtree(folder)
+    write_synthetic_mc2(folder, n_per_category=settings.n_per_category, seed=settings.data_seed,
+                        image_size=settings.image_size)
     return folder
 
 
@@ -130,8 +164,11 @@ def run_study(settings: StudySettings) -> dict:
     started = time.perf_counter()
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    replaced = clear_previous_outputs(out)
+    if replaced:
+        print(f"replacing the previous study's {', '.join(replaced)} in {out}")
     checkpoints = {model: _checkpoint(settings, model, out) for model in settings.models}
-    (out / "study_settings.json").write_text(json.dumps(
+    (out / SETTINGS_NAME).write_text(json.dumps(
         {**settings.to_dict(), "pretrained": {m: c[0] for m, c in checkpoints.items()}}, indent=2))
 
     _step(1, 6, "data")
