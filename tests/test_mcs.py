@@ -343,7 +343,7 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
         if case.arch == "qwen2_5_vl":
             extra["mm_token_type_ids"] = extra["mm_token_type_ids"][:, :-1]
         pre = model(input_ids=ids[:, :-1], **extra, use_cache=True)
-    clean = [(layer.keys.clone(), layer.values.clone()) for layer in pre.past_key_values.layers]
+    clean = [(layer.keys.clone(), layer.values.clone()) for layer in pre.cache.layers]
     if case.arch == "qwen2_5_vl":
         delta = model.model.rope_deltas  # set by the model's own forward
         last_pos = (torch.full((1, 1), t - 1) + delta).view(1, 1, 1).expand(3, 1, 1)
@@ -373,7 +373,7 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
                 cache = DynamicCache()
                 for li, (kk, vv) in enumerate(cache_kv):
                     cache.update(kk, vv, li)
-                out = model(input_ids=ids[:, -1:], past_key_values=cache, position_ids=last_pos, use_cache=True)
+                out = model(input_ids=ids[:, -1:], cache=cache, position_ids=last_pos, use_cache=True)
                 logp = torch.log_softmax(out.logits[0, -1].double(), -1)
                 loss = -(p_x * logp).sum()
                 grads = torch.autograd.grad(loss, deltas)

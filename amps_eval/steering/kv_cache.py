@@ -20,6 +20,7 @@ _DROP_INPUT_KEYS = frozenset(
     {
         "position_ids",
         "past_key_values",
+        "cache",
         "use_cache",
         "labels",
         "logits_to_keep",
@@ -35,9 +36,6 @@ _DROP_INPUT_KEYS = frozenset(
 def _work_dtype(dtype: torch.dtype) -> torch.dtype:
     """float32 for half/bf16/float32 tensors, float64 for float64 ones."""
     return torch.promote_types(dtype, torch.float32)
-
-
-
 
 
 @contextlib.contextmanager
@@ -114,7 +112,7 @@ def prefill(
     keys/values are per layer [B, kv_heads, T-1, head_dim]: the cache cut before the last token."""
     kwargs = {k: v for k, v in inputs.items() if k not in _DROP_INPUT_KEYS}
     out = model(**kwargs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
-    cache = out.past_key_values
+    cache = out.cache
     keys, values = [], []
     for i, layer in enumerate(cache.layers):
         if getattr(layer, "is_sliding", False):
@@ -142,7 +140,7 @@ def forward_last_token(
         input_ids=last_ids,
         attention_mask=attention_mask,
         position_ids=last_positions,
-        past_key_values=cache,
+        cache=cache,
         use_cache=True,
         logits_to_keep=1,
     )
