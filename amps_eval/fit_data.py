@@ -80,9 +80,9 @@ def load_items(data: str | Path | None = None, limit: int | None = None) -> Item
     import datasets
 
     from amps_eval.mc2.docs import TaskSpec, task_docs
-    from amps_eval.mc2.source import ENV_VAR, load_mc2, resolve_source
+    from amps_eval.mc2.source import load_mc2, resolve_source
 
-    source = resolve_source() if data is None else resolve_source({ENV_VAR: str(data)})
+    source = resolve_source(folder=data)
     items = load_mc2(source)
     if limit is not None:
         items = items.select(range(min(limit, len(items))))

@@ -9,10 +9,16 @@ Why the task folder is registered here
 lmms-eval 0.7.3 only finds tasks of another package through `--include_path` (or
 `TaskManager(include_path=...)`). Its `LMMS_EVAL_PLUGINS` variable is read *after* the task index
 is built, so it does not work. The model entry point is loaded before any `TaskManager` exists, so
-`manifests()` wraps `TaskManager.initialize_tasks` once to append this package's task folder. That
-wrapper is the only place amps-eval touches lmms-eval internals; `tests/test_registration.py`
-checks that `lmms-eval --tasks list` shows the tasks with no flag and that `--include_path` still
-works. Set `AMPS_EVAL_NO_TASK_AUTOREGISTER=1` to switch it off.
+`manifests()` wraps `TaskManager.initialize_tasks` once to append this package's task folder.
+
+It also wraps `TaskManager.match_tasks`, which the CLI calls with the task names before it loads the
+model: when an MC2 task is asked for and no MC2 data can be found, the run stops there, in seconds,
+with the command that makes the data, instead of after a multi-minute model load.
+
+These two wrappers are the only places amps-eval touches lmms-eval internals;
+`tests/test_registration.py` checks that `lmms-eval --tasks list` shows the tasks with no flag, that
+`--include_path` still works and that a run without data stops before the model loads. Set
+`AMPS_EVAL_NO_TASK_AUTOREGISTER=1` to switch both off.
 """
 
 from __future__ import annotations
@@ -36,8 +42,14 @@ def task_dir() -> str:
     return str(Path(amps_eval.tasks.__file__).parent)
 
 
+def task_names() -> frozenset[str]:
+    """The names of this package's tasks and groups (one YAML each, named after it)."""
+    return frozenset(p.stem for p in Path(task_dir()).glob("*.yaml") if not p.stem.startswith("_"))
+
+
 def register_task_dir() -> None:
-    """Make every `TaskManager` index this package's tasks (idempotent)."""
+    """Make every `TaskManager` index this package's tasks and check the MC2 data when one of them is
+    matched (idempotent)."""
     if os.environ.get("AMPS_EVAL_NO_TASK_AUTOREGISTER"):
         return
     from lmms_eval.tasks import TaskManager
@@ -54,8 +66,21 @@ def register_task_dir() -> None:
             paths.append(ours)
         return original(self, include_path=paths, include_defaults=include_defaults)
 
+    original_match = TaskManager.match_tasks
+    ours_by_name = task_names()
+
+    @functools.wraps(original_match)
+    def match_tasks(self, task_list):
+        matched = original_match(self, task_list)
+        if any(name in ours_by_name for name in matched):
+            from amps_eval.mc2.source import resolve_source
+
+            resolve_source()  # MC2SourceError names the command that makes the data
+        return matched
+
     setattr(initialize_tasks, _MARKER, ours)
     TaskManager.initialize_tasks = initialize_tasks
+    TaskManager.match_tasks = match_tasks
 
 
 def manifests():

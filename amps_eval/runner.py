@@ -1,8 +1,10 @@
 """Running lmms-eval from Python with the files its CLI writes.
 
-`lmms-eval` (the CLI) catches every exception and exits 0 (NOTES.md section 5), so the demo, the
+`lmms-eval` (the CLI) catches every exception and exits 0 (docs/lmms-eval.md), so the demo, the
 sweeps and the tests go through `lmms_eval.evaluator.simple_evaluate`, which raises, and save the
 same `<output>/<model>/<timestamp>_results.json` and `_samples_<task>.jsonl` files the CLI saves.
+The MC2 data folder is passed to the tasks explicitly (a task config with `dataset_path`), never
+through the process environment.
 """
 
 from __future__ import annotations
@@ -23,13 +25,17 @@ def run_lmms_eval(
     tasks: list[str],
     output_path: Path,
     *,
+    data: Path | None = None,
     batch_size: int = 1,
     device: str | None = None,
     limit: int | None = None,
     log_samples: bool = True,
     verbosity: str = "WARNING",
 ) -> EvalRun:
-    """Evaluate one model on MC2 tasks and save lmms-eval's result files under ``output_path``."""
+    """Evaluate one model on MC2 tasks and save lmms-eval's result files under ``output_path``.
+
+    ``data``: the prepared MC2 folder the tasks read (default: `AMPS_MC2_DATA`, else the default
+    folder; see `amps_eval.mc2.source`)."""
     import lmms_eval.models  # noqa: F401  (loads the amps entry point and registers the task folder)
     from lmms_eval.evaluator import simple_evaluate
     from lmms_eval.loggers import EvaluationTracker
@@ -46,7 +52,7 @@ def run_lmms_eval(
     results = simple_evaluate(
         model=model,
         model_args=model_args,
-        tasks=tasks,
+        tasks=tasks if data is None else [{"task": task, "dataset_path": str(Path(data).absolute())} for task in tasks],
         batch_size=batch_size,
         device=device,
         limit=limit,

@@ -13,7 +13,6 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from amps_eval.mc2 import source as mc2_source
 from amps_eval.files import sha256_file
 from amps_eval.mc2.prepare import MissingImagesError, OutputDirError, prepare_mc2
 from amps_eval.mc2.schema import (
@@ -27,7 +26,15 @@ from amps_eval.mc2.schema import (
     MC2FormatError,
     validate_question_record,
 )
-from amps_eval.mc2.source import ENV_VAR, HUB_REPO, MC2SourceError, lmms_dataset_args, load_mc2, resolve_source
+from amps_eval.mc2.source import (
+    ENV_VAR,
+    HOME_VAR,
+    MC2SourceError,
+    default_data_dir,
+    lmms_dataset_args,
+    load_mc2,
+    resolve_source,
+)
 from amps_eval.mc2.synthetic import (
     BASKETBALL_COLOR,
     FACE_COLOR,
@@ -249,7 +256,7 @@ def test_write_synthetic_and_resolve(tmp_path, monkeypatch):
     assert manifest["per_category"] == {c: 2 for c in CATEGORIES}
     monkeypatch.setenv(ENV_VAR, str(out))
     source = resolve_source()
-    assert source.kind == "local" and Path(source.path) == out.absolute() and "synthetic" in source.description
+    assert Path(source.path) == out.absolute() and "synthetic" in source.description
     assert lmms_dataset_args(source) == (str(out.absolute()), {"load_from_disk": True})
     ds = load_mc2()
     assert ds.column_names == list(PREPARED_COLUMNS) and ds["mc2_id"] == list(range(16))
@@ -383,12 +390,31 @@ def test_prepare_refuses_foreign_nonempty_dir(fake_mc2, tmp_path):
 # --------------------------------------------------------------------------------------------
 
 
-def test_resolve_source_unset_is_hub(monkeypatch):
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    source = resolve_source()
-    assert source.kind == "hub" and source.path == HUB_REPO
-    assert lmms_dataset_args(source) == (HUB_REPO, {})
-    assert resolve_source({ENV_VAR: ""}).kind == "hub"
+def test_without_data_the_error_names_the_download_command_and_the_default_folder(tmp_path):
+    env = {HOME_VAR: str(tmp_path / "home")}
+    with pytest.raises(MC2SourceError) as info:
+        resolve_source(env)
+    message = str(info.value)
+    assert "amps-eval prepare-mc2 --download" in message and str(tmp_path / "home" / "mc2") in message
+    with pytest.raises(MC2SourceError):
+        resolve_source({**env, ENV_VAR: "  "})  # blank counts as unset
+
+
+def test_the_default_folder_is_found_without_any_variable(tmp_path):
+    env = {HOME_VAR: str(tmp_path)}
+    assert default_data_dir(env) == tmp_path / "mc2"
+    assert default_data_dir({}) == Path("~/.cache/amps-eval/mc2").expanduser().absolute()
+    write_synthetic_mc2(default_data_dir(env), n_per_category=1, seed=1, progress=False)
+    source = resolve_source(env)
+    assert Path(source.path) == tmp_path / "mc2" and len(load_mc2(source)) == 8
+
+
+def test_an_explicit_folder_wins_over_the_variable(tmp_path):
+    write_synthetic_mc2(tmp_path / "a", n_per_category=1, seed=1, progress=False)
+    source = resolve_source({ENV_VAR: str(tmp_path / "missing")}, folder=tmp_path / "a")
+    assert Path(source.path) == tmp_path / "a"
+    with pytest.raises(MC2SourceError, match="missing"):
+        resolve_source({ENV_VAR: str(tmp_path / "missing")})
 
 
 @pytest.mark.parametrize("make_bad", [lambda p: p / "nope", lambda p: p])
@@ -398,30 +424,3 @@ def test_resolve_source_bad_folder(monkeypatch, tmp_path, make_bad):
         resolve_source()
     message = str(info.value)
     assert ENV_VAR in message and "prepare-mc2" in message and "synth-mc2" in message
-
-
-def test_load_mc2_hub_failure_explains_fix(monkeypatch):
-    def offline(*args, **kwargs):
-        raise ConnectionError("no network here")
-
-    monkeypatch.setattr(datasets, "load_dataset", offline)
-    monkeypatch.delenv(ENV_VAR, raising=False)
-    with pytest.raises(MC2SourceError) as info:
-        load_mc2()
-    message = str(info.value)
-    assert "no network here" in message and "could not be loaded" in message
-    assert "prepare-mc2" in message and "synth-mc2" in message and f"export {ENV_VAR}=" in message
-
-
-def test_normalise_hub_columns():
-    records = _real_records()[:3]
-    png = synthetic_item(0)["image"]
-    hub = datasets.Dataset.from_dict(
-        {**{f: [r[f] for r in records] for f in QUESTION_FIELDS}, "image": [png] * 3},
-        features=datasets.Features({**{f: datasets.Value("string") for f in QUESTION_FIELDS}, "image": datasets.Image()}),
-    )
-    ds = mc2_source.normalise_hub_columns(hub)
-    assert ds.column_names == list(PREPARED_COLUMNS) and ds["mc2_id"] == [0, 1, 2]
-    assert ds["category"] == [r["task"] for r in records]
-    with pytest.raises(MC2SourceError, match="prepare-mc2"):
-        mc2_source.normalise_hub_columns(hub.remove_columns("image"))

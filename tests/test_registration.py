@@ -66,3 +66,21 @@ def test_cli_lists_tasks_with_no_include_path():
 def test_autoregistration_can_be_switched_off():
     out = _cli("--tasks", "list", env_extra={"AMPS_EVAL_NO_TASK_AUTOREGISTER": "1"})
     assert "- mc2_visual\n" not in out.stdout + out.stderr
+
+
+@pytest.mark.slow
+def test_without_mc2_data_the_cli_stops_before_loading_the_model(tmp_path):
+    """No AMPS_MC2_DATA and an empty default folder: the run ends at task matching with the command
+    that makes the data; the (nonexistent) checkpoint is never opened."""
+    env = {k: v for k, v in os.environ.items() if k != "AMPS_MC2_DATA"}
+    env.update({"HF_HUB_OFFLINE": "1", "AMPS_EVAL_HOME": str(tmp_path / "home")})
+    checkpoint = tmp_path / "no-such-checkpoint"
+    out = subprocess.run(
+        [sys.executable, "-m", "lmms_eval", "--model", "amps_qwen", "--model_args", f"pretrained={checkpoint}",
+         "--tasks", "mc2_visual", "--output_path", str(tmp_path / "out")],
+        capture_output=True, text=True, env=env, timeout=120,
+    )
+    log = out.stdout + out.stderr
+    assert "amps-eval prepare-mc2 --download" in log, log[-3000:]
+    assert str(tmp_path / "home" / "mc2") in log
+    assert "no-such-checkpoint" not in log.replace(f"pretrained={checkpoint}", ""), log[-3000:]

@@ -1,14 +1,19 @@
-"""Which MC2 data the tasks read: a local prepared folder (AMPS_MC2_DATA) or the hub copy.
+"""Which MC2 data the tasks read.
 
-Resolution order, decided once per run by `resolve_source()`:
+Resolution, decided once per task by `resolve_source()`:
 
-1. `AMPS_MC2_DATA` set (and non-empty): a folder written by `amps-eval prepare-mc2` (real MC2 joined
-   with COCO 2014 images) or `amps-eval synth-mc2` (the download-free synthetic set). It must hold
-   `mc2_manifest.json`; anything else is an error, never a silent fallback to the hub, so a typo in
-   the path cannot quietly change which benchmark was measured.
-2. Otherwise the authors' hub copy `271754echo/MC2`, normalised to the prepared schema. Whether the
-   hub repository is a dataset with images is not settled (NOTES.md section 2), so every failure
-   explains how to build a local folder instead.
+1. an explicit folder (the study and `amps-eval fit/mcs --data` pass one; so does a task config
+   with `dataset_path`);
+2. `AMPS_MC2_DATA`, when set and non-empty: a folder written by `amps-eval prepare-mc2` (real MC2,
+   the authors' questions joined with their COCO 2014 images) or `amps-eval synth-mc2` (the
+   generated MC2-format set). A path that is not such a folder is an error, never a fallback, so a
+   typo cannot quietly change which benchmark was measured;
+3. the default folder `default_data_dir()` (`$AMPS_EVAL_HOME/mc2`, else `~/.cache/amps-eval/mc2`),
+   which `amps-eval prepare-mc2 --download` fills, if it holds a prepared folder;
+4. otherwise `MC2SourceError` at once, naming the one command that makes the data.
+
+There is no hub fallback: no copy of MC2 with its images is published on a model or dataset hub
+(the repository the MC2 authors host there holds their modified transformers, not the benchmark).
 
 This module imports `datasets` only inside the functions that load data.
 """
@@ -19,21 +24,36 @@ import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Mapping
+from typing import Any, Mapping
 
-from amps_eval.mc2.schema import MANIFEST_NAME, PREPARED_COLUMNS, coco_image_id
+from amps_eval.mc2.schema import MANIFEST_NAME
 
 ENV_VAR = "AMPS_MC2_DATA"
-HUB_REPO = "271754echo/MC2"
+HOME_VAR = "AMPS_EVAL_HOME"
 
-_FIX = (
-    "Build a local copy and point {env} at it: either\n"
-    "  amps-eval prepare-mc2 --questions evaluate_final.json --images COCO2014_ROOT --out DIR\n"
-    "(real MC2: the authors' question file plus the COCO 2014 train2014/ and val2014/ images), or\n"
-    "  amps-eval synth-mc2 --out DIR\n"
-    "(the synthetic MC2-style set, no download), then\n"
-    "  export {env}=DIR"
-).format(env=ENV_VAR)
+DOWNLOAD_COMMAND = "amps-eval prepare-mc2 --download"
+
+
+def default_data_dir(environ: Mapping[str, str] | None = None) -> Path:
+    """Where `prepare-mc2 --download` writes and the tasks look last: `$AMPS_EVAL_HOME/mc2`, else
+    `~/.cache/amps-eval/mc2`."""
+    env = os.environ if environ is None else environ
+    home = env.get(HOME_VAR, "").strip()
+    base = Path(home).expanduser() if home else Path("~/.cache/amps-eval").expanduser()
+    return (base / "mc2").absolute()
+
+
+def _fix(environ: Mapping[str, str] | None = None) -> str:
+    return (
+        f"Make the MC2 data once with\n"
+        f"  {DOWNLOAD_COMMAND}\n"
+        f"(the authors' 2,000 questions and the 1,940 COCO 2014 images they use, a few hundred MB, into "
+        f"{default_data_dir(environ)}, where the tasks find it), or from a local COCO 2014 copy with\n"
+        f"  amps-eval prepare-mc2 --questions evaluate_final.json --images COCO2014_ROOT --out DIR\n"
+        f"or the generated MC2-format set (no download) with\n"
+        f"  amps-eval synth-mc2 --out DIR\n"
+        f"and then `export {ENV_VAR}=DIR` for a folder other than the default."
+    )
 
 
 class MC2SourceError(RuntimeError):
@@ -42,9 +62,8 @@ class MC2SourceError(RuntimeError):
 
 @dataclass(frozen=True)
 class DataSource:
-    """Where the MC2 data comes from: kind "local" (a prepared folder) or "hub" (HUB_REPO)."""
+    """A prepared MC2 folder (written by prepare-mc2 or synth-mc2) and how it was found."""
 
-    kind: Literal["local", "hub"]
     path: str
     description: str
 
@@ -56,14 +75,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
         manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise MC2SourceError(
-            f"{folder} is not an MC2 data folder written by amps-eval (no {MANIFEST_NAME}).\n{_FIX}"
+            f"{folder} is not an MC2 data folder written by amps-eval (no {MANIFEST_NAME}).\n{_fix()}"
         ) from exc
     except (OSError, json.JSONDecodeError) as exc:
-        raise MC2SourceError(
-            f"{manifest_path} cannot be read ({exc}). Rebuild the folder.\n{_FIX}"
-        ) from exc
+        raise MC2SourceError(f"{manifest_path} cannot be read ({exc}). Rebuild the folder.\n{_fix()}") from exc
     if not isinstance(manifest, dict):
-        raise MC2SourceError(f"{manifest_path} is not a JSON object. Rebuild the folder.\n{_FIX}")
+        raise MC2SourceError(f"{manifest_path} is not a JSON object. Rebuild the folder.\n{_fix()}")
     return manifest
 
 
@@ -77,88 +94,40 @@ def describe_local(folder: Path, manifest: dict[str, Any]) -> str:
     return f"local MC2 folder {folder} ({source}, {n_items} items{extra})"
 
 
-def resolve_source(environ: Mapping[str, str] | None = None) -> DataSource:
-    """The MC2 data source for this run: `AMPS_MC2_DATA` if set, else the hub copy.
+def local_source(folder: str | Path, how: str = "given") -> DataSource:
+    """The prepared folder ``folder``, checked; `MC2SourceError` naming ``how`` it was chosen."""
+    path = Path(folder).expanduser().absolute()
+    if not path.is_dir():
+        raise MC2SourceError(f"The MC2 data folder {path} ({how}) does not exist or is not a folder.\n{_fix()}")
+    if not (path / MANIFEST_NAME).is_file():
+        raise MC2SourceError(
+            f"{path} ({how}) is not an MC2 data folder written by amps-eval (no {MANIFEST_NAME}).\n{_fix()}"
+        )
+    return DataSource(str(path), describe_local(path, read_manifest(path)))
+
+
+def resolve_source(environ: Mapping[str, str] | None = None, folder: str | Path | None = None) -> DataSource:
+    """The MC2 data for this run: ``folder`` if given, else `AMPS_MC2_DATA`, else the default folder.
 
     `environ` defaults to `os.environ` (a parameter so callers and tests can pass their own).
     """
+    if folder is not None and str(folder).strip():
+        return local_source(folder)
     env = os.environ if environ is None else environ
     value = env.get(ENV_VAR, "").strip()
-    if not value:
-        return DataSource("hub", HUB_REPO, f"Hugging Face hub copy {HUB_REPO} ({ENV_VAR} is not set)")
-    folder = Path(value).expanduser().absolute()
-    if not folder.is_dir():
-        raise MC2SourceError(f"{ENV_VAR}={value} but {folder} does not exist or is not a folder.\n{_FIX}")
-    if not (folder / MANIFEST_NAME).is_file():
-        raise MC2SourceError(
-            f"{ENV_VAR}={value} but {folder} is not an MC2 data folder written by amps-eval "
-            f"(no {MANIFEST_NAME}).\n{_FIX}"
-        )
-    return DataSource("local", str(folder), describe_local(folder, read_manifest(folder)))
+    if value:
+        return local_source(value, f"{ENV_VAR}={value}")
+    default = default_data_dir(env)
+    if (default / MANIFEST_NAME).is_file():
+        return local_source(default, f"the default folder; {ENV_VAR} is not set")
+    raise MC2SourceError(
+        f"No MC2 data: {ENV_VAR} is not set and the default folder {default} holds none.\n{_fix(env)}"
+    )
 
 
 def lmms_dataset_args(source: DataSource) -> tuple[str, dict[str, Any]]:
     """(dataset_path, dataset_kwargs) for an lmms-eval task reading `source`."""
-    if source.kind == "local":
-        return source.path, {"load_from_disk": True}
-    return HUB_REPO, {}
-
-
-def normalise_hub_columns(ds):
-    """Bring a hub copy of MC2 to the prepared schema (columns and order of `PREPARED_COLUMNS`).
-
-    Renames `task` to `category`, adds `mc2_id` (the row index, as in the question file) when
-    missing, writes `image_id` as the 12-digit COCO id, and requires an image column: the authors'
-    question file has none, and such a copy cannot be evaluated without COCO.
-    """
-    import datasets
-
-    if "task" in ds.column_names and "category" not in ds.column_names:
-        ds = ds.rename_column("task", "category")
-    if "image" not in ds.column_names:
-        raise MC2SourceError(
-            f"The hub copy {HUB_REPO} has no image column (columns: {', '.join(ds.column_names)}); "
-            f"MC2 images are COCO 2014 images that must be downloaded separately. Download the COCO "
-            f"2014 train and val images and the MC2 question file (evaluate_final.json), then run\n"
-            f"  amps-eval prepare-mc2 --questions evaluate_final.json --images COCO2014_ROOT --out DIR\n"
-            f"  export {ENV_VAR}=DIR"
-        )
-    if "mc2_id" not in ds.column_names:
-        ds = ds.add_column("mc2_id", list(range(len(ds))))
-    missing = [name for name in PREPARED_COLUMNS if name not in ds.column_names]
-    if missing:
-        raise MC2SourceError(
-            f"The hub copy {HUB_REPO} lacks the column(s) {', '.join(missing)} "
-            f"(columns: {', '.join(ds.column_names)}).\n{_FIX}"
-        )
-    if not isinstance(ds.features["image"], datasets.Image):
-        ds = ds.cast_column("image", datasets.Image())
-    original_ids = list(ds["image_id"])
-    image_ids = [_normal_image_id(image_id) for image_id in original_ids]
-    if image_ids != original_ids:
-        ds = ds.remove_columns("image_id").add_column("image_id", image_ids)
-    ds = ds.select_columns(list(PREPARED_COLUMNS))
-    from amps_eval.mc2.schema import prepared_features
-
-    return ds.cast(prepared_features())
-
-
-def _normal_image_id(image_id: Any) -> str:
-    text = str(image_id)
-    return coco_image_id(text) if text.isdigit() else text
-
-
-def _load_hub_split():
-    """The hub copy's test split (or its first split when it has no "test")."""
-    import datasets
-
-    try:
-        return datasets.load_dataset(HUB_REPO, split="test")
-    except ValueError as exc:
-        if "split" not in str(exc).lower():
-            raise
-    loaded = datasets.load_dataset(HUB_REPO)
-    return loaded[next(iter(loaded))]
+    return source.path, {"load_from_disk": True}
 
 
 def load_mc2(source: DataSource | None = None):
@@ -166,18 +135,9 @@ def load_mc2(source: DataSource | None = None):
     import datasets
 
     source = resolve_source() if source is None else source
-    if source.kind == "local":
-        loaded = datasets.load_from_disk(source.path)
-        if isinstance(loaded, datasets.DatasetDict):
-            if "test" not in loaded:
-                raise MC2SourceError(f"{source.path} has no 'test' split (splits: {', '.join(loaded)}).\n{_FIX}")
-            loaded = loaded["test"]
-        return loaded
-    try:
-        ds = _load_hub_split()
-    except Exception as exc:  # offline, missing repo, not a dataset repo, ...
-        raise MC2SourceError(
-            f"No {ENV_VAR} is set and the hub copy {HUB_REPO} could not be loaded "
-            f"({type(exc).__name__}: {exc}).\n{_FIX}"
-        ) from exc
-    return normalise_hub_columns(ds)
+    loaded = datasets.load_from_disk(source.path)
+    if isinstance(loaded, datasets.DatasetDict):
+        if "test" not in loaded:
+            raise MC2SourceError(f"{source.path} has no 'test' split (splits: {', '.join(loaded)}).\n{_fix()}")
+        loaded = loaded["test"]
+    return loaded

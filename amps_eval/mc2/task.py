@@ -2,9 +2,11 @@
 
 It differs from lmms-eval's `ConfigurableTask` in two things only, both decided at construction:
 
-* where the data comes from: `AMPS_MC2_DATA` (a folder written by `amps-eval prepare-mc2` or
-  `amps-eval synth-mc2`) or else the authors' copy on the hub (`amps_eval.mc2.source`); a YAML
-  cannot read an environment variable, so the class fills in `dataset_path` / `dataset_kwargs`;
+* where the data comes from: a prepared folder (`amps_eval.mc2.source.resolve_source`): the
+  task config's `dataset_path` when a caller sets one (the study passes
+  ``{"task": "mc2_visual", "dataset_path": DIR}`` to lmms-eval), else `AMPS_MC2_DATA`, else the
+  default folder that `amps-eval prepare-mc2 --download` fills. A YAML cannot read an environment
+  variable, so the class fills in `dataset_path` / `dataset_kwargs`;
 * which documents the task has: `metadata: {target, category, orders}` in the YAML becomes a
   `TaskSpec`, applied as the task's `process_docs`.
 """
@@ -23,7 +25,9 @@ class MC2Task(ConfigurableTask):
     def __init__(self, config: dict) -> None:
         config = {key: value for key, value in config.items() if key != "class"}
         spec = TaskSpec.from_metadata(config.get("metadata"))
-        config["dataset_path"], config["dataset_kwargs"] = lmms_dataset_args(resolve_source())
+        source = resolve_source(folder=config.get("dataset_path"))
+        config["dataset_path"], config["dataset_kwargs"] = lmms_dataset_args(source)
         config["process_docs"] = functools.partial(task_docs, spec=spec)
         self.spec = spec
+        self.source = source
         super().__init__(config=config)

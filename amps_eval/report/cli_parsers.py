@@ -55,7 +55,7 @@ def _sweep(args: argparse.Namespace) -> int:
         model=args.model, pretrained=args.pretrained, method=args.method, steering=Path(args.steering),
         alphas=parse_alphas(args.alphas), tasks=tuple(t for t in args.tasks.split(",") if t), out=Path(args.out),
         batch_size=args.batch_size, limit=args.limit, device=args.device,
-        extra_model_args=parse_model_args(args.model_args),
+        data=Path(args.data) if args.data else None, extra_model_args=parse_model_args(args.model_args),
     )
     run_sweep(settings)
     return 0
@@ -96,5 +96,6 @@ def add_parsers(sub) -> None:
     p.add_argument("--batch-size", type=int, default=1)
     p.add_argument("--limit", type=int, default=None, help="documents per task")
     p.add_argument("--device", default=None)
+    p.add_argument("--data", default=None, help="prepared MC2 folder (default: AMPS_MC2_DATA, else the default folder)")
     p.add_argument("--model-args", default="", help="further model arguments, k=v,k=v (e.g. positions=last)")
     p.set_defaults(run=_sweep)

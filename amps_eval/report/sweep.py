@@ -40,6 +40,7 @@ class SweepSettings:
     batch_size: int = 1
     limit: int | None = None
     device: str | None = None
+    data: Path | None = None  # prepared MC2 folder (default: AMPS_MC2_DATA, else the default folder)
     extra_model_args: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -76,7 +77,7 @@ def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print) 
         progress(f"[sweep] {i}/{len(settings.alphas)} alpha={alpha:g}: {settings.method} on {','.join(settings.tasks)}")
         run = run_lmms_eval(settings.model, model_args(settings, alpha, sha), list(settings.tasks),
                             Path(settings.out) / alpha_folder(alpha), batch_size=settings.batch_size,
-                            limit=settings.limit)
+                            limit=settings.limit, data=settings.data)
         numbers = {t: run.results.get("results", {}).get(t, {}).get("target_acc,none") for t in settings.tasks}
         shares = ", ".join(f"{t} {100 * v:.1f}%" for t, v in numbers.items() if isinstance(v, (int, float)))
         progress(f"[sweep] alpha={alpha:g} done: {shares} -> {run.results_file}")
