@@ -40,7 +40,7 @@ def _study(args: argparse.Namespace) -> int:
         pretrained=args.pretrained,
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=parse_alphas(args.alphas), table_alpha=args.table_alpha, batch_size=args.batch_size,
-        epochs=args.epochs, lr=args.lr, limit=args.limit,
+        device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
     )
     run_study(settings)
     return 0
@@ -134,6 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--alphas", default="0,0.5,1,2,4")
         p.add_argument("--table-alpha", type=float, default=1.0, help="alpha of the tables' steered rows")
         p.add_argument("--batch-size", type=int, default=8)
+        p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                       help="auto: bfloat16 on GPU, float32 on CPU")
         p.add_argument("--epochs", type=int, default=100)
         p.add_argument("--lr", type=float, default=1e-3)
         p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
@@ -144,7 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, choices=sorted(MODEL_CLASSES))
         p.add_argument("--pretrained", required=True, help="hub id or local folder of the checkpoint")
-        p.add_argument("--data", default=None, help="prepared MC2 folder (default: AMPS_MC2_DATA, else the hub copy)")
+        p.add_argument("--data", default=None, help="prepared MC2 folder (default: AMPS_MC2_DATA, else the default folder)")
         p.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass")
         p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
         p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))

@@ -2,8 +2,8 @@
 
 Steps, each with its own progress output:
 
-1. data: the generated MC2-format set (held out from the organism's training seeds), pointed to by
-   ``AMPS_MC2_DATA`` for this process;
+1. data: the generated MC2-format set (held out from the organism's training seeds), or the
+   prepared folder ``--data``, passed to every step explicitly;
 2. MCS of every item without an instruction and with each instruction (Figures 4 and 5), and the
    check of the MCS against the organism's designed preference;
 3. fitting mean steering, L2S and AMPS (2-fold cross-fitting);
@@ -12,19 +12,25 @@ Steps, each with its own progress output:
    steered rows use ``table_alpha``);
 6. Tables 1-3, the figures and the leaderboard, written into ``out``.
 
+Everything is written into a staging folder next to ``out`` that replaces ``out`` only when the
+study has finished (`amps_eval.staged_output`): a killed or failed study leaves the previous
+output whole.
+
 Real checkpoints go through the same code: ``amps-eval study --model amps_qwen --pretrained
-Qwen/Qwen2.5-VL-7B-Instruct --data $AMPS_MC2_DATA --layer 14 --out results/qwen7b`` (slow on CPU).
+Qwen/Qwen2.5-VL-7B-Instruct --data ~/.cache/amps-eval/mc2 --layer 14 --device cuda --out
+results/qwen7b``.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import shutil
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 PROMPT_METHODS = ("none", "inst", "cot", "fewshot")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
 STEERING_METHODS = ("mean", "mean_mcs", "l2s", "amps")
 
 
@@ -41,6 +47,8 @@ class StudySettings:
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
     table_alpha: float = 1.0
     batch_size: int = 8
+    device: str | None = None  # default: cuda if available, else cpu
+    dtype: str = "auto"  # bfloat16 on GPU, float32 on CPU; or float32, bfloat16, float16
     epochs: int = 100
     lr: float = 1e-3  # the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
     limit: int | None = None
@@ -53,6 +61,8 @@ class StudySettings:
             raise ValueError(f"models must name one or more of {tuple(MODEL_CLASSES)}, got {self.models!r}")
         if self.pretrained is not None and len(self.models) != 1:
             raise ValueError("--pretrained names one checkpoint: give exactly one --model with it")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -63,44 +73,44 @@ def _step(i: int, n: int, text: str) -> None:
 
 
 STUDY_OUTPUTS = ("runs", "mcs", "steering", "diagnostics", "figures", "models")
-"""The folders a study writes into ``out`` (besides ``data``), replaced by the next study there."""
+"""The folders a study writes into ``out`` besides ``data``."""
 SETTINGS_NAME = "study_settings.json"
+STUDY_FILES = (SETTINGS_NAME, "tables.md", "tables.tex", "leaderboard.html", "leaderboard.md",
+               "study_summary.json", "mcs_check.json")
+OWNED = frozenset(STUDY_OUTPUTS + STUDY_FILES + ("data",))
+"""Everything a study writes at the top of ``out``: replaced by the next study there; other entries
+of ``out`` are kept."""
 
 
-def clear_previous_outputs(out: Path) -> list[str]:
-    """Remove what an earlier study wrote into ``out``, so that the report reads this study's runs
-    only (an earlier run of the same model from another checkpoint path, e.g. the committed
-    ``results/demo`` in a fresh clone, would otherwise show up as a second model). Refuses to touch a
-    folder that holds such subfolders but no ``study_settings.json``: it is not a study's."""
-    import shutil
-
+def check_output_folder(out: Path) -> None:
+    """Refuse a folder that holds a study's subfolders but no ``study_settings.json``: it is not a
+    study's, and replacing it could destroy someone else's results."""
     found = [name for name in STUDY_OUTPUTS if (out / name).exists()]
     if found and not (out / SETTINGS_NAME).is_file():
         raise FileExistsError(f"{out} has {', '.join(found)} but no {SETTINGS_NAME}: not a study folder; "
                               "give a new folder or an earlier study's --out")
-    for name in found:
-        shutil.rmtree(out / name)
-    return found
 
 
-def _data(settings: StudySettings, out: Path) -> Path:
-    """The MC2 folder: ``settings.data``, or the generated set in ``out/data`` (reused only when it
-    was generated with the same seed, size and image size)."""
-    import shutil
-
+def _data(settings: StudySettings, out: Path, previous: Path | None = None) -> Path:
+    """The MC2 folder: ``settings.data``, or the generated set in ``out/data``, copied from
+    ``previous/data`` when that was generated with the same seed, size and image size."""
     from amps_eval.mc2.synthetic import write_synthetic_mc2
 
     if settings.data is not None:
-        return Path(settings.data)
+        return Path(settings.data).absolute()
     folder = out / "data"
     wanted = {"source": "synthetic", "seed": settings.data_seed, "n_per_category": settings.n_per_category,
               "image_size": settings.image_size}
-    manifest = folder / "mc2_manifest.json"
-    if manifest.is_file():
+    for candidate in (folder, previous / "data" if previous is not None else None):
+        manifest = candidate / "mc2_manifest.json" if candidate is not None else None
+        if manifest is None or not manifest.is_file():
+            continue
         recorded = json.loads(manifest.read_text())
         if all(recorded.get(k) == v for k, v in wanted.items()):
+            if candidate != folder:
+                shutil.copytree(candidate, folder)
             return folder
-        print(f"replacing {folder}: it was generated with other settings")
+        print(f"not reusing {candidate}: it was generated with other settings")
     if folder.exists():
         shutil.rmtree(folder)
     write_synthetic_mc2(folder, n_per_category=settings.n_per_category, seed=settings.data_seed,
@@ -158,23 +168,31 @@ def mcs_check(mcs_dir: Path, stem: str) -> dict:
 
 
 def run_study(settings: StudySettings) -> dict:
-    """Every step for every model of ``settings.models`` into ``settings.out``; returns the summary."""
-    from amps_eval.mc2.source import ENV_VAR
+    """Every step for every model of ``settings.models`` into ``settings.out``; returns the summary.
 
+    The study runs in a staging folder that replaces ``settings.out`` only when every step has
+    finished."""
+    from amps_eval.staged_output import staged_output
+
+    final = Path(settings.out).absolute()
+    check_output_folder(final)
+    if (final / SETTINGS_NAME).is_file():
+        print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")
+    with staged_output(final, OWNED) as out:
+        summary = _run_study(settings, out, previous=final if final.is_dir() else None)
+    print(f"\n[study] done in {summary['minutes']:.1f} min: {final}/tables.md, tables.tex, figures/, leaderboard.html")
+    return summary
+
+
+def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dict:
     started = time.perf_counter()
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    replaced = clear_previous_outputs(out)
-    if replaced:
-        print(f"replacing the previous study's {', '.join(replaced)} in {out}")
     checkpoints = {model: _checkpoint(settings, model, out) for model in settings.models}
     (out / SETTINGS_NAME).write_text(json.dumps(
         {**settings.to_dict(), "pretrained": {m: c[0] for m, c in checkpoints.items()}}, indent=2))
 
     _step(1, 6, "data")
-    data = _data(settings, out)
-    os.environ[ENV_VAR] = str(Path(data).resolve())
-    print(f"{ENV_VAR}={os.environ[ENV_VAR]}")
+    data = _data(settings, out, previous)
+    print(f"MC2 data: {data}")
     per_model = {}
     for model, (pretrained, organism) in checkpoints.items():
         per_model[model] = study_model(settings, model, pretrained, organism, data, out)
@@ -188,7 +206,6 @@ def run_study(settings: StudySettings) -> dict:
     summary = {"minutes": round(minutes, 1), "models": per_model, "figures": [str(p) for p in report.figures]}
     (out / "study_summary.json").write_text(json.dumps(summary, indent=2))
     print(report.text)
-    print(f"\n[study] done in {minutes:.1f} min: {out}/tables.md, tables.tex, figures/, leaderboard.html")
     return summary
 
 
@@ -209,7 +226,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     mcs_dir.mkdir(exist_ok=True)
     for prompt in ("none", "visual", "text"):
         run_mcs(model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
-                batch_size=settings.batch_size, device="cpu", limit=settings.limit)
+                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, limit=settings.limit)
     check = mcs_check(mcs_dir, stem) if organism else None
     if check:
         print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "
@@ -224,17 +241,19 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     for method in ("mean", "l2s", "amps"):
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
         fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
-                        batch_size=settings.batch_size, device="cpu", data=data, limit=settings.limit),
+                        batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
+                        limit=settings.limit),
             files[method])
     files["mean_mcs"] = files["mean"]
 
     runs = out / "runs"
+    device_args = {"dtype": settings.dtype, **({"device": settings.device} if settings.device else {})}
     _step(4, 6, f"{model}: prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
     for method in PROMPT_METHODS:
         extra = {"cot_max_new_tokens": 32} if method == "cot" else {}
-        args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, "device": "cpu", **extra}.items())
+        args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args, **extra}.items())
         run = run_lmms_eval(model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
-                            batch_size=settings.batch_size, limit=settings.limit)
+                            batch_size=settings.batch_size, limit=settings.limit, data=data)
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
                                           for t in ("mc2_visual", "mc2_text")))
 
@@ -243,8 +262,9 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     for method in STEERING_METHODS:
         run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method, steering=files[method],
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
-                                limit=settings.limit, device="cpu",
-                                extra_model_args={"diagnostics": str(out / "diagnostics" / stem / method)}))
+                                limit=settings.limit, device=settings.device, data=data,
+                                extra_model_args={"dtype": settings.dtype,
+                                                  "diagnostics": str(out / "diagnostics" / stem / method)}))
     return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
 
 

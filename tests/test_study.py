@@ -1,38 +1,108 @@
-"""The study's output folder: a rerun replaces the previous study's outputs, never someone else's."""
+"""The study's output folder: written in a staging folder, published only when the study finished;
+a killed or failed study leaves the previous output whole; other people's files are kept."""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
-from amps_eval.study import SETTINGS_NAME, STUDY_OUTPUTS, StudySettings, _data, clear_previous_outputs
+from amps_eval.staged_output import previous_path, recover, staged_output, staging_path
+from amps_eval.study import OWNED, SETTINGS_NAME, StudySettings, _data, check_output_folder
 
 
-def test_a_rerun_replaces_the_previous_study_and_keeps_other_files(tmp_path):
-    (tmp_path / SETTINGS_NAME).write_text("{}")
-    for name in ("runs", "figures"):
-        (tmp_path / name / "old").mkdir(parents=True)
-    (tmp_path / "notes.txt").write_text("mine")
-    assert clear_previous_outputs(tmp_path) == ["runs", "figures"]
-    assert not any((tmp_path / name).exists() for name in STUDY_OUTPUTS)
-    assert (tmp_path / "notes.txt").read_text() == "mine"
+def snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_a_folder_that_is_not_a_study_is_left_alone(tmp_path):
+def previous_study(out: Path) -> dict[str, bytes]:
+    (out / "runs" / "amps_qwen" / "none").mkdir(parents=True)
+    (out / "runs" / "amps_qwen" / "none" / "old_results.json").write_text('{"results": {}}')
+    (out / SETTINGS_NAME).write_text("{}")
+    (out / "tables.md").write_text("old tables\n")
+    (out / "notes.txt").write_text("mine")
+    return snapshot(out)
+
+
+def test_a_finished_block_replaces_owned_entries_keeps_others_and_rebases_paths(tmp_path):
+    out = tmp_path / "study"
+    previous_study(out)
+    with staged_output(out, OWNED) as staging:
+        assert staging == staging_path(out.absolute()) and not any(staging.iterdir())
+        (staging / SETTINGS_NAME).write_text("{}")
+        (staging / "leaderboard.md").write_text(f"[results]({staging}/runs/x.json)\n")
+        assert (out / "tables.md").read_text() == "old tables\n"  # untouched while staging
+    assert (out / "notes.txt").read_text() == "mine"
+    assert not (out / "tables.md").exists() and not (out / "runs").exists()  # the old study's own
+    assert (out / "leaderboard.md").read_text() == f"[results]({out.absolute()}/runs/x.json)\n"
+    assert not staging_path(out.absolute()).exists() and not previous_path(out.absolute()).exists()
+
+
+def test_a_failed_block_leaves_the_previous_output_whole(tmp_path):
+    out = tmp_path / "study"
+    before = previous_study(out)
+    with pytest.raises(RuntimeError, match="boom"):
+        with staged_output(out, OWNED) as staging:
+            (staging / "tables.md").write_text("half")
+            raise RuntimeError("boom")
+    assert snapshot(out) == before
+    assert (staging_path(out.absolute()) / "tables.md").read_text() == "half"  # kept for inspection
+    with staged_output(out, OWNED) as staging:  # the next run starts from an empty staging folder
+        assert not any(staging.iterdir())
+
+
+def test_an_interrupted_swap_is_repaired(tmp_path):
+    out = tmp_path / "study"
+    before = previous_study(out)
+    os.replace(out, previous_path(out))  # killed between the two renames
+    recover(out)
+    assert snapshot(out) == before and not previous_path(out).exists()
+
+
+def test_a_folder_that_is_not_a_study_is_refused(tmp_path):
     (tmp_path / "runs" / "someone-elses").mkdir(parents=True)
     with pytest.raises(FileExistsError, match="not a study folder"):
-        clear_previous_outputs(tmp_path)
+        check_output_folder(tmp_path)
     assert (tmp_path / "runs" / "someone-elses").is_dir()
-    assert clear_previous_outputs(tmp_path / "new") == []
+    check_output_folder(tmp_path / "new")
 
 
 def test_generated_data_is_reused_only_with_the_same_settings(tmp_path):
     settings = StudySettings(out=tmp_path, n_per_category=1, image_size=56)
-    folder = _data(settings, tmp_path)
-    stamp = (folder / "mc2_manifest.json").stat().st_mtime_ns
-    assert _data(settings, tmp_path) == folder and (folder / "mc2_manifest.json").stat().st_mtime_ns == stamp
+    folder = _data(settings, tmp_path / "a")
+    stamp = (folder / "mc2_manifest.json").read_text()
+    copied = _data(settings, tmp_path / "b", previous=tmp_path / "a")  # the previous study's data, copied
+    assert (copied / "mc2_manifest.json").read_text() == stamp
     bigger = StudySettings(out=tmp_path, n_per_category=2, image_size=56)
-    _data(bigger, tmp_path)
-    manifest = json.loads((folder / "mc2_manifest.json").read_text())
+    regenerated = _data(bigger, tmp_path / "c", previous=tmp_path / "a")
+    manifest = json.loads((regenerated / "mc2_manifest.json").read_text())
     assert manifest["n_per_category"] == 2 and manifest["n_items"] == 16
+
+
+@pytest.mark.slow
+def test_a_killed_study_leaves_the_previous_output_whole(tmp_path, tiny_qwen_path):
+    out = tmp_path / "study"
+    before = previous_study(out)
+    command = [sys.executable, "-m", "amps_eval.cli", "study", "--model", "amps_qwen", "--pretrained",
+               str(tiny_qwen_path), "--out", str(out), "--n-per-category", "1", "--alphas", "0", "--epochs", "1",
+               "--device", "cpu"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env={**os.environ, "HF_HUB_OFFLINE": "1"})
+    staging = staging_path(out.absolute())
+    deadline = time.monotonic() + 120
+    try:
+        while not (staging / "mcs").is_dir():  # the study is under way: data written, MCS started
+            assert process.poll() is None, "the study ended before it could be killed"
+            assert time.monotonic() < deadline, "the study did not start writing in time"
+            time.sleep(0.05)
+    finally:
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+    assert snapshot(out) == before
+    assert (staging / "data" / "mc2_manifest.json").is_file()
