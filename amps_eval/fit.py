@@ -1,6 +1,6 @@
 """`amps-eval fit`: fit mean-steering vectors, L2S modules or AMPS modules on MC2 items.
 
-Pipeline (AMPS paper, Eq. 9-13; NOTES.md sections 1 and 3):
+Pipeline (AMPS paper, Eq. 9-13; docs/method.md, "Scaling", "Targets", "Module", "Cross-fitting"):
 
 1. every item's prompt [I,T] and its two instructed variants [I,T,P_v], [I,T,P_t] are run through
    the model and the output of decoder layer ``layer`` at the last prompt token is kept

@@ -18,8 +18,9 @@ Why not simply ``AutoProcessor.from_pretrained``
   different answers, depending on what happens to be installed. We always ask for the PIL backend
   (``backend="pil"``), so behaviour is identical with and without torchvision.
 * Batched generation needs left padding ("last prompt token" is then index -1 in every row, see
-  NOTES section 4); Qwen2.5-VL's tokenizer config does not set it (the default is right), so the
-  padding side is set here, for every architecture, instead of relying on each checkpoint's file.
+  docs/lmms-eval.md, "Padding side"); Qwen2.5-VL's tokenizer config does not set it (the default is
+  right), so the padding side is set here, for every architecture, instead of relying on each
+  checkpoint's file.
 
 Files read (the same ones ``ProcessorMixin.from_pretrained`` reads)
 -------------------------------------------------------------------

@@ -30,7 +30,7 @@ def _doc(vision, text, vision_first=True, target="vision", mc2_id=0):
 def test_substring_pairs_exist_and_parse_exactly(mc2_records):
     pairs = [(r["answer_vision"], r["answer_text"]) for r in mc2_records]
     nested = [(v, t) for v, t in pairs if v.lower() in t.lower() or t.lower() in v.lower()]
-    assert len(nested) == 53  # NOTES.md section 2
+    assert len(nested) == 53  # docs/mc2.md, "Parsing traps"
     for vision, text in nested:
         for vision_first in (True, False):
             doc = _doc(vision, text, vision_first)

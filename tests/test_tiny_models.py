@@ -85,7 +85,7 @@ def test_reloads_through_the_real_classes(checkpoint):
     model, processor = load(arch, path)
     assert type(model) is MODEL_CLASSES[arch]
     assert arch_of(model.config) == arch
-    assert len(model.model.language_model.layers) == 4  # NOTES section 4: where the decoder layers are
+    assert len(model.model.language_model.layers) == 4  # docs/lmms-eval.md, "Decoder layers"
     assert model.generation_config.do_sample is False
     assert processor.tokenizer.padding_side == "left"
     assert processor.image_token_id == image_token_id(model.config)

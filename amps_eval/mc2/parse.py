@@ -1,6 +1,6 @@
 """Which option an MC2 answer follows (pure).
 
-Order of evidence, strictest first (NOTES.md section 2, "Parsing traps"):
+Order of evidence, strictest first (docs/mc2.md, "Parsing traps"):
 
 1. an option letter: the whole answer is a letter ("B", "B.", "(B)", "B) ..." , "B. <text>"), or
    the answer states it ("Answer: B", "The answer is B", "answer is (B)"): the *last* such

@@ -1,6 +1,6 @@
 """MC2 prompts and option order (pure functions, no model code).
 
-The question prompt follows the MC2 authors (NOTES.md section 2):
+The question prompt follows the MC2 authors (docs/mc2.md, "The authors' prompt"):
 
     Text context: <context>
     <question>
@@ -27,7 +27,8 @@ TARGETS: tuple[str, ...] = ("vision", "text")
 ORDER_MODES: tuple[str, ...] = ("one", "both")
 ANSWER_INSTRUCTION = "Answer the question by selecting the correct answer A or B."
 
-# The MC2 authors' instructions toward each modality (NOTES.md section 2).
+# The instructions toward each modality (docs/mc2.md, "The authors' instructions" and
+# "What amps-eval sends").
 MODALITY_INSTRUCTIONS: dict[str, str] = {
     "vision": (
         "In case there is an inconsistency between the text context and the image content, "

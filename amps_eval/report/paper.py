@@ -1,9 +1,10 @@
 """Published numbers to compare against (``paper_numbers.json``), each with its source.
 
-The file holds only numbers that are written down in a source this repository has (NOTES.md quotes
-the MC2 paper's baselines); the AMPS paper's own cells are marked not available by wildcard
-entries rather than guessed. A lookup returns the most specific entry: one with a value wins over a
-wildcard "not available" entry; None means no entry covers the cell at all.
+The file holds only numbers that are written down in a source this repository has (the MC2 paper's
+baseline table, arXiv 2505.20977; see docs/mc2.md, "Published baselines"); the AMPS paper's own
+cells are marked not available by wildcard entries rather than guessed. A lookup returns the most
+specific entry: one with a value wins over a wildcard "not available" entry; None means no entry
+covers the cell at all.
 
 Models are matched on the last component of their name, case-insensitively, so a local copy at
 ``/models/Qwen2.5-VL-7B-Instruct`` matches ``Qwen/Qwen2.5-VL-7B-Instruct``.

@@ -10,8 +10,8 @@ For one prompt ``x`` with clean next-token distribution ``p_x`` (at the last pro
   respect to the perturbed K/V entries only (all layers, K and V, modality-``m`` positions);
 * ``C_m`` = mean of the scores over draws and sigmas; ``r_v = C_V / (C_V + C_T)``.
 
-Decisions (the paper leaves them open, see NOTES.md section 1)
----------------------------------------------------------------
+Decisions (the paper leaves them open, see docs/method.md, "MCS")
+-----------------------------------------------------------------
 * **Relative noise** (``relative=True``, default): the noise std for layer ``l``, K (resp. V),
   modality ``m`` is ``sigma * std(K_l[m-positions of this sample])`` (population std over heads,
   positions and head dims, fp32, of the clean cache). Computed over the *perturbed positions of the

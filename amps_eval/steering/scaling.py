@@ -5,9 +5,9 @@
 ``r`` is the sample's reliance on the modality being steered *away from*, ``mu`` the anchor: its
 mean over the items of the same MC2 category in the fit set.
 
-Sign convention (NOTES.md section 1, open point). The paper's prose: steer *less* where the model
-already relies little on the modality being steered away from, *more* where it relies on it
-heavily. Eq. 9 as printed uses the visual ratio r_v for both directions, which contradicts that
+Sign convention (an open point; docs/method.md, "Scaling"). The paper's prose: steer *less* where
+the model already relies little on the modality being steered away from, *more* where it relies on
+it heavily. Eq. 9 as printed uses the visual ratio r_v for both directions, which contradicts that
 prose when steering toward the image (away from the text). ``convention="prose"`` (default) uses
 r = 1 - r_v (reliance on text) toward the image and r = r_v toward the text;
 ``convention="literal"`` uses r = r_v for both, as printed. Toward the text both agree.
