@@ -11,14 +11,53 @@ from pathlib import Path
 
 
 def _prepare_mc2(args: argparse.Namespace) -> int:
-    from amps_eval.mc2.prepare import prepare_mc2
+    import os
 
-    report = prepare_mc2(Path(args.questions), Path(args.images), Path(args.out), skip_missing=args.skip_missing)
+    from amps_eval.mc2.prepare import check_output_dir, prepare_mc2
+    from amps_eval.mc2.source import ENV_VAR, default_data_dir
+
+    out = Path(args.out).expanduser().absolute() if args.out else default_data_dir()
+    check_output_dir(out)  # before any download: a folder we may not write is an error now, not later
+    questions = Path(args.questions) if args.questions else None
+    images = Path(args.images) if args.images else None
+    if not args.download and (args.images_url or args.workers):
+        raise ValueError("--images-url and --workers only apply with --download (not with --images)")
+    if questions is not None and (args.questions_url or args.questions_sha256):
+        raise ValueError("--questions-url and --questions-sha256 only apply without --questions (a local file)")
+    if args.download or questions is None:
+        from amps_eval.mc2 import download as dl
+
+        given = {"questions_url": args.questions_url, "questions_sha256": args.questions_sha256,
+                 "images_url": args.images_url, "workers": args.workers, "retries": args.retries,
+                 "timeout": args.timeout}
+        settings = dl.DownloadSettings(**{k: v for k, v in given.items() if v is not None})
+        cache = Path(args.cache).expanduser().absolute() if args.cache else dl.default_cache_dir(out)
+        if cache == out or out in cache.parents:
+            raise ValueError(f"--cache {cache} must not be inside --out {out}, which is replaced when written")
+        if args.download:
+            result = dl.download_mc2(settings, cache, questions=questions, allow_missing=args.skip_missing)
+            questions, images, report = result.questions, result.images.root, result.images
+            print(f"COCO images: {report.n_images} used, {report.n_cached} already in {cache}, "
+                  f"{report.n_fetched} downloaded, {len(report.failures)} failed")
+            if report.failures:
+                print(f"could not fetch {len(report.failures)} images, their questions are skipped: "
+                      f"{dl.failures_summary(report.failures, limit=5)}")
+        else:
+            questions, _ = dl.download_questions(settings, cache)
+        print(f"downloaded files are kept in {cache} (a rerun reuses them; delete it to free the space)")
+
+    report = prepare_mc2(questions, images, out, skip_missing=args.skip_missing)
     counts = ", ".join(f"{category} {n}" for category, n in report.per_category.items())
-    print(f"wrote {report.n_items} MC2 items to {args.out} ({counts})")
+    print(f"wrote {report.n_items} MC2 items to {out} ({counts})")
     if report.n_skipped:
-        print(f"skipped {report.n_skipped} items without a readable image: listed in {Path(args.out) / 'skipped.json'}")
-    print(f"export AMPS_MC2_DATA={Path(args.out).resolve()}")
+        print(f"skipped {report.n_skipped} items without a readable image: listed in {out / 'skipped.json'}")
+    if out.resolve() == default_data_dir().resolve():
+        print("this is the default MC2 folder: the tasks find it without any environment variable")
+        set_to = os.environ.get(ENV_VAR, "").strip()
+        if set_to and Path(set_to).expanduser().resolve() != out.resolve():
+            print(f"note: {ENV_VAR}={set_to} is set and takes precedence; unset it to use this folder")
+    else:
+        print(f"export {ENV_VAR}={out.resolve()}")
     return 0
 
 
@@ -105,11 +144,34 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amps-eval", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare-mc2", help="join the MC2 question file with COCO 2014 images into a local dataset")
-    p.add_argument("--questions", required=True, help="evaluate_final.json from the MC2 authors")
-    p.add_argument("--images", required=True, help="COCO root holding train2014/ and val2014/")
-    p.add_argument("--out", required=True, help="output folder (then: export AMPS_MC2_DATA=<out>)")
-    p.add_argument("--skip-missing", action="store_true", help="drop items whose image is missing; listed in <out>/skipped.json")
+    p = sub.add_parser(
+        "prepare-mc2", help="make the MC2 dataset: download it (--download) or join the question file with a local COCO 2014 copy",
+        description="Join the MC2 question file with its COCO 2014 images into a prepared folder the tasks read. "
+        "--download fetches the question file (sha256-verified) and only the 1,940 COCO images it uses into a "
+        "cache folder (<out>.download/, reused by a rerun); --images uses a local COCO 2014 root instead.",
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--download", action="store_true",
+                        help="download the question file (unless --questions) and the COCO 2014 images it uses")
+    source.add_argument("--images", default=None, help="local COCO 2014 root holding train2014/ and val2014/")
+    p.add_argument("--questions", default=None,
+                   help="local evaluate_final.json from the MC2 authors (default: download it from --questions-url)")
+    p.add_argument("--out", default=None,
+                   help="output folder (default: $AMPS_EVAL_HOME/mc2, else ~/.cache/amps-eval/mc2, where the tasks "
+                   "look without AMPS_MC2_DATA)")
+    p.add_argument("--skip-missing", action="store_true",
+                   help="drop items whose image is missing or could not be fetched; listed in <out>/skipped.json")
+    p.add_argument("--cache", default=None, help="folder for the downloaded files (default: <out>.download next to --out)")
+    p.add_argument("--questions-url", default=None,
+                   help="address of the question file (default: data/evaluate_final.json of "
+                   "EchoDreamer/Modality-Preference at commit 024631d)")
+    p.add_argument("--questions-sha256", default=None, help="expected sha256 of the question file (default: the pinned file's)")
+    p.add_argument("--images-url", default=None,
+                   help="base address of the COCO images, a mirror with the same layout "
+                   "(BASE/train2014/COCO_train2014_<id>.jpg, BASE/val2014/...; default http://images.cocodataset.org)")
+    p.add_argument("--workers", type=int, default=None, help="parallel downloads (default 16)")
+    p.add_argument("--retries", type=int, default=None, help="retries per address after the first try (default 4)")
+    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the server on each connect/read (default 30)")
     p.set_defaults(run=_prepare_mc2)
 
     p = sub.add_parser("synth-mc2", help="write the generated MC2-format dataset (no download needed)")
