@@ -9,8 +9,11 @@ that, ``out`` is exactly as it was; the staging folder is left for inspection an
 run. A crash between the two renames is repaired at the next start (``.<name>.previous`` goes back).
 
 Paths written into text outputs while staging (results files, reports) name the staging folder;
-`publish` rewrites them to ``out`` in the text files it moves (JSON, JSONL, Markdown, HTML, LaTeX,
-CSV), so links and recorded paths point where the files are.
+`publish` rewrites them to ``out`` as the caller spelled it (a relative ``results/demo`` stays
+relative) in the text files it moves (JSON, JSONL, Markdown, HTML, LaTeX, CSV), so links and
+recorded paths point where the files are. Binary files are left as written: a steering file's
+metadata names the data folder it was fitted on inside the staging folder, and rewriting it would
+change the sha256 that the runs pinned.
 """
 
 from __future__ import annotations
@@ -53,9 +56,9 @@ def _carry_over(old: Path, new: Path, owned: frozenset[str]) -> None:
 
 
 def rebase_text_paths(folder: Path, old: Path, new: Path) -> int:
-    """Replace the absolute path ``old`` by ``new`` in the text files under ``folder``; returns how
-    many files changed."""
-    old_text, new_text = str(old.absolute()), str(new.absolute())
+    """Replace the absolute path ``old`` by ``new`` (as spelled) in the text files under ``folder``;
+    returns how many files changed."""
+    old_text, new_text = str(old.absolute()), str(new)
     changed = 0
     for path in folder.rglob("*"):
         if path.suffix in TEXT_SUFFIXES and path.is_file():
@@ -66,9 +69,10 @@ def rebase_text_paths(folder: Path, old: Path, new: Path) -> int:
     return changed
 
 
-def publish(staging: Path, out: Path, owned: frozenset[str]) -> None:
-    """Replace ``out`` by ``staging`` (see the module docstring)."""
-    rebase_text_paths(staging, staging, out)
+def publish(staging: Path, out: Path, owned: frozenset[str], shown: Path | None = None) -> None:
+    """Replace ``out`` by ``staging`` (see the module docstring); recorded paths become ``shown``
+    (default: ``out``)."""
+    rebase_text_paths(staging, staging, out if shown is None else shown)
     previous = previous_path(out)
     if out.exists():
         os.replace(out, previous)
@@ -85,7 +89,8 @@ def staged_output(out: Path, owned: frozenset[str]) -> Iterator[Path]:
     ``owned``: the top-level names this kind of output writes; entries of the old ``out`` with other
     names are kept. A stale staging folder from a killed run is removed first.
     """
-    out = Path(out).absolute()
+    shown = Path(out)
+    out = shown.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     recover(out)
     staging = staging_path(out)
@@ -97,4 +102,4 @@ def staged_output(out: Path, owned: frozenset[str]) -> Iterator[Path]:
     except BaseException:
         print(f"the run did not finish: {out} is unchanged; its partial output is in {staging}", flush=True)
         raise
-    publish(staging, out, owned)
+    publish(staging, out, owned, shown)

@@ -174,7 +174,7 @@ def run_study(settings: StudySettings) -> dict:
     finished."""
     from amps_eval.staged_output import staged_output
 
-    final = Path(settings.out).absolute()
+    final = Path(settings.out)
     check_output_folder(final)
     if (final / SETTINGS_NAME).is_file():
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")

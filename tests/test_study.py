@@ -40,7 +40,7 @@ def test_a_finished_block_replaces_owned_entries_keeps_others_and_rebases_paths(
         assert (out / "tables.md").read_text() == "old tables\n"  # untouched while staging
     assert (out / "notes.txt").read_text() == "mine"
     assert not (out / "tables.md").exists() and not (out / "runs").exists()  # the old study's own
-    assert (out / "leaderboard.md").read_text() == f"[results]({out.absolute()}/runs/x.json)\n"
+    assert (out / "leaderboard.md").read_text() == f"[results]({out}/runs/x.json)\n"
     assert not staging_path(out.absolute()).exists() and not previous_path(out.absolute()).exists()
 
 
@@ -55,6 +55,13 @@ def test_a_failed_block_leaves_the_previous_output_whole(tmp_path):
     assert (staging_path(out.absolute()) / "tables.md").read_text() == "half"  # kept for inspection
     with staged_output(out, OWNED) as staging:  # the next run starts from an empty staging folder
         assert not any(staging.iterdir())
+
+
+def test_recorded_paths_keep_the_spelling_of_out(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with staged_output(Path("results/demo"), OWNED) as staging:
+        (staging / "tables.md").write_text(f"- wrote {staging}/figures/f.png\n")
+    assert (tmp_path / "results/demo/tables.md").read_text() == "- wrote results/demo/figures/f.png\n"
 
 
 def test_an_interrupted_swap_is_repaired(tmp_path):
