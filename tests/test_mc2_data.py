@@ -347,6 +347,25 @@ def test_prepare_skip_missing_records_skipped(fake_mc2, tmp_path):
     assert json.loads((out / MANIFEST_NAME).read_text())["n_skipped"] == 2
 
 
+def test_prepare_refuses_a_truncated_jpeg_even_when_pil_would_pad_it(fake_mc2, tmp_path, monkeypatch):
+    """lmms-eval sets LOAD_TRUNCATED_IMAGES process-wide; PIL then decodes a cut JPEG with grey rows.
+    prepare-mc2 must still see that the file is cut."""
+    from PIL import Image, ImageFile
+
+    monkeypatch.setattr(ImageFile, "LOAD_TRUNCATED_IMAGES", True)
+    questions, root, records = fake_mc2
+    path = _image_path(root, records[2]["image_id"])
+    noise = np.random.default_rng(0).integers(0, 255, (96, 128, 3), dtype=np.uint8)
+    Image.fromarray(noise).save(path, format="JPEG", quality=90)
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * 0.9)])
+    with Image.open(path) as img:
+        img.load()  # what the tasks would have done: no error, grey rows
+    with pytest.raises(MissingImagesError) as info:
+        prepare_mc2(questions, root, tmp_path / "prepared", progress=False)
+    assert records[2]["image_id"] in str(info.value) and "truncated" in str(info.value)
+
+
 def test_prepare_lists_at_most_twenty_missing_ids(tmp_path):
     records = _real_records()[:25]
     questions = tmp_path / "questions.json"

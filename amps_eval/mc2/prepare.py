@@ -125,17 +125,10 @@ def find_coco_image(images: Path, image_id: str) -> Path | None:
 
 
 def check_image(path: Path | None) -> str | None:
-    """None when `path` is an image PIL can open and verify, else a short reason."""
-    from PIL import Image, UnidentifiedImageError
+    """None when `path` is a whole image (fully decoded; a truncated JPEG is caught), else a reason."""
+    from amps_eval.mc2.images import image_problem
 
-    if path is None:
-        return "missing"
-    try:
-        with Image.open(path) as img:
-            img.verify()
-    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
-        return f"unreadable ({type(exc).__name__}: {exc})"
-    return None
+    return image_problem(path)
 
 
 def _format_problem_ids(problems: Sequence[tuple[int, str, str]]) -> str:
