@@ -2,26 +2,43 @@
 
 L2S (Parekh et al. 2025) and AMPS (Eq. 12-13) share the architecture: Linear(D -> H, bias) -> Tanh
 -> Linear(H -> D, no bias), mapping the hidden state at the last prompt token to a steering shift.
-They differ in targets (AMPS scales them by gamma) and, in the published descriptions, in the loss:
-AMPS states plain MSE, the L2S reference code adds L1 and a cosine term. Both are settings here.
+AMPS trains it exactly as L2S does, on other targets (scaled by gamma), so that "L2S" in a table
+is the "without scaling" row of the ablation.
 
-Paper defaults (Adam, lr 5e-5, batch 64, 100 epochs, cosine schedule with warm-up) are the defaults,
-but with a few hundred samples that learning rate barely moves the weights; every one of them is a
-setting so a fit can be made to converge and the choice is recorded in the steering file.
+The default recipe is the L2S reference code's (`TrainSettings.reference()`, from
+`src/analysis/learnable_model_steering.py` of jayneelparekh/learn-to-steer, its POPE setting):
+
+* a train/validation split of the fit items, 1100/1200 of them for training; the module of the
+  epoch with the lowest validation loss is kept. The reference splits items that are already
+  shuffled; MC2 items come ordered by category, so here they are shuffled with the seed first;
+* the decoder initialised with the top right-singular vectors of the centred training targets as
+  unit-norm columns (`TruncatedSVD(...).components_.T`); the sign of each vector, arbitrary in an
+  SVD, is fixed so that its largest entry is positive;
+* Adam, lr 5e-5, batch 64, 100 epochs, transformers' cosine schedule with a linear warm-up over the
+  first 50 epochs, stepped every batch;
+* per-sample loss mean(|p - t|^2) + mean(|p - t|) - min(1, epoch / 100) * 0.1 * cos(p, t) (epoch
+  counted from 0), averaged over the batch; the validation loss uses a fixed 0.05 for the cosine.
+  The reference also balances "yes" and "no" answers within a batch, which has no counterpart in
+  MC2: batches are plain means here.
+
+`TrainSettings.mse_v1()` is the recipe amps-eval used before (plain MSE as AMPS Eq. 12 states, the
+SVD directions scaled by s_j / sqrt(N), 10% warm-up, the last epoch, no validation split). Every
+field is a setting and the settings are recorded in the steering file.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-__all__ = ["LOSSES", "SteeringMLP", "TrainSettings", "TrainingDiverged", "train_mlp"]
+__all__ = ["LOSSES", "SVD_INITS", "SteeringMLP", "TrainSettings", "TrainingDiverged", "split_train_val", "train_mlp"]
 
-LOSSES = ("mse", "l2s")
+LOSSES = ("l2s", "mse")
+SVD_INITS = ("unit", "scaled", "none")
 
 
 class SteeringMLP(nn.Module):
@@ -51,27 +68,43 @@ class TrainingDiverged(RuntimeError):
 class TrainSettings:
     """How the steering MLP is trained (recorded in the steering file's settings).
 
-    loss: "mse" (AMPS Eq. 12) or "l2s" (MSE + weight_l1 * L1 - weight_cos * cos, L2S reference).
-    warmup_fraction: share of optimiser steps with a linear warm-up before the cosine decay.
-    svd_init: initialise the decoder from the top right-singular vectors of the centred targets
-    (our reading of the L2S reference: column j = s_j / sqrt(N) * V_j, so that tanh units of unit
-    scale reproduce the targets' principal directions at their own spread).
+    loss: "l2s" (per sample MSE + weight_l1 * L1 - weight_cos * min(1, epoch / cos_ramp_epochs) * cos)
+    or "mse" (AMPS Eq. 12). warmup_fraction: share of the optimiser steps in the linear warm-up
+    before the cosine decay. svd_init: "unit" (the reference), "scaled" (columns s_j / sqrt(N) * V_j)
+    or "none". val_fraction: share of the fit items held out to pick the best epoch (0: keep the
+    last epoch); val_weight_cos: the cosine weight of the validation loss.
     """
 
-    loss: str = "mse"
+    loss: str = "l2s"
     lr: float = 5e-5
     batch_size: int = 64
     epochs: int = 100
-    warmup_fraction: float = 0.1
+    warmup_fraction: float = 0.5
     weight_cos: float = 0.1
-    weight_l1: float = 1e-3
+    weight_l1: float = 1.0
+    cos_ramp_epochs: int = 100
     weight_decay: float = 0.0
-    svd_init: bool = True
+    svd_init: str = "unit"
+    val_fraction: float = 100 / 1200
+    val_weight_cos: float = 0.05
     seed: int = 0
+
+    @classmethod
+    def reference(cls, **overrides) -> "TrainSettings":
+        """The L2S reference recipe (the defaults), with ``overrides``."""
+        return replace(cls(), **overrides)
+
+    @classmethod
+    def mse_v1(cls, **overrides) -> "TrainSettings":
+        """amps-eval 0.1's recipe: plain MSE, scaled SVD init, 10% warm-up, last epoch."""
+        return replace(cls(loss="mse", warmup_fraction=0.1, weight_l1=1e-3, cos_ramp_epochs=0,
+                           svd_init="scaled", val_fraction=0.0), **overrides)
 
     def __post_init__(self) -> None:
         if self.loss not in LOSSES:
             raise ValueError(f"loss must be one of {LOSSES}, got {self.loss!r}")
+        if self.svd_init not in SVD_INITS:
+            raise ValueError(f"svd_init must be one of {SVD_INITS}, got {self.svd_init!r}")
         checks = {
             "lr": self.lr > 0 and math.isfinite(self.lr),
             "batch_size": isinstance(self.batch_size, int) and self.batch_size >= 1,
@@ -79,7 +112,10 @@ class TrainSettings:
             "warmup_fraction": 0.0 <= self.warmup_fraction < 1.0,
             "weight_cos": self.weight_cos >= 0,
             "weight_l1": self.weight_l1 >= 0,
+            "cos_ramp_epochs": isinstance(self.cos_ramp_epochs, int) and self.cos_ramp_epochs >= 0,
             "weight_decay": self.weight_decay >= 0,
+            "val_fraction": 0.0 <= self.val_fraction < 1.0,
+            "val_weight_cos": self.val_weight_cos >= 0,
             "seed": isinstance(self.seed, int),
         }
         bad = [k for k, ok in checks.items() if not ok]
@@ -89,29 +125,53 @@ class TrainSettings:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def cos_weight(self, epoch: int) -> float:
+        """The cosine weight of the training loss in ``epoch`` (counted from 0)."""
+        ramp = 1.0 if self.cos_ramp_epochs == 0 else min(1.0, epoch / self.cos_ramp_epochs)
+        return ramp * self.weight_cos
 
-def _loss(pred: Tensor, target: Tensor, s: TrainSettings) -> Tensor:
-    mse = torch.mean((pred - target) ** 2)
-    if s.loss == "mse":
+
+def sample_losses(pred: Tensor, target: Tensor, loss: str, weight_l1: float, weight_cos: float) -> Tensor:
+    """The per-sample loss [N]: mean squared error, plus for "l2s" weight_l1 * mean absolute error
+    minus weight_cos * cosine similarity."""
+    mse = ((pred - target) ** 2).mean(dim=-1)
+    if loss == "mse":
         return mse
-    l1 = torch.mean(torch.abs(pred - target))
-    cos = nn.functional.cosine_similarity(pred, target, dim=-1).mean()
-    return mse + s.weight_l1 * l1 - s.weight_cos * cos
+    l1 = (pred - target).abs().mean(dim=-1)
+    cos = nn.functional.cosine_similarity(pred, target, dim=-1)
+    return mse + weight_l1 * l1 - weight_cos * cos
 
 
-def _svd_init(mlp: SteeringMLP, y: Tensor) -> None:
+def svd_directions(y: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """(singular values [k], unit right-singular vectors [k, D]) of the centred ``y``; each vector's
+    sign makes its largest-magnitude entry positive."""
     centred = y - y.mean(dim=0, keepdim=True)
     _, sv, vh = torch.linalg.svd(centred, full_matrices=False)
-    k = min(mlp.hidden, vh.shape[0])
+    sv, vh = sv[:k], vh[:k]
+    pivot = vh.abs().argmax(dim=1)
+    signs = torch.sign(vh[torch.arange(len(vh)), pivot])
+    return sv, vh * torch.where(signs == 0, torch.ones_like(signs), signs)[:, None]
+
+
+def _svd_init(mlp: SteeringMLP, y: Tensor, how: str) -> None:
+    if how == "none":
+        return
+    k = min(mlp.hidden, y.shape[0], y.shape[1])
+    sv, vh = svd_directions(y, k)
+    columns = vh if how == "unit" else vh * (sv[:, None] / math.sqrt(len(y)))
     with torch.no_grad():
-        mlp.decoder.weight[:, :k] = (vh[:k] * (sv[:k, None] / math.sqrt(len(y)))).T
+        mlp.decoder.weight[:, :k] = columns.T
 
 
-def _schedule(step: int, total: int, warmup: int) -> float:
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = (step - warmup) / max(1, total - warmup)
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
+def split_train_val(n: int, val_fraction: float, generator: torch.Generator) -> tuple[Tensor, Tensor]:
+    """(train rows, validation rows) of ``n`` items: a seeded permutation, the first
+    int(n * (1 - val_fraction)) for training (the reference's rounding); no validation when that
+    leaves no training item or no validation item."""
+    order = torch.randperm(n, generator=generator)
+    n_train = int(n * (1.0 - val_fraction))
+    if val_fraction == 0 or n_train < 1 or n_train >= n:
+        return torch.arange(n), torch.arange(0)
+    return order[:n_train], order[n_train:]
 
 
 def train_mlp(
@@ -119,37 +179,42 @@ def train_mlp(
 ) -> tuple[SteeringMLP, list[float]]:
     """Fit a SteeringMLP mapping x [N, D] to y [N, D]; returns (module in eval mode, epoch losses).
 
-    Deterministic given ``settings.seed``: initialisation and shuffling draw from a seeded RNG
-    inside ``torch.random.fork_rng``, so the caller's global RNG state is left as it was. Trains
-    in float32 on x's device.
+    With a validation split the returned module is the one of the epoch with the lowest
+    validation loss. Deterministic given ``settings.seed``: initialisation, the split and the
+    shuffling draw from seeded RNGs inside ``torch.random.fork_rng``, so the caller's global RNG
+    state is left as it was. Trains in float32 on x's device.
     """
+    from transformers import get_cosine_schedule_with_warmup
+
     s = settings or TrainSettings()
     if x.dim() != 2 or x.shape != y.shape or len(x) == 0:
         raise ValueError(f"x and y must both be [N, D] with N > 0, got {tuple(x.shape)} and {tuple(y.shape)}")
     x, y = x.detach().float(), y.detach().float().to(x.device)
     if not (torch.isfinite(x).all() and torch.isfinite(y).all()):
         raise ValueError("training data contain non-finite values")
-    steps_per_epoch = math.ceil(len(x) / s.batch_size)
-    total = steps_per_epoch * s.epochs
-    warmup = int(s.warmup_fraction * total)
     devices = [x.device] if x.device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(s.seed)
         mlp = SteeringMLP(x.shape[1], hidden).to(x.device)
-        if s.svd_init:
-            _svd_init(mlp, y)
         gen = torch.Generator(device="cpu").manual_seed(s.seed)
+        train_rows, val_rows = split_train_val(len(x), s.val_fraction, gen)
+        train_rows, val_rows = train_rows.to(x.device), val_rows.to(x.device)
+        _svd_init(mlp, y[train_rows], s.svd_init)
+    x_train, y_train = x[train_rows], y[train_rows]
+    steps_per_epoch = math.ceil(len(x_train) / s.batch_size)
+    total = steps_per_epoch * s.epochs
     opt = torch.optim.Adam(mlp.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: _schedule(step, total, warmup))
+    sched = get_cosine_schedule_with_warmup(opt, int(s.warmup_fraction * total), total)
     history: list[float] = []
-    mlp.train()
+    best_val, best_state = math.inf, None
     bar = tqdm(range(s.epochs), desc="fit steering MLP", disable=not progress, leave=False)
     for epoch in bar:
-        order = torch.randperm(len(x), generator=gen).to(x.device)
+        mlp.train()
+        order = torch.randperm(len(x_train), generator=gen).to(x.device)
         total_loss = 0.0
-        for start in range(0, len(x), s.batch_size):
+        for start in range(0, len(x_train), s.batch_size):
             idx = order[start : start + s.batch_size]
-            loss = _loss(mlp(x[idx]), y[idx], s)
+            loss = sample_losses(mlp(x_train[idx]), y_train[idx], s.loss, s.weight_l1, s.cos_weight(epoch)).mean()
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"steering MLP loss became {loss.item()} in epoch {epoch + 1}/{s.epochs}; "
@@ -160,6 +225,14 @@ def train_mlp(
             opt.step()
             sched.step()
             total_loss += loss.item() * len(idx)
-        history.append(total_loss / len(x))
+        history.append(total_loss / len(x_train))
+        if len(val_rows):
+            mlp.eval()
+            with torch.no_grad():
+                val = sample_losses(mlp(x[val_rows]), y[val_rows], s.loss, s.weight_l1, s.val_weight_cos).mean().item()
+            if val < best_val:
+                best_val, best_state = val, {k: t.detach().clone() for k, t in mlp.state_dict().items()}
         bar.set_postfix(loss=f"{history[-1]:.4g}")
+    if best_state is not None:
+        mlp.load_state_dict(best_state)
     return mlp.eval(), history
