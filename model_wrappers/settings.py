@@ -74,6 +74,27 @@ class WrapperSettings:
         if self.beta < 0:
             raise SettingsError(f"beta must be >= 0, got {self.beta}")
         self.mcs_settings()  # validates the MCS settings
+        if steered:
+            self.check_steering_file()
+
+    def check_steering_file(self) -> None:
+        """Refuse a missing, changed (``steering_sha256``) or invalid steering file now, before any
+        weights load (the wrapper builds its settings first); `load_steering` then checks it against
+        the loaded model."""
+        from pathlib import Path
+
+        from amps_eval.steering.file import SteeringFile, SteeringFileError
+
+        path = Path(self.steering)
+        if not path.is_file():
+            what = "is a folder, not a file" if path.is_dir() else "does not exist"
+            raise SettingsError(f"steering={self.steering}: the steering file {what}; pass the file written by "
+                                "`amps-eval fit --out ...` (checked before the model loads)")
+        _pinned_digest(self)
+        try:
+            SteeringFile.load(path)
+        except SteeringFileError as error:
+            raise SettingsError(f"steering= argument refused: {error}") from None
 
     def mcs_settings(self):
         from amps_eval.steering.mcs import MCSSettings
@@ -149,21 +170,29 @@ def _coerce(name: str, value: Any, annotation: str) -> Any:
         raise SettingsError(f"{name}={value!r} is not a valid {kind.split(' ')[0]}") from None
 
 
-def load_steering(settings: WrapperSettings, model):
-    """The run's `Steering` (None for the prompt methods), checked against the loaded model."""
-    from loguru import logger
+def _pinned_digest(settings: WrapperSettings) -> str:
+    """The steering file's sha256, refused when it differs from a pinned ``steering_sha256``."""
+    from amps_eval.steering.file import sha256
 
-    from amps_eval.methods.steering import FILE_METHOD, STEERING_METHODS, Steering, SteeringConfig
-    from amps_eval.steering.file import SteeringFile, sha256
-
-    if settings.method not in STEERING_METHODS:
-        return None
     digest = sha256(settings.steering)
     if settings.steering_sha256 and settings.steering_sha256 != digest:
         raise SettingsError(
             f"steering file {settings.steering} has sha256 {digest}, but steering_sha256={settings.steering_sha256} "
             "was asked for: the file changed since the run was set up; refit or update steering_sha256"
         )
+    return digest
+
+
+def load_steering(settings: WrapperSettings, model):
+    """The run's `Steering` (None for the prompt methods), checked against the loaded model."""
+    from loguru import logger
+
+    from amps_eval.methods.steering import FILE_METHOD, STEERING_METHODS, Steering, SteeringConfig
+    from amps_eval.steering.file import SteeringFile
+
+    if settings.method not in STEERING_METHODS:
+        return None
+    digest = _pinned_digest(settings)
     if not settings.steering_sha256:
         logger.info(f"steering file {settings.steering} sha256={digest} (pass steering_sha256= to pin it)")
     file = SteeringFile.load(settings.steering)

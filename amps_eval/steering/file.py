@@ -9,6 +9,13 @@ item is steered by the module that did not see it (:meth:`SteeringFile.fold_for`
 "all" fitted on everything is allowed (to steer new data); then an item from the fit set is steered
 in-sample and :meth:`SteeringFile.fold_choice` says so, for the run to record.
 
+Validation: an edited or damaged file is refused, never trusted. Every metadata field is checked
+against one schema (:data:`SCHEMA`, :data:`FOLD_SCHEMA`, :data:`SETTINGS_SCHEMA`: type, range, what
+it means), the fields against the fit settings the file records (layer, method, checkpoint, fold
+count, MLP width, item count), the folds for a partition of the items (else items would be steered
+in-sample without a word) and every tensor for its presence, shape and finiteness. A failure raises
+:class:`SteeringFileError` naming the file and the field or tensor, in one line.
+
 Compatibility: hidden size, layer count, architecture and method must match the run, else
 :class:`SteeringFileMismatch`. The model id alone differing is only a warning: the same weights are
 often named by a hub id at fit time and a local path at run time, and the structural checks already
@@ -17,14 +24,17 @@ catch a different model family or size.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import os
+import shlex
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
+from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -35,7 +45,7 @@ from amps_eval.files import sha256_file
 from amps_eval.steering.module import SteeringMLP
 
 __all__ = [
-    "FORMAT_VERSION", "METHODS", "Fold", "FoldChoice", "SteeringFile", "SteeringFileMismatch",
+    "FORMAT_VERSION", "METHODS", "Fold", "FoldChoice", "SteeringFile", "SteeringFileError", "SteeringFileMismatch",
     "SteeringFileWarning", "sha256", "current_versions",
 ]
 
@@ -47,6 +57,7 @@ _MLP_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight")
 # mean and L2S the text entries are the negated vision ones; AMPS scales its targets per direction
 # (Eq. 9 depends on which modality is steered away from), so its two modules differ.
 DIRECTIONS = ("vision", "text")
+FIX = "refit with `amps-eval fit` or restore the file"
 
 
 def _direction(direction: str) -> str:
@@ -55,12 +66,169 @@ def _direction(direction: str) -> str:
     return direction
 
 
-class SteeringFileMismatch(ValueError):
+class SteeringFileError(ValueError):
+    """A steering file that cannot be used: not a steering file, damaged, or edited inconsistently."""
+
+
+class SteeringFileMismatch(SteeringFileError):
     """The steering file was fitted for another model or method than the run uses."""
 
 
 class SteeringFileWarning(UserWarning):
     """Something differs that may be harmless (e.g. the model id, with matching structure)."""
+
+
+# ---- the metadata schema -------------------------------------------------------------------------
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not the layer 1
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@dataclass(frozen=True)
+class Spec:
+    """What one metadata field must be: ``expected`` completes "must be ...", ``check`` tests the value,
+    ``each`` (for objects and lists) every entry."""
+
+    expected: str
+    check: Callable[[Any], bool]
+    each: "Spec | None" = None
+
+
+_POSITIVE = Spec("a positive integer", lambda v: _is_int(v) and v > 0)
+_NAME = Spec("a non-empty string", lambda v: isinstance(v, str) and v != "")
+_TEXT = Spec("a string", lambda v: isinstance(v, str))
+_IDS = Spec("a list of item ids", lambda v: isinstance(v, (list, tuple)), each=Spec("an item id (a string)", lambda v: isinstance(v, str)))
+
+# The top-level fields of the JSON metadata, as `save` writes them (and the dataclass fields of the
+# same names, checked the same way when a SteeringFile is built in code).
+SCHEMA: dict[str, Spec] = {
+    "format": Spec(f"the format version {FORMAT_VERSION} (this amps_eval reads only that)",
+                   lambda v: _is_int(v) and v == FORMAT_VERSION),
+    "method": Spec(f"one of {METHODS}", lambda v: isinstance(v, str) and v in METHODS),
+    "layer": Spec("an integer (the decoder layer that is steered)", _is_int),
+    "hidden_size": _POSITIVE,
+    "num_layers": _POSITIVE,
+    "model_id": _NAME,
+    "architecture": _TEXT,
+    "settings": Spec("an object (the fit settings)", lambda v: isinstance(v, dict)),
+    "anchors": Spec("an object of per-category anchors", lambda v: isinstance(v, dict),
+                    each=Spec("a finite number", _is_number)),
+    "data_hash": _TEXT,
+    "versions": Spec("an object", lambda v: isinstance(v, dict)),
+    "created": _TEXT,
+    "folds": Spec("a non-empty list of folds", lambda v: isinstance(v, (list, tuple)) and len(v) > 0),
+}
+# One entry of "folds" ("tensors" only in the file: in memory a Fold holds the tensors themselves).
+FOLD_SCHEMA: dict[str, Spec] = {
+    "name": _NAME,
+    "fit_ids": _IDS,
+    "held_out_ids": _IDS,
+    "hidden": Spec("null or a positive integer (the MLP width)", lambda v: v is None or (_is_int(v) and v > 0)),
+    "tensors": Spec("a list of tensor names", lambda v: isinstance(v, list), each=_TEXT),
+}
+# The fit settings recorded under "settings" (all optional: files written in code may record fewer).
+# Every number anywhere in them must also be finite.
+SETTINGS_SCHEMA: dict[str, Spec] = {
+    "model": _NAME,
+    "pretrained": _NAME,
+    "method": SCHEMA["method"],
+    "layer": Spec("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "folds": _POSITIVE,
+    "hidden": FOLD_SCHEMA["hidden"],
+    "n_items": Spec("a non-negative integer", lambda v: _is_int(v) and v >= 0),
+    "beta": Spec("a finite number", _is_number),
+}
+
+
+def _show(value: Any) -> str:
+    """A value as the JSON shows it, with its Python type: 'true (bool)', '"2" (str)'."""
+    try:
+        text = json.dumps(value)
+    except (TypeError, ValueError):
+        text = repr(value)
+    if len(text) > 60:
+        text = text[:57] + "..."
+    return f"{text} ({type(value).__name__})"
+
+
+def _spec_problem(name: str, value: Any, spec: Spec) -> str | None:
+    if not spec.check(value):
+        return f"metadata field {name!r} must be {spec.expected}, got {_show(value)}"
+    if spec.each is not None:
+        entries = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, entry in entries:
+            sub = f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]"
+            problem = _spec_problem(sub, entry, spec.each)
+            if problem:
+                return problem
+    return None
+
+
+def _schema_problem(values: dict, schema: dict[str, Spec], prefix: str = "", required: bool = True) -> str | None:
+    """The first field of ``values`` that is missing (when ``required``) or fails its spec."""
+    for key, spec in schema.items():
+        if key not in values:
+            if required:
+                return f"metadata field {prefix + key!r} is missing"
+            continue
+        problem = _spec_problem(prefix + key, values[key], spec)
+        if problem:
+            return problem
+    return None
+
+
+def _non_finite(value: Any, name: str) -> str | None:
+    """The first non-finite number (NaN, inf) inside ``value``, as a problem naming its field."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return f"metadata field {name!r} must be a finite number, got {_show(value)}"
+    entries = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
+    for key, entry in entries:
+        found = _non_finite(entry, f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]")
+        if found:
+            return found
+    return None
+
+
+def _examples(ids) -> str:
+    ids = sorted(ids)
+    return ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
+
+
+def _not_safetensors(path: Path, error: Exception) -> str:
+    """Why ``path`` cannot be read as safetensors, in words (not the library's 'header too large')."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            head = handle.read(9)
+    except OSError as os_error:
+        return f"cannot be read: {os_error.strerror or os_error}"
+    if size == 0:
+        return "the file is empty"
+    if head.startswith(b"PK\x03\x04"):
+        return "a zip archive as torch.save writes, i.e. a pickle; steering files are safetensors and are never unpickled"
+    header_length = int.from_bytes(head[:8], "little")
+    if size >= 9 and head[8:9] == b"{":  # a safetensors header: 8 bytes of length, then JSON
+        if 8 + header_length > size:
+            return f"truncated: its header alone needs {8 + header_length} bytes, the file has {size}"
+        try:
+            with open(path, "rb") as handle:
+                handle.seek(8)
+                entries = json.loads(handle.read(header_length)).values()
+            needed = 8 + header_length + max((e["data_offsets"][1] for e in entries if isinstance(e, dict)
+                                              and "data_offsets" in e), default=0)
+        except (OSError, ValueError, TypeError, KeyError, IndexError):
+            needed = None
+        if needed is not None and needed > size:
+            return f"truncated: its header describes {needed} bytes, the file has {size}"
+    elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
+        return "a pickle; steering files are safetensors and are never unpickled"
+    else:
+        return "no safetensors header at its start: garbage or another format"
+    detail = str(error).replace("Error while deserializing header: ", "")
+    return f"truncated or corrupt safetensors data ({detail})"
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -124,36 +292,130 @@ class SteeringFile:
     _id_sets: dict = field(default_factory=dict, init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise ValueError(f"method must be one of {METHODS}, got {self.method!r}")
-        if not 0 <= self.layer < self.num_layers:
-            raise ValueError(f"layer {self.layer} out of range 0..{self.num_layers - 1}")
-        if not self.folds:
-            raise ValueError("a steering file needs at least one fold")
-        if len({f.name for f in self.folds}) != len(self.folds):
-            raise ValueError("fold names must be unique")
-        for fold in self.folds:
-            self._check_fold(fold)
-        for key, value in self.anchors.items():
-            if not math.isfinite(float(value)):
-                raise ValueError(f"anchor {key!r} is not finite: {value!r}")
+        problem = self._problem()
+        if problem:
+            raise self._error(problem)
 
-    def _check_fold(self, fold: Fold) -> None:
+    def _error(self, problem: str) -> SteeringFileError:
+        if self.source:
+            return SteeringFileError(f"{self.source}: {problem}; {FIX}")
+        return SteeringFileError(f"steering file: {problem}")
+
+    # ---- validation (see the module doc) ---------------------------------------------------------
+    def _problem(self) -> str | None:
+        """The first thing wrong with this file, in words naming the field or tensor; None if none."""
+        fields = {name: spec for name, spec in SCHEMA.items() if name != "format"}  # format: a file's, not ours
+        problem = _schema_problem({name: getattr(self, name) for name in fields}, fields)
+        if problem:
+            return problem
+        if not 0 <= self.layer < self.num_layers:
+            return (f"metadata field 'layer' must be a decoder layer index in [0, {self.num_layers}) "
+                    f"(num_layers={self.num_layers}), got {self.layer}")
+        for k, fold in enumerate(self.folds):
+            problem = self._fold_problem(k, fold)
+            if problem:
+                return problem
+        if len({f.name for f in self.folds}) != len(self.folds):
+            return f"metadata field 'folds' has repeated fold names {[f.name for f in self.folds]}; fold names must be unique"
+        return self._settings_problem() or self._partition_problem()
+
+    def _fold_problem(self, k: int, fold: Fold) -> str | None:
+        if not isinstance(fold, Fold):
+            return f"metadata field 'folds[{k}]' must be a Fold, got {_show(fold)}"
+        values = {"name": fold.name, "fit_ids": fold.fit_ids, "held_out_ids": fold.held_out_ids, "hidden": fold.hidden}
+        problem = _schema_problem(values, {k2: v for k2, v in FOLD_SCHEMA.items() if k2 != "tensors"}, f"folds[{k}].")
+        if problem:
+            return problem
         d = self.hidden_size
         if self.method == "mean":
             shapes = {"vector": (d,)}
         else:
-            if not isinstance(fold.hidden, int) or fold.hidden < 1:
-                raise ValueError(f"fold {fold.name!r}: an MLP fold needs its hidden width")
+            if fold.hidden is None:
+                return f"metadata field 'folds[{k}].hidden' must be the MLP width of a {self.method!r} fold, got null"
             h = fold.hidden
             shapes = dict(zip(_MLP_KEYS, [(h, d), (h,), (d, h)]))
         expected = {f"{direction}.{name}": shape for direction in DIRECTIONS for name, shape in shapes.items()}
-        found = {k: tuple(t.shape) for k, t in fold.tensors.items()}
-        if found != expected:
-            raise ValueError(f"fold {fold.name!r} of a {self.method!r} file: expected tensors {expected}, found {found}")
-        for name, tensor in fold.tensors.items():
+        if not isinstance(fold.tensors, dict):
+            return f"fold {fold.name!r}: tensors must be a dict of name -> tensor, got {type(fold.tensors).__name__}"
+        missing = sorted(set(expected) - set(fold.tensors))
+        extra = sorted(set(fold.tensors) - set(expected))
+        if missing or extra:
+            which = f"tensor 'fold{k}.{missing[0]}' is missing" if missing else f"tensor 'fold{k}.{extra[0]}' is unexpected"
+            return (f"{which} (fold {fold.name!r} of a {self.method!r} file: expected tensors {sorted(expected)}, "
+                    f"found {sorted(fold.tensors)})")
+        for name in sorted(expected):
+            tensor = fold.tensors[name]
+            key = f"fold{k}.{name}"
+            if not isinstance(tensor, Tensor) or not tensor.is_floating_point():
+                kind = tensor.dtype if isinstance(tensor, Tensor) else type(tensor).__name__
+                return f"tensor {key!r} must be a floating-point tensor, got {kind}"
+            if tuple(tensor.shape) != expected[name]:
+                return (f"tensor {key!r} has shape {tuple(tensor.shape)}; expected tensors of shape {expected[name]} "
+                        f"(hidden size {d}" + ("" if self.method == "mean" else f", MLP width {fold.hidden}") + ")")
             if not torch.isfinite(tensor).all():
-                raise ValueError(f"fold {fold.name!r}: tensor {name!r} has non-finite values; refit")
+                return f"tensor {key!r} has non-finite values (NaN or inf)"
+        return None
+
+    def _fitted_ids(self) -> set[str]:
+        return {i for f in self.folds for i in (*f.fit_ids, *f.held_out_ids)}
+
+    def _settings_problem(self) -> str | None:
+        """The recorded fit settings: well-typed, finite, and in agreement with the file's fields."""
+        problem = _schema_problem(self.settings, SETTINGS_SCHEMA, "settings.", required=False)
+        if problem:
+            return problem
+        problem = _non_finite(self.settings, "settings")
+        if problem:
+            return problem
+        recorded = self.settings
+        agree = [("layer", "layer", self.layer), ("method", "method", self.method),
+                 ("model_id", "pretrained", self.model_id), ("folds", "folds", len(self.folds)),
+                 ("folds", "n_items", len(self._fitted_ids()))]
+        if self.method != "mean":
+            agree += [(f"folds[{k}].hidden", "hidden", f.hidden) for k, f in enumerate(self.folds)]
+        for name, key, value in agree:
+            if key in recorded and recorded[key] != value:
+                what = {"folds": "the number of folds", "n_items": "the number of items in the folds"}.get(key, "it")
+                return (f"metadata field {name!r} disagrees with the recorded fit settings: {what} is {value!r}, "
+                        f"but 'settings.{key}' is {_show(recorded[key])}; the file was edited after the fit")
+        return None
+
+    def _partition_problem(self) -> str | None:
+        """Cross-fitting needs folds that partition the items; a single fold with nothing held out
+        (fitted on everything, steering in-sample, which `fold_choice` reports) is the one exception."""
+        if len(self.folds) == 1 and not self.folds[0].held_out_ids:
+            return None
+        everything = self._fitted_ids()
+        held_by: dict[str, str] = {}
+        for k, fold in enumerate(self.folds):
+            for key in ("fit_ids", "held_out_ids"):
+                ids = getattr(fold, key)
+                if len(set(ids)) != len(ids):
+                    twice = {i for i in ids if ids.count(i) > 1}
+                    return f"metadata field 'folds[{k}].{key}' lists item(s) {_examples(twice)} more than once"
+            held = set(fold.held_out_ids)
+            if not held:
+                return (f"metadata field 'folds[{k}].held_out_ids' is empty: with {len(self.folds)} folds each fold "
+                        "must hold out its own items")
+            inside = held & set(fold.fit_ids)
+            if inside:
+                return (f"metadata field 'folds[{k}].fit_ids' contains {len(inside)} of the fold's own held-out items "
+                        f"({_examples(inside)}): they would be steered in-sample")
+            for item in fold.held_out_ids:
+                if item in held_by:
+                    return (f"metadata field 'folds[{k}].held_out_ids' holds out {item!r}, which fold "
+                            f"{held_by[item]!r} holds out too: the held-out sets must be disjoint")
+                held_by[item] = fold.name
+        nowhere = everything - set(held_by)
+        if nowhere:
+            return (f"metadata field 'folds' does not partition the items: {len(nowhere)} item(s) ({_examples(nowhere)}) "
+                    "are held out by no fold, so every fold was fitted on them and they would be steered in-sample")
+        for k, fold in enumerate(self.folds):
+            lacking = everything - set(fold.held_out_ids) - set(fold.fit_ids)
+            if lacking:
+                return (f"metadata field 'folds[{k}].fit_ids' lacks {len(lacking)} item(s) ({_examples(lacking)}) "
+                        "it does not hold out: each fold is fitted on every item the other folds hold out")
+        return None
 
     # ---- using the folds -------------------------------------------------------------------
     def fold_choice(self, item_id: str) -> FoldChoice:
@@ -213,11 +475,14 @@ class SteeringFile:
             problems.append(f"architecture: the model is {architecture}, the file was fitted on {self.architecture}")
         if problems:
             where = f" {self.source}" if self.source else ""
+            wrapper = self._wrapper_name(model_config, architecture)
+            layer = f" --layer {self.layer}" if self.layer < text.num_hidden_layers else " --layer LAYER"
+            command = (f"amps-eval fit --model {wrapper} --pretrained {shlex.quote(str(model_id))} --method {method}"
+                       f"{layer} --out NEW.safetensors")
             raise SteeringFileMismatch(
                 f"steering file{where} (fitted on {self.model_id}) does not fit this run:\n  - "
                 + "\n  - ".join(problems)
-                + f"\nFix: refit with `amps-eval fit --model {model_id} --method {method} --layer {self.layer} ...`"
-                " or pass the steering file fitted for this model and method."
+                + f"\nFix: refit with `{command}` or pass the steering file fitted for this model and method."
             )
         if _model_name(model_id) != _model_name(self.model_id):
             warnings.warn(
@@ -226,6 +491,26 @@ class SteeringFile:
                 SteeringFileWarning,
                 stacklevel=2,
             )
+
+    def _wrapper_name(self, model_config, architecture: str | None) -> str:
+        """The `--model` of `amps-eval fit` for the run's model: the one the file records when the run's
+        architecture is the file's, else the wrapper whose processor kind is the config's model type."""
+        from amps_eval.plugin import MODEL_CLASSES
+
+        recorded = self.settings.get("model")
+        same_family = not architecture or not self.architecture or architecture == self.architecture
+        if same_family and recorded in MODEL_CLASSES:
+            return recorded
+        model_type = getattr(model_config, "model_type", None)
+        for name, dotted in MODEL_CLASSES.items():
+            module, _, class_name = dotted.rpartition(".")
+            try:
+                wrapper = getattr(importlib.import_module(module), class_name)
+            except Exception:  # noqa: BLE001 - a wrapper that cannot be imported just is not suggested
+                continue
+            if model_type and getattr(wrapper, "architecture", None) == model_type:
+                return name
+        return "<" + "|".join(MODEL_CLASSES) + ">"
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> str:
@@ -248,18 +533,59 @@ class SteeringFile:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "SteeringFile":
-        with safe_open(str(path), framework="pt") as handle:
-            raw = (handle.metadata() or {}).get(META_KEY)
+        """Read and validate a steering file (safetensors + JSON, never a pickle).
+
+        Raises SteeringFileError naming ``path`` and the field or tensor when the file is missing,
+        is not a steering file, or fails the schema, the recorded settings, the fold partition or
+        the tensor checks (see the module doc).
+        """
+        p = Path(path)
+        if not p.exists():
+            raise SteeringFileError(f"{path}: no such steering file; write it with `amps-eval fit ... --out {path}` "
+                                    "or pass the path of an existing one")
+        if not p.is_file():
+            raise SteeringFileError(f"{path} is not an amps-eval steering file (a folder, not a file)")
+        try:
+            with safe_open(str(p), framework="pt") as handle:
+                header = handle.metadata() or {}
+            tensors = load_file(str(p))
+        except Exception as error:  # noqa: BLE001 - safetensors' own error type, OSError, ...: all mean "unreadable"
+            raise SteeringFileError(f"{path} is not an amps-eval steering file ({_not_safetensors(p, error)})") from error
+
+        def refuse(problem: str) -> SteeringFileError:
+            return SteeringFileError(f"{path}: {problem}; {FIX}")
+
+        raw = header.get(META_KEY)
         if raw is None:
-            raise ValueError(f"{path} is a safetensors file but not an amps-eval steering file (no {META_KEY!r} metadata)")
-        meta = json.loads(raw)
-        if meta.get("format") != FORMAT_VERSION:
-            raise ValueError(f"{path}: steering file format {meta.get('format')!r}, this amps_eval reads {FORMAT_VERSION}")
-        tensors = load_file(str(path))
+            raise SteeringFileError(f"{path} is not an amps-eval steering file (a safetensors file without "
+                                    f"{META_KEY!r} metadata, e.g. model weights)")
+        try:
+            meta = json.loads(raw)
+        except json.JSONDecodeError as error:
+            raise refuse(f"metadata field {META_KEY!r} is not valid JSON ({error.msg} at character {error.pos})") from None
+        if not isinstance(meta, dict):
+            raise refuse(f"metadata field {META_KEY!r} must be a JSON object, got {_show(meta)}")
+        # The format first: a file of another format version may differ in every other field.
+        problem = _schema_problem(meta, {"format": SCHEMA["format"]}) or _schema_problem(meta, SCHEMA)
+        if problem:
+            raise refuse(problem)
+        for k, entry in enumerate(meta["folds"]):
+            if not isinstance(entry, dict):
+                raise refuse(f"metadata field 'folds[{k}]' must be an object, got {_show(entry)}")
+            problem = _schema_problem(entry, FOLD_SCHEMA, f"folds[{k}].")
+            if problem:
+                raise refuse(problem)
+        listed = {f"fold{k}.{name}": k for k, entry in enumerate(meta["folds"]) for name in entry["tensors"]}
+        for key, k in sorted(listed.items()):
+            if key not in tensors:
+                raise refuse(f"tensor {key!r} (listed in metadata field 'folds[{k}].tensors') is missing from the file")
+        unlisted = sorted(set(tensors) - set(listed))
+        if unlisted:
+            raise refuse(f"tensor {unlisted[0]!r} is in the file but in no fold's metadata field 'folds[k].tensors'")
         folds = [
-            Fold(name=f["name"], fit_ids=f["fit_ids"], held_out_ids=f["held_out_ids"], hidden=f["hidden"],
-                 tensors={name: tensors[f"fold{k}.{name}"] for name in f["tensors"]})
-            for k, f in enumerate(meta["folds"])
+            Fold(name=entry["name"], fit_ids=entry["fit_ids"], held_out_ids=entry["held_out_ids"], hidden=entry["hidden"],
+                 tensors={name: tensors[f"fold{k}.{name}"] for name in entry["tensors"]})
+            for k, entry in enumerate(meta["folds"])
         ]
         fields = ("method", "layer", "hidden_size", "num_layers", "model_id", "architecture",
                   "settings", "anchors", "data_hash", "versions", "created")
