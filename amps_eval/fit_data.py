@@ -91,10 +91,7 @@ def load_items(data: str | Path | None = None, limit: int | None = None) -> Item
     raw = items.cast_column("image", datasets.Image(decode=False))
     rows = raw.select_columns(list(TEXT_FIELDS)).to_list()
     hashes = [_item_hash(row, image) for row, image in zip(rows, raw["image"])]
-    ids = [str(row["mc2_id"]) for row in rows]
-    if len(set(ids)) != len(ids):
-        dup = sorted({i for i in ids if ids.count(i) > 1}, key=str)[:5]
-        raise ValueError(f"mc2_id values must be unique, found duplicates {dup} in {source.description}")
+    ids = [str(row["mc2_id"]) for row in rows]  # unique: load_mc2 refuses duplicate mc2_ids (MC2DataError)
     docs = task_docs(items, TaskSpec("vision"))
     return ItemSet(docs, ids, [row["category"] for row in rows], hashes, source.description)
 
