@@ -104,7 +104,8 @@ def _fit(args: argparse.Namespace) -> int:
     from amps_eval.steering.module import TrainSettings
 
     given = {"epochs": args.epochs, "lr": args.lr, "loss": args.loss, "batch_size": args.train_batch_size}
-    train = TrainSettings(**{k: v for k, v in given.items() if v is not None})
+    recipe = {"reference": TrainSettings.reference, "mse_v1": TrainSettings.mse_v1}[args.recipe]
+    train = recipe(**{k: v for k, v in given.items() if v is not None})
     settings = FitSettings(
         model=args.model, pretrained=args.pretrained, method=args.method, layer=args.layer, folds=args.folds,
         hidden=args.hidden, train=train, beta=args.beta, convention=args.convention, mcs=_mcs_settings(args),
@@ -142,6 +143,8 @@ def _build_organism(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="amps-eval", description=__doc__.splitlines()[0])
+    parser.add_argument("--debug", action="store_true",
+                        help="on an unexpected error, print the traceback (also: AMPS_EVAL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser(
@@ -227,7 +230,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--hidden", type=int, default=None, help="MLP width (default: 400 for Qwen, 100 for LLaVA)")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 100)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-5)")
-    p.add_argument("--loss", choices=("mse", "l2s"), default=None, help="mse (AMPS Eq. 12, default) or l2s")
+    p.add_argument("--recipe", choices=("reference", "mse_v1"), default="reference",
+                   help="how the MLP is trained: the L2S reference code's recipe (default; AMPS trains the same "
+                   "way on its own targets) or amps-eval 0.1's (plain MSE, last epoch); see docs/method.md")
+    p.add_argument("--loss", choices=("l2s", "mse"), default=None,
+                   help="override the recipe's loss: l2s (MSE + L1 - cosine, the reference) or mse (AMPS Eq. 12)")
     p.add_argument("--train-batch-size", type=int, default=None, help="training batch size (default 64)")
     p.add_argument("--beta", type=float, default=1.0, help="AMPS scaling strength of Eq. 9")
     p.add_argument("--convention", choices=("prose", "literal"), default="prose", help="sign convention of Eq. 9")
@@ -258,12 +265,36 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: 0 done; 2 an input or environment error (one line on stderr:
+    ``amps-eval <command>: error: <message>``; argparse's usage errors also exit 2); 1 an unexpected
+    error, i.e. a bug (one line; the traceback with ``--debug`` or ``AMPS_EVAL_DEBUG=1``);
+    130 interrupted (Ctrl-C)."""
+    import os
+    import traceback
+
+    # input and environment errors; the project's own errors derive from these
+    expected = (OSError, ValueError, LookupError, RuntimeError, ImportError, MemoryError)
     args = build_parser().parse_args(argv)
+    debug = args.debug or os.environ.get("AMPS_EVAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
+    name = f"amps-eval {args.command}"
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, RuntimeError) as error:
-        print(f"amps-eval {args.command}: error: {error}", file=sys.stderr)
-        return 2
+    except KeyboardInterrupt:
+        print(f"{name}: interrupted", file=sys.stderr)
+        return 130
+    except Exception as error:  # noqa: BLE001 - every failure becomes a message and an exit code
+        if debug:
+            traceback.print_exc()
+        text = str(error).strip()
+        kind = type(error).__name__
+        if isinstance(error, expected):
+            if isinstance(error, KeyError) or not text:  # str(KeyError('x')) is just "'x'"
+                text = f"{kind}: {text}" if text else kind
+            print(f"{name}: error: {text}", file=sys.stderr)
+            return 2
+        hint = "" if debug else " (rerun with --debug or AMPS_EVAL_DEBUG=1 for the traceback)"
+        print(f"{name}: internal error, please report it: {kind}{': ' + text if text else ''}{hint}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

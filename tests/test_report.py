@@ -311,7 +311,7 @@ def test_missing_rows_name_the_command_that_makes_them(labelled, pipeline):
     assert list(rows) == [f"{l} base", f"{l}-L2S", f"{l}-AMPS", f"{q} base", f"{q}-L2S (α=1)", f"{q}-AMPS (α=1)"]
     assert rows[f"{l}-AMPS"] == ["-"] * len(COLUMNS) and rows[f"{l} base"] != ["-"] * len(COLUMNS)
     assert (f"`lmms-eval --model amps_llava --model_args pretrained={pipeline.llava},method=amps,steering=STEERING_FILE,"
-            f"alpha=1 --tasks mc2_visual,mc2_text --log_samples --output_path {labelled}`") in text
+            f"alpha=1 --tasks mc2_visual,mc2_text --limit {LIMIT} --log_samples --output_path {labelled}`") in text
     assert f"`amps-eval fit --model amps_llava --pretrained {pipeline.llava} --method l2s --out STEERING_FILE` then" in text
     text1 = report(labelled, tables=("1",), model=q)
     mean_file = str(pipeline.mean_file.resolve())

@@ -6,6 +6,12 @@ settings, which files could not be read, how steered rows chose their alpha, and
 which published numbers are on file. In github/markdown these are sections after the tables, in
 LaTeX ``%`` comments; CSV output stays pure data and the notes go to ``Report.notes`` (the CLI
 prints them on stderr).
+
+Data: runs on different data (another MC2 folder, the generated set with another seed) or on a
+different number of items (``--limit``) are never mixed. The report renders one set of tables per
+data identity (``runs.DataId``), the one with the most numbers first, and says under every block
+which data it shows; the "Data" section lists them all. A folder in which not one MC2 number could
+be read is an error (`select.NoUsableResults`, naming the files), not an empty report.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ from amps_eval.report.cells import COLUMNS
 from amps_eval.report.paper import PaperNumbers
 from amps_eval.report.render import RenderOptions, render_csv, render_table
 from amps_eval.report.runs import discover, model_display_name
-from amps_eval.report.select import ResultIndex, build_index
+from amps_eval.report.select import ResultIndex, build_index, require_usable
 from amps_eval.report.tables import Table, TableOptions, pick_models, table1, table2, table3
 
 TABLES = ("1", "2", "3")
@@ -48,15 +54,21 @@ class Report:
 
 
 def build_tables(index: ResultIndex, options: ReportOptions) -> list[Table]:
-    models = pick_models(index, options.model)
-    table_options = TableOptions(options.alpha, options.orders, str(options.results_dir))
+    """The requested tables, once per data identity (see the module docstring)."""
+    picked = pick_models(index, options.model)
     tables = []
-    for number in options.tables:
-        if number == "2":
-            tables.append(table2(index, models, table_options))
-        else:
-            for pretrained in models:
-                tables.append((table1 if number == "1" else table3)(index, pretrained, table_options))
+    for data in index.data_groups():
+        part = index.only(data)
+        models = [m for m in picked if m in part.models()]
+        if not models:
+            continue
+        table_options = TableOptions(options.alpha, options.orders, str(options.results_dir), data)
+        for number in options.tables:
+            if number == "2":
+                tables.append(table2(part, models, table_options))
+            else:
+                for pretrained in models:
+                    tables.append((table1 if number == "1" else table3)(part, pretrained, table_options))
     return tables
 
 
@@ -68,16 +80,30 @@ def notes_for(index: ResultIndex, tables: list[Table], options: ReportOptions, p
              "then newer); this selects on the evaluated items, so it is optimistic. Pass --alpha to fix one.",
              "Per-category cells and the item-level standard error come from the samples files "
              "(amps_eval.mc2.metrics.score); without them, Total comes from lmms-eval's results file.", ""]
+    groups = index.data_groups()
+    lines += ["## Data", ""]
+    for data in groups:
+        runs = sum(1 for r in index.runs if r.data == data)
+        where = f" (folder {data.folder})" if data.folder else ""
+        lines.append(f"- {data.describe()}{where}: {runs} run(s)")
+    if len(groups) > 1:
+        lines.append("")
+        lines.append(f"The runs are on {len(groups)} different data sets or item counts; they are never mixed: "
+                     "each has its own tables, with a 'data:' line under every block.")
+    lines.append("")
     missing = [m for t in tables for m in t.missing]
     lines += ["## Missing runs", ""]
     if not missing:
         lines.append("None: every row has a run.")
     seen = set()
     for m in missing:
-        if m.command in seen:
+        if (m.command, m.data) in seen:
             continue
-        seen.add(m.command)
-        lines.append(f"- {model_display_name(m.pretrained)} / {m.method} / target {', '.join(m.targets)}:")
+        seen.add((m.command, m.data))
+        on = ""
+        if len(groups) > 1 and m.data is not None:
+            on = f" on {m.data.describe()}" + (f" (AMPS_MC2_DATA={m.data.folder})" if m.data.folder else "")
+        lines.append(f"- {model_display_name(m.pretrained)} / {m.method} / target {', '.join(m.targets)}{on}:")
         if m.fit_command:
             lines.append(f"  `{m.fit_command}` then")
         lines.append(f"  `{m.command}`")
@@ -85,8 +111,9 @@ def notes_for(index: ResultIndex, tables: list[Table], options: ReportOptions, p
     if not index.dropped:
         lines.append("None.")
     for d in index.dropped:
+        on = f" on {d.variant.data.describe()}" if len(groups) > 1 else ""
         lines.append(f"- {model_display_name(d.variant.pretrained)} / {d.variant.method} ({d.variant.describe()}) / "
-                     f"target {d.target}: used {d.used}, dropped {d.dropped} ({d.dropped_date}; "
+                     f"target {d.target}{on}: used {d.used}, dropped {d.dropped} ({d.dropped_date}; "
                      f"{len(d.columns)} cell(s))")
     lines += ["", "## Problems", ""]
     if not index.problems:
@@ -130,7 +157,8 @@ def build_report(options: ReportOptions) -> Report:
         raise ValueError(f"no *_results.json under {results_dir}; run lmms-eval with --output_path {results_dir} "
                          "--log_samples first")
     index = build_index(runs, problems)
-    tables = build_tables(index, options) if runs else []
+    require_usable(index, results_dir)
+    tables = build_tables(index, options)
     paper = PaperNumbers.load() if options.paper else None
     render = RenderOptions(options.format, options.collapse, options.stderr, paper)
     figures = []

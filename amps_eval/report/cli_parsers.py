@@ -7,19 +7,25 @@ them; heavy imports happen inside the handlers, so ``amps-eval --help`` stays in
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 
 
 def _alpha(text: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number such as 2 or 0.5, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number such as 2 or 0.5, got {text!r} "
+                                         "(no run is steered with it)")
+    return value
 
 
 def _report(args: argparse.Namespace) -> int:
     from amps_eval.report.build import TABLES, ReportOptions, build_report
+    from amps_eval.report.render import write_text_atomic
 
     options = ReportOptions(
         results_dir=Path(args.results_dir), tables=TABLES if args.table == "all" else (args.table,), format=args.format,
@@ -30,7 +36,7 @@ def _report(args: argparse.Namespace) -> int:
     report = build_report(options)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(report.text, encoding="utf-8")
+        write_text_atomic(Path(args.out), report.text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(report.text)

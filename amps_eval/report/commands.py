@@ -4,7 +4,8 @@ A report is only useful for planning if it says how to get what it lacks: every 
 method, targets) becomes one ``lmms-eval`` command line. The steering file of a steered method is
 taken from an existing run of the same model that used a file of the same kind (mean / mean_mcs
 share one); when there is none, the command holds a placeholder and the ``amps-eval fit`` command
-that writes the file.
+that writes the file. A table of runs cut by ``--limit`` gets the same ``--limit`` (a full run would
+be other data, shown in another table), and the data folder the row's runs read is named.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import shlex
 from dataclasses import dataclass
 
 from amps_eval.report import STEERED
-from amps_eval.report.runs import Run
+from amps_eval.report.runs import DataId, Run
 
 FILE_KIND = {"mean": "mean", "mean_mcs": "mean", "l2s": "l2s", "amps": "amps"}
 TASKS = {("vision", "one"): "mc2_visual", ("text", "one"): "mc2_text",
@@ -29,6 +30,7 @@ class MissingRun:
     targets: tuple[str, ...]
     command: str
     fit_command: str | None = None  # when no steering file of the right kind is known
+    data: DataId | None = None  # the data the table's runs read (the new run must read it too)
 
 
 def steering_of(runs: list[Run], pretrained: str, method: str) -> tuple[str, str | None] | None:
@@ -41,7 +43,7 @@ def steering_of(runs: list[Run], pretrained: str, method: str) -> tuple[str, str
 
 
 def missing_run(runs: list[Run], lmms_model: str, pretrained: str, method: str, targets: tuple[str, ...],
-                orders: str, alpha: float | None, output_path: str) -> MissingRun:
+                orders: str, alpha: float | None, output_path: str, data: DataId | None = None) -> MissingRun:
     """The command for one missing row (both targets in one command when both are missing)."""
     args = [f"pretrained={pretrained}", f"method={method}"]
     fit = None
@@ -58,6 +60,7 @@ def missing_run(runs: list[Run], lmms_model: str, pretrained: str, method: str, 
                    f"--method {FILE_KIND[method]} --out STEERING_FILE")
         args.append(f"alpha={1.0 if alpha is None else alpha:g}")
     tasks = ",".join(TASKS[(t, orders)] for t in targets)
+    limit = f"--limit {data.limit:g} " if data is not None and data.limit is not None else ""
     command = (f"lmms-eval --model {lmms_model} --model_args {shlex.quote(','.join(args))} --tasks {tasks} "
-               f"--log_samples --output_path {shlex.quote(output_path)}")
-    return MissingRun(pretrained, method, targets, command, fit)
+               f"{limit}--log_samples --output_path {shlex.quote(output_path)}")
+    return MissingRun(pretrained, method, targets, command, fit, data)

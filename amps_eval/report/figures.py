@@ -42,12 +42,15 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
 def alpha_series(index: ResultIndex, pretrained: str, method: str, target: str) -> dict[str, list[tuple]]:
     """label -> sorted [(alpha, target share, collapse)] of one method; one series per steering setup."""
     series: dict[str, list[tuple]] = {}
+    several_data = len(index.data_groups()) > 1  # runs on different data are separate series
     for (variant, t), cells in index.cells.items():
         if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
             continue
         label = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method
         if variant.orders == "both":
             label += " (both orders)"
+        if several_data:
+            label += f" [data: {variant.data.describe()}]"
         cell = cells[TOTAL]
         series.setdefault(label, []).append((variant.alpha, 100 * cell.target_acc,
                                              None if cell.others is None else 100 * cell.others))

@@ -6,12 +6,17 @@ error ("52.2 ± 3.1"), the collapse rate, i.e. the share of answers that follow 
 
 CSV is for machines: one line per (table, target, row, column) with plain numbers in separate
 columns (shares in percent, empty when missing), whatever the display options.
+
+Every block says which data its rows were evaluated on ("data: ..." under the block; a ``data``
+column in CSV), since a report renders one set of tables per data identity.
 """
 
 from __future__ import annotations
 
 import csv
 import io
+import os
+from pathlib import Path
 from dataclasses import dataclass
 
 from tabulate import tabulate
@@ -97,6 +102,8 @@ def render_table(table: Table, options: RenderOptions) -> str:
     for block in table.blocks:
         parts += [f"**{block.title}**", "", tabulate(_rows(table, options, block), headers=headers, tablefmt=fmt,
                                                      disable_numparse=True), ""]
+        if block.data is not None:
+            parts += [f"data: {block.data.describe()}", ""]
     return "\n".join(parts)
 
 
@@ -108,13 +115,16 @@ def _latex(table: Table, options: RenderOptions, headers: list[str]) -> str:
         lines.append(rf"\multicolumn{{{width}}}{{l}}{{\textit{{{latex_escape(block.title)}}}}} \\")
         for row in _rows(table, options, block):
             lines.append(" & ".join(latex_escape(x) for x in row) + r" \\")
+        if block.data is not None:
+            data = latex_escape(block.data.describe())
+            lines.append(rf"\multicolumn{{{width}}}{{l}}{{\footnotesize data: {data}}} \\")
         lines.append(r"\hline")
     lines.append(r"\end{tabular}")
     return "\n".join(lines) + "\n"
 
 
 CSV_HEADER = ["table", "target", "row", "method", "alpha", "column", "target_acc", "others_rate", "stderr", "n_items",
-              "source_file", "paper", "paper_diff"]
+              "source_file", "paper", "paper_diff", "data", "data_key", "data_items", "data_limit"]
 
 
 def render_csv(tables: list[Table], options: RenderOptions) -> str:
@@ -127,6 +137,10 @@ def render_csv(tables: list[Table], options: RenderOptions) -> str:
 
     for table in tables:
         for block in table.blocks:
+            data = block.data
+            about = ["", "", "", ""] if data is None else [
+                data.describe(), data.key, "" if data.n_items is None else data.n_items,
+                "" if data.limit is None else f"{data.limit:g}"]
             for row in block.rows:
                 alpha = "" if row.variant is None or row.variant.alpha is None else f"{row.variant.alpha:g}"
                 for column in COLUMNS:
@@ -137,5 +151,17 @@ def render_csv(tables: list[Table], options: RenderOptions) -> str:
                     writer.writerow([table.number, block.target, row.label, row.method, alpha, column,
                                      pct(cell and cell.target_acc), pct(cell and cell.others),
                                      pct(cell and cell.stderr), "" if cell is None else cell.n_items,
-                                     "" if cell is None else str(cell.run), paper, diff])
+                                     "" if cell is None else str(cell.run), paper, diff, *about])
     return out.getvalue()
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write ``path`` in full or not at all: a temporary file beside it, then one rename."""
+    path = Path(path)
+    temporary = path.with_name(f".{path.name}.tmp")
+    try:
+        temporary.write_text(text, encoding="utf-8")
+        os.replace(temporary, path)
+    finally:
+        if temporary.exists():
+            temporary.unlink()

@@ -3,7 +3,11 @@
 A *variant* is what produced a number: model, method, alpha and every other setting that changes
 answers (not device, batch size, diagnostics folder: the wrappers' answers do not depend on them;
 the steering file by its sha256 when the run pinned one, else by its path). Settings equal to the
-wrappers' defaults are dropped, so ``alpha=1`` and no alpha are the same variant.
+wrappers' defaults are dropped, so ``alpha=1`` and no alpha are the same variant. A variant also
+carries the run's data identity (``runs.DataId``: which data, how many items, any ``--limit``), so
+runs on different data or with a different limit are different variants: never duplicates of each
+other, never one row. ``ResultIndex.data_groups`` lists the data identities and ``ResultIndex.only``
+keeps one of them (the report renders one set of tables per data).
 
 Duplicates: when several runs give the same (variant, target, column), the newest (lmms-eval's
 ``date``; equal dates: the later path) is used and the others are listed as dropped.
@@ -23,7 +27,7 @@ from pathlib import Path
 
 from amps_eval.report import STEERED
 from amps_eval.report.cells import TOTAL, Cell, run_cells
-from amps_eval.report.runs import Problem, Run
+from amps_eval.report.runs import UNRECORDED, DataId, Problem, Run
 
 NOT_IDENTITY = {"pretrained", "method", "alpha", "steering", "steering_sha256", "device", "device_map",
                 "diagnostics", "batch_size", "max_batch_size", "attn_implementation"}
@@ -38,6 +42,7 @@ class Variant:
     alpha: float | None
     settings: tuple[tuple[str, str], ...]  # the other identity settings, defaults dropped
     orders: str  # "one" | "both"
+    data: DataId = UNRECORDED  # which data and how many items (see runs.DataId)
 
     def describe(self) -> str:
         parts = [f"alpha={self.alpha:g}"] if self.alpha is not None else []
@@ -63,6 +68,19 @@ class ResultIndex:
     runs: list[Run] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+
+    def data_groups(self) -> list[DataId]:
+        """The data identities of the cells: the one with the most numbers first, then by description."""
+        count: dict[DataId, int] = defaultdict(int)
+        for (variant, _), cells in self.cells.items():
+            count[variant.data] += len(cells)
+        return sorted(count, key=lambda d: (-count[d], d.describe(), d.key, str(d.limit)))
+
+    def only(self, data: DataId) -> "ResultIndex":
+        """The part of the index on ``data`` (problems are kept whole: they concern files, not data)."""
+        return ResultIndex({k: v for k, v in self.cells.items() if k[0].data == data},
+                           [r for r in self.runs if r.data == data],
+                           [d for d in self.dropped if d.variant.data == data], self.problems)
 
     def models(self) -> list[str]:
         return sorted({v.pretrained for v, _ in self.cells})
@@ -120,7 +138,7 @@ def variant_of(run: Run, orders: str, defaults: dict[str, object]) -> Variant:
         settings[key] = value
     if run.steering_id is not None:
         settings["steering"] = run.steering_id
-    return Variant(run.model, run.pretrained, run.method, run.alpha, tuple(sorted(settings.items())), orders)
+    return Variant(run.model, run.pretrained, run.method, run.alpha, tuple(sorted(settings.items())), orders, run.data)
 
 
 def build_index(runs: list[Run], problems: list[Problem], defaults: dict[str, object] | None = None) -> ResultIndex:
@@ -141,3 +159,21 @@ def build_index(runs: list[Run], problems: list[Problem], defaults: dict[str, ob
         used = {index.cells[(variant, target)][c].run for c in columns}
         index.dropped.append(Dropped(variant, target, tuple(columns), sorted(used)[-1], old_run, old_date))
     return index
+
+
+class NoUsableResults(ValueError):
+    """A results folder in which not one MC2 number could be read; the message names the bad files."""
+
+
+def require_usable(index: ResultIndex, results_dir: Path, limit: int = 5) -> None:
+    """Raise `NoUsableResults` when ``index`` holds no number at all (every file corrupt, say)."""
+    if index.cells:
+        return
+    if index.problems:
+        bad = sorted({str(p.path) for p in index.problems})
+        listed = "; ".join(str(p) for p in index.problems[:limit])
+        more = f"; and {len(index.problems) - limit} more" if len(index.problems) > limit else ""
+        raise NoUsableResults(f"no usable MC2 result under {results_dir}; {len(bad)} file(s) could not be read: "
+                              f"{listed}{more}")
+    raise NoUsableResults(f"no usable MC2 result under {results_dir}: its {len(index.runs)} results file(s) hold no "
+                          "MC2 task (mc2_visual, mc2_text, their categories or both orders)")

@@ -8,6 +8,9 @@ Each table has one block per target (vision, text); columns are the eight MC2 ca
 paper's order and Total. Which variant fills a row is ``ResultIndex.choose`` (newest run per cell,
 ``--alpha`` or the best alpha); the row label shows the alpha and any setting that tells the chosen
 variant apart from the other variants of the same method.
+
+A table shows runs on one data identity (``runs.DataId``: the data and how many items); the report
+builds one set of tables per data identity (``build.py``) and every block says which data it is.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from dataclasses import dataclass, field
 from amps_eval.report import METHOD_LABELS, STEERED
 from amps_eval.report.cells import Cell
 from amps_eval.report.commands import MissingRun, missing_run
-from amps_eval.report.runs import model_display_name
+from amps_eval.report.runs import DataId, model_display_name
 from amps_eval.report.select import ResultIndex, Variant
 
 TARGETS = ("vision", "text")
@@ -39,6 +42,7 @@ class Block:
     target: str
     title: str
     rows: tuple[Row, ...]
+    data: DataId | None = None  # the data every row of the block was evaluated on
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,7 @@ class TableOptions:
     alpha: float | None = None  # None: the best alpha per row (see select.py)
     orders: str = "one"  # "both": the *_both_orders tasks
     output_path: str = "results"  # where the suggested commands write
+    data: DataId | None = None  # the data identity the index was restricted to (``ResultIndex.only``)
 
 
 def row_label(base: str, index: ResultIndex, variant: Variant | None, target: str) -> str:
@@ -80,9 +85,9 @@ def build_table(number: str, title: str, index: ResultIndex, specs: list[tuple[s
             rows.append(Row(row_label(label, index, variant, target), pretrained, method, variant, cells))
             if variant is None:
                 missing.setdefault((pretrained, method), []).append(target)
-        blocks.append(Block(target, BLOCK_TITLES[target], tuple(rows)))
+        blocks.append(Block(target, BLOCK_TITLES[target], tuple(rows), options.data))
     commands = tuple(missing_run(index.runs, index.lmms_model(p), p, m, tuple(targets), options.orders, options.alpha,
-                                 options.output_path) for (p, m), targets in missing.items())
+                                 options.output_path, options.data) for (p, m), targets in missing.items())
     return Table(number, title, tuple(blocks), commands)
 
 
