@@ -16,6 +16,7 @@ did not see its item (cross-fitting); a row whose item every fold saw is marked 
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 
 import torch
@@ -23,7 +24,7 @@ from torch import nn
 
 from amps_eval.steering import hooks
 from amps_eval.steering.file import SteeringFile
-from amps_eval.steering.mcs import MCSSettings, compute_mcs
+from amps_eval.steering.mcs import MCSSettings, compute_mcs, noise_key
 from amps_eval.steering.scaling import gamma
 
 STEERING_METHODS = ("mean", "mean_mcs", "l2s", "amps")
@@ -94,15 +95,17 @@ class Steering:
             return [1.0] * len(rows)
         encoded = batch.encoded
         result = compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, self.config.mcs,
-                             sample_ids=[f"{r['task']}/mc2_id={r['mc2_id']}" for r in rows])
+                             sample_ids=[noise_key(r["mc2_id"]) for r in rows])
         anchors = self.file.anchors
         scales = []
-        for row, c_v, c_t, r_v in zip(rows, result.c_v.tolist(), result.c_t.tolist(), result.r_v.tolist()):
+        for row, c_v, c_t, r_v, r_v_se in zip(rows, result.c_v.tolist(), result.c_t.tolist(), result.r_v.tolist(),
+                                              result.r_v_stderr.tolist()):
             mu_v = anchors.get(row["category"], anchors.get("__all__"))
             if mu_v is None:
                 raise ValueError(f"no MCS anchor for category {row['category']!r} in {self.file.source}")
             g = float(gamma(torch.tensor(r_v), mu_v, self.config.beta, row["target"], self.config.convention))
-            row.update(c_v=c_v, c_t=c_t, r_v=r_v, anchor=mu_v, gamma=g)
+            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se if math.isfinite(r_v_se) else None,
+                       anchor=mu_v, gamma=g)
             scales.append(g)
         return scales
 

@@ -177,7 +177,8 @@ class MCSResult:
 
     c_v, c_t, r_v: [B]. scores, ce: [B, len(sigmas), 2 (vision, text), draws] (the per-perturbation
     score ||grad||^2 / max(CE, eps) and the CE itself). ce_clean: [B], CE(p_x, p_x) = entropy of p_x
-    (the floor of every CE). n_vision, n_text: perturbed positions per sample.
+    (the floor of every CE). n_vision, n_text: perturbed positions per sample. c_v_stderr,
+    c_t_stderr, r_v_stderr: [B] Monte Carlo standard errors (`mcs_stderr`; NaN with one draw).
     """
 
     sample_ids: list[str]
@@ -190,6 +191,13 @@ class MCSResult:
     n_vision: list[int]
     n_text: list[int]
     settings: dict[str, Any] = field(default_factory=dict)
+    c_v_stderr: torch.Tensor | None = None
+    c_t_stderr: torch.Tensor | None = None
+    r_v_stderr: torch.Tensor | None = None
+
+    def __post_init__(self) -> None:
+        if self.r_v_stderr is None:
+            self.c_v_stderr, self.c_t_stderr, self.r_v_stderr = mcs_stderr(self.scores)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -204,6 +212,9 @@ class MCSResult:
                     "c_v": float(self.c_v[i]),
                     "c_t": float(self.c_t[i]),
                     "r_v": float(self.r_v[i]),
+                    "c_v_stderr": _finite_or_none(self.c_v_stderr[i]),
+                    "c_t_stderr": _finite_or_none(self.c_t_stderr[i]),
+                    "r_v_stderr": _finite_or_none(self.r_v_stderr[i]),
                     "ce_clean": float(self.ce_clean[i]),
                     "n_vision": self.n_vision[i],
                     "n_text": self.n_text[i],
@@ -242,6 +253,39 @@ def visual_ratio(c_v: torch.Tensor, c_t: torch.Tensor) -> torch.Tensor:
     c_v = c_v.double()
     c_t = c_t.double()
     return c_v / (c_v + c_t)
+
+
+def mcs_stderr(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Monte Carlo standard errors (C_V, C_T, r_v), each [B], from scores [B, S, 2, N].
+
+    C_m is the mean over the S noise levels of the mean over N draws, so
+    Var(C_m) = sum_s var_s / N / S^2 with var_s the sample variance (ddof 1) of the draws at level s;
+    the draws of the two modalities are independent, so by the delta method
+    se(r_v)^2 = (C_T se_V)^2 / (C_V + C_T)^4 + (C_V se_T)^2 / (C_V + C_T)^4. NaN when N = 1.
+    """
+    scores = scores.double()
+    _, n_sigmas, _, draws = scores.shape
+    if draws < 2:
+        nan = torch.full(scores.shape[:1], math.nan, dtype=torch.float64)
+        return nan, nan.clone(), nan.clone()
+    var_of_mean = scores.var(dim=-1, unbiased=True).sum(dim=1) / draws / n_sigmas**2  # [B, 2]
+    se = var_of_mean.sqrt()
+    c = scores.mean(dim=(1, 3))  # [B, 2]
+    total = c.sum(dim=1)
+    se_r = torch.sqrt((c[:, 1] * se[:, 0]) ** 2 + (c[:, 0] * se[:, 1]) ** 2) / total**2
+    return se[:, 0], se[:, 1], se_r
+
+
+def _finite_or_none(value: torch.Tensor) -> float | None:
+    number = float(value)
+    return number if math.isfinite(number) else None
+
+
+def noise_key(mc2_id: Any, prompt: str = "none") -> str:
+    """The sample id that seeds an MC2 item's MCS noise: a function of the item and the prompt
+    variant only, so that `fit` (which computes the anchors) and `mean_mcs` at inference give the
+    same r_v for the same prompt, in any batch."""
+    return f"mc2_id={mc2_id}/prompt={prompt}"
 
 
 def sample_seed(seed: int, sample_id: str) -> int:
@@ -509,6 +553,8 @@ __all__ = [
     "forward_last_token",
     "frozen_eval",
     "mcs_score",
+    "mcs_stderr",
+    "noise_key",
     "prefill",
     "prompt_position_ids",
     "sample_seed",
