@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import re
 from collections import Counter, deque
 from pathlib import Path
@@ -443,3 +444,26 @@ def test_resolve_source_bad_folder(monkeypatch, tmp_path, make_bad):
         resolve_source()
     message = str(info.value)
     assert ENV_VAR in message and "prepare-mc2" in message and "synth-mc2" in message
+
+
+def test_building_task_documents_writes_nothing_into_the_data_folder(tmp_path):
+    from amps_eval.mc2.docs import TaskSpec, task_docs
+
+    folder = tmp_path / "synth"
+    write_synthetic_mc2(folder, n_per_category=2, seed=0, progress=False)
+    before = sorted(p.relative_to(folder) for p in folder.rglob("*"))
+    docs = task_docs(load_mc2(resolve_source(folder=folder)), TaskSpec("text", "color", "both"))
+    assert len(docs) == 4 and set(docs["order"]) == {"vision_first", "text_first"}
+    assert sorted(p.relative_to(folder) for p in folder.rglob("*")) == before
+
+
+def test_a_prepared_folder_left_beside_its_place_by_a_kill_is_put_back_then_replaced(tmp_path):
+    from amps_eval.staged_output import previous_path
+
+    out = tmp_path / "data"
+    write_synthetic_mc2(out, n_per_category=1, seed=1, progress=False)
+    os.replace(out, previous_path(out))  # killed between "old aside" and "new in"
+    (tmp_path / ".data.partial-stale").mkdir()  # and a staging folder of an earlier kill
+    write_synthetic_mc2(out, n_per_category=2, seed=1, progress=False)
+    assert len(load_mc2(resolve_source(folder=out))) == 16
+    assert not previous_path(out).exists() and not (tmp_path / ".data.partial-stale").exists()

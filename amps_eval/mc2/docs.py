@@ -67,18 +67,23 @@ def task_docs(dataset, spec: TaskSpec):
             f"the MC2 data lacks column(s) {missing} (has {dataset.column_names}); "
             "write it with `amps-eval prepare-mc2` or `amps-eval synth-mc2` and point AMPS_MC2_DATA at it"
         )
+    # `add_column`, `concatenate_datasets` and a final `select` keep the result in memory beside the
+    # memory-mapped items: nothing is written into the data folder (`filter`, `map`, or `add_column`
+    # after a `select`, would leave cache files there, and fail on a read-only folder).
+    rows = list(range(len(dataset)))
     if spec.category is not None:
-        dataset = dataset.filter(lambda c: c == spec.category, input_columns="category")
-        if len(dataset) == 0:
+        rows = [i for i, c in enumerate(dataset["category"]) if c == spec.category]
+        if not rows:
             raise MC2TaskError(f"the MC2 data has no items of category {spec.category!r}")
     n_orders = len(orders_for(0, spec.orders))
-    parts = [
-        dataset.map(
-            _order_columns(spec, k),
-            input_columns=["mc2_id", "answer_vision", "answer_text"],
-            batched=True,
-            desc=f"MC2 {spec.target} docs",
-        )
-        for k in range(n_orders)
-    ]
-    return parts[0] if n_orders == 1 else datasets.concatenate_datasets(parts)
+    text = dataset.select_columns(["mc2_id", "answer_vision", "answer_text"]).to_dict()
+    parts = []
+    for k in range(n_orders):
+        part = dataset
+        for name, values in _order_columns(spec, k)(text["mc2_id"], text["answer_vision"], text["answer_text"]).items():
+            part = part.add_column(name, values)
+        parts.append(part)
+    docs = parts[0] if n_orders == 1 else datasets.concatenate_datasets(parts)
+    if spec.category is None:
+        return docs
+    return docs.select([k * len(dataset) + i for k in range(n_orders) for i in rows])

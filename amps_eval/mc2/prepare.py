@@ -21,6 +21,7 @@ from __future__ import annotations
 import contextlib
 import datetime as _dt
 import json
+import os
 import shutil
 import tempfile
 from collections import Counter
@@ -181,14 +182,22 @@ def base_manifest(source: str, n_items: int, per_category: Mapping[str, int], n_
 def write_prepared_dir(dataset, out: Path, manifest: Mapping[str, Any], skipped: Sequence[SkippedItem] = ()) -> Path:
     """Write `dataset` as `DatasetDict({"test": dataset})` + manifest + skipped.json into `out`.
 
-    The folder is assembled in a staging folder beside `out` and renamed into place, replacing an
-    earlier prepared folder (checked by `check_output_dir`) only once everything is written.
+    The folder is assembled in a staging folder beside `out` and swapped into place only once
+    everything is written: the earlier folder (checked by `check_output_dir`) is renamed aside, the
+    new one renamed in, then the old one deleted, so a kill at any moment leaves a complete folder
+    at `out` or beside it (`.<name>.previous`, put back by the next run). Staging folders left by a
+    killed run are removed first.
     """
     import datasets
+
+    from amps_eval.staged_output import previous_path, recover
 
     out = Path(out).absolute()
     check_output_dir(out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    recover(out)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        shutil.rmtree(stale, ignore_errors=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         datasets.DatasetDict({"test": dataset}).save_to_disk(str(staging))
@@ -197,9 +206,11 @@ def write_prepared_dir(dataset, out: Path, manifest: Mapping[str, Any], skipped:
         )
         # The manifest goes last: its presence is what marks the folder as complete.
         (staging / MANIFEST_NAME).write_text(json.dumps(dict(manifest), indent=2) + "\n", encoding="utf-8")
+        previous = previous_path(out)
         if out.exists():
-            shutil.rmtree(out)
-        staging.rename(out)
+            os.replace(out, previous)
+        os.replace(staging, out)
+        shutil.rmtree(previous, ignore_errors=True)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
