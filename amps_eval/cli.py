@@ -142,6 +142,8 @@ def _build_organism(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from amps_eval.report.cli_parsers import finite_alpha
+
     parser = argparse.ArgumentParser(prog="amps-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
                         help="on an unexpected error, print the traceback (also: AMPS_EVAL_DEBUG=1)")
@@ -197,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-per-category", type=int, default=16, help="generated items per category")
         p.add_argument("--layer", type=int, default=None, help="steering layer (default: the middle layer)")
         p.add_argument("--alphas", default="0,0.5,1,2,4")
-        p.add_argument("--table-alpha", type=float, default=1.0, help="alpha of the tables' steered rows")
+        p.add_argument("--table-alpha", type=finite_alpha, default=1.0, help="alpha of the tables' steered rows")
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
         p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),

@@ -54,3 +54,12 @@ def test_synth_mc2_writes_a_folder_the_tasks_read(tmp_path, capsys):
     assert f"export AMPS_MC2_DATA={out.resolve()}" in capsys.readouterr().out
     data = load_mc2(resolve_source({"AMPS_MC2_DATA": str(out)}))
     assert len(data) == 16 and set(data["category"]) == set(CATEGORIES)
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf"])
+def test_study_refuses_a_table_alpha_that_is_not_finite(value, capsys):
+    from amps_eval.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["study", "--out", "unused", "--table-alpha", value])
+    assert info.value.code == 2 and "finite" in capsys.readouterr().err

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 
-def _alpha(text: str) -> float:
+def finite_alpha(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
@@ -78,7 +78,7 @@ def add_parsers(sub) -> None:
     p.add_argument("--collapse", action="store_true", help="add the collapse rate (answers following neither option)")
     p.add_argument("--stderr", action="store_true", help="add the standard error over items")
     p.add_argument("--model", default=None, help="only this model (pretrained id, its last component, or a substring)")
-    p.add_argument("--alpha", type=_alpha, default=None,
+    p.add_argument("--alpha", type=finite_alpha, default=None,
                    help="steered rows use this alpha (default: the alpha with the best Total target share)")
     p.add_argument("--both-orders", action="store_true", help="use the mc2_*_both_orders runs instead of the one-order ones")
     p.add_argument("--figures", default=None, metavar="DIR", help="also write Figures 1, 4, 5, 6 (PNG + PDF) here")
