@@ -61,5 +61,5 @@ def test_study_refuses_a_table_alpha_that_is_not_finite(value, capsys):
     from amps_eval.cli import main
 
     with pytest.raises(SystemExit) as info:
-        main(["study", "--out", "unused", "--table-alpha", value])
+        main(["study", "--out", "unused", f"--table-alpha={value}"])
     assert info.value.code == 2 and "finite" in capsys.readouterr().err
