@@ -18,6 +18,12 @@ with ``--limit`` and a full run share the work. A crash can at worst leave a tor
 a stray ``.tmp`` shard; both are ignored on reading. Values round-trip exactly (float32 tensors,
 float64 via JSON's shortest repr), so a resumed fit gives the same tensors as an uninterrupted one.
 
+A damaged cache is never fatal and never trusted: a shard that cannot be read or does not hold what
+it should (truncated, bad metadata, wrong shapes, non-finite values) is moved aside as
+``<shard>.corrupt`` and a JSONL line that is not a valid record is skipped; both are logged by name
+and their items recomputed. A write that fails (disk full, read-only file system) raises an
+`amps_eval.files.OutputError` naming the file and leaves no temp file behind.
+
 Not in the key: the batch size and the device (they change the values only at rounding level), and
 the weights behind a path (a checkpoint overwritten in place needs a fresh ``--cache-dir``).
 """
@@ -26,24 +32,33 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import math
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from amps_eval.files import ensure_folder, output_error, replace_together, tmp_path
 from amps_eval.fit_data import PROMPTS, ItemSet
 from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
-from amps_eval.steering.hooks import capture
+from amps_eval.steering.hooks import capture, hidden_size
 from amps_eval.steering.mcs import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs
 
 __all__ = ["Extracted", "extract", "last_token_states", "mcs_batch"]
 
+log = logging.getLogger(__name__)
+
 CACHE_FORMAT = 1
+SHARD = re.compile(r"shard-(\d+)\.safetensors")
+# what reading a damaged shard can raise (safetensors, JSON metadata, shapes, the file system)
+_SHARD_ERRORS = (SafetensorError, OSError, ValueError, KeyError, TypeError, IndexError, RuntimeError)
 KINDS = tuple(PROMPTS)  # ("none", "vision", "text"): [I,T], [I,T,P_v], [I,T,P_t]
 
 
@@ -96,46 +111,127 @@ def _digest(key: dict) -> str:
 
 def _folder(root: Path, prefix: str, key: dict) -> Path:
     folder = root / f"{prefix}-{_digest(key)}"
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(folder, "the extraction cache folder", error) from error
     key_file = folder / "key.json"
     if key_file.exists():
-        if json.loads(key_file.read_text()) != json.loads(json.dumps(key)):
-            raise RuntimeError(f"cache folder {folder} belongs to other settings; delete it or pick another cache_dir")
-    else:
-        key_file.write_text(json.dumps(key, indent=1, sort_keys=True))
+        try:
+            recorded = json.loads(key_file.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as error:
+            log.warning(f"cache key file {key_file} is unreadable ({error}); rewriting it (the folder name is the "
+                        "hash of the key, so its entries are still the right ones)")
+            recorded = None
+        if recorded is not None:
+            if recorded != json.loads(json.dumps(key)):
+                raise RuntimeError(f"cache folder {folder} belongs to other settings; delete it or pick another cache_dir")
+            return folder
+    replace_together([(key_file, json.dumps(key, indent=1, sort_keys=True), "the extraction cache key")])
     return folder
 
 
-def _read_hidden(folder: Path) -> dict[str, tuple[str, dict[str, Tensor]]]:
+def _load_shard(shard: Path, width: int) -> list[tuple[str, str, dict[str, Tensor]]]:
+    """(item, item_hash, {kind: [D] tensor}) per row of one shard; raises if the shard is damaged."""
+    with safe_open(str(shard), framework="pt") as handle:
+        meta = handle.metadata() or {}
+        tensors = {kind: handle.get_tensor(kind) for kind in KINDS}
+    ids, hashes = json.loads(meta["ids"]), json.loads(meta["hashes"])
+    if not (isinstance(ids, list) and isinstance(hashes, list) and len(ids) == len(hashes)
+            and all(isinstance(x, str) for x in ids + hashes)):
+        raise ValueError("its ids/hashes metadata is not two string lists of one length")
+    for kind, values in tensors.items():
+        if values.dtype != torch.float32 or tuple(values.shape) != (len(ids), width):
+            raise ValueError(f"tensor {kind!r} is {values.dtype} {tuple(values.shape)}, expected float32 "
+                             f"{(len(ids), width)}")
+        if not bool(torch.isfinite(values).all()):
+            raise ValueError(f"tensor {kind!r} has non-finite values")
+    return [(item, item_hash, {kind: tensors[kind][row] for kind in KINDS})
+            for row, (item, item_hash) in enumerate(zip(ids, hashes))]
+
+
+def _read_hidden(folder: Path, width: int) -> dict[str, tuple[str, dict[str, Tensor]]]:
+    """Every usable cached item; a damaged shard is logged, moved aside (``.corrupt``) and skipped,
+    so its items count as missing and are recomputed."""
     done: dict[str, tuple[str, dict[str, Tensor]]] = {}
     for shard in sorted(folder.glob("shard-*.safetensors")):
-        with safe_open(str(shard), framework="pt") as handle:
-            meta = handle.metadata()
-            tensors = {kind: handle.get_tensor(kind) for kind in KINDS}
-        for row, (item, item_hash) in enumerate(zip(json.loads(meta["ids"]), json.loads(meta["hashes"]))):
-            done[item] = (item_hash, {kind: tensors[kind][row] for kind in KINDS})
+        try:
+            rows = _load_shard(shard, width)
+        except _SHARD_ERRORS as error:
+            aside = shard.with_name(shard.name + ".corrupt")
+            try:
+                os.replace(shard, aside)
+                where = f"moved to {aside.name}"
+            except OSError:
+                where = "left in place"
+            log.warning(f"cache shard {shard} is damaged ({type(error).__name__}: {error}); {where}, its items are "
+                        "recomputed")
+            continue
+        for item, item_hash, states in rows:
+            done[item] = (item_hash, states)
     return done
 
 
 def _write_hidden(folder: Path, ids: list[str], hashes: list[str], tensors: dict[str, Tensor]) -> None:
-    number = 1 + max((int(p.name[6:-12]) for p in folder.glob("shard-*.safetensors")), default=-1)
-    path = folder / f"shard-{number:06d}.safetensors"
-    tmp = folder / f"shard-{number:06d}.tmp"
+    numbers = [int(m.group(1)) for p in folder.iterdir() if (m := SHARD.fullmatch(p.name.removesuffix(".corrupt")))]
+    path = folder / f"shard-{1 + max(numbers, default=-1):06d}.safetensors"
+    tmp = tmp_path(path)
     meta = {"ids": json.dumps(ids), "hashes": json.dumps(hashes)}
-    save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
-    os.replace(tmp, path)
+    try:
+        save_file({k: t.contiguous() for k, t in tensors.items()}, str(tmp), metadata=meta)
+        os.replace(tmp, path)
+    except (OSError, SafetensorError) as error:  # disk full, read-only file system, ...
+        tmp.unlink(missing_ok=True)
+        raise output_error(path, "the extraction cache shard", error,
+                           "the shards already written are kept, so a rerun resumes from them") from error
+
+
+def _valid_record(record) -> bool:
+    def number(value) -> bool:
+        return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+    return (isinstance(record, dict) and isinstance(record.get("mc2_id"), str) and isinstance(record.get("item_hash"), str)
+            and all(number(record.get(key)) for key in ("c_v", "c_t", "r_v")))
 
 
 def _read_mcs(path: Path) -> dict[str, dict]:
+    """The valid records of the MCS cache file; a line that is not one (torn by an interrupted run,
+    or damaged) is skipped and logged, so its item is recomputed."""
     done: dict[str, dict] = {}
-    if path.exists():
-        for line in path.read_text().splitlines():
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:  # a torn last line from an interrupted run
-                continue
+    if not path.exists():
+        return done
+    bad = []
+    for number, line in enumerate(path.read_bytes().splitlines(), start=1):
+        try:
+            record = json.loads(line)
+        except ValueError:  # JSONDecodeError, or bytes that are not UTF-8
+            record = None
+        if _valid_record(record):
             done[record["mc2_id"]] = record
+        elif line.strip():
+            bad.append(number)
+    if bad:
+        shown = ", ".join(map(str, bad[:5])) + (", ..." if len(bad) > 5 else "")
+        log.warning(f"cache file {path}: {len(bad)} line(s) ({shown}) are not valid MCS records (torn by an "
+                    "interrupted run, or damaged); their items are recomputed")
     return done
+
+
+def _append_records(path: Path, records: list[dict]) -> None:
+    """Append JSONL records and flush them; a torn last line (an interrupted run) is closed first,
+    so it cannot swallow the first new record."""
+    try:
+        with path.open("ab") as handle:
+            if handle.tell() > 0:
+                with path.open("rb") as check:
+                    check.seek(-1, os.SEEK_END)
+                    if check.read(1) != b"\n":
+                        handle.write(b"\n")
+            handle.write("".join(json.dumps(r, allow_nan=False) + "\n" for r in records).encode("utf-8"))
+            handle.flush()
+    except OSError as error:  # disk full, read-only file system, ...
+        raise output_error(path, "the extraction cache's MCS records", error,
+                           "the records already written are kept, so a rerun resumes from them") from error
 
 
 def _check_finite(name: str, values: Tensor, ids: list[str]) -> None:
@@ -155,6 +251,7 @@ def extract(
     wrapper, items: ItemSet, layer: int, cache_root: Path, mcs: MCSSettings | None, batch_size: int, progress: bool = True
 ) -> Extracted:
     """Hidden states (and MCS when ``mcs`` is given) of every item, computing only what the cache lacks."""
+    ensure_folder(cache_root, "the extraction cache")
     pretrained = str(wrapper.settings.pretrained)
     if Path(pretrained).exists():  # a local folder: the same folder from any working directory
         pretrained = str(Path(pretrained).resolve())
@@ -162,7 +259,7 @@ def extract(
                  "class": type(wrapper.model).__name__, "dtype": str(wrapper.torch_dtype)}
     folder = _folder(Path(cache_root), "hidden",
                      {**model_key, "layer": layer, "prompts": PROMPTS, "instructions": MODALITY_INSTRUCTIONS})
-    done = _read_hidden(folder)
+    done = _read_hidden(folder, hidden_size(wrapper.model))
     todo = [i for i, item in enumerate(items.ids) if done.get(item, ("",))[0] != items.hashes[i]]
     bar = tqdm(total=len(todo), desc=f"hidden states (layer {layer})", disable=not progress or not todo)
     for rows in _batches(todo, batch_size):
@@ -186,17 +283,14 @@ def extract(
         records = _read_mcs(records_path)
         missing = [i for i, item in enumerate(items.ids) if records.get(item, {}).get("item_hash") != items.hashes[i]]
         bar = tqdm(total=len(missing), desc="MCS", disable=not progress or not missing)
-        with records_path.open("a") as handle:
-            for rows in _batches(missing, batch_size):
-                ids = [items.ids[i] for i in rows]
-                result = mcs_batch(wrapper, items.conversations(rows, "none"), ids, mcs)
-                for j, i in enumerate(rows):
-                    record = {"mc2_id": ids[j], "item_hash": items.hashes[i], "c_v": float(result.c_v[j]),
-                              "c_t": float(result.c_t[j]), "r_v": float(result.r_v[j])}
-                    records[ids[j]] = record
-                    handle.write(json.dumps(record, allow_nan=False) + "\n")
-                handle.flush()
-                bar.update(len(rows))
+        for rows in _batches(missing, batch_size):
+            ids = [items.ids[i] for i in rows]
+            result = mcs_batch(wrapper, items.conversations(rows, "none"), ids, mcs)
+            batch = [{"mc2_id": ids[j], "item_hash": items.hashes[i], "c_v": float(result.c_v[j]),
+                      "c_t": float(result.c_t[j]), "r_v": float(result.r_v[j])} for j, i in enumerate(rows)]
+            _append_records(records_path, batch)
+            records.update((record["mc2_id"], record) for record in batch)
+            bar.update(len(rows))
         bar.close()
         computed_mcs = len(missing)
         c_v, c_t, r_v = (torch.tensor([records[i][k] for i in items.ids], dtype=torch.float64) for k in ("c_v", "c_t", "r_v"))

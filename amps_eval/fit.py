@@ -23,8 +23,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from safetensors import SafetensorError
 from torch import Tensor
 
+from amps_eval.files import ensure_folder, ensure_writable, output_error, tmp_path
 from amps_eval.steering.mcs import MCSSettings
 from amps_eval.steering.module import TrainSettings, train_mlp
 from amps_eval.steering.scaling import CONVENTIONS, DIRECTIONS, gamma
@@ -189,18 +191,26 @@ def fit_fold(
 
 
 def fit(settings: FitSettings, out: Path, progress: bool = True):
-    """Run a fit and write the steering file to ``out``; returns the SteeringFile (see module doc)."""
+    """Run a fit and write the steering file to ``out``; returns the SteeringFile (see module doc).
+
+    ``out`` and the cache folder are checked first (an unwritable path fails before any weights
+    load, naming the path); ``out`` is written through a temp file, so it is whole or untouched, and
+    a failed write (disk full, read-only) raises `amps_eval.files.OutputError` naming it."""
     from amps_eval.extract import extract
     from amps_eval.fit_data import check_layer, load_items, load_wrapper, wrapper_class
     from amps_eval.steering.file import Fold, SteeringFile
     from amps_eval.steering.hooks import decoder_layers, hidden_size
 
     out = Path(out)
+    cache = Path(settings.cache_dir) if settings.cache_dir is not None else Path(str(out) + ".cache")
+    # Before anything is computed: a fit that trains and then cannot save loses the training.
+    ensure_writable(out, "the steering file (--out)")
+    ensure_folder(cache, "the extraction cache (--cache-dir)" if settings.cache_dir is not None
+                  else "the extraction cache (<out>.cache; --cache-dir moves it)")
     check_layer(settings.pretrained, settings.layer)  # before loading any weights
     hidden = settings.hidden or getattr(wrapper_class(settings.model), "default_mlp_hidden", 100)
     items = load_items(settings.data, settings.limit)
     wrapper = load_wrapper(settings.model, settings.pretrained, settings.device, settings.dtype, settings.batch_size)
-    cache = Path(settings.cache_dir) if settings.cache_dir is not None else Path(str(out) + ".cache")
     needs_mcs = settings.method in ("mean", "amps")
     ex = extract(wrapper, items, settings.layer, cache, settings.mcs if needs_mcs else None, settings.batch_size, progress)
 
@@ -228,8 +238,14 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
         folds=folds, settings=record, anchors=category_anchors(ex.r_v, ex.categories) if ex.r_v is not None else {},
         data_hash=items.data_hash,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    digest = steering.save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        digest = steering.save(out)  # a temp file renamed into place: `out` is whole or untouched
+    except (OSError, SafetensorError) as error:  # disk full, read-only file system, ...
+        tmp_path(out).unlink(missing_ok=True)
+        raise output_error(out, "the steering file", error,
+                           f"nothing was written there; the extraction cache {cache} is kept, so a rerun "
+                           "only retrains") from error
     steering.source = str(out)
     print(summary(steering, losses, ex, out, digest))
     return steering

@@ -5,23 +5,34 @@ Writes three files:
 * ``<out>`` (JSONL): one line per item, ``{"mc2_id", "category", "prompt", "c_v", "c_t", "r_v"}``
   and nothing else, so every line has the same keys and the file loads as a table as it is;
 * ``<out>.meta.json`` (sidecar): what produced it: model, pretrained, MCS settings, prompt, the data
-  description and data hash, versions. A sidecar rather than a header line, for the same reason;
+  description and data hash, versions, and the sha256 of the rows file it describes (``rows_sha256``).
+  A sidecar rather than a header line, for the same reason;
 * ``<out stem>.summary.json``: r_v per category and overall: mean, std (sample std, ddof=1; 0 for a
   single item), n; plus the mean c_v and c_t.
 
 ``prompt`` picks the conversation: ``none`` the plain MC2 prompt [I,T]; ``visual`` / ``text`` the
 prompt followed by the MC2 authors' instruction toward that modality ([I,T,P_v] / [I,T,P_t]), to
 see how much an instruction alone moves the model's reliance (Figure 5).
+
+Nothing is written until every item is scored: the paths are checked first (`ensure_writable`), then
+the three files are written together at the end (`amps_eval.files.replace_together`): each to a temp
+file in the same folder, then renamed into place, the sidecar last. So a run that is killed, crashes
+or hits a full disk leaves the previous three files exactly as they were; and because the old sidecar
+is removed before the first rename and the new one comes last (it also records the rows' sha256),
+rows never sit next to a sidecar that names another run (a reader between the renames sees rows
+without a sidecar, i.e. unlabelled, never relabelled).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
 
 from tqdm.auto import tqdm
 
+from amps_eval.files import ensure_writable, output_error, replace_together
 from amps_eval.steering.mcs import MCSSettings
 
 __all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
@@ -72,34 +83,41 @@ def run_mcs(
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
         raise ValueError(f"batch_size must be an int >= 1, got {batch_size!r}")
     out = Path(out)
+    meta_path, summary_path = Path(str(out) + ".meta.json"), out.with_name(out.stem + ".summary.json")
+    outputs = ((out, "the MCS rows (--out)"), (meta_path, "the MCS metadata sidecar"), (summary_path, "the MCS summary"))
+    for path, what in outputs:  # before loading anything: a path we cannot write fails now, not after the run
+        ensure_writable(path, what)
     items = load_items(data, limit)
     wrapper = load_wrapper(model, pretrained, device, dtype, batch_size)
-    out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "model": model, "pretrained": str(pretrained), "prompt": prompt, "mcs": settings.to_dict(),
         "batch_size": batch_size, "dtype": str(wrapper.torch_dtype), "device": str(wrapper.device),
         "data": items.description, "data_hash": items.data_hash, "n_items": len(items), "versions": current_versions(),
     }
-    Path(str(out) + ".meta.json").write_text(json.dumps(meta, indent=2))
     records: list[dict] = []
     rows_all = list(range(len(items)))
     bar = tqdm(total=len(items), desc=f"MCS ({prompt} prompt)", disable=not progress)
-    tmp = out.with_name(out.name + ".tmp")
-    with tmp.open("w") as handle:
-        for start in range(0, len(rows_all), batch_size):
-            rows = rows_all[start : start + batch_size]
-            ids = [items.ids[i] for i in rows]
-            result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings)
-            for j, i in enumerate(rows):
-                record = {"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],
-                          "prompt": prompt, "c_v": float(result.c_v[j]), "c_t": float(result.c_t[j]),
-                          "r_v": float(result.r_v[j])}
-                records.append(record)
-                handle.write(json.dumps(record, allow_nan=False) + "\n")
-            handle.flush()
-            bar.update(len(rows))
+    for start in range(0, len(rows_all), batch_size):
+        rows = rows_all[start : start + batch_size]
+        ids = [items.ids[i] for i in rows]
+        result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings)
+        for j, i in enumerate(rows):
+            records.append({"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],
+                            "prompt": prompt, "c_v": float(result.c_v[j]), "c_t": float(result.c_t[j]),
+                            "r_v": float(result.r_v[j])})
+        bar.update(len(rows))
     bar.close()
-    tmp.replace(out)
+    # Every item is scored: now the three files, together (see the module docstring).
+    lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records).encode("utf-8")
+    meta["rows_sha256"] = hashlib.sha256(lines).hexdigest()
     summary = {"prompt": prompt, "model": model, "pretrained": str(pretrained), **summarise(records)}
-    out.with_name(out.stem + ".summary.json").write_text(json.dumps(summary, indent=2))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise output_error(out.parent, "the output folder", error) from error
+    replace_together([
+        (summary_path, json.dumps(summary, indent=2), "the MCS summary"),
+        (out, lines, "the MCS rows (--out)"),
+        (meta_path, json.dumps(meta, indent=2), "the MCS metadata sidecar"),  # last: the commit record
+    ])
     return records

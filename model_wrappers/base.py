@@ -21,6 +21,7 @@ from amps_eval.mc2.prompt import answer_letter, doc_prompt
 from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
 from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
 from amps_eval.model_wrappers.settings import WrapperSettings, load_steering
+from amps_eval.steering.hooks import SteeringNonFinite
 
 
 @dataclass
@@ -232,17 +233,24 @@ class AmpsWrapper(lmms):
     def _generate(self, batch: Batch) -> list[str]:
         max_new_tokens = batch.prompts[0].max_new_tokens
         tokenizer = self.processor.tokenizer
-        with self.intervene(batch), torch.no_grad():
-            output = self.model.generate(
-                **batch.inputs,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                num_beams=1,
-                temperature=None,
-                top_p=None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-            )
+        try:
+            with self.intervene(batch), torch.no_grad():
+                output = self.model.generate(
+                    **batch.inputs,
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    num_beams=1,
+                    temperature=None,
+                    top_p=None,
+                    top_k=None,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+        except SteeringNonFinite as error:  # fail the run (lmms-eval lets it through), naming the documents
+            docs = [batch.prompts[r] for r in error.rows if r < len(batch.prompts)]
+            where = ", ".join(f"task {p.task} doc {p.doc_id} (item {p.item_id})" for p in docs[:5])
+            where += f" and {len(docs) - 5} more" if len(docs) > 5 else ""
+            run = f"{type(self).__name__} method={self.settings.method} steering={self.settings.steering}"
+            raise error.naming(f"{where} in the run {run}", alpha=self.settings.alpha) from None
         new_tokens = output[:, batch.inputs["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [truncate(text, p.until).strip() for text, p in zip(texts, batch.prompts)]

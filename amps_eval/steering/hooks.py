@@ -18,6 +18,13 @@ first call's length when no mask is given):
   than steered at guessed positions.
 
 So one context covers one batch: enter a new context for each batch and its generation.
+
+Non-finite activations. A shift can be so large (a huge alpha) that the steered hidden state is
+inf/NaN, or finite but beyond what the next layer's RMSNorm can square and sum in float32: the
+model then emits one token over and over ("!!!!") and the run would score a silent collapse. Every
+hook call therefore reduces the steered state to one flag per row (is its float32 squared norm
+finite? one fused reduction, no host sync: the flags stay on the device) and the context checks the
+flags once when it closes, raising :class:`SteeringNonFinite` naming alpha, the layer and the rows.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ __all__ = [
     "POSITIONS",
     "Capture",
     "SteeringHandle",
+    "SteeringNonFinite",
     "capture",
     "decoder_layers",
     "hidden_size",
@@ -124,6 +132,57 @@ def _apply_shift(output: Tensor | tuple, h: Tensor, shift: Tensor, where: Tensor
     return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
 
+class SteeringNonFinite(RuntimeError):
+    """Steering made the hidden state unusable (inf/NaN, or a float32 norm overflow) for some rows.
+
+    ``alpha``: the strengths of those rows, ``layer``: the steered layer, ``rows``: their indices in
+    the batch. The wrapper re-raises it with `naming` to say which task documents they were.
+    """
+
+    def __init__(self, alpha: list[float], layer: int, rows: list[int], where: str | None = None) -> None:
+        self.alpha, self.layer, self.rows = list(alpha), layer, list(rows)
+        where = where or "batch row(s) " + ", ".join(map(str, self.rows))
+        strengths = ", ".join(f"{a:g}" for a in self.alpha)
+        super().__init__(
+            f"alpha={strengths} made the hidden state at layer {layer} non-finite (inf/NaN, or too large for the "
+            f"next layer's float32 normalisation) for {where}: lower alpha"
+        )
+
+    def naming(self, where: str, alpha: float | None = None) -> "SteeringNonFinite":
+        """The same error with the rows described as ``where`` (and the run's alpha, if given)."""
+        return SteeringNonFinite([alpha] if alpha is not None else self.alpha, self.layer, self.rows, where)
+
+
+class _FiniteGuard:
+    """Per-row flags, kept on the device, of steered hidden states that are unusable (see the module
+    docstring); `check` turns them into a SteeringNonFinite once, when the steering context closes."""
+
+    def __init__(self, layer: int, alpha: Tensor, batch: int | None) -> None:
+        self.layer, self.alpha, self.batch = layer, alpha, batch
+        self.bad: Tensor | None = None
+
+    def observe(self, steered: Tensor) -> None:
+        norms = torch.linalg.vector_norm(steered, dim=-1, dtype=torch.float32)  # [B, S]: one reduction
+        bad = ~torch.isfinite(norms).all(dim=-1)
+        if self.bad is None:
+            self.bad = bad
+        elif self.bad.shape == bad.shape:
+            self.bad |= bad
+        else:  # the hidden batch changed size (never in generate): keep one flag
+            self.bad = (self.bad.any() | bad.any()).reshape(1)
+
+    def check(self) -> None:
+        if self.bad is None or not bool(self.bad.any()):
+            return
+        hidden_rows = int(self.bad.shape[0])
+        batch = self.batch or hidden_rows
+        per_row = max(1, hidden_rows // batch)  # beams: each prompt row repeated (repeat_interleave)
+        rows = sorted({int(r) // per_row for r in self.bad.nonzero().flatten().tolist()})
+        alphas = self.alpha.tolist()
+        strengths = sorted({alphas[r] if len(alphas) > 1 and r < len(alphas) else alphas[0] for r in rows})
+        raise SteeringNonFinite(strengths, self.layer, rows)
+
+
 _LAYER_PATHS = ("model.language_model.layers", "language_model.layers", "model.layers")
 
 
@@ -200,7 +259,7 @@ class SteeringHandle:
 def _alpha_tensor(alpha: float | Tensor) -> Tensor:
     a = torch.as_tensor(alpha, dtype=torch.float32).detach().cpu().reshape(-1)
     if a.numel() == 0 or not torch.isfinite(a).all():
-        raise ValueError(f"alpha must be finite, got {alpha!r}")
+        raise ValueError(f"alpha must be a finite number that float32 holds (|alpha| < 3.4e38), got {alpha!r}")
     return a
 
 
@@ -246,6 +305,8 @@ def steer(
     float or a [B] tensor. Left-padding positions of the prompt (``attention_mask == 0``) are never
     touched. ``positions``: "all" (every prompt position and every generated token, as L2S),
     "generated" (generated tokens only), "from_last_prompt" (the last prompt token and after).
+    When the block ends, raises :class:`SteeringNonFinite` if a steered state was unusable (see the
+    module docstring).
     """
     module, a, batch = _prepare(model, layer, alpha, attention_mask, positions)
     v = torch.as_tensor(vectors).detach()
@@ -266,6 +327,7 @@ def steer(
     shift = a[:, None].to(v.device) * v
     handle = SteeringHandle(layer=layer, positions=positions, alpha=a, vectors=v.cpu())
     tracker = _CallTracker(attention_mask=attention_mask, positions=positions)
+    guard = _FiniteGuard(layer, a, batch)
     moved: dict[tuple, Tensor] = {}  # the shift on each (device, dtype) seen: one copy, not one per step
 
     def hook(_module, _args, output):
@@ -275,10 +337,14 @@ def steer(
         key = (h.device, h.dtype)
         if key not in moved:
             moved[key] = shift.to(device=h.device, dtype=h.dtype)
-        return _apply_shift(output, h, moved[key], where)
+        steered = _apply_shift(output, h, moved[key], where)
+        if steered is not None:
+            guard.observe(_layer_output(steered))
+        return steered
 
     with _hooked(module, hook):
         yield handle
+    guard.check()  # only when the block finished: an error inside it propagates as it is
 
 
 @contextmanager
@@ -296,12 +362,14 @@ def steer_with_module(
     unsteered output, the input the module was trained on) and cached; ``alpha * v_i`` is then
     added like in :func:`steer`, including at the position it was read from and at every generated
     token. The last prompt token is the last position with ``attention_mask == 1`` (index -1 under
-    left padding). ``handle.vectors`` holds the predicted v after prefill.
+    left padding). ``handle.vectors`` holds the predicted v after prefill. Non-finite steered states
+    raise :class:`SteeringNonFinite` when the block ends, as in :func:`steer`.
     """
     layer_module, a, batch = _prepare(model, layer, alpha, attention_mask, positions)
     d = hidden_size(model)
     handle = SteeringHandle(layer=layer, positions=positions, alpha=a)
     tracker = _CallTracker(attention_mask=attention_mask, positions=positions)
+    guard = _FiniteGuard(layer, a, batch)
     state: dict[str, Tensor] = {}
 
     def hook(_module, _args, output):
@@ -325,10 +393,14 @@ def steer_with_module(
             shift = _expand_rows(a[:, None], h.shape[0]).to(v.device) * v
             state["shift"] = shift.to(device=h.device, dtype=h.dtype)  # moved once, not per step
         handle.calls += 1
-        return _apply_shift(output, h, state["shift"], where)
+        steered = _apply_shift(output, h, state["shift"], where)
+        if steered is not None:
+            guard.observe(_layer_output(steered))
+        return steered
 
     with _hooked(layer_module, hook):
         yield handle
+    guard.check()  # only when the block finished: an error inside it propagates as it is
 
 
 @dataclass
