@@ -6,6 +6,7 @@ Unknown arguments are errors that list the valid ones; every run logs its settin
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,9 @@ from amps_eval.steering.scaling import CONVENTIONS
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 # Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.
 LMMS_EVAL_ARGS = ("max_batch_size",)
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 class SettingsError(ValueError):
@@ -71,6 +75,11 @@ class WrapperSettings:
             raise SettingsError(f"positions={self.positions!r} is not one of {POSITIONS}")
         if self.convention not in CONVENTIONS:
             raise SettingsError(f"convention={self.convention!r} is not one of {CONVENTIONS}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and abs(value) < FLOAT32_MAX):
+                raise SettingsError(f"{name}={value} is not a finite number a float32 model can take "
+                                    f"(|{name}| < {FLOAT32_MAX:.3g}); steer with a smaller {name}")
         if self.beta < 0:
             raise SettingsError(f"beta must be >= 0, got {self.beta}")
         self.mcs_settings()  # validates the MCS settings

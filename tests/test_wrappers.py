@@ -101,3 +101,12 @@ def test_modality_masks_cover_image_tokens_and_user_text(arch, task_dict):
         assert not (encoded.text_mask[row] & encoded.vision_mask[row]).any()
         template = encoded.inputs["attention_mask"][row].bool() & ~encoded.text_mask[row] & ~encoded.vision_mask[row]
         assert template.sum() > 0  # the chat template is neither
+
+
+@pytest.mark.parametrize("field, value", [("alpha", float("nan")), ("alpha", float("inf")), ("alpha", 1e39),
+                                          ("beta", float("nan"))])
+def test_settings_built_in_code_refuse_a_strength_no_float32_model_can_take(field, value):
+    from amps_eval.model_wrappers.settings import SettingsError, WrapperSettings
+
+    with pytest.raises(SettingsError, match=field):
+        WrapperSettings(pretrained="unused", **{field: value})
