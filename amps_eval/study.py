@@ -174,7 +174,10 @@ def run_study(settings: StudySettings) -> dict:
     finished."""
     from amps_eval.staged_output import staged_output
 
+    from amps_eval.files import ensure_folder
+
     final = Path(settings.out)
+    ensure_folder(final.absolute().parent, "the folder the study writes --out into")  # before any work
     check_output_folder(final)
     if (final / SETTINGS_NAME).is_file():
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")

@@ -113,3 +113,26 @@ def test_a_killed_study_leaves_the_previous_output_whole(tmp_path, tiny_qwen_pat
         process.wait()
     assert snapshot(out) == before
     assert (staging / "data" / "mc2_manifest.json").is_file()
+
+
+def test_a_study_into_a_folder_below_a_file_stops_before_any_work(tmp_path):
+    from amps_eval.files import OutputError
+    from amps_eval.study import run_study
+
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(OutputError, match="file.txt"):
+        run_study(StudySettings(out=tmp_path / "file.txt" / "study"))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["file.txt"]
+
+
+def test_a_sweep_into_a_folder_below_a_file_stops_before_any_run(tmp_path):
+    from amps_eval.files import OutputError
+    from amps_eval.report.sweep import SweepSettings, run_sweep
+
+    (tmp_path / "file.txt").write_text("x")
+    steering = tmp_path / "steer.safetensors"
+    steering.write_bytes(b"not used")
+    settings = SweepSettings(model="amps_qwen", pretrained="/no/such/model", method="mean", steering=steering,
+                             alphas=(0.0,), out=tmp_path / "file.txt" / "sweep")
+    with pytest.raises(OutputError, match="file.txt"):
+        run_sweep(settings, progress=lambda text: None)

@@ -68,9 +68,11 @@ def model_args(settings: SweepSettings, alpha: float, sha: str) -> str:
 
 def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print) -> list[Path]:
     """Run every alpha; return the results files in alpha order."""
+    from amps_eval.files import ensure_folder
     from amps_eval.runner import run_lmms_eval
     from amps_eval.steering.file import sha256
 
+    ensure_folder(settings.out, "the sweep's results folder (--out)")  # before any model loads
     sha = sha256(settings.steering)
     files = []
     for i, alpha in enumerate(settings.alphas, 1):
