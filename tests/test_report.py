@@ -248,14 +248,16 @@ def test_mcs_points_from_mcs_outputs_and_diagnostics(tmp_path):
 
 
 def test_paper_numbers_are_only_the_ones_on_file_with_sources():
+    # the AMPS paper's own cells: tests/test_paper_numbers.py
     paper = PaperNumbers.load()
     assert all(e.source for e in paper.entries)
-    assert {e.value for e in paper.entries if e.value is not None} == {52.2, 12.4, 35.4, 11.9, 10.9, 77.2}
-    assert paper.lookup("1", "/models/Qwen2.5-VL-7B-Instruct", "none", "vision", "Total").value == 52.2
-    assert paper.lookup("2", "llava-hf/llava-1.5-7b-hf", "none", "text", "Total").value == 10.9
+    assert {e.value for e in paper.entries if e.value is not None and e.source.startswith("MC2")} == {
+        52.2, 12.4, 35.4, 11.9, 10.9, 77.2}
+    assert paper.lookup("3", "/models/Qwen2.5-VL-7B-Instruct", "none", "vision", "Total").value == 52.2
+    assert paper.lookup("1", "llava-hf/llava-1.5-7b-hf", "none", "text", "Total").value == 10.9
     assert paper.lookup("3", "Qwen/Qwen2.5-VL-7B-Instruct", "none", "text", "Total", "others_rate").value == 35.4
-    not_on_file = paper.lookup("1", "Qwen/Qwen2.5-VL-7B-Instruct", "amps", "vision", "Total")
-    assert not_on_file.value is None and "not transcribed" in not_on_file.source
+    not_on_file = paper.lookup("1", "Qwen/Qwen2.5-VL-7B-Instruct", "mean_mcs", "vision", "Total")
+    assert not_on_file.value is None and "not published" in not_on_file.source
 
 
 # ---- on the real pipeline's files ------------------------------------------------------------
@@ -433,10 +435,11 @@ def test_paper_numbers_beside_ours(labelled, tmp_path):
     results_file.write_text(json.dumps(data))
     text = report(folder, tables=("1",), paper=True)
     ours = expected_cells(samples_of(folder, "mc2_visual"))["Total"][0]
-    assert table_rows(text, "target: vision")["MLLM-only"][-1] == f"{100 * ours:.1f} [paper 52.2, Δ {100 * ours - 52.2:+.1f}]"
-    assert "[paper 12.4, Δ" in table_rows(text, "target: text")["MLLM-only"][-1]
-    assert table_rows(text, "target: vision")["AMPS"][-1] == "-"
-    assert "2 published cell(s) shown" in text and "MC2 paper" in text
+    # the AMPS paper's Table 1 (its MLLM-only is not the MC2 authors' baseline): tests/test_paper_numbers.py
+    assert table_rows(text, "target: vision")["MLLM-only"][-1] == f"{100 * ours:.1f} [paper 15.3, Δ {100 * ours - 15.3:+.1f}]"
+    assert "[paper 35.4, Δ" in table_rows(text, "target: text")["MLLM-only"][-1]
+    assert table_rows(text, "target: vision")["AMPS"][-1] == "- [paper 73.0]"
+    assert "108 published cell(s) shown" in text and "AMPS paper (arXiv 2602.12533)" in text
     assert "no published numbers on file" in report(labelled, tables=("3",), paper=True)
 
 

@@ -3,9 +3,10 @@
 Besides the tables, the report always says what a reader needs to trust them: which rows have no
 run (with the command that makes one), which runs were superseded by a newer run of the same
 settings, which files could not be read, how steered rows chose their alpha, and, with ``--paper``,
-which published numbers are on file. In github/markdown these are sections after the tables, in
-LaTeX ``%`` comments; CSV output stays pure data and the notes go to ``Report.notes`` (the CLI
-prints them on stderr).
+which published numbers are on file (the notes on why some of them cannot be compared cell for
+cell follow each table; with CSV they are among the notes). In github/markdown these are sections
+after the tables, in LaTeX ``%`` comments; CSV output stays pure data and the notes go to
+``Report.notes`` (the CLI prints them on stderr).
 
 Data: runs on different data (another MC2 folder, the generated set with another seed) or on a
 different number of items (``--limit``) are never mixed. The report renders one set of tables per
@@ -21,7 +22,7 @@ from pathlib import Path
 
 from amps_eval.report.cells import COLUMNS
 from amps_eval.report.paper import PaperNumbers
-from amps_eval.report.render import RenderOptions, render_csv, render_table
+from amps_eval.report.render import RenderOptions, render_csv, render_table, shown_entries, table_notes
 from amps_eval.report.runs import discover, model_display_name
 from amps_eval.report.select import ResultIndex, build_index, require_usable
 from amps_eval.report.tables import Table, TableOptions, pick_models, table1, table2, table3
@@ -121,30 +122,42 @@ def notes_for(index: ResultIndex, tables: list[Table], options: ReportOptions, p
     lines += [f"- {p}" for p in index.problems]
     if paper is not None:
         lines += ["", "## Published numbers", ""] + _paper_notes(tables, paper)
+        if options.format == "csv":  # CSV has no place under a table for them
+            for table in tables:
+                lines += [f"- {table.title}, not comparable cell for cell: {n}" for n in table_notes(table, paper)]
     return lines
 
 
 def _paper_notes(tables: list[Table], paper: PaperNumbers) -> list[str]:
-    lines, sources = [], {}
+    lines, shown_by = [], {}
     for table in tables:
-        shown, absent = 0, set()
+        shown = shown_entries(table, paper)
+        absent = set()
         for block in table.blocks:
             for row in block.rows:
                 for column in COLUMNS:
                     entry = paper.lookup(table.number, row.pretrained, row.method, block.target, column)
-                    if entry is not None and entry.value is not None:
-                        shown += 1
-                        sources[entry.source] = True
-                    elif entry is not None:
+                    if entry is not None and entry.value is None:
                         absent.add(entry.source)
+        for entry in shown:
+            shown_by.setdefault(entry.publication or entry.source, {})[entry.source] = True
         if shown:
-            lines.append(f"- {table.title}: {shown} published cell(s) shown beside ours"
+            lines.append(f"- {table.title}: {len(shown)} published cell(s) shown beside ours"
                          + (f"; the other cells: {'; '.join(a.rstrip('.') for a in sorted(absent))}" if absent else "") + ".")
         else:
             lines.append(f"- {table.title}: no published numbers on file for these rows"
                          + (f" ({'; '.join(a.rstrip('.') for a in sorted(absent))})" if absent else "") + ".")
-    lines += [f"- source: {s}" for s in sources]
-    lines.append(f"- published numbers on file exist only for: {', '.join(paper.models())} (MLLM-only rows, Total).")
+    for publication, sources in shown_by.items():
+        if len(sources) <= 3:
+            lines += [f"- source: {s}" for s in sources]
+        else:
+            lines.append(f"- {publication}: {len(sources)} cells shown, each with its source in "
+                         f"amps_eval/report/paper_numbers.json (e.g. \"{next(iter(sources))}\").")
+    for publication in paper.publications():
+        models = paper.models(publication)
+        lines.append(f"- on file from {publication or 'unnamed sources'}: "
+                     f"{sum(1 for e in paper.entries if e.value is not None and e.publication == publication)} "
+                     f"number(s) for {', '.join(models) or 'every model'}.")
     return lines
 
 

@@ -2,7 +2,9 @@
 
 Cells are the target share in percent with one decimal ("-": no run). Options add the standard
 error ("52.2 ± 3.1"), the collapse rate, i.e. the share of answers that follow neither option
-("52.2 / 35.4"), and published numbers with our difference ("52.2 [paper 50.0, Δ +2.2]").
+("52.2 / 35.4"), and published numbers with our difference ("52.2 [paper 50.0, Δ +2.2]"). With
+published numbers, the notes on file for the publications a table shows (why some of its published
+cells cannot be compared cell for cell) follow the table.
 
 CSV is for machines: one line per (table, target, row, column) with plain numbers in separate
 columns (shares in percent, empty when missing), whatever the display options.
@@ -22,7 +24,7 @@ from dataclasses import dataclass
 from tabulate import tabulate
 
 from amps_eval.report.cells import COLUMNS, HEADERS, Cell
-from amps_eval.report.paper import PaperNumbers
+from amps_eval.report.paper import PaperEntry, PaperNumbers, format_value
 from amps_eval.report.tables import Row, Table
 
 FORMATS = ("github", "markdown", "latex", "csv")
@@ -67,9 +69,37 @@ def paper_value(options: RenderOptions, table: Table, row: Row, target: str, col
     return entry if entry is not None and entry.value is not None else None
 
 
+def published_pair(options: RenderOptions, table: Table, row: Row, target: str, column: str):
+    """The published target share and "others" share of a cell; the latter only from the same publication."""
+    published = paper_value(options, table, row, target, column)
+    others = paper_value(options, table, row, target, column, "others_rate")
+    if published is not None and others is not None and others.publication != published.publication:
+        others = None
+    return published, others
+
+
+def shown_entries(table: Table, paper: PaperNumbers) -> list[PaperEntry]:
+    """The published target shares the table shows, one per cell (rows without a run included)."""
+    shown = []
+    for block in table.blocks:
+        for row in block.rows:
+            for column in COLUMNS:
+                entry = paper.lookup(table.number, row.pretrained, row.method, block.target, column)
+                if entry is not None and entry.value is not None:
+                    shown.append(entry)
+    return shown
+
+
+def table_notes(table: Table, paper: PaperNumbers | None) -> list[str]:
+    """The notes on file for the publications whose cells ``table`` shows."""
+    if paper is None:
+        return []
+    return [n.text for n in paper.notes_for(table.number, {e.publication for e in shown_entries(table, paper)})]
+
+
 def cell_text(cell: Cell | None, options: RenderOptions, published=None, published_others=None) -> str:
     if cell is None:
-        return "-" if published is None else f"- [paper {published.value:.1f}]"
+        return "-" if published is None else f"- [paper {format_value(published.value)}]"
     text = f"{100 * cell.target_acc:.1f}"
     if options.stderr:
         text += f" ± {100 * cell.stderr:.1f}" if cell.stderr is not None else " ± ?"
@@ -78,16 +108,15 @@ def cell_text(cell: Cell | None, options: RenderOptions, published=None, publish
     if published is not None:
         diff = f"{100 * cell.target_acc - published.value:+.1f}"
         if options.collapse and published_others is not None and cell.others is not None:
-            text += (f" [paper {published.value:.1f} / {published_others.value:.1f}, "
+            text += (f" [paper {format_value(published.value)} / {format_value(published_others.value)}, "
                      f"Δ {diff} / {100 * cell.others - published_others.value:+.1f}]")
         else:
-            text += f" [paper {published.value:.1f}, Δ {diff}]"
+            text += f" [paper {format_value(published.value)}, Δ {diff}]"
     return text
 
 
 def _rows(table: Table, options: RenderOptions, block) -> list[list[str]]:
-    return [[row.label] + [cell_text(row.cells.get(c), options, paper_value(options, table, row, block.target, c),
-                                     paper_value(options, table, row, block.target, c, "others_rate"))
+    return [[row.label] + [cell_text(row.cells.get(c), options, *published_pair(options, table, row, block.target, c))
                            for c in COLUMNS] for row in block.rows]
 
 
@@ -104,6 +133,9 @@ def render_table(table: Table, options: RenderOptions) -> str:
                                                      disable_numparse=True), ""]
         if block.data is not None:
             parts += [f"data: {block.data.describe()}", ""]
+    notes = table_notes(table, options.paper)
+    if notes:
+        parts += ["Published cells that cannot be compared cell for cell:", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(parts)
 
 
@@ -120,6 +152,8 @@ def _latex(table: Table, options: RenderOptions, headers: list[str]) -> str:
             lines.append(rf"\multicolumn{{{width}}}{{l}}{{\footnotesize data: {data}}} \\")
         lines.append(r"\hline")
     lines.append(r"\end{tabular}")
+    lines += [f"% published cells that cannot be compared cell for cell: {n}"
+              for n in table_notes(table, options.paper)]
     return "\n".join(lines) + "\n"
 
 
@@ -146,7 +180,7 @@ def render_csv(tables: list[Table], options: RenderOptions) -> str:
                 for column in COLUMNS:
                     cell = row.cells.get(column)
                     published = paper_value(options, table, row, block.target, column)
-                    paper = "" if published is None else f"{published.value:.1f}"
+                    paper = "" if published is None else format_value(published.value)
                     diff = "" if published is None or cell is None else f"{100 * cell.target_acc - published.value:.4f}"
                     writer.writerow([table.number, block.target, row.label, row.method, alpha, column,
                                      pct(cell and cell.target_acc), pct(cell and cell.others),
