@@ -49,7 +49,7 @@ from amps_eval.files import ensure_folder, output_error, replace_together, tmp_p
 from amps_eval.fit_data import PROMPTS, ItemSet
 from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
 from amps_eval.steering.hooks import capture, hidden_size
-from amps_eval.steering.mcs import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs
+from amps_eval.steering.mcs import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
 
 __all__ = ["Extracted", "extract", "last_token_states", "mcs_batch"]
 
@@ -90,14 +90,20 @@ def last_token_states(wrapper, conversations: list, layer: int) -> Tensor:
     return cap.last_token(enc.inputs["attention_mask"].cpu())
 
 
-def mcs_batch(wrapper, conversations: list, ids: list[str], settings: MCSSettings) -> MCSResult:
-    """MCS of a batch of conversations (sample ids = mc2_ids, which also seed each item's noise)."""
+def mcs_batch(wrapper, conversations: list, ids: list[str], settings: MCSSettings, prompt: str = "none") -> MCSResult:
+    """MCS of a batch of conversations of the ``prompt`` variant ("none", "vision", "text"); each
+    item's noise is seeded by `noise_key` (mc2_id, prompt), as `mean_mcs` seeds it at inference, so
+    the same prompt gets the same r_v at fit time and at run time. The result's sample ids are the
+    mc2_ids."""
     enc = wrapper.encode_turns(conversations)
     try:
-        return compute_mcs(wrapper.model, enc.inputs, enc.vision_mask, enc.text_mask, settings, ids)
+        result = compute_mcs(wrapper.model, enc.inputs, enc.vision_mask, enc.text_mask, settings,
+                             [noise_key(i, prompt) for i in ids])
+        result.sample_ids = list(ids)
+        return result
     except NonFiniteMCSError as error:
         raise NonFiniteMCSError(
-            f"the MCS of MC2 item(s) mc2_id={error.sample_ids} is not finite ({error}). The model's next-token "
+            f"the MCS of MC2 item(s) {error.sample_ids} is not finite ({error}). The model's next-token "
             "distribution is degenerate for these items: check the weights and dtype (try --dtype float32), or "
             "leave the items out of the data.",
             error.sample_ids,
@@ -278,7 +284,9 @@ def extract(
     computed_mcs = 0
     if mcs is not None:
         # batched / max_copies_per_pass change how the perturbations are grouped, not the values
+        # "noise": how each item's noise is seeded (`noise_key`); a cache made with other seeds is not reused
         values_key = {k: v for k, v in mcs.to_dict().items() if k not in ("batched", "max_copies_per_pass")}
+        values_key["noise"] = noise_key("ID", "none")
         records_path = _folder(Path(cache_root), "mcs", {**model_key, "mcs": values_key}) / "records.jsonl"
         records = _read_mcs(records_path)
         missing = [i for i, item in enumerate(items.ids) if records.get(item, {}).get("item_hash") != items.hashes[i]]

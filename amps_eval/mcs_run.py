@@ -2,7 +2,8 @@
 
 Writes three files:
 
-* ``<out>`` (JSONL): one line per item, ``{"mc2_id", "category", "prompt", "c_v", "c_t", "r_v"}``
+* ``<out>`` (JSONL): one line per item, ``{"mc2_id", "category", "prompt", "c_v", "c_t", "r_v",
+  "c_v_stderr", "c_t_stderr", "r_v_stderr"}`` (the Monte Carlo standard errors; null with one draw)
   and nothing else, so every line has the same keys and the file loads as a table as it is;
 * ``<out>.meta.json`` (sidecar): what produced it: model, pretrained, MCS settings, prompt, the data
   description and data hash, versions, and the sha256 of the rows file it describes (``rows_sha256``).
@@ -38,6 +39,12 @@ from amps_eval.steering.mcs import MCSSettings
 __all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
 
 MCS_PROMPTS = {"none": "none", "visual": "vision", "text": "text"}  # CLI name -> fit_data.PROMPTS kind
+
+
+def _stderrs(result, j: int) -> dict:
+    """The item's Monte Carlo standard errors (None with one draw)."""
+    record = result.to_records()[j]
+    return {key: record[key] for key in ("c_v_stderr", "c_t_stderr", "r_v_stderr")}
 
 
 def _stats(values: list[float]) -> dict:
@@ -100,11 +107,11 @@ def run_mcs(
     for start in range(0, len(rows_all), batch_size):
         rows = rows_all[start : start + batch_size]
         ids = [items.ids[i] for i in rows]
-        result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings)
+        result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings, MCS_PROMPTS[prompt])
         for j, i in enumerate(rows):
             records.append({"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],
                             "prompt": prompt, "c_v": float(result.c_v[j]), "c_t": float(result.c_t[j]),
-                            "r_v": float(result.r_v[j])})
+                            "r_v": float(result.r_v[j]), **_stderrs(result, j)})
         bar.update(len(rows))
     bar.close()
     # Every item is scored: now the three files, together (see the module docstring).

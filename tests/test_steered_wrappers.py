@@ -151,3 +151,24 @@ def test_bad_steering_settings_and_files_are_refused(tiny_qwen_path, task_dict, 
         make_wrapper(AmpsQwen, tiny_qwen_path, task_dict, method="l2s", steering=str(l2s), steering_sha256="0" * 64)
     with pytest.raises(SettingsError, match="positions="):
         make_wrapper(AmpsQwen, tiny_qwen_path, task_dict, method="l2s", steering=str(l2s), positions="everywhere")
+
+
+def test_mean_mcs_at_inference_gives_the_items_fit_time_mcs(tiny_qwen_path, task_dict, synthetic_mc2_dir, tmp_path):
+    """The noise of an item's MCS depends on (seed, mc2_id, prompt) only: `mean_mcs` inside
+    generation and `amps-eval fit`'s extraction (which computes the anchors) agree on r_v."""
+    from amps_eval.extract import mcs_batch
+    from amps_eval.fit_data import load_items
+
+    diag = tmp_path / "diag"
+    wrapper = steered(AmpsQwen, tiny_qwen_path, task_dict, tmp_path, "mean_mcs", alpha=1.0, batch_size=3,
+                      diagnostics=str(diag))
+    wrapper.generate_until(requests_for(task_dict, "mc2_visual", n=5))
+    at_inference = {str(r["mc2_id"]): r for f in diag.glob("*.jsonl") for r in map(json.loads, f.read_text().splitlines())
+                    if "r_v" in r}
+    items = load_items(synthetic_mc2_dir)
+    rows = [items.ids.index(i) for i in at_inference]
+    fitted = mcs_batch(wrapper, items.conversations(rows, "none"), [items.ids[i] for i in rows],
+                       wrapper.settings.mcs_settings())
+    for j, item in enumerate(fitted.sample_ids):
+        assert at_inference[item]["r_v"] == pytest.approx(float(fitted.r_v[j]), abs=1e-6)
+        assert at_inference[item]["r_v_stderr"] == pytest.approx(float(fitted.r_v_stderr[j]), abs=1e-6)
