@@ -199,7 +199,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--n-per-category", type=int, default=16, help="generated items per category")
         p.add_argument("--layer", type=int, default=None, help="steering layer (default: the middle layer)")
         p.add_argument("--alphas", default="0,0.5,1,2,4")
-        p.add_argument("--table-alpha", type=finite_alpha, default=1.0, help="alpha of the tables' steered rows")
+        p.add_argument("--table-alpha", type=finite_alpha, default=None,
+                       help="alpha of the tables' steered rows (default: chosen on held-out halves of the items)")
         p.add_argument("--batch-size", type=int, default=8)
         p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
         p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),

@@ -9,7 +9,7 @@ Steps, each with its own progress output:
 3. fitting mean steering, L2S and AMPS (2-fold cross-fitting);
 4. every prompt baseline through lmms-eval;
 5. a sweep of the steering strength for mean, mean_mcs, L2S and AMPS (Figures 1 and 6; the tables'
-   steered rows use ``table_alpha``);
+   steered rows use ``table_alpha`` if set, else the alpha chosen on held-out halves of the items);
 6. Tables 1-3, the figures and the leaderboard, written into ``out``.
 
 Everything is written into a staging folder next to ``out`` that replaces ``out`` only when the
@@ -45,7 +45,7 @@ class StudySettings:
     image_size: int = 84
     layer: int | None = None  # default: the middle decoder layer
     alphas: tuple[float, ...] = (0.0, 0.5, 1.0, 2.0, 4.0)
-    table_alpha: float = 1.0
+    table_alpha: float | None = None  # None: each steered row's alpha chosen on held-out halves of the items
     batch_size: int = 8
     device: str | None = None  # default: cuda if available, else cpu
     dtype: str = "auto"  # bfloat16 on GPU, float32 on CPU; or float32, bfloat16, float16
@@ -260,7 +260,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
                                           for t in ("mc2_visual", "mc2_text")))
 
-    alphas = tuple(sorted(set(settings.alphas) | {settings.table_alpha}))
+    alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
     for method in STEERING_METHODS:
         run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method, steering=files[method],
@@ -271,7 +271,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
 
 
-def write_study_report(out: Path, table_alpha: float):
+def write_study_report(out: Path, table_alpha: float | None):
     """Tables 1-3 (Markdown and LaTeX), the figures and the leaderboard from ``out/runs`` and ``out/mcs``."""
     from amps_eval.report.build import ReportOptions, build_report
     from amps_eval.report.leaderboard import write_leaderboard

@@ -24,7 +24,8 @@ from tests.bad_inputs import BadInput, CLIFailed, check, params
 ROOT = Path(__file__).resolve().parents[1]
 DEMO_RUN = ROOT / "results" / "demo" / "runs" / "amps_qwen" / "none" / "organism__amps-organism-qwen2.5-vl"
 DEMO_MANIFEST = ROOT / "results" / "demo" / "data" / "mc2_manifest.json"
-STAMP = "20261202_012725"  # the demo run's file prefix
+# the demo run's file prefix (its timestamp changes each time `make demo` regenerates results/demo)
+STAMP = next(DEMO_RUN.glob("*_results.json")).name.removesuffix("_results.json")
 TASKS = ("mc2_visual", "mc2_text")
 
 

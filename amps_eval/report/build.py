@@ -40,6 +40,7 @@ class ReportOptions:
     paper: bool = False
     model: str | None = None
     alpha: float | None = None
+    alpha_choice: str = "held-out"  # without --alpha: "held-out" or "optimistic" (see alpha_choice.py)
     orders: str = "one"
     figures: Path | None = None
     mcs: tuple[Path, ...] = ()
@@ -63,7 +64,8 @@ def build_tables(index: ResultIndex, options: ReportOptions) -> list[Table]:
         models = [m for m in picked if m in part.models()]
         if not models:
             continue
-        table_options = TableOptions(options.alpha, options.orders, str(options.results_dir), data)
+        table_options = TableOptions(options.alpha, options.orders, str(options.results_dir), data,
+                                     options.alpha_choice)
         for number in options.tables:
             if number == "2":
                 tables.append(table2(part, models, table_options))
@@ -77,8 +79,13 @@ def notes_for(index: ResultIndex, tables: list[Table], options: ReportOptions, p
     """The report's sections after the tables, as markdown lines."""
     lines = ["## Rows and alphas", "",
              f"Steered rows show alpha={options.alpha:g} (--alpha)." if options.alpha is not None else
+             "Steered rows of a sweep show alpha chosen on items they are not scored on: the items are split into "
+             "two halves stratified by category, and each half is scored at the alpha chosen on the other half (the "
+             "highest target share with at most 5% collapse; alpha 0 is never chosen); the row says which alphas and "
+             "on how many items. Rows with one alpha, or without per-item samples, show that alpha."
+             if options.alpha_choice == "held-out" else
              "Steered rows show the alpha with the highest Total target share among the runs (ties: smaller |alpha|, "
-             "then newer); this selects on the evaluated items, so it is optimistic. Pass --alpha to fix one.",
+             "then newer); this selects on the evaluated items, so it is optimistic (--alpha-choice optimistic).",
              "Per-category cells and the item-level standard error come from the samples files "
              "(amps_eval.mc2.metrics.score); without them, Total comes from lmms-eval's results file.", ""]
     groups = index.data_groups()

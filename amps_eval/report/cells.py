@@ -56,6 +56,19 @@ def _from_results(task: TaskData, run: Run) -> Cell | None:
                 n, "results", run.path, run.date)
 
 
+def cells_from_records(records, run: Path, date: str) -> dict[str, Cell]:
+    """Column -> Cell of a set of answer records (the eight categories present, and Total)."""
+    groups = defaultdict(list)
+    for record in records:
+        groups[record["category"]].append(record)
+    cells = {}
+    for column, rows in [*((c, groups[c]) for c in CATEGORIES if groups.get(c)), (TOTAL, list(records))]:
+        s = score(rows)
+        cells[column] = Cell(s.target_acc, s.others, math.sqrt(s.target_acc * (1 - s.target_acc) / s.n_items),
+                             s.n_items, "samples", run, date)
+    return cells
+
+
 def run_cells(run: Run, problems: list[Problem]) -> dict[tuple[str, str], dict[str, Cell]]:
     """(target, orders) -> column -> Cell for one run; inconsistencies are appended to ``problems``."""
     out: dict[tuple[str, str], dict[str, Cell]] = defaultdict(dict)

@@ -30,6 +30,7 @@ def _report(args: argparse.Namespace) -> int:
     options = ReportOptions(
         results_dir=Path(args.results_dir), tables=TABLES if args.table == "all" else (args.table,), format=args.format,
         collapse=args.collapse, stderr=args.stderr, paper=args.paper, model=args.model, alpha=args.alpha,
+        alpha_choice=args.alpha_choice,
         orders="both" if args.both_orders else "one", figures=Path(args.figures) if args.figures else None,
         mcs=tuple(Path(p) for p in args.mcs),
     )
@@ -79,7 +80,10 @@ def add_parsers(sub) -> None:
     p.add_argument("--stderr", action="store_true", help="add the standard error over items")
     p.add_argument("--model", default=None, help="only this model (pretrained id, its last component, or a substring)")
     p.add_argument("--alpha", type=finite_alpha, default=None,
-                   help="steered rows use this alpha (default: the alpha with the best Total target share)")
+                   help="steered rows use this alpha (default: chosen per --alpha-choice)")
+    p.add_argument("--alpha-choice", choices=("held-out", "optimistic"), default="held-out",
+                   help="without --alpha: choose a sweep's alpha on held-out halves of the items (default) or "
+                   "take the best Total on the evaluated items (optimistic, labelled as such)")
     p.add_argument("--both-orders", action="store_true", help="use the mc2_*_both_orders runs instead of the one-order ones")
     p.add_argument("--figures", default=None, metavar="DIR", help="also write Figures 1, 4, 5, 6 (PNG + PDF) here")
     p.add_argument("--mcs", action="append", default=[], metavar="PATH",

@@ -12,10 +12,14 @@ keeps one of them (the report renders one set of tables per data).
 Duplicates: when several runs give the same (variant, target, column), the newest (lmms-eval's
 ``date``; equal dates: the later path) is used and the others are listed as dropped.
 
-Rows: a table row is one method of one model. When several variants of the method exist (a sweep
-over alpha, say), ``--alpha A`` picks alpha A; otherwise the variant with the highest Total target
-share is shown (ties: the smaller |alpha|, then the newest), and its alpha is in the row label. That
-default is a selection on the evaluated items and so optimistic; pass ``--alpha`` to fix one.
+Rows: a table row is one method of one model. When a steered method ran at several alphas (a
+sweep), ``--alpha A`` picks alpha A. Otherwise, by default, alpha is chosen on items the row is not
+scored on (`alpha_choice`: two halves of the items, each scored at the alpha chosen on the other
+half); the row is a composite variant whose settings say which alphas were chosen. Among variants
+that differ in other settings too, the group with the most alphas is used. Without per-item samples
+(or with fewer than two items), and with ``alpha_choice="optimistic"``, the variant with the highest
+Total target share is shown (ties: the smaller |alpha|, then the newest), labelled as a choice on the
+evaluated items. Alpha 0 (the unsteered model) is never a steered row.
 """
 
 from __future__ import annotations
@@ -26,7 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amps_eval.report import STEERED
-from amps_eval.report.cells import TOTAL, Cell, run_cells
+from amps_eval.report.alpha_choice import HeldOutChoice, held_out_choice
+from amps_eval.report.cells import TOTAL, Cell, cells_from_records, run_cells
 from amps_eval.report.runs import UNRECORDED, DataId, Problem, Run
 
 NOT_IDENTITY = {"pretrained", "method", "alpha", "steering", "steering_sha256", "device", "device_map",
@@ -68,6 +73,7 @@ class ResultIndex:
     runs: list[Run] = field(default_factory=list)
     dropped: list[Dropped] = field(default_factory=list)
     problems: list[Problem] = field(default_factory=list)
+    records: dict[tuple[Variant, str], tuple[dict, ...]] = field(default_factory=dict)  # per-item answers
 
     def data_groups(self) -> list[DataId]:
         """The data identities of the cells: the one with the most numbers first, then by description."""
@@ -80,7 +86,8 @@ class ResultIndex:
         """The part of the index on ``data`` (problems are kept whole: they concern files, not data)."""
         return ResultIndex({k: v for k, v in self.cells.items() if k[0].data == data},
                            [r for r in self.runs if r.data == data],
-                           [d for d in self.dropped if d.variant.data == data], self.problems)
+                           [d for d in self.dropped if d.variant.data == data], self.problems,
+                           {k: v for k, v in self.records.items() if k[0].data == data})
 
     def models(self) -> list[str]:
         return sorted({v.pretrained for v, _ in self.cells})
@@ -96,11 +103,18 @@ class ResultIndex:
         return [v for (v, t) in self.cells if t == target and v.pretrained == pretrained and v.method == method
                 and v.orders == orders]
 
-    def choose(self, pretrained: str, method: str, target: str, orders: str, alpha: float | None = None) -> Variant | None:
+    def choose(self, pretrained: str, method: str, target: str, orders: str, alpha: float | None = None,
+               alpha_choice: str = "held-out") -> Variant | None:
         """The variant a row shows (see the module docstring for the rule)."""
         found = self.candidates(pretrained, method, target, orders)
-        if alpha is not None and method in STEERED:
-            found = [v for v in found if v.alpha is not None and abs(v.alpha - alpha) < 1e-9]
+        if method in STEERED:
+            found = [v for v in found if v.alpha != 0]  # alpha 0 is the unsteered model
+            if alpha is not None:
+                found = [v for v in found if v.alpha is not None and abs(v.alpha - alpha) < 1e-9]
+            elif alpha_choice == "held-out":
+                composite = self._held_out(found, target)
+                if composite is not None:
+                    return composite
         if not found:
             return None
 
@@ -110,6 +124,31 @@ class ResultIndex:
             return (total, -abs(v.alpha or 0.0), max(c.date for c in cells.values()))
 
         return max(found, key=preference)
+
+    def _held_out(self, found: list[Variant], target: str) -> Variant | None:
+        """A composite variant scored with alphas chosen on held-out halves, its cells added to the
+        index; None when it cannot be made (one alpha, no per-item records, too few items)."""
+        groups: dict[tuple, list[Variant]] = defaultdict(list)
+        for v in found:
+            groups[v.settings].append(v)
+        if not groups:
+            return None
+        settings, members = max(groups.items(), key=lambda kv: (len(kv[1]), max(
+            c.date for v in kv[1] for c in self.cells[(v, target)].values())))
+        with_records = {v.alpha: v for v in members if v.alpha is not None and (v, target) in self.records}
+        if len(with_records) < 2:
+            return None
+        try:
+            choice = held_out_choice({a: list(self.records[(v, target)]) for a, v in with_records.items()})
+        except ValueError:
+            return None
+        first = members[0]
+        variant = dataclasses.replace(first, alpha=None, settings=tuple(sorted(
+            (*settings, ("alpha_choice", choice.describe())))))
+        newest = max((self.cells[(v, target)][TOTAL] for v in with_records.values() if TOTAL in self.cells[(v, target)]),
+                     key=lambda c: c.date)
+        self.cells[(variant, target)] = cells_from_records(choice.records, newest.run, newest.date)
+        return variant
 
 
 def wrapper_defaults() -> dict[str, object]:
@@ -147,6 +186,9 @@ def build_index(runs: list[Run], problems: list[Problem], defaults: dict[str, ob
     index = ResultIndex(runs=list(runs), problems=problems)
     dropped: dict[tuple, list[str]] = defaultdict(list)
     for run in sorted(runs, key=lambda r: (r.date, str(r.path))):
+        for task in run.tasks:
+            if task.category is None and task.records:
+                index.records[(variant_of(run, task.orders, defaults), task.target)] = task.records
         for (target, orders), cells in run_cells(run, problems).items():
             key = (variant_of(run, orders, defaults), target)
             held = index.cells.setdefault(key, {})

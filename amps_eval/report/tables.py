@@ -59,6 +59,7 @@ class TableOptions:
     orders: str = "one"  # "both": the *_both_orders tasks
     output_path: str = "results"  # where the suggested commands write
     data: DataId | None = None  # the data identity the index was restricted to (``ResultIndex.only``)
+    alpha_choice: str = "held-out"  # how a sweep's alpha is chosen without --alpha (alpha_choice.py)
 
 
 def row_label(base: str, index: ResultIndex, variant: Variant | None, target: str) -> str:
@@ -66,8 +67,11 @@ def row_label(base: str, index: ResultIndex, variant: Variant | None, target: st
     if variant is None:
         return base
     extras = [f"α={variant.alpha:g}"] if variant.method in STEERED and variant.alpha is not None else []
+    extras += [value for key, value in variant.settings if key == "alpha_choice"]
     others = index.candidates(variant.pretrained, variant.method, target, variant.orders)
     for key, value in variant.settings:
+        if key == "alpha_choice":
+            continue
         if any(dict(o.settings).get(key) != value for o in others if o.alpha == variant.alpha):
             extras.append(f"{key}={value}")
     return f"{base} ({', '.join(extras)})" if extras else base
@@ -80,7 +84,7 @@ def build_table(number: str, title: str, index: ResultIndex, specs: list[tuple[s
     for target in TARGETS:
         rows = []
         for pretrained, method, label in specs:
-            variant = index.choose(pretrained, method, target, options.orders, options.alpha)
+            variant = index.choose(pretrained, method, target, options.orders, options.alpha, options.alpha_choice)
             cells = dict(index.cells[(variant, target)]) if variant else {}
             rows.append(Row(row_label(label, index, variant, target), pretrained, method, variant, cells))
             if variant is None:
