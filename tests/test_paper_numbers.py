@@ -14,6 +14,7 @@ import shutil
 from pathlib import Path
 
 import pytest
+from report_helpers import table_rows
 
 from amps_eval.report import paper_import
 from amps_eval.report.paper import PaperNumbers
@@ -202,19 +203,6 @@ def _copy_run(source: Path, dest: Path, pretrained: str) -> None:
         results_file.write_text(json.dumps(data))
 
 
-def _rows(text: str, table: str, block: str) -> dict[str, list[str]]:
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("### ") and table in line)
-    start = next(i for i in range(start, len(lines)) if lines[i].startswith("**") and block in lines[i])
-    rows = {}
-    for line in lines[start + 4:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
-
-
 def _check_diff(cell: str, published: str) -> None:
     match = re.fullmatch(r"(\d+\.\d) \[paper " + re.escape(published) + r", Δ ([+-]\d+\.\d)\]", cell)
     assert match, cell
@@ -231,8 +219,8 @@ def test_report_paper_shows_published_cells_differences_and_notes(tmp_path, caps
     _copy_run(DEMO / "amps_llava" / "none", folder / "llava_none", L7)
     assert main(["report", str(folder), "--paper", "--table", "all"]) == 0
     text = capsys.readouterr().out
-    vision = _rows(text, "Table 2", "target: vision")
-    text_block = _rows(text, "Table 2", "target: text")
+    vision = table_rows(text, "target: vision", table="Table 2")
+    text_block = table_rows(text, "target: text", table="Table 2")
     qwen_base, llava_base = "Qwen2.5-VL-7B-Instruct base", "llava-1.5-7b-hf base"
     _check_diff(vision[qwen_base][-1], "42.0")  # a Total that is not the mean of its cells
     _check_diff(vision[qwen_base][0], "29.6")
@@ -243,9 +231,9 @@ def test_report_paper_shows_published_cells_differences_and_notes(tmp_path, caps
     _check_diff(vision[amps_row][-1], "73.0")
     assert all(c.startswith("- [paper ") for c in vision["llava-1.5-7b-hf-L2S"])  # no run, published cells
     # Table 1 (Qwen): the paper's Table 1 cells, not Table 2's; Table 3 (7B): only the MC2 baseline
-    _check_diff(_rows(text, "Table 1: methods on Qwen2.5-VL-7B", "target: vision")["MLLM-only"][-1], "15.3")
-    assert _rows(text, "Table 1: methods on Qwen2.5-VL-7B", "target: text")["Mean steering"][-1] == "- [paper 63.6]"
-    _check_diff(_rows(text, "Table 3: ablation on Qwen2.5-VL-7B", "target: vision")["w/o steering (MLLM-only)"][-1],
+    _check_diff(table_rows(text, "target: vision", table="Table 1: methods on Qwen2.5-VL-7B")["MLLM-only"][-1], "15.3")
+    assert table_rows(text, "target: text", table="Table 1: methods on Qwen2.5-VL-7B")["Mean steering"][-1] == "- [paper 63.6]"
+    _check_diff(table_rows(text, "target: vision", table="Table 3: ablation on Qwen2.5-VL-7B")["w/o steering (MLLM-only)"][-1],
                 "52.2")
     # the caveats, under the tables they concern
     table2 = text[text.index("### Table 2"):text.index("### Table 3")]

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from report_helpers import table_rows
 
 from amps_eval.mc2.schema import CATEGORIES, CATEGORY_ABBREV
 from amps_eval.report.build import ReportOptions, build_report
@@ -150,19 +151,6 @@ def samples_of(folder: Path, task: str) -> Path:
     found = sorted(folder.rglob(f"*_samples_{task}.jsonl"))
     assert len(found) == 1, found
     return found[0]
-
-
-def table_rows(text: str, block: str) -> dict[str, list[str]]:
-    """label -> cells of the github table under the block heading containing ``block``."""
-    lines = text.splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("**") and block in line)
-    rows = {}
-    for line in lines[start + 4:]:
-        if not line.startswith("|"):
-            break
-        cells = [c.strip() for c in line.strip("|").split("|")]
-        rows[cells[0]] = cells[1:]
-    return rows
 
 
 def report(folder: Path, **kw) -> str:
