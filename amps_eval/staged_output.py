@@ -4,9 +4,10 @@
 writes everything there. Only when the block finishes without an exception does the staging folder
 replace ``out``: one rename moves the old folder aside (``.<name>.previous``), one moves the new one
 in, the entries of the old folder that the caller does not own (a user's notes, anything not named
-in ``owned``) are moved across, and the old folder is deleted. Killed or crashed at any point before
-that, ``out`` is exactly as it was; the staging folder is left for inspection and cleared by the next
-run. A crash between the two renames is repaired at the next start (``.<name>.previous`` goes back).
+in ``owned``) are moved across, and the old folder is deleted. Crashed or killed at any point before
+that, ``out`` is exactly as it was: a failed block removes its staging folder (a full disk must not
+stay full), and the staging folder of a killed run is removed by the next run. A crash between the
+two renames is repaired at the next start (``.<name>.previous`` goes back).
 
 Paths written into text outputs while staging (results files, reports) name the staging folder;
 `publish` rewrites them to ``out`` as the caller spelled it (a relative ``results/demo`` stays
@@ -100,6 +101,7 @@ def staged_output(out: Path, owned: frozenset[str]) -> Iterator[Path]:
     try:
         yield staging
     except BaseException:
-        print(f"the run did not finish: {out} is unchanged; its partial output is in {staging}", flush=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        print(f"the run did not finish: {out} is unchanged (its partial output in {staging} was removed)", flush=True)
         raise
     publish(staging, out, owned, shown)

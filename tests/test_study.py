@@ -52,7 +52,9 @@ def test_a_failed_block_leaves_the_previous_output_whole(tmp_path):
             (staging / "tables.md").write_text("half")
             raise RuntimeError("boom")
     assert snapshot(out) == before
-    assert (staging_path(out.absolute()) / "tables.md").read_text() == "half"  # kept for inspection
+    assert not staging_path(out.absolute()).exists()  # removed: a full disk must not stay full
+    staging_path(out.absolute()).mkdir()  # as a killed run leaves it
+    (staging_path(out.absolute()) / "tables.md").write_text("half")
     with staged_output(out, OWNED) as staging:  # the next run starts from an empty staging folder
         assert not any(staging.iterdir())
 
