@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from amps_eval.report import STEERED
-from amps_eval.report.alpha_choice import HeldOutChoice, held_out_choice
+from amps_eval.report.alpha_choice import held_out_choice
 from amps_eval.report.cells import TOTAL, Cell, cells_from_records, run_cells
 from amps_eval.report.runs import UNRECORDED, DataId, Problem, Run
 

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import math
 import os
 import shlex
 import warnings
@@ -34,7 +33,6 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from importlib import metadata as importlib_metadata
 from pathlib import Path
-from typing import Any, Callable
 
 import torch
 from safetensors import safe_open
@@ -42,6 +40,18 @@ from safetensors.torch import load_file, save_file
 from torch import Tensor
 
 from amps_eval.files import sha256_file
+from amps_eval.steering.file_schema import (
+    FOLD_SCHEMA,
+    FORMAT_VERSION,
+    METHODS,
+    SCHEMA,
+    SETTINGS_SCHEMA,
+    examples,
+    non_finite,
+    not_safetensors,
+    schema_problem,
+    show,
+)
 from amps_eval.steering.module import SteeringMLP
 
 __all__ = [
@@ -49,8 +59,6 @@ __all__ = [
     "SteeringFileWarning", "sha256", "current_versions",
 ]
 
-FORMAT_VERSION = 1
-METHODS = ("mean", "l2s", "amps")
 META_KEY = "amps_eval"
 _MLP_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight")
 # Every fold stores its tensors for both steering directions, prefixed "vision." and "text.": for
@@ -76,159 +84,6 @@ class SteeringFileMismatch(SteeringFileError):
 
 class SteeringFileWarning(UserWarning):
     """Something differs that may be harmless (e.g. the model id, with matching structure)."""
-
-
-# ---- the metadata schema -------------------------------------------------------------------------
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)  # JSON true is not the layer 1
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
-@dataclass(frozen=True)
-class Spec:
-    """What one metadata field must be: ``expected`` completes "must be ...", ``check`` tests the value,
-    ``each`` (for objects and lists) every entry."""
-
-    expected: str
-    check: Callable[[Any], bool]
-    each: "Spec | None" = None
-
-
-_POSITIVE = Spec("a positive integer", lambda v: _is_int(v) and v > 0)
-_NAME = Spec("a non-empty string", lambda v: isinstance(v, str) and v != "")
-_TEXT = Spec("a string", lambda v: isinstance(v, str))
-_IDS = Spec("a list of item ids", lambda v: isinstance(v, (list, tuple)), each=Spec("an item id (a string)", lambda v: isinstance(v, str)))
-
-# The top-level fields of the JSON metadata, as `save` writes them (and the dataclass fields of the
-# same names, checked the same way when a SteeringFile is built in code).
-SCHEMA: dict[str, Spec] = {
-    "format": Spec(f"the format version {FORMAT_VERSION} (this amps_eval reads only that)",
-                   lambda v: _is_int(v) and v == FORMAT_VERSION),
-    "method": Spec(f"one of {METHODS}", lambda v: isinstance(v, str) and v in METHODS),
-    "layer": Spec("an integer (the decoder layer that is steered)", _is_int),
-    "hidden_size": _POSITIVE,
-    "num_layers": _POSITIVE,
-    "model_id": _NAME,
-    "architecture": _TEXT,
-    "settings": Spec("an object (the fit settings)", lambda v: isinstance(v, dict)),
-    "anchors": Spec("an object of per-category anchors", lambda v: isinstance(v, dict),
-                    each=Spec("a finite number", _is_number)),
-    "data_hash": _TEXT,
-    "versions": Spec("an object", lambda v: isinstance(v, dict)),
-    "created": _TEXT,
-    "folds": Spec("a non-empty list of folds", lambda v: isinstance(v, (list, tuple)) and len(v) > 0),
-}
-# One entry of "folds" ("tensors" only in the file: in memory a Fold holds the tensors themselves).
-FOLD_SCHEMA: dict[str, Spec] = {
-    "name": _NAME,
-    "fit_ids": _IDS,
-    "held_out_ids": _IDS,
-    "hidden": Spec("null or a positive integer (the MLP width)", lambda v: v is None or (_is_int(v) and v > 0)),
-    "tensors": Spec("a list of tensor names", lambda v: isinstance(v, list), each=_TEXT),
-}
-# The fit settings recorded under "settings" (all optional: files written in code may record fewer).
-# Every number anywhere in them must also be finite.
-SETTINGS_SCHEMA: dict[str, Spec] = {
-    "model": _NAME,
-    "pretrained": _NAME,
-    "method": SCHEMA["method"],
-    "layer": Spec("a non-negative integer", lambda v: _is_int(v) and v >= 0),
-    "folds": _POSITIVE,
-    "hidden": FOLD_SCHEMA["hidden"],
-    "n_items": Spec("a non-negative integer", lambda v: _is_int(v) and v >= 0),
-    "beta": Spec("a finite number", _is_number),
-}
-
-
-def _show(value: Any) -> str:
-    """A value as the JSON shows it, with its Python type: 'true (bool)', '"2" (str)'."""
-    try:
-        text = json.dumps(value)
-    except (TypeError, ValueError):
-        text = repr(value)
-    if len(text) > 60:
-        text = text[:57] + "..."
-    return f"{text} ({type(value).__name__})"
-
-
-def _spec_problem(name: str, value: Any, spec: Spec) -> str | None:
-    if not spec.check(value):
-        return f"metadata field {name!r} must be {spec.expected}, got {_show(value)}"
-    if spec.each is not None:
-        entries = value.items() if isinstance(value, dict) else enumerate(value)
-        for key, entry in entries:
-            sub = f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]"
-            problem = _spec_problem(sub, entry, spec.each)
-            if problem:
-                return problem
-    return None
-
-
-def _schema_problem(values: dict, schema: dict[str, Spec], prefix: str = "", required: bool = True) -> str | None:
-    """The first field of ``values`` that is missing (when ``required``) or fails its spec."""
-    for key, spec in schema.items():
-        if key not in values:
-            if required:
-                return f"metadata field {prefix + key!r} is missing"
-            continue
-        problem = _spec_problem(prefix + key, values[key], spec)
-        if problem:
-            return problem
-    return None
-
-
-def _non_finite(value: Any, name: str) -> str | None:
-    """The first non-finite number (NaN, inf) inside ``value``, as a problem naming its field."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return f"metadata field {name!r} must be a finite number, got {_show(value)}"
-    entries = value.items() if isinstance(value, dict) else enumerate(value) if isinstance(value, list) else ()
-    for key, entry in entries:
-        found = _non_finite(entry, f"{name}.{key}" if isinstance(value, dict) else f"{name}[{key}]")
-        if found:
-            return found
-    return None
-
-
-def _examples(ids) -> str:
-    ids = sorted(ids)
-    return ", ".join(repr(i) for i in ids[:3]) + (", ..." if len(ids) > 3 else "")
-
-
-def _not_safetensors(path: Path, error: Exception) -> str:
-    """Why ``path`` cannot be read as safetensors, in words (not the library's 'header too large')."""
-    try:
-        size = path.stat().st_size
-        with open(path, "rb") as handle:
-            head = handle.read(9)
-    except OSError as os_error:
-        return f"cannot be read: {os_error.strerror or os_error}"
-    if size == 0:
-        return "the file is empty"
-    if head.startswith(b"PK\x03\x04"):
-        return "a zip archive as torch.save writes, i.e. a pickle; steering files are safetensors and are never unpickled"
-    header_length = int.from_bytes(head[:8], "little")
-    if size >= 9 and head[8:9] == b"{":  # a safetensors header: 8 bytes of length, then JSON
-        if 8 + header_length > size:
-            return f"truncated: its header alone needs {8 + header_length} bytes, the file has {size}"
-        try:
-            with open(path, "rb") as handle:
-                handle.seek(8)
-                entries = json.loads(handle.read(header_length)).values()
-            needed = 8 + header_length + max((e["data_offsets"][1] for e in entries if isinstance(e, dict)
-                                              and "data_offsets" in e), default=0)
-        except (OSError, ValueError, TypeError, KeyError, IndexError):
-            needed = None
-        if needed is not None and needed > size:
-            return f"truncated: its header describes {needed} bytes, the file has {size}"
-    elif head[:1] == b"\x80" and head[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05"):
-        return "a pickle; steering files are safetensors and are never unpickled"
-    else:
-        return "no safetensors header at its start: garbage or another format"
-    detail = str(error).replace("Error while deserializing header: ", "")
-    return f"truncated or corrupt safetensors data ({detail})"
 
 
 def sha256(path: str | os.PathLike) -> str:
@@ -305,7 +160,7 @@ class SteeringFile:
     def _problem(self) -> str | None:
         """The first thing wrong with this file, in words naming the field or tensor; None if none."""
         fields = {name: spec for name, spec in SCHEMA.items() if name != "format"}  # format: a file's, not ours
-        problem = _schema_problem({name: getattr(self, name) for name in fields}, fields)
+        problem = schema_problem({name: getattr(self, name) for name in fields}, fields)
         if problem:
             return problem
         if not 0 <= self.layer < self.num_layers:
@@ -321,9 +176,9 @@ class SteeringFile:
 
     def _fold_problem(self, k: int, fold: Fold) -> str | None:
         if not isinstance(fold, Fold):
-            return f"metadata field 'folds[{k}]' must be a Fold, got {_show(fold)}"
+            return f"metadata field 'folds[{k}]' must be a Fold, got {show(fold)}"
         values = {"name": fold.name, "fit_ids": fold.fit_ids, "held_out_ids": fold.held_out_ids, "hidden": fold.hidden}
-        problem = _schema_problem(values, {k2: v for k2, v in FOLD_SCHEMA.items() if k2 != "tensors"}, f"folds[{k}].")
+        problem = schema_problem(values, {k2: v for k2, v in FOLD_SCHEMA.items() if k2 != "tensors"}, f"folds[{k}].")
         if problem:
             return problem
         d = self.hidden_size
@@ -361,10 +216,10 @@ class SteeringFile:
 
     def _settings_problem(self) -> str | None:
         """The recorded fit settings: well-typed, finite, and in agreement with the file's fields."""
-        problem = _schema_problem(self.settings, SETTINGS_SCHEMA, "settings.", required=False)
+        problem = schema_problem(self.settings, SETTINGS_SCHEMA, "settings.", required=False)
         if problem:
             return problem
-        problem = _non_finite(self.settings, "settings")
+        problem = non_finite(self.settings, "settings")
         if problem:
             return problem
         recorded = self.settings
@@ -377,7 +232,7 @@ class SteeringFile:
             if key in recorded and recorded[key] != value:
                 what = {"folds": "the number of folds", "n_items": "the number of items in the folds"}.get(key, "it")
                 return (f"metadata field {name!r} disagrees with the recorded fit settings: {what} is {value!r}, "
-                        f"but 'settings.{key}' is {_show(recorded[key])}; the file was edited after the fit")
+                        f"but 'settings.{key}' is {show(recorded[key])}; the file was edited after the fit")
         return None
 
     def _partition_problem(self) -> str | None:
@@ -392,7 +247,7 @@ class SteeringFile:
                 ids = getattr(fold, key)
                 if len(set(ids)) != len(ids):
                     twice = {i for i in ids if ids.count(i) > 1}
-                    return f"metadata field 'folds[{k}].{key}' lists item(s) {_examples(twice)} more than once"
+                    return f"metadata field 'folds[{k}].{key}' lists item(s) {examples(twice)} more than once"
             held = set(fold.held_out_ids)
             if not held:
                 return (f"metadata field 'folds[{k}].held_out_ids' is empty: with {len(self.folds)} folds each fold "
@@ -400,7 +255,7 @@ class SteeringFile:
             inside = held & set(fold.fit_ids)
             if inside:
                 return (f"metadata field 'folds[{k}].fit_ids' contains {len(inside)} of the fold's own held-out items "
-                        f"({_examples(inside)}): they would be steered in-sample")
+                        f"({examples(inside)}): they would be steered in-sample")
             for item in fold.held_out_ids:
                 if item in held_by:
                     return (f"metadata field 'folds[{k}].held_out_ids' holds out {item!r}, which fold "
@@ -408,12 +263,12 @@ class SteeringFile:
                 held_by[item] = fold.name
         nowhere = everything - set(held_by)
         if nowhere:
-            return (f"metadata field 'folds' does not partition the items: {len(nowhere)} item(s) ({_examples(nowhere)}) "
+            return (f"metadata field 'folds' does not partition the items: {len(nowhere)} item(s) ({examples(nowhere)}) "
                     "are held out by no fold, so every fold was fitted on them and they would be steered in-sample")
         for k, fold in enumerate(self.folds):
             lacking = everything - set(fold.held_out_ids) - set(fold.fit_ids)
             if lacking:
-                return (f"metadata field 'folds[{k}].fit_ids' lacks {len(lacking)} item(s) ({_examples(lacking)}) "
+                return (f"metadata field 'folds[{k}].fit_ids' lacks {len(lacking)} item(s) ({examples(lacking)}) "
                         "it does not hold out: each fold is fitted on every item the other folds hold out")
         return None
 
@@ -550,7 +405,7 @@ class SteeringFile:
                 header = handle.metadata() or {}
             tensors = load_file(str(p))
         except Exception as error:  # noqa: BLE001 - safetensors' own error type, OSError, ...: all mean "unreadable"
-            raise SteeringFileError(f"{path} is not an amps-eval steering file ({_not_safetensors(p, error)})") from error
+            raise SteeringFileError(f"{path} is not an amps-eval steering file ({not_safetensors(p, error)})") from error
 
         def refuse(problem: str) -> SteeringFileError:
             return SteeringFileError(f"{path}: {problem}; {FIX}")
@@ -564,15 +419,15 @@ class SteeringFile:
         except json.JSONDecodeError as error:
             raise refuse(f"metadata field {META_KEY!r} is not valid JSON ({error.msg} at character {error.pos})") from None
         if not isinstance(meta, dict):
-            raise refuse(f"metadata field {META_KEY!r} must be a JSON object, got {_show(meta)}")
+            raise refuse(f"metadata field {META_KEY!r} must be a JSON object, got {show(meta)}")
         # The format first: a file of another format version may differ in every other field.
-        problem = _schema_problem(meta, {"format": SCHEMA["format"]}) or _schema_problem(meta, SCHEMA)
+        problem = schema_problem(meta, {"format": SCHEMA["format"]}) or schema_problem(meta, SCHEMA)
         if problem:
             raise refuse(problem)
         for k, entry in enumerate(meta["folds"]):
             if not isinstance(entry, dict):
-                raise refuse(f"metadata field 'folds[{k}]' must be an object, got {_show(entry)}")
-            problem = _schema_problem(entry, FOLD_SCHEMA, f"folds[{k}].")
+                raise refuse(f"metadata field 'folds[{k}]' must be an object, got {show(entry)}")
+            problem = schema_problem(entry, FOLD_SCHEMA, f"folds[{k}].")
             if problem:
                 raise refuse(problem)
         listed = {f"fold{k}.{name}": k for k, entry in enumerate(meta["folds"]) for name in entry["tensors"]}
