@@ -108,7 +108,8 @@ def _fit(args: argparse.Namespace) -> int:
     train = recipe(**{k: v for k, v in given.items() if v is not None})
     settings = FitSettings(
         model=args.model, pretrained=args.pretrained, method=args.method, layer=args.layer, folds=args.folds,
-        hidden=args.hidden, train=train, beta=args.beta, convention=args.convention, mcs=_mcs_settings(args),
+        hidden=args.hidden, train=train, beta=args.beta, convention=args.convention, gamma_max=args.gamma_max,
+        anchor_floor=args.anchor_floor, mcs=_mcs_settings(args),
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, data=args.data, cache_dir=args.cache_dir,
         limit=args.limit, seed=args.seed,
     )
@@ -143,6 +144,7 @@ def _build_organism(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from amps_eval.report.cli_parsers import finite_alpha
+    from amps_eval.steering.scaling import ANCHOR_FLOOR, GAMMA_MAX
 
     parser = argparse.ArgumentParser(prog="amps-eval", description=__doc__.splitlines()[0])
     parser.add_argument("--debug", action="store_true",
@@ -241,6 +243,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-batch-size", type=int, default=None, help="training batch size (default 64)")
     p.add_argument("--beta", type=float, default=1.0, help="AMPS scaling strength of Eq. 9")
     p.add_argument("--convention", choices=("prose", "literal"), default="prose", help="sign convention of Eq. 9")
+    p.add_argument("--gamma-max", type=float, default=GAMMA_MAX, help="upper bound of the per-sample scaling gamma")
+    p.add_argument("--anchor-floor", type=float, default=ANCHOR_FLOOR,
+                   help="lower bound of the anchor reliance in Eq. 9 (keeps a near-zero anchor from exploding gamma)")
     p.add_argument("--cache-dir", default=None, help="extraction cache (default: <out>.cache/)")
     p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
     p.set_defaults(run=_fit)

@@ -29,7 +29,7 @@ from torch import Tensor
 from amps_eval.files import ensure_folder, ensure_writable, output_error, tmp_path
 from amps_eval.steering.mcs import MCSSettings
 from amps_eval.steering.module import TrainSettings, train_mlp
-from amps_eval.steering.scaling import CONVENTIONS, DIRECTIONS, gamma
+from amps_eval.steering.scaling import ANCHOR_FLOOR, CONVENTIONS, DIRECTIONS, GAMMA_MAX, gamma
 
 __all__ = ["FitSettings", "amps_targets", "category_anchors", "fit", "fit_fold", "split_folds"]
 
@@ -55,6 +55,8 @@ class FitSettings:
     train: TrainSettings = field(default_factory=TrainSettings)
     beta: float = 1.0
     convention: str = "prose"
+    gamma_max: float = GAMMA_MAX  # upper bound of gamma (AMPS targets, mean_mcs strengths)
+    anchor_floor: float = ANCHOR_FLOOR  # lower bound of the anchor reliance in Eq. 9
     mcs: MCSSettings = field(default_factory=MCSSettings)
     batch_size: int = 4
     device: str | None = None
@@ -81,6 +83,10 @@ class FitSettings:
             "train": (isinstance(self.train, TrainSettings), "a TrainSettings"),
             "beta": (isinstance(self.beta, (int, float)) and math.isfinite(self.beta), "a finite number"),
             "convention": (self.convention in CONVENTIONS, f"one of {CONVENTIONS}"),
+            "gamma_max": (isinstance(self.gamma_max, (int, float)) and math.isfinite(self.gamma_max)
+                          and self.gamma_max >= 1, "a finite number >= 1"),
+            "anchor_floor": (isinstance(self.anchor_floor, (int, float)) and 0 <= self.anchor_floor < 1,
+                             "a number in [0, 1)"),
             "mcs": (isinstance(self.mcs, MCSSettings), "an MCSSettings"),
             "batch_size": (is_int(self.batch_size, 1), "an int >= 1"),
             "dtype": (self.dtype in DTYPES, f"one of {DTYPES}"),
@@ -145,7 +151,7 @@ def category_anchors(r_v: Tensor, categories: list[str]) -> dict[str, float]:
 
 def amps_targets(
     d: Tensor, r_v: Tensor, categories: list[str], anchors: dict[str, float], beta: float, direction: str,
-    convention: str = "prose",
+    convention: str = "prose", gamma_max: float | None = GAMMA_MAX, anchor_floor: float = ANCHOR_FLOOR,
 ) -> Tensor:
     """Eq. 11 per item: (1 + gamma_i) * d_i toward the image, (1 + gamma_i) * (-d_i) toward the text.
 
@@ -158,7 +164,8 @@ def amps_targets(
     if missing:
         raise ValueError(f"no anchor for categor(y/ies) {missing}; anchors cover {sorted(anchors)}")
     mu = torch.tensor([anchors[c] for c in categories], dtype=torch.float64)
-    g = gamma(torch.as_tensor(r_v, dtype=torch.float64), mu, beta, direction, convention)
+    g = gamma(torch.as_tensor(r_v, dtype=torch.float64), mu, beta, direction, convention, cap=gamma_max,
+              anchor_floor=anchor_floor)
     sign = 1.0 if direction == "vision" else -1.0
     return ((1.0 + g) * sign).to(torch.float32)[:, None].to(d.device) * d.float()
 
@@ -168,10 +175,11 @@ def fit_fold(
     r_v: Tensor | None = None, categories: list[str] | None = None, progress: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, float], dict[str, float]]:
     """One fold on its fit items: (tensors for both directions, final train loss per direction,
-    the fold's own anchors (amps only))."""
-    if method == "mean":
+    the fold's own anchors (mean and amps))."""
+    if method == "mean":  # the fold's anchors are mean_mcs's: an item is scaled by anchors that did not see it
         v = d.float().mean(dim=0).cpu()
-        return {"vision.vector": v, "text.vector": -v}, {}, {}
+        anchors = category_anchors(r_v, categories) if r_v is not None and categories is not None else {}
+        return {"vision.vector": v, "text.vector": -v}, {}, anchors
     if method == "l2s":
         mlp, history = train_mlp(x, d, hidden, settings.train, progress)
         state = {k: t.detach().cpu().clone() for k, t in mlp.state_dict().items()}
@@ -183,7 +191,8 @@ def fit_fold(
     anchors = category_anchors(r_v, categories)
     tensors, losses = {}, {}
     for direction in DIRECTIONS:
-        y = amps_targets(d, r_v, categories, anchors, settings.beta, direction, settings.convention)
+        y = amps_targets(d, r_v, categories, anchors, settings.beta, direction, settings.convention,
+                         settings.gamma_max, settings.anchor_floor)
         mlp, history = train_mlp(x, y, hidden, settings.train, progress)
         tensors.update({f"{direction}.{k}": t.detach().cpu().clone() for k, t in mlp.state_dict().items()})
         losses[direction] = history[-1]

@@ -96,6 +96,11 @@ def test_fitted_files_load_and_cross_fit(fits, arch, method, request):
     else:
         assert "__all__" in loaded.anchors and len(loaded.anchors) == 9
         assert all(0 <= v <= 1 for v in loaded.anchors.values())
+        # per-fold anchors from each fold's own fit items (mean_mcs and AMPS scale with them), and the bounds
+        assert sorted(loaded.settings["fold_anchors"]) == [f.name for f in loaded.folds]
+        for fold in loaded.folds:
+            assert loaded.settings["fold_anchors"][fold.name]["__all__"] != loaded.anchors["__all__"]
+        assert loaded.settings["gamma_max"] == 4.0 and loaded.settings["anchor_floor"] == 0.01
     for k, fold in enumerate(loaded.folds):
         for name, tensor in steering.folds[k].tensors.items():
             assert torch.equal(tensor, fold.tensors[name])

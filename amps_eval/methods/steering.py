@@ -41,6 +41,30 @@ class SteeringConfig:
     mcs: MCSSettings = MCSSettings()
 
 
+MCS_KEYS = ("sigmas", "draws", "relative", "seed", "eps")
+"""The MCS settings that change its values (batching does not)."""
+
+
+def check_mcs_settings(file: SteeringFile, mcs: MCSSettings) -> None:
+    """Refuse a mean_mcs run whose MCS settings differ from those that made the file's anchors: its
+    r_v would not be comparable with them (the scaling compares the two)."""
+    recorded = (file.settings or {}).get("mcs")
+    if not isinstance(recorded, dict):
+        return  # a file written in code, without recorded fit settings
+    ours = mcs.to_dict()
+
+    def norm(value):
+        return [float(v) for v in value] if isinstance(value, (list, tuple)) else value
+
+    differ = {k: (recorded.get(k), ours.get(k)) for k in MCS_KEYS if norm(recorded.get(k)) != norm(ours.get(k))}
+    if differ:
+        what = ", ".join(f"{k} {a!r} (file) vs {b!r} (run)" for k, (a, b) in differ.items())
+        raise ValueError(
+            f"{file.source}: its MCS anchors were computed with other MCS settings than this mean_mcs run uses "
+            f"({what}); pass mcs_sigmas=, mcs_draws=, mcs_relative= and seed= as the fit had them, or refit"
+        )
+
+
 class RowModules(nn.Module):
     """Applies module ``k`` to the rows assigned to it: one batch, several cross-fit folds."""
 
@@ -65,6 +89,8 @@ class Steering:
     def __init__(self, file: SteeringFile, config: SteeringConfig, model: nn.Module) -> None:
         if config.method == "mean_mcs" and not file.anchors:
             raise ValueError(f"method=mean_mcs needs MCS anchors; {file.source} has none: refit with `amps-eval fit --method mean`")
+        if config.method == "mean_mcs":
+            check_mcs_settings(file, config.mcs)
         self.file = file
         self.config = config
         self.layer = file.layer
@@ -96,14 +122,19 @@ class Steering:
         encoded = batch.encoded
         result = compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, self.config.mcs,
                              sample_ids=[noise_key(r["mc2_id"]) for r in rows])
-        anchors = self.file.anchors
+        recorded = self.file.settings
+        fold_anchors = recorded.get("fold_anchors") or {}
         scales = []
         for row, c_v, c_t, r_v, r_v_se in zip(rows, result.c_v.tolist(), result.c_t.tolist(), result.r_v.tolist(),
                                               result.r_v_stderr.tolist()):
+            # the anchors of the fold that steers the row (fitted without it); files from before
+            # per-fold anchors fall back to the file's, which saw every item
+            anchors = fold_anchors.get(self.file.folds[row["fold"]].name) or self.file.anchors
             mu_v = anchors.get(row["category"], anchors.get("__all__"))
             if mu_v is None:
                 raise ValueError(f"no MCS anchor for category {row['category']!r} in {self.file.source}")
-            g = float(gamma(torch.tensor(r_v), mu_v, self.config.beta, row["target"], self.config.convention))
+            g = float(gamma(torch.tensor(r_v), mu_v, self.config.beta, row["target"], self.config.convention,
+                            cap=recorded.get("gamma_max"), anchor_floor=recorded.get("anchor_floor", 0.0)))
             row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se if math.isfinite(r_v_se) else None,
                        anchor=mu_v, gamma=g)
             scales.append(g)

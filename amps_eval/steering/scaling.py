@@ -1,6 +1,6 @@
 """Per-sample steering strength from the visual MCS ratio (the AMPS paper's Eq. 9), pure.
 
-    gamma = 1 + beta * (r - mu) / mu,   clipped at ``floor`` (default 0)
+    gamma = 1 + beta * (r - mu) / mu,   clipped to [``floor``, ``cap``]; mu at least ``anchor_floor``
 
 ``r`` is the sample's reliance on the modality being steered *away from*, ``mu`` the anchor: its
 mean over the items of the same MC2 category in the fit set.
@@ -14,6 +14,12 @@ r = 1 - r_v (reliance on text) toward the image and r = r_v toward the text;
 
 The clip keeps gamma >= floor >= 0, so neither the scaled target (1 + gamma) * v of Eq. 11 nor the
 scaled strength gamma * alpha of mean steering can flip sign.
+
+Bounds (decisions, recorded in every steering file; `amps-eval fit --gamma-max --anchor-floor`): the
+anchor reliance mu is at least ``ANCHOR_FLOOR`` (0.01), and gamma at most ``GAMMA_MAX`` (4, i.e.
+four times the average strength, since gamma averages 1 over the fit items). Without them a
+category whose mean reliance is near 0 turns Monte Carlo noise into huge strengths: an anchor of
+0.0059 and an item's r_v of 0.135 gave gamma 22.7 and a collapsed answer.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ import torch
 from torch import Tensor
 
 CONVENTIONS = ("prose", "literal")
+GAMMA_MAX = 4.0
+ANCHOR_FLOOR = 0.01
 DIRECTIONS = ("vision", "text")
 
 
@@ -37,17 +45,23 @@ def reliance_away(r_v: Tensor, toward: str, convention: str = "prose") -> Tensor
 
 
 def gamma(
-    r_v: Tensor, mu_v: Tensor, beta: float, toward: str, convention: str = "prose", floor: float = 0.0
+    r_v: Tensor, mu_v: Tensor, beta: float, toward: str, convention: str = "prose", floor: float = 0.0,
+    cap: float | None = None, anchor_floor: float = 0.0,
 ) -> Tensor:
-    """Eq. 9 per sample: r_v and mu_v are visual ratios (tensors of the same shape, or mu_v scalar)."""
+    """Eq. 9 per sample: r_v and mu_v are visual ratios (tensors of the same shape, or mu_v scalar).
+    ``cap`` (None: none) bounds gamma above; ``anchor_floor`` bounds the anchor reliance below."""
     r_v = torch.as_tensor(r_v, dtype=torch.float64)
     mu_v = torch.as_tensor(mu_v, dtype=torch.float64)
     if not (torch.isfinite(r_v).all() and torch.isfinite(mu_v).all()):
         raise ValueError(f"non-finite visual ratio or anchor: r_v={r_v.tolist()}, mu_v={mu_v.tolist()}")
     if floor < 0:
         raise ValueError(f"floor must be >= 0 so the steering never flips sign, got {floor}")
+    if cap is not None and not cap >= max(floor, 1.0):
+        raise ValueError(f"cap must be >= max(floor, 1) so an average item keeps its strength, got {cap}")
+    if not 0 <= anchor_floor < 1:
+        raise ValueError(f"anchor_floor must be in [0, 1), got {anchor_floor}")
     r = reliance_away(r_v, toward, convention)
-    mu = reliance_away(mu_v, toward, convention)
+    mu = reliance_away(mu_v, toward, convention).clamp(min=anchor_floor)
     if (mu <= 0).any():
         raise ValueError(f"anchor reliance must be > 0 to scale by it, got {mu.tolist()}")
-    return (1 + beta * (r - mu) / mu).clamp(min=floor)
+    return (1 + beta * (r - mu) / mu).clamp(min=floor, max=cap)
