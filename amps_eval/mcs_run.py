@@ -41,12 +41,6 @@ __all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
 MCS_PROMPTS = {"none": "none", "visual": "vision", "text": "text"}  # CLI name -> fit_data.PROMPTS kind
 
 
-def _stderrs(result, j: int) -> dict:
-    """The item's Monte Carlo standard errors (None with one draw)."""
-    record = result.to_records()[j]
-    return {key: record[key] for key in ("c_v_stderr", "c_t_stderr", "r_v_stderr")}
-
-
 def _stats(values: list[float]) -> dict:
     n = len(values)
     mean = sum(values) / n
@@ -108,10 +102,12 @@ def run_mcs(
         rows = rows_all[start : start + batch_size]
         ids = [items.ids[i] for i in rows]
         result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings, MCS_PROMPTS[prompt])
+        per_item = result.to_records()
         for j, i in enumerate(rows):
             records.append({"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],
                             "prompt": prompt, "c_v": float(result.c_v[j]), "c_t": float(result.c_t[j]),
-                            "r_v": float(result.r_v[j]), **_stderrs(result, j)})
+                            "r_v": float(result.r_v[j]),
+                            **{key: per_item[j][key] for key in ("c_v_stderr", "c_t_stderr", "r_v_stderr")}})
         bar.update(len(rows))
     bar.close()
     # Every item is scored: now the three files, together (see the module docstring).

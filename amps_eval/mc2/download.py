@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import hashlib
 import http.client
-import os
-import tempfile
 import time
 import urllib.error
 import urllib.parse
@@ -36,6 +34,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Iterable, Mapping, Sequence
 
+from amps_eval.files import replace_together
 from amps_eval.mc2.images import jpeg_problem
 from amps_eval.mc2.prepare import COCO_SPLITS, MAX_LISTED_IDS, find_coco_image, load_question_records
 from amps_eval.mc2.schema import coco_image_id
@@ -285,17 +284,11 @@ def fetch(
     raise FetchError(url, f"{_RETRY_LABELS[last.kind]} after {_tries(attempts)}: {last.detail}", last.kind)
 
 
-def _write_atomic(dest: Path, data: bytes) -> None:
-    """Write `data` to `dest` through a temporary file in the same folder, renamed into place."""
+def _write_atomic(dest: Path, data: bytes, what: str) -> None:
+    """Write `data` to `dest` through a temporary file in the same folder, renamed into place
+    (`amps_eval.files.replace_together`: a full disk is an `OutputError` naming the file)."""
     dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".part", dir=dest.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    replace_together([(dest, data, what)])
 
 
 def _sha256(data: bytes) -> str:
@@ -321,7 +314,7 @@ def download_questions(settings: DownloadSettings, cache: Path) -> tuple[Path, b
             f"the MC2 question file from {url} has sha256 {actual}, expected {expected}; nothing was "
             f"written. Check --questions-url, or pass --questions-sha256 {actual} if you trust this file."
         )
-    _write_atomic(dest, data)
+    _write_atomic(dest, data, "the MC2 question file")
     return dest, False
 
 
@@ -340,7 +333,7 @@ def fetch_image(image_id: str, root: Path, settings: DownloadSettings) -> ImageF
                 not_found.append(url)
                 continue
             return ImageFailure(image_id, exc.reason, exc.kind, url)
-        _write_atomic(image_path(root, split, image_id), data)
+        _write_atomic(image_path(root, split, image_id), data, "the COCO image")
         return None
     splits = " and ".join(COCO_SPLITS)
     return ImageFailure(image_id, f"404 at both the {splits} addresses", "not_found", not_found[-1])

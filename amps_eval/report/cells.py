@@ -41,10 +41,14 @@ def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
-def _from_records(records, run: Run) -> Cell:
+def _scored(records, run: Path, date: str) -> Cell:
     scores = score(records)
     p, n = scores.target_acc, scores.n_items
-    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run.path, run.date)
+    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run, date)
+
+
+def _from_records(records, run: Run) -> Cell:
+    return _scored(records, run.path, run.date)
 
 
 def _from_results(task: TaskData, run: Run) -> Cell | None:
@@ -61,12 +65,8 @@ def cells_from_records(records, run: Path, date: str) -> dict[str, Cell]:
     groups = defaultdict(list)
     for record in records:
         groups[record["category"]].append(record)
-    cells = {}
-    for column, rows in [*((c, groups[c]) for c in CATEGORIES if groups.get(c)), (TOTAL, list(records))]:
-        s = score(rows)
-        cells[column] = Cell(s.target_acc, s.others, math.sqrt(s.target_acc * (1 - s.target_acc) / s.n_items),
-                             s.n_items, "samples", run, date)
-    return cells
+    columns = [*((c, groups[c]) for c in CATEGORIES if groups.get(c)), (TOTAL, list(records))]
+    return {column: _scored(rows, run, date) for column, rows in columns}
 
 
 def run_cells(run: Run, problems: list[Problem]) -> dict[tuple[str, str], dict[str, Cell]]:
@@ -78,13 +78,12 @@ def run_cells(run: Run, problems: list[Problem]) -> dict[tuple[str, str], dict[s
         cells = out[key]
         if task.category is None:
             if task.records:
-                groups = defaultdict(list)
-                for record in task.records:
-                    groups[record["category"]].append(record)
-                for category, records in groups.items():
-                    if category in CATEGORIES:
-                        cells.setdefault(category, _from_records(records, run))
-                cells[TOTAL] = _from_records(task.records, run)
+                scored = cells_from_records(task.records, run.path, run.date)
+                for column, cell in scored.items():
+                    if column == TOTAL:
+                        cells[TOTAL] = cell
+                    else:
+                        cells.setdefault(column, cell)  # a dedicated per-category task wins
                 _check(task, cells[TOTAL], run, problems)
             elif (cell := _from_results(task, run)) is not None:
                 cells[TOTAL] = cell
