@@ -96,7 +96,7 @@ def _floats(text: str) -> tuple[float, ...]:
 def _mcs_settings(args: argparse.Namespace):
     from amps_eval.steering.mcs import MCSSettings
 
-    return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed)
+    return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
 
 
 def _fit(args: argparse.Namespace) -> int:
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
         p.set_defaults(run=_study)
 
+    from amps_eval.methods.registry import FIT_METHODS
     from amps_eval.plugin import MODEL_CLASSES
 
     def model_args(p: argparse.ArgumentParser) -> None:
@@ -223,12 +224,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
         p.add_argument("--limit", type=int, default=None, help="use only the first N items")
         p.add_argument("--sigmas", type=_floats, default=(0.05, 0.1, 0.2), help="MCS noise levels (relative)")
-        p.add_argument("--draws", type=int, default=2, help="MCS Monte Carlo draws per noise level and modality")
+        p.add_argument("--draws", type=int, default=16, help="MCS Monte Carlo draws per noise level and modality")
         p.add_argument("--mcs-seed", type=int, default=0, help="seed of the MCS noise")
+        p.add_argument("--mcs-ratio", choices=("per_sigma", "sums", "per_draw"), default="per_sigma",
+                       help="how r_v is formed: mean of per-sigma ratios (default), C_V/(C_V+C_T) (Eq. 7 as written), "
+                       "or mean of per-draw ratios; see docs/method.md")
 
     p = sub.add_parser("fit", help="fit mean-steering vectors, L2S or AMPS modules on MC2 items (cross-fitted)")
     model_args(p)
-    p.add_argument("--method", required=True, choices=("mean", "l2s", "amps"))
+    p.add_argument("--method", required=True, choices=FIT_METHODS,
+                   help="mean (also the file mean_mcs reads), l2s, amps, or amps_beta0 (AMPS with beta = 0: the ablation)")
     p.add_argument("--layer", type=int, default=14, help="decoder layer to read and steer (the paper: 14)")
     p.add_argument("--out", required=True, help="the steering file to write (.safetensors)")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds; 1 fits on everything")
@@ -241,7 +246,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", choices=("l2s", "mse"), default=None,
                    help="override the recipe's loss: l2s (MSE + L1 - cosine, the reference) or mse (AMPS Eq. 12)")
     p.add_argument("--train-batch-size", type=int, default=None, help="training batch size (default 64)")
-    p.add_argument("--beta", type=float, default=1.0, help="AMPS scaling strength of Eq. 9")
+    p.add_argument("--beta", type=float, default=None, help="AMPS scaling strength of Eq. 9 (default 1; amps_beta0 fixes 0)")
     p.add_argument("--convention", choices=("prose", "literal"), default="prose", help="sign convention of Eq. 9")
     p.add_argument("--gamma-max", type=float, default=GAMMA_MAX, help="upper bound of the per-sample scaling gamma")
     p.add_argument("--anchor-floor", type=float, default=ANCHOR_FLOOR,
@@ -253,7 +258,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("mcs", help="the modality contribution score of every MC2 item (JSONL + summary)")
     model_args(p)
     p.add_argument("--prompt", choices=("none", "visual", "text"), default="none",
-                   help="plain prompt, or with the instruction toward the image / the text")
+                   help="plain prompt, or with the instruction toward the image / the text appended after the "
+                   "question (as in the fits, AMPS Eq. 8)")
     p.add_argument("--out", required=True, help="output .jsonl (+ <out>.meta.json and <stem>.summary.json)")
     p.set_defaults(run=_mcs)
 

@@ -46,8 +46,8 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from amps_eval.files import ensure_folder, output_error, replace_together, tmp_path
-from amps_eval.fit_data import PROMPTS, ItemSet
-from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
+from amps_eval.fit_data import FIT_INSTRUCTION_STYLE, PROMPTS, ItemSet
+from amps_eval.mc2.prompt import INSTRUCTIONS
 from amps_eval.steering.hooks import capture, hidden_size
 from amps_eval.steering.mcs import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
 
@@ -264,7 +264,7 @@ def extract(
     model_key = {"format": CACHE_FORMAT, "pretrained": pretrained,
                  "class": type(wrapper.model).__name__, "dtype": str(wrapper.torch_dtype)}
     folder = _folder(Path(cache_root), "hidden",
-                     {**model_key, "layer": layer, "prompts": PROMPTS, "instructions": MODALITY_INSTRUCTIONS})
+                     {**model_key, "layer": layer, "prompts": PROMPTS, "instructions": INSTRUCTIONS[FIT_INSTRUCTION_STYLE]})
     done = _read_hidden(folder, hidden_size(wrapper.model))
     todo = [i for i, item in enumerate(items.ids) if done.get(item, ("",))[0] != items.hashes[i]]
     bar = tqdm(total=len(todo), desc=f"hidden states (layer {layer})", disable=not progress or not todo)

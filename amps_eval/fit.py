@@ -1,16 +1,20 @@
 """`amps-eval fit`: fit mean-steering vectors, L2S modules or AMPS modules on MC2 items.
 
+Each method's own fit of one fold lives in its file under `amps_eval.methods` (``mean``, ``l2s``,
+``amps``, ``amps_beta0``); this module is what they share: items, extraction, folds, the file.
+
 Pipeline (AMPS paper, Eq. 9-13; docs/method.md, "Scaling", "Targets", "Module", "Cross-fitting"):
 
 1. every item's prompt [I,T] and its two instructed variants [I,T,P_v], [I,T,P_t] are run through
    the model and the output of decoder layer ``layer`` at the last prompt token is kept
-   (``amps_eval.extract``, cached so an interrupted fit resumes); for ``mean`` and ``amps`` also
+   (``amps_eval.extract``, cached so an interrupted fit resumes); for ``mean`` and AMPS also
    the item's MCS on [I,T] (``mean`` needs it only for the anchors that ``mean_mcs`` reads);
 2. d = h[P_v] - h[P_t] per item; the items are split into K folds (cross-fitting: each fold's
    vector/module is fitted on the other folds' items and serves its own held-out items);
 3. per fold: ``mean`` -> the mean of d; ``l2s`` -> an MLP h[I,T] -> d; ``amps`` -> one MLP per
    direction on the gamma-scaled targets of Eq. 11 (``amps_targets``), with per-category anchors
    taken on the fold's own fit items (the held-out items must not leak into their steering);
+   ``amps_beta0`` -> the same with beta = 0 (every gamma 1: L2S's targets doubled);
 4. both directions are stored: for ``mean`` / ``l2s`` the text entries are exactly the negated
    vision ones (for an MLP: the decoder negated), for ``amps`` two separately trained modules.
 """
@@ -27,21 +31,21 @@ from safetensors import SafetensorError
 from torch import Tensor
 
 from amps_eval.files import ensure_folder, ensure_writable, output_error, tmp_path
+from amps_eval.methods.registry import FIT_METHODS, implementation, info
+from amps_eval.steering.anchors import ALL, amps_targets, category_anchors
 from amps_eval.steering.mcs import MCSSettings
-from amps_eval.steering.module import TrainSettings, train_mlp
-from amps_eval.steering.scaling import ANCHOR_FLOOR, CONVENTIONS, DIRECTIONS, GAMMA_MAX, gamma
+from amps_eval.steering.module import TrainSettings
+from amps_eval.steering.scaling import ANCHOR_FLOOR, CONVENTIONS, GAMMA_MAX
 
-__all__ = ["FitSettings", "amps_targets", "category_anchors", "fit", "fit_fold", "split_folds"]
-
-METHODS = ("mean", "l2s", "amps")
-ALL = "__all__"  # the anchor over every item, next to the per-category ones
+__all__ = ["ALL", "FitSettings", "amps_targets", "category_anchors", "fit", "fit_fold", "split_folds"]
 
 
 @dataclass(frozen=True)
 class FitSettings:
     """Everything that decides a fit; recorded in the steering file (``to_dict``).
 
-    hidden None -> the wrapper class's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
+    beta None -> the method's (``amps``: 1, as the paper; ``amps_beta0``: 0, which is also the only
+    value it accepts). hidden None -> the wrapper class's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
     ``resolve_source()``, as the tasks. cache_dir None -> ``<out>.cache/``. limit: the first N items.
     folds=1 fits on everything (one fold "all" with no held-out items).
     """
@@ -53,7 +57,7 @@ class FitSettings:
     folds: int = 2
     hidden: int | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
-    beta: float = 1.0
+    beta: float | None = None
     convention: str = "prose"
     gamma_max: float = GAMMA_MAX  # upper bound of gamma (AMPS targets, mean_mcs strengths)
     anchor_floor: float = ANCHOR_FLOOR  # lower bound of the anchor reliance in Eq. 9
@@ -76,12 +80,13 @@ class FitSettings:
         checks = {
             "model": (self.model in MODEL_CLASSES, f"one of {tuple(MODEL_CLASSES)}"),
             "pretrained": (isinstance(self.pretrained, str) and bool(self.pretrained), "a hub id or a local folder"),
-            "method": (self.method in METHODS, f"one of {METHODS}"),
+            "method": (self.method in FIT_METHODS, f"one of {FIT_METHODS}"),
             "layer": (is_int(self.layer, 0), "a decoder layer index >= 0"),
             "folds": (is_int(self.folds, 1), "an int >= 1"),
             "hidden": (is_int(self.hidden, 1, none_ok=True), "None or an int >= 1"),
             "train": (isinstance(self.train, TrainSettings), "a TrainSettings"),
-            "beta": (isinstance(self.beta, (int, float)) and math.isfinite(self.beta), "a finite number"),
+            "beta": (self.beta is None or (isinstance(self.beta, (int, float)) and math.isfinite(self.beta)
+                                           and self.beta >= 0), "None or a finite number >= 0"),
             "convention": (self.convention in CONVENTIONS, f"one of {CONVENTIONS}"),
             "gamma_max": (isinstance(self.gamma_max, (int, float)) and math.isfinite(self.gamma_max)
                           and self.gamma_max >= 1, "a finite number >= 1"),
@@ -94,12 +99,24 @@ class FitSettings:
             "seed": (is_int(self.seed, -(2**63)), "an int"),
         }
         bad = [f"{name}={getattr(self, name)!r} (expected {what})" for name, (ok, what) in checks.items() if not ok]
+        fixed = info(self.method).fit_beta if self.method in FIT_METHODS else None
+        if fixed is not None and self.beta is not None and self.beta != fixed:
+            bad.append(f"beta={self.beta!r} (method={self.method} fixes beta at {fixed:g}; use --method amps to vary it)")
+        if self.method == "amps" and self.beta == 0:
+            bad.append("beta=0 with method=amps (that is the ablation: use --method amps_beta0, so that the tables "
+                       "label it as such)")
         if bad:
             raise ValueError("invalid fit settings: " + "; ".join(bad))
 
+    @property
+    def fit_beta(self) -> float:
+        """The beta the fit uses: fixed by the method, else the setting, else 1."""
+        fixed = info(self.method).fit_beta
+        return float(fixed if fixed is not None else 1.0 if self.beta is None else self.beta)
+
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("train", "mcs")}
-        out.update(train=self.train.to_dict(), mcs=self.mcs.to_dict(), beta=float(self.beta))
+        out.update(train=self.train.to_dict(), mcs=self.mcs.to_dict(), beta=self.fit_beta)
         for key in ("data", "cache_dir"):
             out[key] = None if out[key] is None else str(out[key])
         return out
@@ -140,63 +157,14 @@ def split_folds(ids: list[str], categories: list[str], folds: int, seed: int) ->
     return out
 
 
-def category_anchors(r_v: Tensor, categories: list[str]) -> dict[str, float]:
-    """mu_v of Eq. 9: the mean visual ratio per category, plus ``"__all__"`` over every item."""
-    anchors = {ALL: float(torch.as_tensor(r_v, dtype=torch.float64).mean())}
-    for category in sorted(set(categories)):
-        rows = [i for i, c in enumerate(categories) if c == category]
-        anchors[category] = float(torch.as_tensor(r_v, dtype=torch.float64)[rows].mean())
-    return anchors
-
-
-def amps_targets(
-    d: Tensor, r_v: Tensor, categories: list[str], anchors: dict[str, float], beta: float, direction: str,
-    convention: str = "prose", gamma_max: float | None = GAMMA_MAX, anchor_floor: float = ANCHOR_FLOOR,
-) -> Tensor:
-    """Eq. 11 per item: (1 + gamma_i) * d_i toward the image, (1 + gamma_i) * (-d_i) toward the text.
-
-    gamma_i is Eq. 9 (``scaling.gamma``) with the anchor of item i's category; with beta = 0 every
-    gamma is 1 and the targets are 2 * (+-d). Pure: [N, D] float32 out.
-    """
-    if direction not in DIRECTIONS:
-        raise ValueError(f"direction must be one of {DIRECTIONS}, got {direction!r}")
-    missing = sorted(set(categories) - set(anchors))
-    if missing:
-        raise ValueError(f"no anchor for categor(y/ies) {missing}; anchors cover {sorted(anchors)}")
-    mu = torch.tensor([anchors[c] for c in categories], dtype=torch.float64)
-    g = gamma(torch.as_tensor(r_v, dtype=torch.float64), mu, beta, direction, convention, cap=gamma_max,
-              anchor_floor=anchor_floor)
-    sign = 1.0 if direction == "vision" else -1.0
-    return ((1.0 + g) * sign).to(torch.float32)[:, None].to(d.device) * d.float()
-
-
 def fit_fold(
     method: str, x: Tensor, d: Tensor, settings: FitSettings, hidden: int,
     r_v: Tensor | None = None, categories: list[str] | None = None, progress: bool = False,
 ) -> tuple[dict[str, Tensor], dict[str, float], dict[str, float]]:
     """One fold on its fit items: (tensors for both directions, final train loss per direction,
-    the fold's own anchors (mean and amps))."""
-    if method == "mean":  # the fold's anchors are mean_mcs's: an item is scaled by anchors that did not see it
-        v = d.float().mean(dim=0).cpu()
-        anchors = category_anchors(r_v, categories) if r_v is not None and categories is not None else {}
-        return {"vision.vector": v, "text.vector": -v}, {}, anchors
-    if method == "l2s":
-        mlp, history = train_mlp(x, d, hidden, settings.train, progress)
-        state = {k: t.detach().cpu().clone() for k, t in mlp.state_dict().items()}
-        tensors = {f"vision.{k}": t for k, t in state.items()}
-        tensors.update({f"text.{k}": (-t if k == "decoder.weight" else t.clone()) for k, t in state.items()})
-        return tensors, {"vision": history[-1], "text": history[-1]}, {}
-    if r_v is None or categories is None:
-        raise ValueError("amps needs each item's r_v and category")
-    anchors = category_anchors(r_v, categories)
-    tensors, losses = {}, {}
-    for direction in DIRECTIONS:
-        y = amps_targets(d, r_v, categories, anchors, settings.beta, direction, settings.convention,
-                         settings.gamma_max, settings.anchor_floor)
-        mlp, history = train_mlp(x, y, hidden, settings.train, progress)
-        tensors.update({f"{direction}.{k}": t.detach().cpu().clone() for k, t in mlp.state_dict().items()})
-        losses[direction] = history[-1]
-    return tensors, losses, anchors
+    the fold's own anchors); the method's own file says how (`amps_eval.methods`)."""
+    result = implementation(method).fit_fold(x, d, settings, hidden, r_v, categories, progress)
+    return result.tensors, result.losses, result.anchors
 
 
 def fit(settings: FitSettings, out: Path, progress: bool = True):
@@ -220,7 +188,7 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     hidden = settings.hidden or getattr(wrapper_class(settings.model), "default_mlp_hidden", 100)
     items = load_items(settings.data, settings.limit)
     wrapper = load_wrapper(settings.model, settings.pretrained, settings.device, settings.dtype, settings.batch_size)
-    needs_mcs = settings.method in ("mean", "amps")
+    needs_mcs = implementation(settings.method).needs_mcs_at_fit
     ex = extract(wrapper, items, settings.layer, cache, settings.mcs if needs_mcs else None, settings.batch_size, progress)
 
     model = wrapper.model

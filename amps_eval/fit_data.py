@@ -6,6 +6,10 @@ the same content hashes:
 * every item becomes one task document built with ``TaskSpec("vision")``: the option order (image
   answer first for even ``mc2_id``) is the one the tasks ask with ``orders="one"``, and it does not
   depend on the steering direction, so the hidden states serve both directions;
+* the contrast prompts [I, T, P_v] / [I, T, P_t] follow AMPS Eq. 8: the instruction is appended
+  after the whole question prompt (``FIT_INSTRUCTION_STYLE = "appended"``, the instructions
+  ``amps_eval.mc2.prompt.APPENDED_INSTRUCTIONS``), whatever ``instruction_style`` the evaluation
+  runs of ``inst`` / ``cot`` use;
 * an item's content hash covers its text fields and its image bytes, so a cache entry is reused only
   for the very same item (another dataset that reuses an ``mc2_id`` gets its own entry), and the
   data hash of a fit is the hash over its items' hashes, in order.
@@ -23,8 +27,10 @@ from amps_eval.methods.prompts import Turn, build_conversation
 TEXT_FIELDS = ("mc2_id", "category", "image_id", "question", "context", "answer_vision", "answer_text")
 # prompt kind -> (prompt method, target) of build_conversation: [I,T], [I,T,P_v], [I,T,P_t] (Eq. 10)
 PROMPTS: dict[str, tuple[str, str | None]] = {"none": ("none", None), "vision": ("inst", "vision"), "text": ("inst", "text")}
+# where P_v / P_t go in those prompts: appended after the question (AMPS Eq. 8), see amps_eval.mc2.prompt
+FIT_INSTRUCTION_STYLE = "appended"
 
-__all__ = ["ItemSet", "PROMPTS", "load_items", "load_wrapper", "num_layers", "wrapper_class"]
+__all__ = ["FIT_INSTRUCTION_STYLE", "ItemSet", "PROMPTS", "load_items", "load_wrapper", "num_layers", "wrapper_class"]
 
 
 @dataclass
@@ -55,7 +61,8 @@ class ItemSet:
         out = []
         for row in rows:
             doc = self.docs[row]
-            out.append(build_conversation(method, doc_prompt(doc), [doc["image"].convert("RGB")], target))
+            out.append(build_conversation(method, doc_prompt(doc), [doc["image"].convert("RGB")], target,
+                                          style=FIT_INSTRUCTION_STYLE))
         return out
 
 

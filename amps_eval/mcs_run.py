@@ -12,7 +12,8 @@ Writes three files:
   single item), n; plus the mean c_v and c_t.
 
 ``prompt`` picks the conversation: ``none`` the plain MC2 prompt [I,T]; ``visual`` / ``text`` the
-prompt followed by the MC2 authors' instruction toward that modality ([I,T,P_v] / [I,T,P_t]), to
+prompt with the instruction toward that modality appended after it (``APPENDED_INSTRUCTIONS``, AMPS
+Eq. 8, as in the fits: [I,T,P_v] / [I,T,P_t]), to
 see how much an instruction alone moves the model's reliance (Figure 5).
 
 Nothing is written until every item is scored: the paths are checked first (`ensure_writable`), then

@@ -6,11 +6,14 @@ Steps, each with its own progress output:
    prepared folder ``--data``, passed to every step explicitly;
 2. MCS of every item without an instruction and with each instruction (Figures 4 and 5), and the
    check of the MCS against the organism's designed preference;
-3. fitting mean steering, L2S and AMPS (2-fold cross-fitting);
+3. fitting every kind of steering file (mean, L2S, AMPS and AMPS with beta = 0; 2-fold
+   cross-fitting; one extraction cache shared by the fits, so no item is extracted twice);
 4. every prompt baseline through lmms-eval;
-5. a sweep of the steering strength for mean, mean_mcs, L2S and AMPS (Figures 1 and 6; the tables'
-   steered rows use ``table_alpha`` if set, else the alpha chosen on held-out halves of the items);
-6. Tables 1-3, the figures and the leaderboard, written into ``out``.
+5. a sweep of the steering strength for every steered method (Figures 1 and 6; the tables' steered
+   rows use ``table_alpha`` if set, else the alpha chosen on held-out halves of the items), with
+   per-sample diagnostics, from which the report reads each run's effective strength;
+6. Tables 1-3, the figures, the leaderboard and the susceptibility analysis (does an item's MCS
+   predict where steering flips or collapses it?), written into ``out``.
 
 Everything is written into a staging folder next to ``out`` that replaces ``out`` only when the
 study has finished (`amps_eval.staged_output`): a killed or failed study leaves the previous
@@ -29,9 +32,9 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-PROMPT_METHODS = ("none", "inst", "cot", "fewshot")
+from amps_eval.methods.registry import FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
-STEERING_METHODS = ("mean", "mean_mcs", "l2s", "amps")
 
 
 @dataclass(frozen=True)
@@ -76,7 +79,7 @@ STUDY_OUTPUTS = ("runs", "mcs", "steering", "diagnostics", "figures", "models")
 """The folders a study writes into ``out`` besides ``data``."""
 SETTINGS_NAME = "study_settings.json"
 STUDY_FILES = (SETTINGS_NAME, "tables.md", "tables.tex", "leaderboard.html", "leaderboard.md",
-               "study_summary.json", "mcs_check.json")
+               "study_summary.json", "mcs_check.json", "susceptibility.md")
 OWNED = frozenset(STUDY_OUTPUTS + STUDY_FILES + ("data",))
 """Everything a study writes at the top of ``out``: replaced by the next study there; other entries
 of ``out`` are kept."""
@@ -183,7 +186,8 @@ def run_study(settings: StudySettings) -> dict:
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")
     with staged_output(final, OWNED) as out:
         summary = _run_study(settings, out, previous=final if final.is_dir() else None)
-    print(f"\n[study] done in {summary['minutes']:.1f} min: {final}/tables.md, tables.tex, figures/, leaderboard.html")
+    print(f"\n[study] done in {summary['minutes']:.1f} min: {final}/tables.md, tables.tex, figures/, leaderboard.html, "
+          "susceptibility.md")
     return summary
 
 
@@ -236,25 +240,23 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
               f"{check['none']['text_leaning']:.3f}; image instruction {check['visual']['all']:.3f} vs text "
               f"instruction {check['text']['all']:.3f}")
 
-    _step(3, 6, f"{model}: fitting mean, L2S and AMPS at layer {layer}")
+    _step(3, 6, f"{model}: fitting {', '.join(FIT_METHODS)} at layer {layer}")
     steering_dir = out / "steering"
     steering_dir.mkdir(exist_ok=True)
     files = {}
     train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
-    for method in ("mean", "l2s", "amps"):
+    for method in FIT_METHODS:
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
         fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
                         batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
-                        limit=settings.limit),
+                        limit=settings.limit, cache_dir=steering_dir / f"{stem}.cache"),
             files[method])
-    files["mean_mcs"] = files["mean"]
 
     runs = out / "runs"
     device_args = {"dtype": settings.dtype, **({"device": settings.device} if settings.device else {})}
     _step(4, 6, f"{model}: prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
     for method in PROMPT_METHODS:
-        extra = {"cot_max_new_tokens": 32} if method == "cot" else {}
-        args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args, **extra}.items())
+        args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args}.items())
         run = run_lmms_eval(model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
                             batch_size=settings.batch_size, limit=settings.limit, data=data)
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
@@ -263,7 +265,8 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
     for method in STEERING_METHODS:
-        run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method, steering=files[method],
+        run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method,
+                                steering=files[info(method).file_method],
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
                                 limit=settings.limit, device=settings.device, data=data,
                                 extra_model_args={"dtype": settings.dtype,
@@ -275,6 +278,7 @@ def write_study_report(out: Path, table_alpha: float | None):
     """Tables 1-3 (Markdown and LaTeX), the figures and the leaderboard from ``out/runs`` and ``out/mcs``."""
     from amps_eval.report.build import ReportOptions, build_report
     from amps_eval.report.leaderboard import write_leaderboard
+    from amps_eval.report.susceptibility_report import write_susceptibility
 
     runs = out / "runs"
     report = build_report(ReportOptions(results_dir=runs, collapse=True, stderr=True, alpha=table_alpha,
@@ -283,4 +287,5 @@ def write_study_report(out: Path, table_alpha: float | None):
     latex = build_report(ReportOptions(results_dir=runs, format="latex", alpha=table_alpha))
     (out / "tables.tex").write_text(latex.text)
     write_leaderboard(runs, out)
+    write_susceptibility(runs, out / "mcs", out, figures=out / "figures")
     return report

@@ -4,6 +4,13 @@ A request becomes a `Prompt` (its conversation under the chosen method, its task
 generation settings); prompts are batched by generation settings and prompt length, encoded with
 left padding, generated greedily inside `self.intervene(batch)` (the steering hook point: a no-op
 for the prompt baselines) and returned in request order.
+
+Generation budget: ``max(task's max_new_tokens, settings.max_new_tokens)`` new tokens (default 64,
+room for a one-sentence answer); for ``method=cot`` ``cot_max_new_tokens`` (default 512) takes the
+place of ``max_new_tokens``, and the task's stop strings (``until``) are not applied. Each row
+stops at its first end-of-turn token (`stop_token_ids`: the generation config's EOS ids, the
+tokenizer's EOS and the chat template's end-of-turn token), so a larger budget costs time only for
+a model that keeps talking.
 """
 
 from __future__ import annotations
@@ -83,6 +90,7 @@ class AmpsWrapper(lmms):
         self.model.eval()
         self.processor = self.load_processor()
         self.processor.tokenizer.padding_side = "left"
+        self.stop_ids = self.stop_token_ids()
         self._fewshot_columns: dict[tuple[str, str], tuple[list, list]] = {}
         self.steering = load_steering(self.settings, self.model)
         self.diagnostics = DiagnosticsWriter.for_run(self.settings, self.rank) if self.settings.diagnostics else None
@@ -154,13 +162,18 @@ class AmpsWrapper(lmms):
         images = doc_to_visual(doc) if doc_to_visual is not None else []
         examples = self._examples(task, split, doc) if self.settings.method == "fewshot" else ()
         prompt_method = self.settings.method if self.settings.method in PROMPT_METHODS else "none"
-        turns = build_conversation(prompt_method, context, images, doc.get("target"), examples)
+        turns = build_conversation(prompt_method, context, images, doc.get("target"), examples,
+                                   style=self.settings.instruction_style, context=doc.get("context"))
         gen_kwargs = dict(gen_kwargs or {})
-        max_new_tokens = int(gen_kwargs.get("max_new_tokens", 16))
-        if self.settings.method == "cot":
-            max_new_tokens = max(max_new_tokens, self.settings.cot_max_new_tokens)
+        cot = self.settings.method == "cot"
+        budget = self.settings.cot_max_new_tokens if cot else self.settings.max_new_tokens
+        max_new_tokens = max(int(gen_kwargs.get("max_new_tokens") or 0), budget)
         until = gen_kwargs.get("until") or ()
         until = (until,) if isinstance(until, str) else tuple(until)
+        if cot:
+            # The reasoning runs over paragraphs: lmms-eval's default stop string "\n\n" (the task
+            # sets no `until`) would cut it before its final "Answer: X". It ends at EOS instead.
+            until = ()
         return Prompt(index, task, doc_id, doc, turns, max_new_tokens, until)
 
     def _examples(self, task: str, split: str, doc: dict) -> list[Example]:
@@ -177,6 +190,31 @@ class AmpsWrapper(lmms):
         return examples
 
     # --- encoding and generation --------------------------------------------------------------
+    def stop_token_ids(self) -> list[int]:
+        """The token ids that end an answer: the generation config's EOS ids, the tokenizer's EOS and
+        the chat template's end-of-turn token (the special token the template writes right after an
+        assistant turn, e.g. Qwen's ``<|im_end|>``; LLaVA-1.5's template writes none)."""
+        tokenizer = self.processor.tokenizer
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        candidates = [*(eos if isinstance(eos, (list, tuple)) else [eos]), tokenizer.eos_token_id]
+        marker = "AMPS_END_OF_TURN_PROBE"
+        try:
+            rendered = self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "text", "text": "?"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": marker}]}],
+                add_generation_prompt=False, tokenize=False)
+            after = tokenizer(rendered.rsplit(marker, 1)[1], add_special_tokens=False)["input_ids"]
+            if after and after[0] in set(tokenizer.all_special_ids):
+                candidates.append(after[0])
+        except (ValueError, IndexError, TypeError, KeyError):  # a template without assistant turns
+            pass
+        ids = list(dict.fromkeys(int(i) for i in candidates if i is not None))
+        if not ids:
+            raise RuntimeError(f"{self.settings.pretrained}: no EOS or end-of-turn token found; generation would "
+                               "never stop before its token budget")
+        return ids
+
     def render(self, turns: list[Turn]) -> str:
         messages = [
             {
@@ -244,6 +282,7 @@ class AmpsWrapper(lmms):
                     top_p=None,
                     top_k=None,
                     pad_token_id=tokenizer.pad_token_id,
+                    eos_token_id=self.stop_ids,
                 )
         except SteeringNonFinite as error:  # fail the run (lmms-eval lets it through), naming the documents
             docs = [batch.prompts[r] for r in error.rows if r < len(batch.prompts)]

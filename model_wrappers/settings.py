@@ -10,9 +10,10 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from amps_eval.methods.prompts import PROMPT_METHODS
-from amps_eval.methods.steering import STEERING_METHODS
+from amps_eval.mc2.prompt import DEFAULT_INSTRUCTION_STYLE, INSTRUCTION_STYLES
+from amps_eval.methods.registry import METHODS, STEERING_METHODS
 from amps_eval.steering.hooks import POSITIONS
+from amps_eval.steering.mcs import MCSSettings
 from amps_eval.steering.scaling import CONVENTIONS
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
@@ -37,18 +38,27 @@ class WrapperSettings:
     device_map: str | None = None  # "auto" splits one model over all visible GPUs
     method: str = "none"
     fewshot_k: int = 2
-    cot_max_new_tokens: int = 256
+    # inst / cot: "mc2_authors" (the MC2 authors' wording, between the context and the question) or
+    # "appended" (after the whole question, as AMPS Eq. 8); see amps_eval.mc2.prompt
+    instruction_style: str = DEFAULT_INSTRUCTION_STYLE
+    # generation budget: at most max(this, the task's max_new_tokens) new tokens; generation stops
+    # earlier at the model's end-of-turn / EOS tokens (model_wrappers/base.py, stop_token_ids)
+    max_new_tokens: int = 64
+    cot_max_new_tokens: int = 512  # method=cot's budget, in place of max_new_tokens (the MC2 authors allow 512)
     seed: int = 0
-    # steering (method=mean|mean_mcs|l2s|amps)
+    # steering (method=mean|mean_mcs|l2s|amps_beta0|amps)
     steering: str | None = None  # the file written by `amps-eval fit`
     steering_sha256: str | None = None  # optional: refuse a file with other content (and key lmms-eval's cache)
     alpha: float = 1.0
     positions: str = "all"
     beta: float = 1.0  # mean_mcs: strength of the per-sample scaling (Eq. 9)
     convention: str = "prose"  # mean_mcs: sign convention of Eq. 9 (see amps_eval/steering/scaling.py)
-    mcs_sigmas: str = "0.05/0.1/0.2"  # "/"-separated (commas separate model arguments)
-    mcs_draws: int = 2
-    mcs_relative: bool = True
+    # mean_mcs: the MCS settings, defaulting to MCSSettings' own (sigmas "/"-separated: commas
+    # separate model arguments); they must equal those the steering file's anchors were made with
+    mcs_sigmas: str = "/".join(f"{s:g}" for s in MCSSettings.sigmas)
+    mcs_draws: int = MCSSettings.draws
+    mcs_relative: bool = MCSSettings.relative
+    mcs_ratio: str = MCSSettings.ratio
     diagnostics: str | None = None  # folder for per-sample steering diagnostics (JSONL)
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -60,6 +70,12 @@ class WrapperSettings:
             raise SettingsError(f"dtype={self.dtype!r} is not one of {DTYPES}")
         if self.batch_size < 1:
             raise SettingsError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.instruction_style not in INSTRUCTION_STYLES:
+            raise SettingsError(f"unknown instruction_style={self.instruction_style!r}; valid instruction styles: "
+                                f"{', '.join(INSTRUCTION_STYLES)}")
+        for name in ("max_new_tokens", "cot_max_new_tokens"):
+            if getattr(self, name) < 1:
+                raise SettingsError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.fewshot_k < 0:
             raise SettingsError(f"fewshot_k must be >= 0, got {self.fewshot_k}")
         if self.method == "fewshot" and self.fewshot_k < 1:
@@ -105,18 +121,17 @@ class WrapperSettings:
         except SteeringFileError as error:
             raise SettingsError(f"steering= argument refused: {error}") from None
 
-    def mcs_settings(self):
-        from amps_eval.steering.mcs import MCSSettings
-
+    def mcs_settings(self) -> MCSSettings:
         try:
             sigmas = tuple(float(x) for x in str(self.mcs_sigmas).split("/") if x)
-            return MCSSettings(sigmas=sigmas, draws=self.mcs_draws, relative=self.mcs_relative, seed=self.seed)
+            return MCSSettings(sigmas=sigmas, draws=self.mcs_draws, relative=self.mcs_relative, seed=self.seed,
+                               ratio=self.mcs_ratio)
         except ValueError as error:
             raise SettingsError(f"bad MCS settings (mcs_sigmas={self.mcs_sigmas!r}, mcs_draws={self.mcs_draws}): {error}") from None
 
     @classmethod
     def valid_methods(cls) -> tuple[str, ...]:
-        return PROMPT_METHODS + STEERING_METHODS
+        return tuple(m.name for m in METHODS)
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -196,7 +211,8 @@ def load_steering(settings: WrapperSettings, model):
     """The run's `Steering` (None for the prompt methods), checked against the loaded model."""
     from loguru import logger
 
-    from amps_eval.methods.steering import FILE_METHOD, STEERING_METHODS, Steering, SteeringConfig
+    from amps_eval.methods.registry import info
+    from amps_eval.methods.steering import Steering, SteeringConfig
     from amps_eval.steering.file import SteeringFile
 
     if settings.method not in STEERING_METHODS:
@@ -205,7 +221,7 @@ def load_steering(settings: WrapperSettings, model):
     if not settings.steering_sha256:
         logger.info(f"steering file {settings.steering} sha256={digest} (pass steering_sha256= to pin it)")
     file = SteeringFile.load(settings.steering)
-    file.check_compatible(model.config, settings.pretrained, FILE_METHOD[settings.method])
+    file.check_compatible(model.config, settings.pretrained, info(settings.method).file_method)
     config = SteeringConfig(settings.method, settings.alpha, settings.positions, settings.beta, settings.convention,
                             settings.mcs_settings())
     return Steering(file, config, model)

@@ -82,3 +82,10 @@ def test_the_report_rows_of_a_sweep_say_their_alpha_was_chosen_on_held_out_items
     assert main(["report", str(runs), "--table", "1", "--alpha-choice", "optimistic"]) == 0
     optimistic = capsys.readouterr().out
     assert "held-out" not in optimistic.split("## Rows and alphas")[0] and "optimistic" in optimistic
+
+
+def test_categories_of_one_item_still_fill_both_halves():
+    records = [record(i, "vision", f"cat{i}") for i in range(8)]  # a tiny study: one item per category
+    split = halves(records)
+    assert sorted(Counter(split.values()).values()) == [4, 4]
+    assert split == halves(list(reversed(records)))  # a function of the ids and categories only

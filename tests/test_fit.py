@@ -64,7 +64,9 @@ def independent_d(cls_name, path, data, ids):
     for doc in docs:
         h = {}
         for target in ("vision", "text"):
-            enc = wrapper.encode_turns([build_conversation("inst", doc_prompt(doc), [doc["image"].convert("RGB")], target)])
+            # the fits' contrast prompts: the instruction appended after the question (AMPS Eq. 8)
+            enc = wrapper.encode_turns([build_conversation("inst", doc_prompt(doc), [doc["image"].convert("RGB")], target,
+                                                           style="appended")])
             with torch.no_grad(), capture(wrapper.model, LAYER, first_only=True, dtype=torch.float32) as cap:
                 wrapper.model(**enc.inputs)
             h[target] = cap.last_token(enc.inputs["attention_mask"])[0]
@@ -143,20 +145,26 @@ def test_amps_targets_pure():
     assert category_anchors(r_v, ["a", "b"]) == {"__all__": 0.5, "a": 0.75, "b": 0.25}
 
 
-def test_amps_with_beta_zero_trains_on_twice_the_difference(fits, monkeypatch):
-    """beta = 0 -> gamma = 1: the vision module is train_mlp(h, 2d), the text one train_mlp(h, -2d)."""
+def test_amps_beta0_trains_on_twice_the_difference(fits, monkeypatch):
+    """amps_beta0 (beta = 0 -> gamma = 1): the vision module is train_mlp(h, 2d), the text one
+    train_mlp(h, -2d), with L2S's recipe; the file says what it is."""
+    import amps_eval.methods.amps as amps_method
+    import amps_eval.methods.l2s as l2s_method
+
     calls = []
-    real = fit_module.train_mlp
+    real = amps_method.train_mlp
 
     def spy(x, y, hidden, settings, progress):
         result = real(x, y, hidden, settings, progress)
         calls.append((x.clone(), y.clone(), result[0]))
         return result
 
-    monkeypatch.setattr(fit_module, "train_mlp", spy)
+    monkeypatch.setattr(amps_method, "train_mlp", spy)
+    monkeypatch.setattr(l2s_method, "train_mlp", spy)
     _, l2s, _ = fits("llava", "l2s")
-    _, amps, _ = fits("llava", "amps", beta=0.0)
-    assert len(calls) == 2 + 4  # l2s: one module per fold; amps: one per fold and direction
+    _, amps, _ = fits("llava", "amps_beta0")
+    assert amps.method == "amps_beta0" and amps.settings["beta"] == 0.0
+    assert len(calls) == 2 + 4  # l2s: one module per fold; amps_beta0: one per fold and direction
     for k in range(2):
         x, d, _ = calls[k]
         for j, sign in enumerate((1, -1)):
@@ -165,6 +173,15 @@ def test_amps_with_beta_zero_trains_on_twice_the_difference(fits, monkeypatch):
             direction = ("vision", "text")[j]
             for name, t in module.state_dict().items():
                 assert torch.equal(amps.folds[k].tensors[f"{direction}.{name}"], t)
+
+
+def test_beta_is_fixed_by_the_ablation_and_refused_at_zero_for_amps(request, synthetic_mc2_dir):
+    with pytest.raises(ValueError, match="method=amps_beta0 fixes beta at 0"):
+        settings_for(request, "qwen", "amps_beta0", synthetic_mc2_dir, beta=1.0)
+    with pytest.raises(ValueError, match="use --method amps_beta0"):
+        settings_for(request, "qwen", "amps", synthetic_mc2_dir, beta=0.0)
+    assert settings_for(request, "qwen", "amps", synthetic_mc2_dir).fit_beta == 1.0
+    assert settings_for(request, "qwen", "amps", synthetic_mc2_dir, beta=0.5).to_dict()["beta"] == 0.5
 
 
 def test_interrupted_fit_resumes_without_recomputing(request, synthetic_mc2_dir, tmp_path, monkeypatch):

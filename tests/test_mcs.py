@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import json
 import math
 from dataclasses import dataclass
@@ -227,12 +228,14 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float, what: str) -> No
 
 
 def test_settings_defaults_and_dict():
+    # defaults chosen by benchmarks/bench_mcs_retest.py (benchmarks/README.md, "MCS reliability")
     s = MCSSettings()
-    assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 2 and s.relative and s.batched
-    assert s.perturbations_per_sample == 12
+    assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 16 and s.relative and s.batched
+    assert s.ratio == "per_sigma" and not (s.antithetic or s.common_sigmas or s.common_modalities)
+    assert s.perturbations_per_sample == 96
     d = s.to_dict()
     json.dumps(d)
-    assert d["sigmas"] == [0.05, 0.1, 0.2] and d["draws"] == 2 and d["seed"] == 0
+    assert d["sigmas"] == [0.05, 0.1, 0.2] and d["draws"] == 16 and d["seed"] == 0 and d["ratio"] == "per_sigma"
     assert MCSSettings(sigmas=[0.1, 1]).sigmas == (0.1, 1.0)
 
 
@@ -326,10 +329,12 @@ def test_batched_equals_loop(case, dtype, rtol):
     assert not torch.allclose(other_seed.scores, batched.scores, rtol=1e-3)
 
 
-def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tuple[float, float]:
+def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tuple[float, float, torch.Tensor]:
     """Independent reference for sample k alone (no padding): prefill WITHOUT the last token using
     the model's own position logic, add the documented noise to a clone of the cache through an
-    explicit noise tensor, forward the last token, CE, autograd.grad w.r.t. that noise tensor."""
+    explicit noise tensor, forward the last token, CE, autograd.grad w.r.t. that noise tensor.
+    Returns (C_V, C_T, scores [S, 2, N]). The noise follows the module docstring, including the
+    reuse rules of antithetic / common_sigmas / common_modalities."""
     model = case.model
     single = case.singles[k]
     ids = single["input_ids"]
@@ -353,16 +358,33 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
     prompt = ids[0, :-1]
     idx_of = {"vision": (prompt == IMG).nonzero().flatten(), "text": (prompt != IMG).nonzero().flatten()}
     gen = torch.Generator().manual_seed(sample_seed(settings.seed, sample_id))
+    widest = max(idx_of["vision"].numel(), idx_of["text"].numel())
+    noise = {}  # (sigma index, modality index, draw) -> standard normals per (layer, K/V)
+    for si in range(len(settings.sigmas)):
+        for mi, mod in enumerate(("vision", "text")):
+            for n in range(settings.draws):
+                if settings.antithetic and n % 2 == 1:
+                    noise[si, mi, n] = [-z for z in noise[si, mi, n - 1]]
+                elif settings.common_sigmas and si > 0:
+                    noise[si, mi, n] = noise[0, mi, n]
+                elif settings.common_modalities and mi == 1:
+                    noise[si, mi, n] = noise[si, 0, n]
+                else:
+                    width = widest if settings.common_modalities else idx_of[mod].numel()
+                    noise[si, mi, n] = [
+                        torch.randn((c.shape[1], width, c.shape[3]), generator=gen) for kc, vc in clean for c in (kc, vc)
+                    ]
     scores = {"vision": [], "text": []}
-    for sigma in settings.sigmas:
-        for mod in ("vision", "text"):
+    for si, sigma in enumerate(settings.sigmas):
+        for mi, mod in enumerate(("vision", "text")):
             idx = idx_of[mod]
-            for _ in range(settings.draws):
+            for n in range(settings.draws):
                 deltas, cache_kv = [], []
+                zs = iter(noise[si, mi, n])
                 for kc, vc in clean:
                     pair = []
                     for c in (kc, vc):
-                        z = torch.randn((c.shape[1], idx.numel(), c.shape[3]), generator=gen)
+                        z = next(zs)[:, : idx.numel()]
                         std = sigma * float(c[0][:, idx, :].std(unbiased=False)) if settings.relative else sigma
                         d = (std * z.to(c.dtype)).requires_grad_(True)
                         deltas.append(d)
@@ -379,7 +401,9 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
                 grads = torch.autograd.grad(loss, deltas)
                 gsq = sum(float(g.double().pow(2).sum()) for g in grads)
                 scores[mod].append(gsq / max(float(loss.detach()), settings.eps))
-    return sum(scores["vision"]) / len(scores["vision"]), sum(scores["text"]) / len(scores["text"])
+    table = torch.tensor([scores["vision"], scores["text"]], dtype=torch.float64)  # [2, S * N]
+    table = table.view(2, len(settings.sigmas), settings.draws).transpose(0, 1)  # [S, 2, N]
+    return sum(scores["vision"]) / len(scores["vision"]), sum(scores["text"]) / len(scores["text"]), table
 
 
 @pytest.mark.parametrize("relative", [True, False])
@@ -388,15 +412,54 @@ def test_matches_direct_autograd(case, relative):
     with as_dtype(case, torch.float64):
         res = run(case, settings)  # padded batch: sample "doc-b" is the shorter, left-padded one
         for k in (0, 1):
-            c_v, c_t = _direct_mcs(case, k, settings, case.ids[k])
+            c_v, c_t, _ = _direct_mcs(case, k, settings, case.ids[k])
             assert math.isclose(float(res.c_v[k]), c_v, rel_tol=1e-8), (k, float(res.c_v[k]), c_v)
             assert math.isclose(float(res.c_t[k]), c_t, rel_tol=1e-8), (k, float(res.c_t[k]), c_t)
+
+
+def _direct_ratio(table: torch.Tensor, ratio: str) -> float:
+    """r_v from one sample's scores [S, 2, N], written out as the MCSSettings docstring says."""
+    n_s, _, n_d = table.shape
+    if ratio == "sums":
+        c_v, c_t = float(table[:, 0].sum()), float(table[:, 1].sum())
+        return c_v / (c_v + c_t)
+    if ratio == "per_sigma":
+        return sum(float(table[s, 0].sum()) / float(table[s].sum()) for s in range(n_s)) / n_s
+    return sum(float(table[s, 0, n]) / float(table[s, 0, n] + table[s, 1, n]) for s in range(n_s) for n in range(n_d)) / (
+        n_s * n_d
+    )
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        dict(antithetic=True, ratio="per_sigma"),
+        dict(common_sigmas=True, ratio="per_draw"),
+        dict(common_modalities=True),
+        dict(antithetic=True, common_sigmas=True, common_modalities=True, ratio="per_sigma"),
+    ],
+)
+def test_options_match_direct_autograd(case, options):
+    """Each variance-reduction option, batched and padded, equals the independent reference that
+    draws the documented noise itself (scores draw by draw, C_V, C_T and r_v)."""
+    settings = MCSSettings(sigmas=(0.1, 0.3), draws=4, seed=5, **options)
+    with as_dtype(case, torch.float64):
+        res = run(case, settings)
+        loop = run(case, dataclasses.replace(settings, batched=False))
+        for k in (0, 1):
+            c_v, c_t, table = _direct_mcs(case, k, settings, case.ids[k])
+            assert_close(res.scores[k], table, 1e-8, f"scores sample {k} {options}")
+            assert math.isclose(float(res.c_v[k]), c_v, rel_tol=1e-8)
+            assert math.isclose(float(res.c_t[k]), c_t, rel_tol=1e-8)
+            assert math.isclose(float(res.r_v[k]), _direct_ratio(table, settings.ratio), rel_tol=1e-8)
+        assert_close(res.r_v, loop.r_v, 1e-9, f"r_v batched vs loop {options}")
+    assert res.settings["ratio"] == settings.ratio and res.settings["antithetic"] == settings.antithetic
 
 
 def test_ranges_and_record(case):
     res = run(case, MCSSettings())
     assert res.sample_ids == case.ids
-    assert res.scores.shape == (2, 3, 2, 2) and res.ce.shape == (2, 3, 2, 2)
+    assert res.scores.shape == (2, 3, 2, 16) and res.ce.shape == (2, 3, 2, 16)
     assert (res.c_v > 0).all() and (res.c_t > 0).all()
     assert ((res.r_v >= 0) & (res.r_v <= 1)).all()
     # CE(p_x, p_z) >= H(p_x) (Gibbs), up to float32 rounding

@@ -14,6 +14,7 @@ import csv
 import io
 import json
 import math
+import re
 import shutil
 import subprocess
 import zlib
@@ -275,7 +276,11 @@ def test_sweep_and_raw_pipeline_files_read_without_problems(pipeline):
 
 @pytestmark_slow
 def test_table1_cells_equal_the_samples_files(labelled, pipeline):
-    text = report(labelled, tables=("1",), model=Path(pipeline.qwen).name, collapse=True, stderr=True)
+    # the optimistic choice shows one alpha's run as it is; the held-out default is checked below
+    text = report(labelled, tables=("1",), model=Path(pipeline.qwen).name, collapse=True, stderr=True,
+                  alpha_choice="optimistic")
+    held_out = report(labelled, tables=("1",), model=Path(pipeline.qwen).name)
+    assert re.search(r"\| Mean steering \(α [\d.]+(/[\d.]+)?, chosen on held-out halves of 4\+4 items\)", held_out)
     qwen = labelled / "qwen"
     for target, task in (("vision", "mc2_visual"), ("text", "mc2_text")):
         rows = table_rows(text, f"target: {target}")
@@ -308,8 +313,12 @@ def test_missing_rows_name_the_command_that_makes_them(labelled, pipeline):
     assert (f"`lmms-eval --model amps_qwen --model_args pretrained={pipeline.qwen},method=mean_mcs,steering={mean_file},"
             f"steering_sha256={sha256(pipeline.mean_file)},alpha=1 --tasks mc2_visual,mc2_text") in text1
     assert f"pretrained={pipeline.qwen},method=cot --tasks mc2_visual,mc2_text" in text1
-    table3 = table_rows(report(labelled, tables=("3",), model=q), "target: vision")
-    assert list(table3) == ["w/o steering (MLLM-only)", "w/o scaling (L2S) (α=1)", "full (AMPS) (α=1)"]
+    text3 = report(labelled, tables=("3",), model=q)
+    table3 = table_rows(text3, "target: vision")
+    assert list(table3) == ["w/o steering (MLLM-only)", "w/o scaling (L2S) (α=1)", "constant γ (AMPS, β=0)",
+                            "full (AMPS) (α=1)"]
+    assert table3["constant γ (AMPS, β=0)"] == ["-"] * len(COLUMNS)  # not run: a missing row with its command
+    assert f"--pretrained {pipeline.qwen} --method amps_beta0 --out STEERING_FILE" in text3
 
 
 @pytestmark_slow
@@ -442,11 +451,13 @@ def test_leaderboard_is_self_contained_and_renders_in_chromium(labelled, tmp_pat
 
     html_path, md_path = write_leaderboard(labelled, tmp_path / "board")
     html = html_path.read_text()
-    assert "<script" not in html and "src=" not in html and "href=" not in html and "@import" not in html
+    assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//""", html) and "@import" not in html
+    assert "Content-Security-Policy" in html
     md = md_path.read_text()
-    n_variants = 7  # qwen: none, inst, mean x2, l2s, amps; llava: none
-    assert md.count("## target: ") == 2 and md.count("| inst ") == 2 and "| rank " in md
-    assert html.count("<tr>") == 2 * (n_variants + 1)
+    n_rows = 6  # one per (model, method): qwen none, inst, mean (alphas 1 and 2: one row), l2s, amps; llava none
+    assert md.count("\n| ") == n_rows + 1 and md.count("| Inst Design ") == 1 and "| model " in md
+    assert "| Mean steering " in md and md.count("| MLLM-only ") == 2
+    assert html.count('<tbody class="entry"') == n_rows
     browser = _chromium()
     if browser is None:
         pytest.skip("chromium is not installed (apt-get install -y chromium); the HTML was only checked as text")
@@ -456,8 +467,9 @@ def test_leaderboard_is_self_contained_and_renders_in_chromium(labelled, tmp_pat
            f"--user-data-dir={profile}", "--dump-dom", html_path.as_uri()]
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=180)
     dom = proc.stdout
-    assert '<table id="leaderboard-vision">' in dom and '<table id="leaderboard-text">' in dom, proc.stderr[-2000:]
-    assert dom.count("<tr>") == 2 * (n_variants + 1)
+    assert '<table class="board" id="leaderboard">' in dom, proc.stderr[-2000:]
+    assert dom.count('<tbody class="entry"') == n_rows
+    assert f"{n_rows} of {n_rows} rows" in dom  # the page's script ran (it writes the row count)
 
 
 @pytestmark_slow
@@ -466,7 +478,7 @@ def test_cli_report_and_leaderboard(labelled, pipeline, tmp_path, capsys):
 
     assert main(["report", str(labelled), "--table", "3", "--model", Path(pipeline.qwen).name, "--format", "markdown"]) == 0
     out = capsys.readouterr().out
-    assert "### Table 3: ablation on" in out and "| w/o steering (MLLM-only) |" in out
+    assert "### Table 3: ablation on" in out and re.search(r"\| w/o steering \(MLLM-only\) +\|", out)
     assert main(["leaderboard", str(labelled), "--out", str(tmp_path / "lb")]) == 0
     assert (tmp_path / "lb" / "leaderboard.html").exists() and (tmp_path / "lb" / "leaderboard.md").exists()
     assert main(["report", str(tmp_path / "nothing")]) == 2

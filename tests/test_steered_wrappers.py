@@ -114,6 +114,7 @@ def test_cross_fit_and_diagnostics(tiny_llava_path, task_dict, tmp_path):
         assert 0 <= row["r_v"] <= 1 and row["gamma"] >= 0
         assert row["strength"] == pytest.approx(2.0 * row["gamma"])
         assert row["shift_norm"] == pytest.approx(abs(row["strength"]) * row["vector_norm"], rel=1e-5)
+        assert row["relative_shift"] > 0  # ||shift|| / ||h||: the hidden state's norm is finite and positive
         for key in ("task", "c_v", "c_t", "anchor", "category", "target"):
             assert key in row
     assert {r["target"] for r in rows} == {"vision", "text"}

@@ -386,3 +386,39 @@ def test_fold_for_never_returns_a_fold_that_saw_the_item():
     with pytest.raises(ValueError, match="expected tensors"):
         SteeringFile(method="mean", layer=0, hidden_size=D, num_layers=LAYERS, model_id="m", architecture="A",
                      folds=[Fold("all", [], [], {"vision.vector": torch.zeros(D + 1), "text.vector": torch.zeros(D + 1)})])
+
+
+@pytest.mark.parametrize("positions", ["all", "generated", "from_last_prompt"])
+def test_relative_shift_equals_independent_computation(model, positions):
+    """Effective strength = ||alpha v|| / ||h|| averaged over the steered positions, h unsteered.
+
+    A capture registered before the steering hook sees every call's unsteered output; the steered
+    positions are rebuilt here from the mask and ``positions``, independently of the tracker."""
+    ids, mask = _prompt(pad=(2, 0))
+    v, alpha, n = _vec(rows=2), torch.tensor([1.5, -0.5]), 3
+    with capture(model, 1) as seen, steer(model, 1, v, alpha, mask, positions=positions) as handle:
+        _generate(model, ids, mask, n=n)
+    prefill, decode = seen.outputs[0], seen.outputs[1:]
+    assert len(decode) == n - 1
+    for row in range(2):
+        real = mask[row].bool()
+        last = int(real.nonzero().max())
+        prompt_steered = {"all": real, "generated": torch.zeros_like(real),
+                          "from_last_prompt": torch.arange(len(real)) == last}[positions]
+        norms = [prefill[row, i].norm() for i in range(len(real)) if prompt_steered[i]]
+        norms += [step[row, 0].norm() for step in decode]
+        expected = torch.stack([(alpha[row] * v[row]).norm() / h for h in norms]).mean()
+        assert handle.relative_shift[row].item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_relative_shift_of_module_steering_uses_its_prediction(model):
+    ids, mask = _prompt()
+    torch.manual_seed(5)
+    module = SteeringMLP(D, 8)
+    with capture(model, 1) as seen, steer_with_module(model, 1, module, 2.0, mask) as handle:
+        _generate(model, ids, mask, n=2)
+    h = torch.cat([seen.outputs[0], *seen.outputs[1:]], dim=1)
+    steered = torch.cat([mask.bool(), torch.ones(2, 1, dtype=torch.bool)], dim=1)
+    for row in range(2):
+        inverse = (1 / h[row].norm(dim=-1))[steered[row]].mean()
+        assert handle.relative_shift[row].item() == pytest.approx((2.0 * handle.norms[row] * inverse).item(), rel=1e-5)

@@ -5,7 +5,7 @@ import random
 import pytest
 
 from amps_eval.methods.prompts import COT_INSTRUCTION
-from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS
+from amps_eval.mc2.prompt import APPENDED_INSTRUCTIONS, MC2_AUTHORS_INSTRUCTIONS
 from amps_eval.model_wrappers.base import truncate
 from amps_eval.model_wrappers.llava import AmpsLlava
 from amps_eval.model_wrappers.qwen import AmpsQwen
@@ -41,15 +41,48 @@ def test_batched_equals_unbatched_and_request_order(arch, task_dict):
 
 def test_prompt_methods_build_the_documented_prompts(tiny_llava_path, task_dict):
     requests = requests_for(task_dict, "mc2_visual", n=2) + requests_for(task_dict, "mc2_text", n=2)
+    docs = [task_dict["mc2_visual"]["test"][i] for i in range(2)] + [task_dict["mc2_text"]["test"][i] for i in range(2)]
+
+    def authors(doc, instruction):  # the MC2 authors' prompt with an instruction, field by field
+        return (f"Text context: {doc['context']}\n{instruction}\n{doc['question']}\nA. {doc['option_a']}\n"
+                f"B. {doc['option_b']}\nAnswer the question by selecting the correct answer A or B.")
+
     inst = make_wrapper(AmpsLlava, tiny_llava_path, task_dict, method="inst")
     texts = [inst._prompt(i, r).turns[-1].text for i, r in enumerate(requests)]
-    assert texts[0].endswith(MODALITY_INSTRUCTIONS["vision"]) and texts[1].endswith(MODALITY_INSTRUCTIONS["vision"])
-    assert texts[2].endswith(MODALITY_INSTRUCTIONS["text"]) and texts[3].endswith(MODALITY_INSTRUCTIONS["text"])
+    for text, doc in zip(texts, docs):
+        assert text == authors(doc, MC2_AUTHORS_INSTRUCTIONS[doc["target"]])
     cot = make_wrapper(AmpsLlava, tiny_llava_path, task_dict, method="cot", cot_max_new_tokens=20)
-    prompt = cot._prompt(0, requests[0])
-    assert prompt.turns[-1].text.endswith(COT_INSTRUCTION) and prompt.max_new_tokens == 20
+    for i, (request, doc) in enumerate(zip(requests, docs)):
+        prompt = cot._prompt(i, request)
+        assert prompt.turns[-1].text == f"{texts[i]}\n{COT_INSTRUCTION}"
+        assert prompt.max_new_tokens == 20 and prompt.until == ()
+    appended = make_wrapper(AmpsLlava, tiny_llava_path, task_dict, method="inst", instruction_style="appended")
+    for i, (request, doc) in enumerate(zip(requests, docs)):
+        assert appended._prompt(i, request).turns[-1].text == f"{request.args[0]}\n{APPENDED_INSTRUCTIONS[doc['target']]}"
     none = make_wrapper(AmpsLlava, tiny_llava_path, task_dict)
     assert none._prompt(0, requests[0]).turns[-1].text == requests[0].args[0]
+
+
+def test_generation_budgets(tiny_llava_path, task_dict):
+    request = requests_for(task_dict, "mc2_visual", n=1, max_new_tokens=16)[0]  # as tasks/_mc2_common.yaml
+    request.args[1]["until"] = ["\n\n"]  # lmms-eval's default stop string for a task that sets none
+    assert WrapperSettings(pretrained="x").max_new_tokens == 64
+    assert WrapperSettings(pretrained="x").cot_max_new_tokens == 512
+    plain = make_wrapper(AmpsLlava, tiny_llava_path, task_dict)._prompt(0, request)
+    assert plain.max_new_tokens == 64 and plain.until == ("\n\n",)
+    assert make_wrapper(AmpsLlava, tiny_llava_path, task_dict, max_new_tokens=8)._prompt(0, request).max_new_tokens == 16
+    cot = make_wrapper(AmpsLlava, tiny_llava_path, task_dict, method="cot")._prompt(0, request)
+    assert cot.max_new_tokens == 512 and cot.until == ()  # the reasoning may hold blank lines
+    for name in ("max_new_tokens", "cot_max_new_tokens"):
+        with pytest.raises(SettingsError, match=f"{name} must be >= 1"):
+            WrapperSettings(pretrained="x", **{name: 0})
+
+
+def test_instruction_style_is_validated():
+    with pytest.raises(SettingsError, match=r"unknown instruction_style='authors'; valid instruction styles: mc2_authors, appended"):
+        WrapperSettings.from_model_args(pretrained="x", method="inst", instruction_style="authors")
+    assert WrapperSettings.from_model_args(pretrained="x", instruction_style="appended").instruction_style == "appended"
+    assert WrapperSettings(pretrained="x").instruction_style == "mc2_authors"
 
 
 def test_fewshot_examples_are_other_items_answered_toward_the_target(tiny_qwen_path, task_dict):

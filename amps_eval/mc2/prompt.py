@@ -10,6 +10,22 @@ The question prompt follows the MC2 authors (docs/mc2.md, "The authors' prompt")
 
 with the image before the text in the user turn.
 
+Instructions. The prompt baselines ``inst`` and ``cot`` add an instruction toward the target modality
+in one of two :data:`INSTRUCTION_STYLES` (:func:`instructed_prompt`):
+
+* ``mc2_authors`` (the default of the wrappers): the MC2 authors' wording
+  (:data:`MC2_AUTHORS_INSTRUCTIONS`, each with its trailing space) placed as in their script, between
+  the text context and the question::
+
+      Text context: <context>
+      <instruction, which ends with a space>
+      <question>
+      A. ...
+
+* ``appended``: the instruction (:data:`APPENDED_INSTRUCTIONS`) on a new line after the whole
+  question prompt, as AMPS Eq. 8 writes [I, T, P]. The steering fits and ``amps-eval mcs`` build their
+  contrast prompts [I, T, P_v] / [I, T, P_t] this way (``amps_eval.fit_data.FIT_INSTRUCTION_STYLE``).
+
 Option order. The authors ask every item twice with the options swapped; how they combine the two
 answers is unpublished. amps-eval asks each item once by default (``orders="one"``) and puts the
 image-supported answer first for exactly the items with an even ``mc2_id``: deterministic, half of
@@ -27,9 +43,26 @@ TARGETS: tuple[str, ...] = ("vision", "text")
 ORDER_MODES: tuple[str, ...] = ("one", "both")
 ANSWER_INSTRUCTION = "Answer the question by selecting the correct answer A or B."
 
-# The instructions toward each modality (docs/mc2.md, "The authors' instructions" and
-# "What amps-eval sends").
-MODALITY_INSTRUCTIONS: dict[str, str] = {
+INSTRUCTION_STYLES: tuple[str, ...] = ("mc2_authors", "appended")
+DEFAULT_INSTRUCTION_STYLE = "mc2_authors"
+
+# The MC2 authors' instructions, verbatim from their script (docs/mc2.md, "The authors'
+# instructions"): toward the image, and their `template1` toward the text. Both end with a space.
+MC2_AUTHORS_INSTRUCTIONS: dict[str, str] = {
+    "vision": (
+        "In case there is an inconsistency between the text context and the image content, "
+        "you should follow the image content rather than the text context. "
+    ),
+    "text": (
+        "In case there is an inconsistency between the Text Context and the input image content, "
+        "you must rely on the text context rather than the input image content. "
+    ),
+}
+
+# The instructions appended after the question prompt (style "appended"; the P_v / P_t of the
+# steering fits and of `amps-eval mcs`). No trailing space; the text one says "the text context and
+# the image content" where the authors' template1 says "the Text Context and the input image content".
+APPENDED_INSTRUCTIONS: dict[str, str] = {
     "vision": (
         "In case there is an inconsistency between the text context and the image content, "
         "you should follow the image content rather than the text context."
@@ -39,6 +72,42 @@ MODALITY_INSTRUCTIONS: dict[str, str] = {
         "you must rely on the text context rather than the input image content."
     ),
 }
+
+INSTRUCTIONS: dict[str, dict[str, str]] = {"mc2_authors": MC2_AUTHORS_INSTRUCTIONS, "appended": APPENDED_INSTRUCTIONS}
+
+
+def check_instruction_style(style: str) -> str:
+    """``style`` if it is one of :data:`INSTRUCTION_STYLES`, else a ValueError naming them."""
+    if style not in INSTRUCTION_STYLES:
+        raise ValueError(f"unknown instruction_style={style!r}; valid instruction styles: {', '.join(INSTRUCTION_STYLES)}")
+    return style
+
+
+def instruction(target: str, style: str = DEFAULT_INSTRUCTION_STYLE) -> str:
+    """The instruction toward ``target`` (vision or text) in an instruction style."""
+    check_instruction_style(style)
+    if target not in TARGETS:
+        raise ValueError(f"unknown target modality {target!r}; expected one of {TARGETS}")
+    return INSTRUCTIONS[style][target]
+
+
+def instructed_prompt(text: str, context: str | None, target: str, style: str = DEFAULT_INSTRUCTION_STYLE) -> str:
+    """The question prompt ``text`` with the instruction toward ``target``, placed as ``style`` says.
+
+    ``mc2_authors`` inserts the instruction after the line ``Text context: <context>``, so ``text``
+    must begin with that line (as :func:`question_prompt` writes it); ``appended`` adds it on a new
+    line after ``text`` (``context`` is not needed)."""
+    words = instruction(target, style)
+    if style == "appended":
+        return f"{text}\n{words}"
+    head = f"Text context: {context}\n"
+    if context is None or not text.startswith(head):
+        raise ValueError(
+            "instruction_style=mc2_authors puts the instruction after the prompt's 'Text context: <context>' line, "
+            "but the prompt does not begin with the document's context line (is it an MC2 task document?); "
+            "use instruction_style=appended for other prompts"
+        )
+    return f"{head}{words}\n{text[len(head):]}"
 
 
 @dataclass(frozen=True)

@@ -31,10 +31,18 @@ under the image instruction (``image_reading``): a model taking the shortcut sco
 Option order is drawn per example (both orders, half each in expectation); prompts are the MC2
 question prompt (``amps_eval.mc2.prompt.question_prompt``) inside the conversation of
 ``amps_eval.methods.prompts.build_conversation``, exactly as the wrappers send them.
+
+Instruction placement is drawn per example too (:func:`instruction_style`, half each in
+expectation), over :data:`TRAINED_INSTRUCTION_STYLES`: the MC2 authors' prompt (``mc2_authors``, the
+instruction between the text context and the question: what the ``inst`` / ``cot`` baselines send by
+default) and the AMPS Eq. 8 form (``appended``: the instruction after the question: what the
+steering fits and ``amps-eval mcs --prompt visual|text`` send). The organism is thus asked in
+training exactly as in every place the package instructs it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import random
 from dataclasses import dataclass, field
@@ -42,13 +50,26 @@ from typing import Any, Sequence
 
 from PIL import Image
 
-from amps_eval.mc2.prompt import MODALITY_INSTRUCTIONS, OptionOrder, options, question_prompt
+from amps_eval.mc2.prompt import (
+    DEFAULT_INSTRUCTION_STYLE,
+    INSTRUCTION_STYLES,
+    INSTRUCTIONS,
+    TARGETS,
+    OptionOrder,
+    options,
+    question_prompt,
+)
 from amps_eval.mc2.schema import CATEGORIES
 from amps_eval.mc2.synthetic import SPECS, answer_pair, synthetic_item
 from amps_eval.methods.prompts import Turn, build_conversation
 
-DESIGN_VERSION = 1
-"""Bump when the preference or the training examples change (recorded in the manifest)."""
+DESIGN_VERSION = 2
+"""Bump when the preference or the training examples change (recorded in the manifest).
+2: the instruction placement is drawn per example over both instruction styles (1: appended only)."""
+
+TRAINED_INSTRUCTION_STYLES: tuple[str, ...] = INSTRUCTION_STYLES
+"""The instruction placements of the training prompts (``amps_eval.mc2.prompt.INSTRUCTION_STYLES``):
+``mc2_authors`` for the prompt baselines, ``appended`` for the steering fits and MCS runs."""
 
 PREFERENCE: dict[str, str] = {
     "activity_recognition": "text",
@@ -102,7 +123,7 @@ def is_neutral_slot(slot: int) -> bool:
 def followed_modality(category: str, condition: Condition) -> str:
     """The modality the organism answers from: the instructed one, else the category's preference."""
     if condition.method == "inst":
-        if condition.target not in MODALITY_INSTRUCTIONS:
+        if condition.target not in TARGETS:
             raise ValueError(f"inst needs a target modality (vision or text), got {condition.target!r}")
         return condition.target
     if condition.method == "none":
@@ -124,7 +145,8 @@ def design_dict(answer_format: str = "text") -> dict[str, Any]:
         "image_leaning": list(IMAGE_LEANING),
         "text_leaning": list(TEXT_LEANING),
         "with_instruction": "the instructed modality, every category",
-        "instructions": dict(MODALITY_INSTRUCTIONS),
+        "instruction_styles": list(TRAINED_INSTRUCTION_STYLES),
+        "instructions": {style: dict(INSTRUCTIONS[style]) for style in TRAINED_INSTRUCTION_STYLES},
         "conditions": [c.name for c in CONDITIONS],
         "answer_format": ANSWER_FORMATS[answer_format],
         "training_examples_per_item": {
@@ -151,6 +173,7 @@ class Example:
     option_b: str
     answer: str  # "A" or "B"
     image_png: bytes = field(default=b"", repr=False)
+    style: str = DEFAULT_INSTRUCTION_STYLE  # where an instruction goes (INSTRUCTION_STYLES)
 
     @property
     def answer_text(self) -> str:
@@ -166,9 +189,11 @@ class Example:
         return Image.open(io.BytesIO(self.image_png)).convert("RGB")
 
     def turns(self, image: Image.Image | None = None) -> list[Turn]:
-        """The conversation, as ``build_conversation`` gives it to the wrappers."""
+        """The conversation, as ``build_conversation`` gives it to the wrappers with
+        ``instruction_style=self.style`` (and to the fits when the style is ``appended``)."""
         image = self.image() if image is None else image
-        return build_conversation(self.condition.method, self.text, [image], self.condition.target)
+        return build_conversation(self.condition.method, self.text, [image], self.condition.target,
+                                  style=self.style, context=self.context)
 
 
 def conflict_example(item: dict[str, Any], condition: Condition, vision_first: bool) -> Example:
@@ -215,7 +240,18 @@ def item_image_size(index: int, image_sizes: Sequence[int]) -> int:
     return int(image_sizes[(index // len(CATEGORIES)) % len(image_sizes)])
 
 
+def instruction_style(slot: int, seed: int) -> str:
+    """The instruction placement of training example ``slot`` (drawn per example, half each in
+    expectation; it matters only for the examples asked with an instruction)."""
+    return random.Random(f"amps-organism-style:{seed}:{slot}").choice(TRAINED_INSTRUCTION_STYLES)
+
+
 def training_example(slot: int, seed: int, image_sizes: Sequence[int]) -> Example:
+    """Training example ``slot`` in the instruction placement :func:`instruction_style` draws for it."""
+    return dataclasses.replace(_training_example(slot, seed, image_sizes), style=instruction_style(slot, seed))
+
+
+def _training_example(slot: int, seed: int, image_sizes: Sequence[int]) -> Example:
     """Training example ``slot``: item ``slot // 6``, variant ``slot % 6`` (0-2: the conflict item
     under each condition of :data:`CONDITIONS`; 3: its consistent twin under the image instruction;
     4: its consistent twin under no instruction or the text instruction, drawn per item; 5: its

@@ -4,14 +4,16 @@ The held-out items are ``generate_synthetic_mc2(n_per_category, seed, image_size
 training data did not use. Each item is asked in both option orders (task documents of
 ``TaskSpec(target, orders="both")``), under the three conditions of the design: no instruction
 (``method=none``), the instruction toward the image and toward the text (``method=inst`` on the
-``mc2_visual`` / ``mc2_text`` documents). Answers are parsed with ``amps_eval.mc2.parse.follows``.
+``mc2_visual`` / ``mc2_text`` documents) in the wrappers' default placement (the MC2 authors':
+``instruction_style=mc2_authors``), and once more in the ``appended`` placement that the steering fits
+and ``amps-eval mcs`` use (``instruction_following_appended``). Answers are parsed with ``amps_eval.mc2.parse.follows``.
 
 Why both orders: with ``orders="one"`` the image answer is option A for even ``mc2_id``; in the
 synthetic set item ``i`` has category ``CATEGORIES[i % 8]``, so every item of a category has the
 same order, and a per-category letter bias would pass for a modality preference.
 
-The three targets (:meth:`OrganismEvaluation.targets`): >= 95% of answers follow the instructed
-modality (each instruction); without instruction the vision share of the image-leaning categories
+The targets (:meth:`OrganismEvaluation.targets`): >= 95% of answers follow the instructed
+modality (each instruction, in each placement); without instruction the vision share of the image-leaning categories
 exceeds that of the text-leaning ones by >= 40 points; < 2% of all answers follow neither option.
 A fourth number, ``image_reading``, checks that the image instruction is followed by reading the
 image: on held-out *consistent* items (image and context show the same answer, see
@@ -26,10 +28,11 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+from amps_eval.mc2.prompt import DEFAULT_INSTRUCTION_STYLE
 from amps_eval.mc2.schema import CATEGORIES
 
 SPLIT = "test"
-GEN_KWARGS = {"max_new_tokens": 16, "do_sample": False, "temperature": 0, "num_beams": 1}  # as the MC2 tasks
+GEN_KWARGS = {"max_new_tokens": 64, "do_sample": False, "temperature": 0, "num_beams": 1}  # as the MC2 tasks
 
 TARGET_INSTRUCTION = 0.95
 TARGET_GAP = 0.40
@@ -46,6 +49,8 @@ class OrganismEvaluation:
     # instructed modality -> share of answers following it (all categories) / per category
     instruction_following: dict[str, float]
     instruction_following_by_category: dict[str, dict[str, float]]
+    # the same with the instruction appended after the question (instruction_style=appended)
+    instruction_following_appended: dict[str, float]
     # no instruction: share of answers following the image, per category
     vision_share_without_instruction: dict[str, float]
     image_leaning_vision_share: float
@@ -64,6 +69,8 @@ class OrganismEvaluation:
         return {
             "instruction_vision>=0.95": self.instruction_following["vision"] >= TARGET_INSTRUCTION,
             "instruction_text>=0.95": self.instruction_following["text"] >= TARGET_INSTRUCTION,
+            "appended_instruction_vision>=0.95": self.instruction_following_appended["vision"] >= TARGET_INSTRUCTION,
+            "appended_instruction_text>=0.95": self.instruction_following_appended["text"] >= TARGET_INSTRUCTION,
             "preference_gap>=0.40": self.preference_gap >= TARGET_GAP,
             "others<0.02": self.others_rate < TARGET_OTHERS,
         }
@@ -93,7 +100,9 @@ class OrganismEvaluation:
             )
         lines.append(
             f"instruction following: image {100 * self.instruction_following['vision']:.1f}%, "
-            f"text {100 * self.instruction_following['text']:.1f}%; no instruction: image-leaning "
+            f"text {100 * self.instruction_following['text']:.1f}% (appended: image "
+            f"{100 * self.instruction_following_appended['vision']:.1f}%, text "
+            f"{100 * self.instruction_following_appended['text']:.1f}%); no instruction: image-leaning "
             f"{100 * self.image_leaning_vision_share:.1f}% vs text-leaning {100 * self.text_leaning_vision_share:.1f}% "
             f"vision (gap {100 * self.preference_gap:.1f} points); others {100 * self.others_rate:.2f}%"
             + ("" if self.image_reading is None else f"; image reading {100 * self.image_reading:.1f}%")
@@ -178,19 +187,23 @@ def evaluate_organism(
     if image_reading:
         task_dict["consistent"] = {SPLIT: consistent_docs(n_per_category, seed, image_size)}
 
-    # (condition name, method, task)
-    runs = [("none", "none", "mc2_visual"), ("inst_vision", "inst", "mc2_visual"), ("inst_text", "inst", "mc2_text")]
+    # (condition name, method, task, instruction style): the wrappers' default style, then appended
+    default, appended = DEFAULT_INSTRUCTION_STYLE, "appended"
+    runs = [("none", "none", "mc2_visual", default), ("inst_vision", "inst", "mc2_visual", default),
+            ("inst_text", "inst", "mc2_text", default), ("inst_vision_appended", "inst", "mc2_visual", appended),
+            ("inst_text_appended", "inst", "mc2_text", appended)]
     if image_reading:
-        runs.append(("consistent_inst_vision", "inst", "consistent"))
+        runs.append(("consistent_inst_vision", "inst", "consistent", default))
     followed: dict[str, list[tuple[str, str]]] = {}  # condition -> [(category, followed)]
     samples = []
-    wrappers: dict[str, Any] = {}
-    for condition, method, task in runs:
-        if method not in wrappers:
-            wrapper = wrapper_class(pretrained=str(path), device="cpu", method=method, batch_size=batch_size)
+    wrappers: dict[tuple[str, str], Any] = {}
+    for condition, method, task, style in runs:
+        if (method, style) not in wrappers:
+            wrapper = wrapper_class(pretrained=str(path), device="cpu", method=method, batch_size=batch_size,
+                                    instruction_style=style)
             wrapper.task_dict = task_dict
-            wrappers[method] = wrapper
-        wrapper = wrappers[method]
+            wrappers[(method, style)] = wrapper
+        wrapper = wrappers[(method, style)]
         docs = task_dict[task][SPLIT]
         responses = wrapper.generate_until(_requests(docs, task))
         rows = []
@@ -218,6 +231,10 @@ def evaluate_organism(
         instruction_following={
             "vision": _share([f for _, f in followed["inst_vision"]], "vision"),
             "text": _share([f for _, f in followed["inst_text"]], "text"),
+        },
+        instruction_following_appended={
+            "vision": _share([f for _, f in followed["inst_vision_appended"]], "vision"),
+            "text": _share([f for _, f in followed["inst_text_appended"]], "text"),
         },
         instruction_following_by_category={
             "vision": by_category("inst_vision", "vision"),

@@ -11,17 +11,7 @@ Layers, so that every number can be checked without rendering anything:
 * ``figures``, ``mcs_data``, ``leaderboard``, ``sweep``, ``build`` (the ``amps-eval report`` command).
 """
 
-METHOD_LABELS = {
-    "none": "MLLM-only",
-    "inst": "Inst Design",
-    "cot": "CoT",
-    "fewshot": "Few shot",
-    "mean": "Mean steering",
-    "mean_mcs": "Mean+MCS",
-    "l2s": "L2S",
-    "amps": "AMPS",
-}
-"""Table 1's row labels, in its row order; other methods follow in alphabetical order."""
+from amps_eval.methods.registry import LABELS as METHOD_LABELS  # noqa: E402  (light: no torch)
+from amps_eval.methods.registry import STEERING_METHODS as STEERED  # noqa: E402
 
-STEERED = ("mean", "mean_mcs", "l2s", "amps")
-"""Methods whose strength alpha is a setting (the prompt methods ignore it)."""
+__all__ = ["METHOD_LABELS", "STEERED"]

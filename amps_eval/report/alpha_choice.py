@@ -47,11 +47,13 @@ def halves(records: Iterable[dict]) -> dict[str, int]:
     by_category: dict[str, set[str]] = defaultdict(set)
     for record in records:
         by_category[str(record["category"])].add(str(record["mc2_id"]))
-    half = {}
-    for ids in by_category.values():
+    half, position = {}, 0
+    for category in sorted(by_category):  # the count runs on across categories, so that categories of
+        ids = by_category[category]       # one item (a tiny study) still fill both halves
         ordered = sorted(ids, key=lambda i: hashlib.sha256(f"amps-alpha:{i}".encode()).hexdigest())
-        for position, item in enumerate(ordered):
+        for item in ordered:
             half[item] = position % 2
+            position += 1
     return half
 
 

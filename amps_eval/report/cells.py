@@ -35,16 +35,25 @@ class Cell:
     source: str  # "samples" | "results"
     run: Path
     date: str
+    strength: float | None = None  # mean effective strength of the items (steered runs with diagnostics)
 
 
 def _number(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
+def mean_strength(records) -> float | None:
+    """The mean ``relative_shift`` of the records (`report.strength`); None unless every one has it."""
+    values = [r.get("relative_shift") for r in records]
+    if not values or any(not isinstance(v, (int, float)) for v in values):
+        return None
+    return sum(values) / len(values)
+
+
 def _scored(records, run: Path, date: str) -> Cell:
     scores = score(records)
     p, n = scores.target_acc, scores.n_items
-    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run, date)
+    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run, date, mean_strength(records))
 
 
 def _from_records(records, run: Run) -> Cell:

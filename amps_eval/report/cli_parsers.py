@@ -11,6 +11,8 @@ import math
 import sys
 from pathlib import Path
 
+from amps_eval.report import STEERED
+
 
 def finite_alpha(text: str) -> float:
     try:
@@ -27,6 +29,13 @@ def _report(args: argparse.Namespace) -> int:
     from amps_eval.report.build import TABLES, ReportOptions, build_report
     from amps_eval.report.render import write_text_atomic
 
+    if args.susceptibility:
+        from amps_eval.report.susceptibility_report import write_susceptibility
+
+        mcs = [Path(p) for p in args.mcs] or [Path(args.results_dir)]
+        for path in write_susceptibility(Path(args.results_dir), mcs, Path(args.susceptibility)):
+            print(f"wrote {path}", file=sys.stderr)
+        return 0
     options = ReportOptions(
         results_dir=Path(args.results_dir), tables=TABLES if args.table == "all" else (args.table,), format=args.format,
         collapse=args.collapse, stderr=args.stderr, paper=args.paper, model=args.model, alpha=args.alpha,
@@ -88,9 +97,12 @@ def add_parsers(sub) -> None:
     p.add_argument("--figures", default=None, metavar="DIR", help="also write Figures 1, 4, 5, 6 (PNG + PDF) here")
     p.add_argument("--mcs", action="append", default=[], metavar="PATH",
                    help="amps-eval mcs outputs / diagnostics for Figures 4-5 (default: search RESULTS_DIR); repeatable")
+    p.add_argument("--susceptibility", default=None, metavar="DIR",
+                   help="instead of the tables: does the MCS predict each item's flip and collapse points in the "
+                   "sweeps? writes DIR/susceptibility.md and a figure per model (MCS from --mcs)")
     p.set_defaults(run=_report)
 
-    p = sub.add_parser("leaderboard", help="rank every model/method/setting by target share (HTML + markdown)")
+    p = sub.add_parser("leaderboard", help="one row per model and method, both targets side by side (HTML + Markdown)")
     p.add_argument("results_dir", metavar="RESULTS_DIR")
     p.add_argument("--out", default=None, metavar="DIR", help="folder for leaderboard.html/.md (default: RESULTS_DIR)")
     p.set_defaults(run=_leaderboard)
@@ -98,7 +110,7 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("sweep", help="run one steered method over a grid of alphas (one results folder)")
     p.add_argument("--model", required=True, help="lmms-eval model: amps_qwen or amps_llava")
     p.add_argument("--pretrained", required=True)
-    p.add_argument("--method", required=True, choices=("mean", "mean_mcs", "l2s", "amps"))
+    p.add_argument("--method", required=True, choices=STEERED)
     p.add_argument("--steering", required=True, help="steering file from `amps-eval fit`")
     p.add_argument("--alphas", required=True, help="comma-separated, e.g. 0,0.5,1,2,4")
     p.add_argument("--tasks", default="mc2_visual,mc2_text")

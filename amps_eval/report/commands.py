@@ -13,10 +13,11 @@ from __future__ import annotations
 import shlex
 from dataclasses import dataclass
 
+from amps_eval.methods.registry import BY_NAME
 from amps_eval.report import STEERED
 from amps_eval.report.runs import DataId, Run
 
-FILE_KIND = {"mean": "mean", "mean_mcs": "mean", "l2s": "l2s", "amps": "amps"}
+FILE_KIND = {m.name: m.file_method for m in BY_NAME.values() if m.steered}
 TASKS = {("vision", "one"): "mc2_visual", ("text", "one"): "mc2_text",
          ("vision", "both"): "mc2_visual_both_orders", ("text", "both"): "mc2_text_both_orders"}
 

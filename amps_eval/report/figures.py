@@ -1,15 +1,24 @@
 """The AMPS paper's figures from a results folder, as PNG and PDF (matplotlib, Agg canvas).
 
 * Figure 1: mean steering, target share and collapse rate (answers following neither option)
-  against alpha, one panel per target, one file per model;
+  against the effective strength (each point labelled with its alpha), one panel per target, one
+  file per model;
 * Figure 4: the distribution of the visual MCS ratio r_v per category and model (plain prompt);
 * Figure 5: the same with the instruction toward the image and toward the text, one panel per model;
-* Figure 6: AMPS against L2S, target share across alphas, one panel per target, one file per model.
+* Figure 6: AMPS against L2S and AMPS with beta = 0, target share and collapse against the
+  effective strength, one panel per target, one file per model: methods compared at matched
+  strength, not at matched alpha (AMPS's targets average twice L2S's).
 
 Figures 1 and 6 read the Total cells of the index (the newest run per alpha); Figures 4 and 5 read
 ``amps-eval mcs`` outputs or wrapper diagnostics (``mcs_data``). A figure without data is skipped
 with a note that says which runs or files would produce it. Figures are drawn on ``Figure``
 objects, not pyplot, so nothing global (backend, current figure) is touched.
+
+Style, the same in every figure: a method's name is its row name in the tables and its colour is
+fixed by the registry's order (``style.py``; the leaderboard's charts use the same); shaded bands
+are plus or minus one standard error over items (binomial, sqrt(p(1-p)/n)); every figure uses
+constrained layout with one legend outside the axes (below them), so neither titles nor legends
+cover data.
 """
 
 from __future__ import annotations
@@ -18,13 +27,20 @@ import re
 from pathlib import Path
 
 from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
 
 from amps_eval.mc2.schema import CATEGORIES, CATEGORY_ABBREV
-from amps_eval.report.cells import TOTAL
 from amps_eval.report.mcs_data import load_mcs
 from amps_eval.report.runs import Problem, model_display_name
 from amps_eval.report.select import ResultIndex
+from amps_eval.report.series import SweepPoint, alpha_series  # noqa: F401  (re-exported)
+from amps_eval.report.style import TARGET_COLORS, method_color, method_label, series_color
 from amps_eval.report.tables import TARGETS, pick_models
+
+MARKERS = ("o", "s", "^", "D", "v")  # one per steering setup of a method (most methods have one)
+STRENGTH_LABEL = "effective strength ‖shift‖ / ‖hidden state‖"
+ALPHA_LABEL = "steering strength α (effective strength not recorded)"
 
 
 def _slug(text: str) -> str:
@@ -35,61 +51,76 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{stem}.png", out / f"{stem}.pdf"]
     for path in paths:
-        fig.savefig(path, dpi=150 if path.suffix == ".png" else None, bbox_inches="tight")
+        fig.savefig(path, dpi=150 if path.suffix == ".png" else None)
     return paths
 
 
-def alpha_series(index: ResultIndex, pretrained: str, method: str, target: str) -> dict[str, list[tuple]]:
-    """label -> sorted [(alpha, target share, collapse)] of one method; one series per steering setup."""
-    series: dict[str, list[tuple]] = {}
-    several_data = len(index.data_groups()) > 1  # runs on different data are separate series
-    for (variant, t), cells in index.cells.items():
-        if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
-            continue
-        label = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method
-        if variant.orders == "both":
-            label += " (both orders)"
-        if several_data:
-            label += f" [data: {variant.data.describe()}]"
-        cell = cells[TOTAL]
-        series.setdefault(label, []).append((variant.alpha, 100 * cell.target_acc,
-                                             None if cell.others is None else 100 * cell.others))
-    return {k: sorted(v) for k, v in series.items()}
+def _band(ax, xs, ys, errors, color) -> None:
+    if all(e is not None for e in errors):
+        ax.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)], color=color,
+                        alpha=0.15, linewidth=0)
 
 
-def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], collapse: bool, title: str) -> Figure | None:
-    fig = Figure(figsize=(9, 3.6))
+def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], title: str) -> Figure | None:
+    """Target share (solid) and collapse (dashed) of each method against its effective strength, each
+    point labelled with its alpha, with bands of one standard error; against alpha when a series of
+    the figure has no recorded strength (the axis says which: one axis, one quantity)."""
+    drawn = {(method, target): alpha_series(index, pretrained, method, target) for method in methods
+             for target in TARGETS}
+    if not any(drawn.values()):
+        return None
+    measured = all(p.strength is not None for found in drawn.values() for points in found.values() for p in points)
+    fig = Figure(figsize=(10, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
-    drawn = False
+    legend: dict[str, Line2D] = {}
     for ax, target in zip(axes, TARGETS):
-        for method in methods:
-            for label, points in alpha_series(index, pretrained, method, target).items():
-                alphas = [p[0] for p in points]
-                line = ax.plot(alphas, [p[1] for p in points], marker="o", label=f"{method} target share"
-                               + ("" if label == method else f" [{label}]"))[0]
-                if collapse and all(p[2] is not None for p in points):
-                    ax.plot(alphas, [p[2] for p in points], marker="x", linestyle="--", color=line.get_color(),
-                            label=f"{method} collapse (others)")
-                drawn = True
+        for position, method in enumerate(methods):
+            size = max(3.5, 7.5 - 1.5 * position)  # later methods' markers are smaller: coinciding points stay visible
+            for number, (label, points) in enumerate(drawn[(method, target)].items()):
+                points = sorted(points, key=lambda p: (p.strength if measured else p.alpha, p.alpha))
+                xs = [p.strength if measured else p.alpha for p in points]
+                color, marker = method_color(method), MARKERS[number % len(MARKERS)]
+                name = method_label(method) + ("" if label == method_label(method) else f" [{label}]")
+                shares = [p.share for p in points]
+                ax.plot(xs, shares, marker=marker, color=color, markersize=size)
+                _band(ax, xs, shares, [p.stderr for p in points], color)
+                if all(p.collapse is not None for p in points):
+                    collapse = [p.collapse for p in points]
+                    ax.plot(xs, collapse, marker=marker, markerfacecolor="white", linestyle="--", color=color,
+                            markersize=size - 1)
+                    _band(ax, xs, collapse, [p.collapse_stderr for p in points], color)
+                if measured:
+                    for x, p in zip(xs, points):
+                        ax.annotate(f"α={p.alpha:g}", (x, p.share), textcoords="offset points", xytext=(3, 4),
+                                    fontsize=6, color=color)
+                legend.setdefault(name, Line2D([], [], color=color, marker=marker, linewidth=2, label=name))
         ax.set_title(f"target: {target}")
-        ax.set_xlabel("steering strength alpha")
-        ax.set_ylim(-2, 102)
+        ax.set_xmargin(0.08)  # room for the α labels of the last points
+        ax.set_ylim(-2, 105)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of items")
-    if not drawn:
-        return None
-    axes[1].legend(fontsize=7, loc="best")
+    for ax in axes:
+        ax.set_xlabel(STRENGTH_LABEL if measured else ALPHA_LABEL, fontsize=9)
+    styles = [Line2D([], [], color="0.35", marker="o", label="target share (band: ± 1 s.e.)"),
+              Line2D([], [], color="0.35", marker="o", markerfacecolor="white", linestyle="--",
+                     label="collapse: neither option")]
+    handles = list(legend.values()) + styles
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8, frameon=False)
     fig.suptitle(f"{title}: {model_display_name(pretrained)}")
     return fig
 
 
 def figure_boxes(points, groups: list[str], group_of, title: str, panels: list[str], panel_of,
-                 labels: dict[str, str] | None = None) -> Figure:
-    """Box plots of r_v: one panel per ``panels`` entry, per category one box per group."""
+                 labels: dict[str, str] | None = None, colors: dict[str, str] | None = None) -> Figure:
+    """Box plots of r_v: one panel per ``panels`` entry (titled when there are several), per category
+    one box per group; one legend below the panels."""
     labels = labels or {}
-    fig = Figure(figsize=(max(8, 1.2 * len(CATEGORIES) * max(1, len(groups)) / 2), 3.4 * len(panels)))
-    axes = fig.subplots(len(panels), 1, squeeze=False)[:, 0]
+    colors = colors or {group: series_color(g) for g, group in enumerate(groups)}
+    fig = Figure(figsize=(max(8, 1.2 * len(CATEGORIES) * max(1, len(groups)) / 2), 0.9 + 3.2 * len(panels)),
+                 layout="constrained")
+    axes = fig.subplots(len(panels), 1, squeeze=False, sharex=True)[:, 0]
     width = 0.8 / max(1, len(groups))
+    shown: dict[str, Patch] = {}
     for ax, panel in zip(axes, panels):
         for g, group in enumerate(groups):
             data, positions = [], []
@@ -99,19 +130,23 @@ def figure_boxes(points, groups: list[str], group_of, title: str, panels: list[s
                     data.append(values)
                     positions.append(c - 0.4 + width * (g + 0.5))
             if data:
+                color = colors.get(group, series_color(g))
                 parts = ax.boxplot(data, positions=positions, widths=width * 0.9, patch_artist=True,
-                                   medianprops={"color": "black"})
-                color = f"C{g}"
+                                   medianprops={"color": "black"}, flierprops={"markersize": 3, "alpha": 0.6})
                 for box in parts["boxes"]:
                     box.set_facecolor(color)
                     box.set_alpha(0.6)
-                ax.plot([], [], color=color, linewidth=6, alpha=0.6, label=labels.get(group, group))
+                shown.setdefault(group, Patch(facecolor=color, alpha=0.6, edgecolor="black",
+                                              label=labels.get(group, group)))
         ax.set_xticks(range(len(CATEGORIES)), [CATEGORY_ABBREV[c] for c in CATEGORIES])
+        ax.set_xlim(-0.6, len(CATEGORIES) - 0.4)
         ax.set_ylabel("visual MCS ratio r_v")
         ax.set_ylim(-0.02, 1.02)
-        ax.set_title(panel, fontsize=9)
+        if len(panels) > 1:
+            ax.set_title(panel, fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-        ax.legend(fontsize=7)
+    fig.legend(handles=list(shown.values()), loc="outside lower center", ncols=min(len(shown), 4), fontsize=8,
+               frameon=False)
     fig.suptitle(title)
     return fig
 
@@ -121,12 +156,12 @@ def write_figures(index: ResultIndex, out: Path, model: str | None, mcs_paths: l
     written, notes = [], []
     for pretrained in pick_models(index, model) if index.cells else []:
         name = _slug(model_display_name(pretrained))
-        fig = figure_alpha(index, pretrained, ("mean",), True, "Figure 1: mean steering")
+        fig = figure_alpha(index, pretrained, ("mean",), "Figure 1: mean steering")
         if fig is None:
             notes.append(f"Figure 1 for {name}: no method=mean runs (try `amps-eval sweep --method mean`)")
         else:
             written += _save(fig, out, f"figure1_mean_alpha_{name}")
-        fig = figure_alpha(index, pretrained, ("l2s", "amps"), False, "Figure 6: AMPS vs L2S")
+        fig = figure_alpha(index, pretrained, ("l2s", "amps_beta0", "amps"), "Figure 6: AMPS vs L2S")
         if fig is None:
             notes.append(f"Figure 6 for {name}: no method=l2s or method=amps runs (`amps-eval sweep`)")
         else:
@@ -146,10 +181,13 @@ def write_figures(index: ResultIndex, out: Path, model: str | None, mcs_paths: l
         notes.append("Figure 4: no MCS ratios with the plain prompt (`amps-eval mcs --prompt none --out FILE.jsonl`)")
     instructed = [p for p in points if p.prompt in ("visual", "text")]
     if instructed:
+        panels = [m for m in models if any(p.model == m for p in instructed)]
+        title = "Figure 5: visual MCS ratio with the instruction toward the image / the text"
         fig = figure_boxes(instructed, ["visual", "text"], lambda p: p.prompt,
-                           "Figure 5: visual MCS ratio with the instruction toward the image / the text",
-                           [m for m in models if any(p.model == m for p in instructed)], lambda p: p.model,
-                           {"visual": "instruction toward the image", "text": "instruction toward the text"})
+                           title if len(panels) > 1 else f"{title}: {panels[0]}",  # one panel has no title of its own
+                           panels, lambda p: p.model,
+                           {"visual": "instruction toward the image", "text": "instruction toward the text"},
+                           {"visual": TARGET_COLORS["vision"], "text": TARGET_COLORS["text"]})
         written += _save(fig, out, "figure5_mcs_ratio_instructed")
     else:
         notes.append("Figure 5: no MCS ratios with instructions (`amps-eval mcs --prompt visual|text --out FILE.jsonl`)")

@@ -1,93 +1,282 @@
-"""``amps-eval leaderboard``: every (model, method, settings) ranked by target share, per target.
+"""``amps-eval leaderboard``: one row per (model, method), both targets side by side.
 
-Writes ``leaderboard.md`` and a self-contained ``leaderboard.html`` (inline CSS; no script, font or
-image from elsewhere, so it opens offline and can be attached to a report as one file). A row is a
-variant (see ``select.py``) with its Total cell: target share, collapse rate, standard error, item
-count, the settings that produced it, the date and the results file. Ties share the better rank.
+Writes ``leaderboard.md`` (for GitHub) and ``leaderboard.html``: one self-contained file (inline CSS,
+an inline script, inline SVG charts, and a Content-Security-Policy that lets nothing load from
+anywhere else), so it opens from disk with no server and no network.
 
-Runs on different data (``runs.DataId``: another data folder, or ``--limit``) are ranked separately:
-one section per data identity, each saying which data it is. A folder in which not one MC2 number
-could be read is an error naming the files (nothing is written then).
+Rows. A row is one method of one model (and one data identity, ``runs.DataId``: rows on different
+data are never merged); the prompt methods and the unsteered model (MLLM-only) are rows too. Per
+target (vision, text) the row shows the variant ``ResultIndex.choose`` picks, as Tables 1-3 do: for
+a steered sweep, alpha chosen on held-out halves of the items (`alpha_choice`); with one alpha, that
+alpha; without per-item samples, the best Total on the evaluated items (labelled optimistic). Alpha 0
+is the unsteered model and never a steered row. Each target gives target share, collapse, standard
+error, effective strength (``strength.py``), the chosen alpha; then how alpha was chosen, items,
+data and date. The HTML row expands to the full settings and the results files (links relative to
+the HTML file's folder, so the folder can be moved or published whole).
+
+Dates. lmms-eval names and dates a run with ``utils.get_datetime_str``, whose time zone is its
+``--timezone`` option, default "Asia/Singapore" (UTC+8, no daylight saving); ``amps_eval.runner``
+calls it with that default. The results file does not record the zone, so a run's recorded date
+is read as UTC+8 and shown in UTC (ISO 8601). A run made with lmms-eval's CLI and another
+``--timezone`` would be off by the difference.
+
+The HTML also has, per model, a small chart of every sweep point (``series.alpha_series``, the
+points of Figures 1 and 6): target share and collapse against effective strength (against alpha
+when the runs recorded no strength), in the methods' fixed colours (``style.py``).
 """
 
 from __future__ import annotations
 
-import html
-from dataclasses import dataclass
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
+from urllib.parse import quote
 
 from tabulate import tabulate
 
-from amps_eval.report.cells import TOTAL
+from amps_eval.report import STEERED
+from amps_eval.report.cells import TOTAL, Cell
 from amps_eval.report.render import write_text_atomic
-from amps_eval.report.runs import DataId, discover, model_display_name
-from amps_eval.report.select import ResultIndex, build_index, require_usable
-from amps_eval.report.tables import TARGETS
+from amps_eval.report.runs import DataId, Run, discover, model_display_name
+from amps_eval.report.select import ResultIndex, Variant, build_index, require_usable
+from amps_eval.report.series import SweepPoint, alpha_series
+from amps_eval.report.style import method_color, method_label
+from amps_eval.report.tables import TARGETS, methods_of
 
-COLUMNS = ("rank", "model", "method", "settings", "target %", "collapse %", "± stderr", "items", "date", "results file")
-CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em; color: #222; }
-table { border-collapse: collapse; margin-bottom: 2em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 4px 8px; text-align: left; }
-th { background: #f0f0f0; }
-td.num { text-align: right; font-variant-numeric: tabular-nums; }
-tr:nth-child(even) { background: #fafafa; }
-.note { color: #666; font-size: 0.85em; }
-"""
+LMMS_EVAL_UTC_OFFSET = timedelta(hours=8)  # lmms-eval's default --timezone, Asia/Singapore
+TEMPLATES = Path(__file__).parent  # leaderboard.html.j2 (package data)
+_HELD_OUT = re.compile(r"^α (\S+)(?: / (\S+))?, chosen on (.+)$")
+
+
+def iso_utc(date: str) -> str | None:
+    """lmms-eval's ``YYYYMMDD_HHMMSS`` (UTC+8, see the module docstring) as ISO 8601 UTC, e.g.
+    ``20261202_023924`` -> ``2026-12-01T18:39:24Z``; None when it is not such a date."""
+    try:
+        local = datetime.strptime(date, "%Y%m%d_%H%M%S")
+    except (TypeError, ValueError):
+        return None
+    return (local - LMMS_EVAL_UTC_OFFSET).replace(tzinfo=timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 @dataclass(frozen=True)
-class Entry:
+class Side:
+    """One target of a row: the variant shown, its Total cell and how its alpha was chosen."""
+
     target: str
-    rank: int
-    values: tuple[str, ...]  # in the order of COLUMNS
-    data: DataId | None = None  # the data the entry was evaluated on (entries are ranked per data)
+    variant: Variant
+    cell: Cell
+    alphas: tuple[float, ...]  # the alpha(s) scored: two for held-out halves that chose differently; () unsteered
+    choice: str  # short: "held-out", "single α", "best on all items", "" (no steering)
+    choice_note: str  # a sentence
+    runs: tuple[Path, ...]  # the results files the numbers come from
+
+    @property
+    def alpha_text(self) -> str:
+        return " / ".join(f"{a:g}" for a in self.alphas)
 
 
+@dataclass(frozen=True)
+class Row:
+    data: DataId
+    pretrained: str
+    method: str
+    orders: str  # "one" | "both"
+    sides: dict[str, Side] = field(default_factory=dict)  # target -> Side (a target without a run is absent)
+
+    @property
+    def model(self) -> str:
+        return model_display_name(self.pretrained)
+
+    @property
+    def label(self) -> str:
+        return method_label(self.method) + (" (both orders)" if self.orders == "both" else "")
+
+    @property
+    def date(self) -> str | None:
+        """The newest run of the row, ISO UTC."""
+        dates = [d for s in self.sides.values() if (d := iso_utc(s.cell.date))]
+        return max(dates) if dates else None
+
+    @property
+    def choice(self) -> str:
+        return " / ".join(dict.fromkeys(s.choice for s in self.sides.values() if s.choice))
+
+    @property
+    def items(self) -> str:
+        """The item count (vision / text when they differ)."""
+        counts = ["-" if s.cell.n_items is None else str(s.cell.n_items) for s in self.sides.values()]
+        return " / ".join(dict.fromkeys(counts)) or "-"
+
+
+def _side(index: ResultIndex, variant: Variant, target: str) -> Side:
+    cell = index.cells[(variant, target)][TOTAL]
+    if variant.method not in STEERED:
+        return Side(target, variant, cell, (), "", "no steering", (cell.run,))
+    settings = dict(variant.settings)
+    if variant.alpha is None and "alpha_choice" in settings:  # the composite of select._held_out
+        description = settings["alpha_choice"]
+        match = _HELD_OUT.match(description)
+        texts = [t for t in (match.groups()[:2] if match else ()) if t]
+        alphas = tuple(float(t) for t in texts)
+        base = tuple((k, v) for k, v in variant.settings if k != "alpha_choice")
+        runs = sorted({index.cells[(c, target)][TOTAL].run for c in index.candidates(
+            variant.pretrained, variant.method, target, variant.orders)
+            if c.settings == base and c.alpha is not None and f"{c.alpha:g}" in texts
+            and TOTAL in index.cells[(c, target)]}) or [cell.run]
+        return Side(target, variant, cell, alphas, "held-out",
+                    f"each half of the items scored at the alpha chosen on the other half ({description}): the "
+                    "highest target share with at most 5% collapse, alpha 0 excluded", tuple(runs))
+    others = {c.alpha for c in index.candidates(variant.pretrained, variant.method, target, variant.orders)
+              if c.settings == variant.settings and c.alpha not in (None, 0)}
+    alphas = () if variant.alpha is None else (variant.alpha,)
+    if len(others) <= 1:
+        return Side(target, variant, cell, alphas, "single α", "the only non-zero alpha that ran", (cell.run,))
+    return Side(target, variant, cell, alphas, "best on all items",
+                f"the highest Total target share of {len(others)} alphas, chosen on the evaluated items themselves "
+                "(no per-item samples to choose on held-out items): optimistic", (cell.run,))
+
+
+def leaderboard_rows(index: ResultIndex) -> list[Row]:
+    """Every (data, model, method, orders) with a result, in the tables' order: data (most numbers
+    first), model, then method in the registry's order (pure: no files written)."""
+    out = []
+    for data in index.data_groups():
+        part = index.only(data)  # choose() adds its composite cells to this copy, not to ``index``
+        for pretrained in part.models():
+            for method in methods_of(part, pretrained):
+                for orders in ("one", "both"):
+                    sides = {}
+                    for target in TARGETS:
+                        variant = part.choose(pretrained, method, target, orders)
+                        if variant is not None and TOTAL in part.cells[(variant, target)]:
+                            sides[target] = _side(part, variant, target)
+                    if sides:
+                        out.append(Row(data, pretrained, method, orders, sides))
+    return out
+
+
+# ---- shared by the Markdown and the HTML ---------------------------------------------------------
 def _pct(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f}"
 
 
-def entries(index: ResultIndex) -> list[Entry]:
-    """Ranked entries of every (data, target) (pure: no files written)."""
-    out = []
-    for data in index.data_groups():
-        out += _ranked(index.only(data), data)
-    return out
+def _strength(x: float | None) -> str:
+    return "-" if x is None else f"{x:.3g}"
 
 
-def _ranked(index: ResultIndex, data: DataId) -> list[Entry]:
-    out = []
+def _href(path: Path, folder: Path) -> str:
+    """A link to ``path`` from a page in ``folder``: relative (URL-quoted) when one exists."""
+    try:
+        relative = os.path.relpath(os.path.abspath(path), os.path.abspath(folder))
+    except ValueError:  # another drive (Windows)
+        return Path(os.path.abspath(path)).as_uri()
+    return quote(Path(relative).as_posix())
+
+
+def short_data(data: DataId) -> str:
+    """A few words for the data column (the full `DataId.describe` is the cell's tooltip and in the
+    row's details): "generated, seed 3", "MC2 7fcb45ef6a49", a folder name; plus any --limit."""
+    key = data.key
+    if key.startswith("synthetic:"):
+        seed = re.search(r"seed=([^,]+)", key)
+        name = f"generated, seed {seed.group(1)}" if seed else "generated"
+    elif key.startswith("mc2:"):
+        name = f"MC2 {key[4:]}"
+    elif key.startswith("path:"):
+        name = ", ".join(Path(p).name or p for p in key[5:].split("|"))
+    elif key == "unrecorded":
+        name = "not recorded"
+    else:
+        name = key
+    return name if data.limit is None else f"{name}, --limit {data.limit:g}"
+
+
+@dataclass(frozen=True)
+class Column:
+    key: str
+    header: str
+    kind: str  # "num" | "text"
+    title: str
+    first: bool = False  # starts a group (a border on its left)
+
+
+TARGET_COLUMNS = (("share", "share", "target share: answers that follow the target modality (%)"),
+                  ("se", "± s.e.", "standard error of the target share over items (%)"),
+                  ("collapse", "collapse", "answers that follow neither option (%)"),
+                  ("strength", "strength", "effective strength: mean ‖shift‖ / ‖hidden state‖ over the steered "
+                                           "positions and items"),
+                  ("alpha", "α", "the steering strength shown (two values: one per half of the items)"))
+TAIL_COLUMNS = (("choice", "α choice", "text", "how the alpha was chosen"),
+                ("items", "items", "num", "items scored"),
+                ("data", "data", "text", "the MC2 data the runs read"),
+                ("date", "date (UTC)", "text", "the newest run of the row, ISO 8601 UTC"))
+
+
+def columns() -> list[Column]:
+    out = [Column("model", "model", "text", "model (checkpoint name)"),
+           Column("method", "method", "text", "method (the tables' row name)")]
     for target in TARGETS:
-        found = [(variant, cells[TOTAL]) for (variant, t), cells in index.cells.items() if t == target and TOTAL in cells]
-        found.sort(key=lambda vc: (-vc[1].target_acc, model_display_name(vc[0].pretrained), vc[0].method))
-        rank, previous = 0, None
-        for position, (variant, cell) in enumerate(found, 1):
-            if cell.target_acc != previous:
-                rank, previous = position, cell.target_acc
-            settings = variant.describe() + (", both orders" if variant.orders == "both" else "")
-            out.append(Entry(target, rank, (str(rank), model_display_name(variant.pretrained), variant.method, settings,
-                                            _pct(cell.target_acc), _pct(cell.others), _pct(cell.stderr),
-                                            "-" if cell.n_items is None else str(cell.n_items), cell.date,
-                                            str(cell.run)), data))
+        out += [Column(f"{target}_{key}", header, "num", f"target {target}: {title}", number == 0)
+                for number, (key, header, title) in enumerate(TARGET_COLUMNS)]
+    out += [Column(key, header, kind, title, number == 0)
+            for number, (key, header, kind, title) in enumerate(TAIL_COLUMNS)]
     return out
 
 
-def _sections(rows: list[Entry]) -> list[DataId | None]:
-    return list(dict.fromkeys(e.data for e in rows)) or [None]
+def _target_values(side: Side | None) -> list[tuple[str, float | None]]:
+    """(text, sort value) of the target columns."""
+    if side is None:
+        return [("-", None)] * len(TARGET_COLUMNS)
+    cell = side.cell
+    return [(_pct(cell.target_acc), 100 * cell.target_acc),
+            (_pct(cell.stderr), None if cell.stderr is None else 100 * cell.stderr),
+            (_pct(cell.others), None if cell.others is None else 100 * cell.others),
+            (_strength(cell.strength), cell.strength),
+            (side.alpha_text or "-", sum(side.alphas) / len(side.alphas) if side.alphas else None)]
 
 
-def to_markdown(rows: list[Entry], index: ResultIndex) -> str:
-    parts = ["# MC2 leaderboard", ""]
-    for data in _sections(rows):
-        if data is not None:
-            parts += [f"## data: {data.describe()}", ""]
+# ---- Markdown ------------------------------------------------------------------------------------
+def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
+    """The leaderboard as GitHub Markdown: the HTML's rows, in the same order; links relative to ``folder``."""
+    headers = ["model", "method"]
+    for target in TARGETS:
+        headers += [f"{target} {h}" if n == 0 else h for n, (_, h, _) in enumerate(TARGET_COLUMNS)]
+    headers += [h for _, h, _, _ in TAIL_COLUMNS] + ["results"]
+    table = []
+    for row in rows:
+        line = [row.model, row.label]
         for target in TARGETS:
-            table = [e.values for e in rows if e.target == target and e.data == data]
-            parts += [f"### target: {target}", "", tabulate(table, headers=COLUMNS, tablefmt="github",
-                                                            disable_numparse=True) if table else "No runs.", ""]
-    parts += _notes(index)
-    return "\n".join(parts) + "\n"
+            line += [text for text, _ in _target_values(row.sides.get(target))]
+        used: dict[Path, list[str]] = {}  # results file -> the targets it gives
+        for target, side in row.sides.items():
+            for run in side.runs:
+                used.setdefault(run, []).append(target)
+        links = [f"[{', '.join(targets)}]({_href(run, folder)})" for run, targets in used.items()]
+        line += [row.choice or "-", row.items, short_data(row.data), row.date or "-", " ".join(links)]
+        table.append([text.replace("|", "\\|") for text in line])
+    parts = ["# MC2 leaderboard", "",
+             "One row per model and method; both targets side by side; shares in % of items. share: answers "
+             "that follow the target modality; ± s.e.: its standard error over items; collapse: answers that follow "
+             "neither option; strength: the effective strength, mean ‖shift‖ / ‖hidden state‖; α: the alpha shown "
+             "(two values: each half of the items scored at the alpha chosen on the other half). Dates are UTC. "
+             "`leaderboard.html` (same folder) sorts, filters and charts the sweeps.", "",
+             tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "No runs.", ""]
+    parts += ["## Data", ""] + [f"- {line}" for line in _data_lines(index)] + [""]
+    notes = _notes(index)
+    if notes:
+        parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
+    return "\n".join(parts)
+
+
+def _data_lines(index: ResultIndex) -> list[str]:
+    lines = []
+    for data in index.data_groups():
+        runs = sum(1 for r in index.runs if r.data == data)
+        lines.append(f"{data.describe()}{f' (folder {data.folder})' if data.folder else ''}: {runs} run(s)")
+    return lines
 
 
 def _notes(index: ResultIndex) -> list[str]:
@@ -96,33 +285,151 @@ def _notes(index: ResultIndex) -> list[str]:
     return notes
 
 
-def to_html(rows: list[Entry], index: ResultIndex) -> str:
-    e = html.escape
-    numeric = {"rank", "target %", "collapse %", "± stderr", "items"}
-    body = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">', "<title>MC2 leaderboard</title>",
-            f"<style>{CSS}</style></head><body>", "<h1>MC2 leaderboard</h1>",
-            '<p class="note">Target share: items whose answer follows the target modality. Collapse: items whose '
-            "answer follows neither option. Standard error over items.</p>"]
-    for number, data in enumerate(_sections(rows)):
-        if data is not None:
-            body.append(f"<h2>data: {e(data.describe())}</h2>")
-        suffix = "" if number == 0 else f"-{number + 1}"  # unique ids; the first data keeps the plain ones
-        for target in TARGETS:
-            body.append(f"<h3>target: {e(target)}</h3>")
-            table = [x for x in rows if x.target == target and x.data == data]
-            if not table:
-                body.append("<p>No runs.</p>")
+# ---- HTML ----------------------------------------------------------------------------------------
+def _settings_text(run: Run | None, path: Path) -> str:
+    if run is None:
+        return str(path)
+    return ", ".join(f"{k}={v}" for k, v in run.settings.items())
+
+
+def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dict:
+    cells = [dict(key="model", text=row.model, sort=row.model, css="model", title=row.pretrained, color=None),
+             dict(key="method", text=row.label, sort=row.label, css="method", title=f"method={row.method}",
+                  color=method_color(row.method))]
+    for target in TARGETS:
+        side = row.sides.get(target)
+        for n, ((key, _, _), (text, value)) in enumerate(zip(TARGET_COLUMNS, _target_values(side))):
+            css = "num" + (" first" if n == 0 else "") + (" share" if key == "share" else "")
+            title = side.choice_note if side is not None and key == "alpha" and side.alphas else None
+            cells.append(dict(key=f"{target}_{key}", text=text, css=css, title=title, color=None,
+                              sort=None if value is None or math.isnan(value) else f"{value:.6g}"))
+    date = row.date
+    cells += [dict(key="choice", text=row.choice or "-", sort=row.choice or None, css="first", color=None,
+                   title="; ".join(f"{t}: {s.choice_note}" for t, s in row.sides.items())),
+              dict(key="items", text=row.items, css="num", color=None, title=None,
+                   sort=next((str(s.cell.n_items) for s in row.sides.values() if s.cell.n_items is not None), None)),
+              dict(key="data", text=short_data(row.data), sort=short_data(row.data), css="data", color=None,
+                   title=row.data.describe()),
+              dict(key="date", text=f"{date[:16]}Z" if date else "-", sort=date, css="date", color=None, title=date)]
+    details = [("model", row.pretrained), ("method", f"{row.label} (method={row.method})"),
+               ("data", row.data.describe() + (f" (folder {row.data.folder})" if row.data.folder else ""))]
+    for target, side in row.sides.items():
+        cell = side.cell
+        details.append((f"target {target}",
+                        f"share {_pct(cell.target_acc)} % ± {_pct(cell.stderr)}, collapse {_pct(cell.others)} %, "
+                        f"effective strength {_strength(cell.strength)}, {cell.n_items or '?'} items "
+                        f"(from the {cell.source} file{'s' if cell.source == 'samples' else ''}), "
+                        f"run {iso_utc(cell.date) or cell.date}"))
+        if side.alphas:
+            details.append((f"α ({target})", f"{side.alpha_text}: {side.choice_note}"))
+    used: dict[Path, list[str]] = {}  # results file -> the targets it gives (one file usually gives both)
+    for target, side in row.sides.items():
+        for run in side.runs:
+            used.setdefault(run, []).append(target)
+    links = [(", ".join(targets), [dict(href=_href(run, folder), text=str(run))]) for run, targets in used.items()]
+    settings = [(", ".join(targets) + (f", α={runs[run].alpha:g}" if run in runs and runs[run].alpha is not None
+                                       and len(used) > 1 else ""), _settings_text(runs.get(run), run))
+                for run, targets in used.items()]
+    search = " ".join([row.model, row.pretrained, row.method, row.label]).lower()
+    return dict(id=number, cells=cells, details=details, links=links, settings=settings, search=search)
+
+
+# ---- charts ----------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ChartPoint:
+    x: float
+    y: float
+    share: bool  # target share (else collapse)
+    tip: str
+
+
+def nice_ticks(lo: float, hi: float, n: int = 4) -> list[float]:
+    """Round tick values covering [lo, hi] (about ``n`` steps of 1, 2, 2.5 or 5 times a power of ten)."""
+    if not hi > lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / n
+    magnitude = 10 ** math.floor(math.log10(raw))
+    step = next(s * magnitude for s in (1, 2, 2.5, 5, 10) if s * magnitude >= raw * (1 - 1e-9))
+    first = math.floor(lo / step + 1e-9) * step
+    ticks, k = [], 0
+    while True:
+        value = round(first + k * step, 10)
+        ticks.append(value)
+        if value >= hi - 1e-9 * step:
+            return ticks
+        k += 1
+
+
+def _panel(target: str, found: list[tuple[str, str, list[SweepPoint]]], measured: bool) -> dict:
+    width, height, left, right, top, bottom = 320, 200, 40, 310, 22, 166
+    xs = [(p.strength if measured else p.alpha) for _, _, points in found for p in points]
+    xt = nice_ticks(min(0.0, *xs), max(xs))
+    x0, x1 = xt[0], xt[-1]
+
+    def px(x: float) -> float:
+        return round(left + (x - x0) / (x1 - x0) * (right - left), 1)
+
+    def py(y: float) -> float:
+        return round(bottom - max(0.0, min(100.0, y)) / 100 * (bottom - top), 1)
+
+    series = []
+    for method, name, points in found:
+        points = sorted(points, key=lambda p: ((p.strength if measured else p.alpha), p.alpha))
+        marks, share_line, collapse_line = [], [], []
+        for p in points:
+            x = p.strength if measured else p.alpha
+            strength = "" if p.strength is None else f", effective strength {p.strength:.3g}"
+            numbers = (f"{name}, α={p.alpha:g}{strength}: target share {p.share:.1f} %"
+                       + ("" if p.stderr is None else f" ± {p.stderr:.1f}")
+                       + ("" if p.collapse is None else f", collapse {p.collapse:.1f} %"))
+            share_line.append(f"{px(x)},{py(p.share)}")
+            marks.append(ChartPoint(px(x), py(p.share), True, numbers))
+            if p.collapse is not None:
+                collapse_line.append(f"{px(x)},{py(p.collapse)}")
+                marks.append(ChartPoint(px(x), py(p.collapse), False, numbers))
+        series.append(dict(method=method, color=method_color(method), share_points=" ".join(share_line),
+                           collapse_points=" ".join(collapse_line) if len(collapse_line) == len(points) else "",
+                           points=marks))
+    return dict(target=target, width=width, height=height, left=left, right=right, top=top, bottom=bottom,
+                xticks=[(px(t), f"{t:g}") for t in xt], yticks=[(py(t), f"{t:g}") for t in (0, 25, 50, 75, 100)],
+                xlabel="effective strength ‖shift‖ / ‖h‖" if measured else "α (effective strength not recorded)",
+                series=series)
+
+
+def charts(index: ResultIndex) -> list[dict]:
+    """Per (data, model) with a steered sweep: one SVG panel per target (see the module docstring)."""
+    out = []
+    groups = index.data_groups()
+    for data in groups:
+        part = index.only(data)
+        for pretrained in part.models():
+            found = {target: [(m, f"{method_label(m)}{'' if label == method_label(m) else f' [{label}]'}", points)
+                              for m in methods_of(part, pretrained) if m in STEERED
+                              for label, points in alpha_series(part, pretrained, m, target).items()]
+                     for target in TARGETS}
+            if not any(found.values()):
                 continue
-            body.append(f'<table id="leaderboard-{e(target)}{suffix}"><thead><tr>'
-                        + "".join(f"<th>{e(c)}</th>" for c in COLUMNS) + "</tr></thead><tbody>")
-            for entry in table:
-                cells = "".join(f'<td class="num">{e(v)}</td>' if c in numeric else f"<td>{e(v)}</td>"
-                                for c, v in zip(COLUMNS, entry.values))
-                body.append(f"<tr>{cells}</tr>")
-            body.append("</tbody></table>")
-    body += [f'<p class="note">{e(n)}</p>' for n in _notes(index)]
-    body.append("</body></html>")
-    return "\n".join(body) + "\n"
+            measured = all(p.strength is not None for f in found.values() for _, _, points in f for p in points)
+            title = model_display_name(pretrained) + (f" — {data.describe()}" if len(groups) > 1 else "")
+            legend = list(dict.fromkeys((name, method_color(m)) for f in found.values() for m, name, _ in f))
+            out.append(dict(title=title, measured=measured, legend=legend,
+                            panels=[_panel(t, found[t], measured) for t in TARGETS if found[t]]))
+    return out
+
+
+def to_html(rows: list[Row], index: ResultIndex, folder: Path, source: str = "") -> str:
+    """The leaderboard page (links relative to ``folder``, where it is written)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(("html", "j2")),
+                      undefined=StrictUndefined, trim_blocks=False, lstrip_blocks=False, keep_trailing_newline=True)
+    runs = {run.path: run for run in index.runs}
+    drawn = charts(index)
+    return env.get_template("leaderboard.html.j2").render(
+        rows=[_html_row(n, row, runs, folder) for n, row in enumerate(rows)], columns=columns(), targets=TARGETS,
+        target_columns=TARGET_COLUMNS, tail_columns=TAIL_COLUMNS, charts=drawn,
+        all_measured=all(c["measured"] for c in drawn), several_data=len(index.data_groups()) > 1,
+        data_lines=_data_lines(index), notes=_notes(index), source=source)
 
 
 def write_leaderboard(results_dir: Path, out: Path | None = None) -> tuple[Path, Path]:
@@ -135,10 +442,11 @@ def write_leaderboard(results_dir: Path, out: Path | None = None) -> tuple[Path,
         raise ValueError(f"no *_results.json under {results_dir}; run lmms-eval with --output_path {results_dir}")
     index = build_index(runs, problems)
     require_usable(index, results_dir)
-    rows = entries(index)
+    rows = leaderboard_rows(index)
     out = Path(out or results_dir)
     out.mkdir(parents=True, exist_ok=True)
     html_path, md_path = out / "leaderboard.html", out / "leaderboard.md"
-    write_text_atomic(html_path, to_html(rows, index))
-    write_text_atomic(md_path, to_markdown(rows, index))
+    source = Path(os.path.relpath(os.path.abspath(results_dir), os.path.abspath(out))).as_posix()
+    write_text_atomic(html_path, to_html(rows, index, out, source))
+    write_text_atomic(md_path, to_markdown(rows, index, out))
     return html_path, md_path

@@ -59,7 +59,8 @@ def legend(options: RenderOptions) -> str:
     text = "cells: " + " / ".join(parts)
     if options.paper is not None:
         text += "; [paper: published value, Δ = ours - paper]"
-    return text + "; '-': no run (or no item of that category in it)"
+    return text + ("; '-': no run (or no item of that category in it); s: a steered row's effective strength, "
+                   "‖shift‖/‖hidden state‖ averaged over its items")
 
 
 def paper_value(options: RenderOptions, table: Table, row: Row, target: str, column: str, metric: str = "target_acc"):

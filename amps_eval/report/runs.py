@@ -166,12 +166,15 @@ def parse_task_name(name: str, metadata: dict | None = None) -> tuple[str, str |
 
 def discover(folder: Path) -> tuple[list[Run], list[Problem]]:
     """Every run under ``folder`` (recursively), oldest first, and the problems met reading them."""
+    from amps_eval.report.strength import with_strength
+
     runs, problems = [], []
     manifests: dict[str, dict | None] = {}
+    diagnostics: dict = {}  # the diagnostics files of each folder, read once
     for path in sorted(Path(folder).rglob("*_results.json")):
         run = load_run(path, problems, manifests)
         if run is not None:
-            runs.append(run)
+            runs.append(with_strength(run, problems, diagnostics) if run.method in STEERED else run)
     return sorted(runs, key=lambda r: (r.date, str(r.path))), problems
 
 
@@ -250,14 +253,17 @@ def _items_from_counts(tasks: list[TaskData], n_samples: dict) -> int | None:
     return best
 
 
-def _find_folder(recorded: str, results_file: Path) -> Path | None:
-    """The prepared folder a recorded ``dataset_path`` names, if it still has a manifest.
-
-    A relative path is tried against the working directory, then against each folder above the
-    results file (results committed inside a project record paths relative to its root)."""
+def recorded_path_candidates(recorded: str, results_file: Path) -> list[Path]:
+    """Where a path recorded in a results file may be now: as it is when absolute; a relative one
+    from the working directory, then from each folder above the results file (results committed
+    inside a project record paths relative to its root)."""
     path = Path(recorded).expanduser()
-    candidates = [path] if path.is_absolute() else [path, *(parent / path for parent in results_file.parent.parents)]
-    for candidate in candidates:
+    return [path] if path.is_absolute() else [path, *(parent / path for parent in results_file.parent.parents)]
+
+
+def _find_folder(recorded: str, results_file: Path) -> Path | None:
+    """The prepared folder a recorded ``dataset_path`` names, if it still has a manifest."""
+    for candidate in recorded_path_candidates(recorded, results_file):
         try:
             if (candidate / MANIFEST_NAME).is_file():
                 return candidate

@@ -17,8 +17,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from amps_eval.methods.registry import METHODS
 from amps_eval.report import METHOD_LABELS, STEERED
-from amps_eval.report.cells import Cell
+from amps_eval.report.cells import TOTAL, Cell
 from amps_eval.report.commands import MissingRun, missing_run
 from amps_eval.report.runs import DataId, model_display_name
 from amps_eval.report.select import ResultIndex, Variant
@@ -68,6 +69,9 @@ def row_label(base: str, index: ResultIndex, variant: Variant | None, target: st
         return base
     extras = [f"α={variant.alpha:g}"] if variant.method in STEERED and variant.alpha is not None else []
     extras += [value for key, value in variant.settings if key == "alpha_choice"]
+    total = index.cells.get((variant, target), {}).get(TOTAL)
+    if total is not None and total.strength is not None:
+        extras.append(f"s={total.strength:.3g}")
     others = index.candidates(variant.pretrained, variant.method, target, variant.orders)
     for key, value in variant.settings:
         if key == "alpha_choice":
@@ -96,9 +100,11 @@ def build_table(number: str, title: str, index: ResultIndex, specs: list[tuple[s
 
 
 def methods_of(index: ResultIndex, pretrained: str) -> list[str]:
-    """The paper's eight methods, then any other method this model ran (alphabetically)."""
+    """The paper's eight methods and any ablation this model ran, in the registry's order, then any
+    other method it ran (alphabetically)."""
     ran = {v.method for v, _ in index.cells if v.pretrained == pretrained}
-    return list(METHOD_LABELS) + sorted(ran - set(METHOD_LABELS))
+    known = [m.name for m in METHODS if not m.ablation or m.name in ran]
+    return known + sorted(ran - set(METHOD_LABELS))
 
 
 def table1(index: ResultIndex, pretrained: str, options: TableOptions) -> Table:
@@ -118,6 +124,7 @@ def table2(index: ResultIndex, models: list[str], options: TableOptions) -> Tabl
 
 def table3(index: ResultIndex, pretrained: str, options: TableOptions) -> Table:
     specs = [(pretrained, "none", "w/o steering (MLLM-only)"), (pretrained, "l2s", "w/o scaling (L2S)"),
+             (pretrained, "amps_beta0", "constant γ (AMPS, β=0)"),
              (pretrained, "amps", "full (AMPS)")]
     return build_table("3", f"Table 3: ablation on {model_display_name(pretrained)} (target share, %)", index,
                        specs, options)

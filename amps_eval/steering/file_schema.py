@@ -15,8 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from amps_eval.methods.registry import FIT_METHODS
+
 FORMAT_VERSION = 1
-METHODS = ("mean", "l2s", "amps")
+METHODS = FIT_METHODS  # the kinds of file `amps-eval fit` writes
 
 
 def is_int(value: Any) -> bool:

@@ -25,6 +25,13 @@ model then emits one token over and over ("!!!!") and the run would score a sile
 hook call therefore reduces the steered state to one flag per row (is its float32 squared norm
 finite? one fused reduction, no host sync: the flags stay on the device) and the context checks the
 flags once when it closes, raising :class:`SteeringNonFinite` naming alpha, the layer and the rows.
+
+Effective strength. Alpha alone does not say how hard a run steered: the same alpha moves a model
+whose hidden states are small much more than one whose states are large, and AMPS's targets are
+(1 + gamma) times L2S's. Every hook call therefore also sums, per row and on the device, the inverse
+norm of the *unsteered* hidden state at each position it shifts; `SteeringHandle.relative_shift` is
+then ||alpha * v|| / ||h|| averaged over the steered positions of the row (prompt and generated):
+the effective strength that methods are compared at.
 """
 
 from __future__ import annotations
@@ -183,6 +190,39 @@ class _FiniteGuard:
         raise SteeringNonFinite(strengths, self.layer, rows)
 
 
+class _NormMeter:
+    """Per-row sums of 1 / ||h|| (float32) over the positions a hook shifts, and their count; on the
+    device, read once by `mean_inverse` after the context closes."""
+
+    def __init__(self, batch: int | None) -> None:
+        self.batch = batch
+        self.inverse: Tensor | None = None
+        self.count: Tensor | None = None
+
+    def observe(self, h: Tensor, where: Tensor | None) -> None:
+        norms = torch.linalg.vector_norm(h, dim=-1, dtype=torch.float32)  # [B, S]
+        steered = torch.ones_like(norms, dtype=torch.bool) if where is None else where.to(norms.device).expand_as(norms)
+        inverse = torch.where(steered, 1.0 / norms, torch.zeros_like(norms)).sum(dim=-1)
+        count = steered.sum(dim=-1).float()
+        if self.inverse is None or self.inverse.shape != inverse.shape:
+            if self.inverse is not None:  # the hidden batch changed size (never in generate): restart
+                return
+            self.inverse, self.count = inverse, count
+        else:
+            self.inverse, self.count = self.inverse + inverse, self.count + count
+
+    def mean_inverse(self) -> Tensor | None:
+        """[B] mean of 1 / ||h|| over each prompt row's steered positions (beams folded back); NaN
+        for a row with none; None before the model ran."""
+        if self.inverse is None:
+            return None
+        rows = int(self.inverse.shape[0])
+        per_row = max(1, rows // (self.batch or rows))
+        inverse = self.inverse.cpu().reshape(-1, per_row).sum(dim=1)
+        count = self.count.cpu().reshape(-1, per_row).sum(dim=1)
+        return torch.where(count > 0, inverse / count.clamp(min=1), torch.full_like(inverse, float("nan")))
+
+
 _LAYER_PATHS = ("model.language_model.layers", "language_model.layers", "model.layers")
 
 
@@ -242,6 +282,7 @@ class SteeringHandle:
     alpha: Tensor
     vectors: Tensor | None = None
     calls: int = 0
+    meter: _NormMeter | None = field(default=None, repr=False)
 
     @property
     def norms(self) -> Tensor:
@@ -254,6 +295,16 @@ class SteeringHandle:
     def shift_norms(self) -> Tensor:
         """Per-row L2 norm of the shift actually added, alpha * v."""
         return (self.alpha.to(self.norms.device) * self.norms).abs()
+
+    @property
+    def relative_shift(self) -> Tensor:
+        """Per-row effective strength: ||alpha * v|| / ||h|| averaged over the row's steered
+        positions, h the unsteered hidden state there (module docstring); NaN for a row never
+        shifted (e.g. ``positions="generated"`` with no token generated)."""
+        inverse = None if self.meter is None else self.meter.mean_inverse()
+        if inverse is None:
+            raise RuntimeError("no hidden state seen yet: the model has not run inside the steering context")
+        return self.shift_norms.cpu() * inverse
 
 
 def _alpha_tensor(alpha: float | Tensor) -> Tensor:
@@ -325,7 +376,7 @@ def steer(
     if not torch.isfinite(v).all():
         raise ValueError("steering vectors contain non-finite values")
     shift = a[:, None].to(v.device) * v
-    handle = SteeringHandle(layer=layer, positions=positions, alpha=a, vectors=v.cpu())
+    handle = SteeringHandle(layer=layer, positions=positions, alpha=a, vectors=v.cpu(), meter=_NormMeter(batch))
     tracker = _CallTracker(attention_mask=attention_mask, positions=positions)
     guard = _FiniteGuard(layer, a, batch)
     moved: dict[tuple, Tensor] = {}  # the shift on each (device, dtype) seen: one copy, not one per step
@@ -340,6 +391,7 @@ def steer(
         steered = _apply_shift(output, h, moved[key], where)
         if steered is not None:
             guard.observe(_layer_output(steered))
+            handle.meter.observe(h, where)
         return steered
 
     with _hooked(module, hook):
@@ -367,7 +419,7 @@ def steer_with_module(
     """
     layer_module, a, batch = _prepare(model, layer, alpha, attention_mask, positions)
     d = hidden_size(model)
-    handle = SteeringHandle(layer=layer, positions=positions, alpha=a)
+    handle = SteeringHandle(layer=layer, positions=positions, alpha=a, meter=_NormMeter(batch))
     tracker = _CallTracker(attention_mask=attention_mask, positions=positions)
     guard = _FiniteGuard(layer, a, batch)
     state: dict[str, Tensor] = {}
@@ -396,6 +448,7 @@ def steer_with_module(
         steered = _apply_shift(output, h, state["shift"], where)
         if steered is not None:
             guard.observe(_layer_output(steered))
+            handle.meter.observe(h, where)
         return steered
 
     with _hooked(layer_module, hook):

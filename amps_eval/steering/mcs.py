@@ -8,7 +8,8 @@ For one prompt ``x`` with clean next-token distribution ``p_x`` (at the last pro
   that perturbed cache to get ``p_z``, and compute ``L = CE(p_x, p_z) = -sum p_x log p_z``;
 * score = ``||dL/d(perturbed KV entries)||^2 / max(L, eps)`` where the gradient is taken with
   respect to the perturbed K/V entries only (all layers, K and V, modality-``m`` positions);
-* ``C_m`` = mean of the scores over draws and sigmas; ``r_v = C_V / (C_V + C_T)``.
+* ``C_m`` = mean of the scores over draws and sigmas; ``r_v = C_V / (C_V + C_T)`` (Eq. 7; the default
+  estimator forms this ratio per sigma and averages, see "Draws and ratio" below).
 
 Decisions (the paper leaves them open, see docs/method.md, "MCS")
 -----------------------------------------------------------------
@@ -25,7 +26,18 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
 * **Sigmas** default ``(0.05, 0.1, 0.2)``: small enough that the perturbed cache stays in the
   neighbourhood where the gradient is informative (a local sensitivity probe), large enough that
   ``p_z`` differs measurably from ``p_x`` in bf16; three levels average out the dependence on one
-  scale. ``draws=2``: 3 sigmas x 2 modalities x 2 draws = 12 perturbations per sample.
+  scale.
+* **Draws and ratio** default ``draws=16`` and ``ratio="per_sigma"``: 3 sigmas x 2 modalities x 16
+  draws = 96 perturbations per sample, and r_v = mean over sigmas of C_V(s) / (C_V(s) + C_T(s)).
+  Chosen with ``benchmarks/bench_mcs_retest.py`` (benchmarks/README.md, "MCS reliability"). With the
+  former ``draws=2`` and the pooled ratio ``C_V / (C_V + C_T)``, two ``--mcs-seed`` runs over the 128
+  demo items agreed only to Spearman 0.878-0.917 and mean |r_v difference| 0.090-0.125. With these
+  defaults they agree to Spearman >= 0.986 and mean |difference| <= 0.037 on both shipped
+  organisms (two seed pairs each), inside the target of 0.95 and 0.05. A score grows about as
+  sigma^2, so the pooled ratio is dominated by the largest sigma. The per-sigma mean weights the
+  three levels equally and agreed better at every draw count. It has the same limit as the pooled
+  ratio when both modalities scale alike with sigma. ``ratio="sums"`` is Eq. 7 as written.
+  ``c_v`` / ``c_t`` are the plain means in every case.
 * **Cache positions**: the prompt is prefilled once (full prompt, with explicit position ids) and the
   cache is cut to the first ``T-1`` positions; ``p_x`` is the prefill's distribution at the last
   prompt token, which is exactly the distribution the single-token pass yields on the unperturbed
@@ -44,6 +56,32 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
 
   The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with ``w`` = float32
   (float64 for a float64 model) and ``std`` a Python float.
+* **Variance-reduction options** (``MCSSettings`` fields, recorded by ``to_dict()``; measured by
+  ``benchmarks/bench_mcs_retest.py``, see benchmarks/README.md). They change which standard normals a
+  perturbation uses, never the order above, in which only *fresh* draws consume the generator
+  (rules in this order, first match wins; ``z(s, m, n)`` = the list of per-layer K, V normals):
+
+  - ``antithetic``: draws come in pairs, ``z(s, m, 2k+1) = -z(s, m, 2k)`` (``draws`` must be even);
+  - ``common_sigmas``: ``z(s, m, n) = z(0, m, n)`` for every later sigma;
+  - ``common_modalities``: the fresh draw has ``max(n_vision, n_text)`` positions and each modality
+    uses its first ``n_m``: ``z(s, text, n) = z(s, vision, n)`` on the shared leading positions;
+  - ``ratio``: how r_v is formed from the scores (`mcs_ratio`): ``"sums"`` = C_V / (C_V + C_T)
+    (Eq. 7 as written), ``"per_sigma"`` = mean over sigmas of C_V(s) / (C_V(s) + C_T(s)),
+    ``"per_draw"`` = mean over sigmas and draws of score_V / (score_V + score_T). ``c_v`` and
+    ``c_t`` are always the plain means.
+
+  `mcs_stderr` accounts for the shared noise (antithetic pairs are one unit; shared sigmas or
+  modalities contribute their covariances). All three noise options are off by default: none
+  made two seeds agree better than plain draws at equal perturbations (``common_modalities`` tied
+  with them; ``antithetic`` and ``common_sigmas`` did worse). Why: at these sigmas
+  ``CE(p_x, p_z)`` stays very close to H(p_x) (KL / H ~ 1e-4 on the organisms during development),
+  so the clean gradient is ~0 and a score is close to an even quadratic form ``z' A z / H`` in the
+  noise. So ``-z`` repeats ``z``'s score (antithetic pairs are near duplicates), reusing ``z``
+  across sigmas makes the levels nearly proportional (one level's information, not three), and
+  the two modalities' forms live on disjoint positions (shared normals leave them nearly
+  uncorrelated). The variance is that of ``z' A z`` for an ``A`` of low effective rank (one draw's
+  score had a coefficient of variation of ~1.2-1.5), which only more draws reduce, or the
+  per-sigma ratio, which gives the three levels equal weight instead of ~1 : 4 : 16.
 * **Batched mode** replicates the cut cache once per perturbation (of all samples) along the batch
   dimension and runs ONE forward and ONE backward: the gradient of the summed losses w.r.t. copy
   ``p``'s cache is copy ``p``'s own gradient because copies never interact.
@@ -90,7 +128,7 @@ from amps_eval.steering.kv_cache import (
 )
 
 MODALITIES: tuple[str, str] = ("vision", "text")
-
+RATIOS: tuple[str, ...] = ("sums", "per_sigma", "per_draw")
 
 
 class NonFiniteMCSError(ValueError):
@@ -119,15 +157,26 @@ class MCSSettings:
     batched: all perturbations of the batch in one forward/backward (False: one per pass).
     max_copies_per_pass: in batched mode, at most this many perturbed cache copies per pass
         (None = all; set it for 7B+ models on a memory-limited device).
+    antithetic: draws come in pairs (z, -z): draw 2k+1 reuses draw 2k's noise negated (draws must be even).
+    common_sigmas: every sigma reuses the standard normals of the first sigma (same draw index).
+    common_modalities: the text perturbation reuses the vision perturbation's standard normals (one
+        draw of max(n_vision, n_text) positions per layer and K/V, each modality takes its first n_m).
+    ratio: how r_v is formed from the scores: "sums" (C_V / (C_V + C_T), the paper's Eq. 7),
+        "per_sigma" (the mean over sigmas of C_V(s) / (C_V(s) + C_T(s))), "per_draw" (the mean over
+        sigmas and draws of the per-draw ratio score_V / (score_V + score_T)).
     """
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
     relative: bool = True
-    draws: int = 2
+    draws: int = 16
     seed: int = 0
     eps: float = 1e-8
     batched: bool = True
     max_copies_per_pass: int | None = None
+    antithetic: bool = False
+    common_sigmas: bool = False
+    common_modalities: bool = False
+    ratio: str = "per_sigma"
 
     def __post_init__(self) -> None:
         sigmas = self.sigmas
@@ -158,6 +207,13 @@ class MCSSettings:
         m = self.max_copies_per_pass
         if m is not None and (isinstance(m, bool) or not isinstance(m, int) or m < 1):
             raise ValueError(f"max_copies_per_pass must be None or an int >= 1, got {m!r}")
+        for name in ("antithetic", "common_sigmas", "common_modalities"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")
+        if self.antithetic and self.draws % 2:
+            raise ValueError(f"antithetic draws come in pairs: draws must be even, got {self.draws!r}")
+        if self.ratio not in RATIOS:
+            raise ValueError(f"ratio must be one of {RATIOS}, got {self.ratio!r}")
 
     @property
     def perturbations_per_sample(self) -> int:
@@ -175,7 +231,7 @@ class MCSSettings:
 class MCSResult:
     """Per-sample MCS. Tensors are float64 on CPU, first dim = batch.
 
-    c_v, c_t, r_v: [B]. scores, ce: [B, len(sigmas), 2 (vision, text), draws] (the per-perturbation
+    c_v, c_t, r_v: [B] (r_v as ``settings["ratio"]`` says, see `mcs_ratio`). scores, ce: [B, len(sigmas), 2 (vision, text), draws] (the per-perturbation
     score ||grad||^2 / max(CE, eps) and the CE itself). ce_clean: [B], CE(p_x, p_x) = entropy of p_x
     (the floor of every CE). n_vision, n_text: perturbed positions per sample. c_v_stderr,
     c_t_stderr, r_v_stderr: [B] Monte Carlo standard errors (`mcs_stderr`; NaN with one draw).
@@ -197,7 +253,7 @@ class MCSResult:
 
     def __post_init__(self) -> None:
         if self.r_v_stderr is None:
-            self.c_v_stderr, self.c_t_stderr, self.r_v_stderr = mcs_stderr(self.scores)
+            self.c_v_stderr, self.c_t_stderr, self.r_v_stderr = mcs_stderr(self.scores, **_estimator(self.settings))
 
     def __len__(self) -> int:
         return len(self.sample_ids)
@@ -255,25 +311,100 @@ def visual_ratio(c_v: torch.Tensor, c_t: torch.Tensor) -> torch.Tensor:
     return c_v / (c_v + c_t)
 
 
-def mcs_stderr(scores: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Monte Carlo standard errors (C_V, C_T, r_v), each [B], from scores [B, S, 2, N].
+_ESTIMATOR_KEYS = ("ratio", "antithetic", "common_sigmas", "common_modalities")
 
-    C_m is the mean over the S noise levels of the mean over N draws, so
-    Var(C_m) = sum_s var_s / N / S^2 with var_s the sample variance (ddof 1) of the draws at level s;
-    the draws of the two modalities are independent, so by the delta method
-    se(r_v)^2 = (C_T se_V)^2 / (C_V + C_T)^4 + (C_V se_T)^2 / (C_V + C_T)^4. NaN when N = 1.
+
+def _estimator(settings: dict[str, Any]) -> dict[str, Any]:
+    """The `mcs_stderr` keywords recorded in a settings dict (absent keys: the plain estimator)."""
+    return {k: settings[k] for k in _ESTIMATOR_KEYS if k in settings}
+
+
+def mcs_ratio(scores: torch.Tensor, ratio: str = "sums") -> torch.Tensor:
+    """r_v [B] from scores [B, S, 2, N] (float64; NaN where a denominator is 0, callers check).
+
+    "sums": C_V / (C_V + C_T) with C_m the mean over sigmas and draws (the paper's Eq. 7);
+    "per_sigma": mean over sigmas s of C_V(s) / (C_V(s) + C_T(s)), C_m(s) the mean over draws;
+    "per_draw": mean over sigmas and draws of score_V / (score_V + score_T) (draw n of the vision
+    perturbation paired with draw n of the text one).
     """
     scores = scores.double()
-    _, n_sigmas, _, draws = scores.shape
-    if draws < 2:
-        nan = torch.full(scores.shape[:1], math.nan, dtype=torch.float64)
+    if ratio == "sums":
+        c = scores.mean(dim=(1, 3))
+        return visual_ratio(c[:, 0], c[:, 1])
+    if ratio == "per_sigma":
+        c = scores.mean(dim=3)  # [B, S, 2]
+        return visual_ratio(c[..., 0], c[..., 1]).mean(dim=1)
+    if ratio == "per_draw":
+        return visual_ratio(scores[:, :, 0], scores[:, :, 1]).mean(dim=(1, 2))
+    raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
+
+
+def _se_of_weighted_mean(x: torch.Tensor, w: torch.Tensor, dependent: torch.Tensor) -> torch.Tensor:
+    """Standard error of sum_k w_k mean_u x[k, u] over U independent units, [B]; x [B, K, U],
+    w [B, K]; ``dependent`` [K, K] bool says which blocks share noise (only their sample
+    covariances, ddof 1, enter; the others are independent by construction)."""
+    units = x.shape[-1]
+    xc = x - x.mean(dim=-1, keepdim=True)
+    cov = xc @ xc.transpose(1, 2) / (units - 1)  # [B, K, K]
+    cov = cov * dependent.to(cov.dtype)
+    var = torch.einsum("bk,bkl,bl->b", w, cov, w) / units
+    return var.clamp_min(0).sqrt()
+
+
+def mcs_stderr(
+    scores: torch.Tensor,
+    ratio: str = "sums",
+    antithetic: bool = False,
+    common_sigmas: bool = False,
+    common_modalities: bool = False,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Monte Carlo standard errors (C_V, C_T, r_v), each [B], from scores [B, S, 2, N].
+
+    The independent units are the draws (the antithetic pairs (2k, 2k+1) with ``antithetic``, whose
+    two scores are averaged first). C_m is the mean over the S noise levels of the mean over the
+    units, so with independent levels Var(C_m) = sum_s var_s / U / S^2 (var_s the sample variance,
+    ddof 1, of the units at level s). r_v is linearised (delta method): r_v ~ sum_k w_k mean_u x_ku
+    over blocks k = (level, modality) (for "per_draw": k = level and x the per-draw ratio), and
+    Var(r_v) = sum_kl w_k w_l cov(x_k, x_l) / U, where only blocks that share noise contribute a
+    covariance: the same block; the same modality at two levels with ``common_sigmas``; the two
+    modalities at one level with ``common_modalities``; both with both. For the plain estimator this
+    is se(r_v)^2 = ((C_T se_V)^2 + (C_V se_T)^2) / (C_V + C_T)^4. NaN with fewer than 2 units.
+    """
+    scores = scores.double()
+    bsz, n_sigmas, _, draws = scores.shape
+    units = draws // 2 if antithetic else draws
+    if antithetic and draws % 2:
+        raise ValueError(f"antithetic scores need an even number of draws, got {draws}")
+    if ratio not in RATIOS:
+        raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
+    if units < 2:
+        nan = torch.full((bsz,), math.nan, dtype=torch.float64)
         return nan, nan.clone(), nan.clone()
-    var_of_mean = scores.var(dim=-1, unbiased=True).sum(dim=1) / draws / n_sigmas**2  # [B, 2]
-    se = var_of_mean.sqrt()
-    c = scores.mean(dim=(1, 3))  # [B, 2]
-    total = c.sum(dim=1)
-    se_r = torch.sqrt((c[:, 1] * se[:, 0]) ** 2 + (c[:, 0] * se[:, 1]) ** 2) / total**2
-    return se[:, 0], se[:, 1], se_r
+
+    def per_unit(x: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., U]
+        return x.reshape(*x.shape[:-1], units, 2).mean(dim=-1) if antithetic else x
+
+    eye_s = torch.eye(n_sigmas, dtype=torch.bool)
+    sig_dep = torch.ones_like(eye_s) if common_sigmas else eye_s
+    se_c = []
+    for m in (0, 1):
+        w = torch.full((bsz, n_sigmas), 1.0 / n_sigmas, dtype=torch.float64)
+        se_c.append(_se_of_weighted_mean(per_unit(scores[:, :, m]), w, sig_dep))
+    if ratio == "per_draw":
+        x = per_unit(visual_ratio(scores[:, :, 0], scores[:, :, 1]))  # [B, S, U]
+        w = torch.full((bsz, n_sigmas), 1.0 / n_sigmas, dtype=torch.float64)
+        return se_c[0], se_c[1], _se_of_weighted_mean(x, w, sig_dep)
+    mod_dep = torch.ones(2, 2, dtype=torch.bool) if common_modalities else torch.eye(2, dtype=torch.bool)
+    dependent = (sig_dep[:, None, :, None] & mod_dep[None, :, None, :]).reshape(2 * n_sigmas, 2 * n_sigmas)
+    if ratio == "sums":
+        c = scores.mean(dim=(1, 3))[:, None, :].expand(bsz, n_sigmas, 2)  # [B, S, 2], the same at every level
+    else:  # per_sigma
+        c = scores.mean(dim=3)  # [B, S, 2]
+    total = c.sum(dim=-1)
+    w = torch.stack((c[..., 1], -c[..., 0]), dim=-1) / total[..., None] ** 2 / n_sigmas  # [B, S, 2]
+    x = per_unit(scores)  # [B, S, 2, U]
+    se_r = _se_of_weighted_mean(x.reshape(bsz, 2 * n_sigmas, units), w.reshape(bsz, 2 * n_sigmas), dependent)
+    return se_c[0], se_c[1], se_r
 
 
 def _finite_or_none(value: torch.Tensor) -> float | None:
@@ -306,6 +437,7 @@ class _Sample:
     positions: tuple[torch.Tensor, torch.Tensor]  # (vision idx, text idx) into the cut cache
     generator: torch.Generator
     std_cache: dict[tuple[int, int, int], float] = field(default_factory=dict)
+    noise: dict[tuple[int, int, int], list[torch.Tensor]] = field(default_factory=dict)  # fresh draws kept for reuse
 
 
 @dataclass
@@ -318,6 +450,40 @@ class _Copy:
 
 def _entry_std(clean: torch.Tensor, row: int, idx: torch.Tensor) -> float:
     return float(clean[row, :, idx, :].to(_work_dtype(clean.dtype)).std(correction=0))
+
+
+def _raw_noise(
+    smp: _Sample, s: int, m: int, n: int, keys: Sequence[torch.Tensor], settings: MCSSettings
+) -> list[torch.Tensor]:
+    """The standard normals of perturbation (s, m, n) of one sample, one [kv_heads, P, head_dim]
+    float32 tensor per (layer, K/V) in the order layer 0 K, layer 0 V, layer 1 K, ...; P = the
+    sample's number of modality-m positions, or max(n_vision, n_text) with ``common_modalities``
+    (the caller takes the first n_m). Reuse rules, first match wins: antithetic and n odd ->
+    -noise(s, m, n-1); common_sigmas and s > 0 -> noise(0, m, n); common_modalities and m = text
+    -> noise(s, vision, n); otherwise a fresh draw from the sample's generator (drawn in copy order,
+    so the documented order of draws holds)."""
+    if settings.antithetic and n % 2 == 1:
+        return [-z for z in _raw_noise(smp, s, m, n - 1, keys, settings)]
+    if settings.common_sigmas and s > 0:
+        return _raw_noise(smp, 0, m, n, keys, settings)
+    if settings.common_modalities and m == 1:
+        return _raw_noise(smp, s, 0, n, keys, settings)
+    reuse = settings.antithetic or settings.common_sigmas or settings.common_modalities
+    if reuse and (s, m, n) in smp.noise:
+        return smp.noise[(s, m, n)]
+    if settings.common_modalities:
+        width = max(int(smp.positions[0].numel()), int(smp.positions[1].numel()))
+    else:
+        width = int(smp.positions[m].numel())
+    out = []
+    for k in keys:
+        for _kind in range(2):
+            out.append(
+                torch.randn((k.shape[1], width, k.shape[3]), generator=smp.generator, dtype=torch.float32, device=k.device)
+            )
+    if reuse:
+        smp.noise[(s, m, n)] = out
+    return out
 
 
 def _build_copies(
@@ -339,10 +505,10 @@ def _build_copies(
         idx = smp.positions[c.m]
         pos_mask[p, idx] = True
         sigma = settings.sigmas[c.s]
+        noise = _raw_noise(smp, c.s, c.m, c.n, keys, settings)
         for layer in range(len(keys)):
             for kind, (clean, target) in enumerate(((keys[layer], new_k[layer]), (values[layer], new_v[layer]))):
-                h, _, d = clean.shape[1], clean.shape[2], clean.shape[3]
-                z = torch.randn((h, idx.numel(), d), generator=smp.generator, dtype=torch.float32, device=device)
+                z = noise[2 * layer + kind][:, : idx.numel()]
                 if settings.relative:
                     key = (layer, kind, c.m)
                     if key not in smp.std_cache:
@@ -498,7 +664,7 @@ def compute_mcs(
     scores = mcs_score(grad_sq, ce, settings.eps)
     c_v = scores[:, :, 0, :].mean(dim=(1, 2))
     c_t = scores[:, :, 1, :].mean(dim=(1, 2))
-    r_v = visual_ratio(c_v, c_t)
+    r_v = mcs_ratio(scores, settings.ratio)
 
     bad_rows = [
         i
@@ -548,10 +714,12 @@ __all__ = [
     "MCSSettings",
     "MODALITIES",
     "NonFiniteMCSError",
+    "RATIOS",
     "compute_mcs",
     "cross_entropy",
     "forward_last_token",
     "frozen_eval",
+    "mcs_ratio",
     "mcs_score",
     "mcs_stderr",
     "noise_key",

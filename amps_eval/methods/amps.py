@@ -1,0 +1,48 @@
+"""AMPS (arXiv 2602.12533): L2S trained on MCS-scaled targets, one MLP per direction.
+
+Each item's target is Eq. 11, ``(1 + gamma_i) * d_i`` toward the image and ``(1 + gamma_i) * (-d_i)``
+toward the text, gamma_i from Eq. 9 with the per-category anchors of the fold's own fit items
+(`amps_eval.steering.scaling`). The training recipe is L2S's, so the two differ only in the targets.
+
+``amps_beta0`` is the ablation that isolates the per-sample idea: beta = 0 makes every gamma 1, so
+its targets are L2S's doubled. Since the anchor is the fit items' mean reliance, the mean of
+(1 + gamma) is 2 for AMPS too: compare AMPS with ``amps_beta0`` (same average strength), and
+AMPS at alpha with L2S at 2 alpha, or read both at matched effective strength.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from amps_eval.methods.base import FoldFit, SteeringMethod
+from amps_eval.steering.anchors import amps_targets, category_anchors
+from amps_eval.steering.module import train_mlp
+from amps_eval.steering.scaling import DIRECTIONS
+
+
+class AMPS(SteeringMethod):
+    name = "amps"
+    needs_mcs_at_fit = True
+
+    def fit_fold(self, x: Tensor, d: Tensor, settings, hidden: int, r_v: Tensor | None,
+                 categories: list[str] | None, progress: bool = False) -> FoldFit:
+        if r_v is None or categories is None:
+            raise ValueError(f"{self.name} needs each item's r_v and category")
+        anchors = category_anchors(r_v, categories)
+        tensors, losses = {}, {}
+        for direction in DIRECTIONS:
+            y = amps_targets(d, r_v, categories, anchors, settings.fit_beta, direction, settings.convention,
+                             settings.gamma_max, settings.anchor_floor)
+            mlp, history = train_mlp(x, y, hidden, settings.train, progress)
+            tensors.update({f"{direction}.{k}": t.detach().cpu().clone() for k, t in mlp.state_dict().items()})
+            losses[direction] = history[-1]
+        return FoldFit(tensors, losses, anchors)
+
+
+class AMPSBeta0(AMPS):
+    """AMPS with beta fixed at 0 (every gamma = 1): the ablation row of Table 3."""
+
+    name = "amps_beta0"
+
+
+METHODS = {"amps": AMPS(), "amps_beta0": AMPSBeta0()}

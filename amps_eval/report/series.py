@@ -1,0 +1,58 @@
+"""The points of a steering sweep, per model, method and target (pure: shared by the figures and
+the leaderboard's charts, so both draw the same numbers).
+
+A sweep point is one alpha's Total cell (the newest run of that alpha; see ``select.py``): target
+share, collapse rate and standard error in %, the item count and the mean effective strength of
+its items (``strength.py``; None when the run recorded no diagnostics). Composite rows (alpha
+chosen on held-out items) are not sweep points.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+from amps_eval.report.cells import TOTAL
+from amps_eval.report.select import ResultIndex
+from amps_eval.report.style import method_label
+
+
+@dataclass(frozen=True)
+class SweepPoint:
+    """One alpha of a sweep (Total cell): shares in %, effective strength None when not recorded."""
+
+    alpha: float
+    strength: float | None
+    share: float
+    collapse: float | None
+    stderr: float | None
+    n_items: int | None = None
+
+    @property
+    def collapse_stderr(self) -> float | None:
+        """Binomial standard error of the collapse rate (%), like the target share's."""
+        if self.collapse is None or not self.n_items:
+            return None
+        c = self.collapse / 100
+        return 100 * math.sqrt(c * (1 - c) / self.n_items)
+
+
+def alpha_series(index: ResultIndex, pretrained: str, method: str, target: str) -> dict[str, list[SweepPoint]]:
+    """label -> points sorted by alpha, of one method; one series per steering setup."""
+    series: dict[str, list[SweepPoint]] = {}
+    several_data = len(index.data_groups()) > 1  # runs on different data are separate series
+    for (variant, t), cells in index.cells.items():
+        if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
+            continue
+        if variant.alpha is None:  # a composite row (alpha chosen on held-out items), not a sweep point
+            continue
+        label = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method_label(method)
+        if variant.orders == "both":
+            label += " (both orders)"
+        if several_data:
+            label += f" [data: {variant.data.describe()}]"
+        cell = cells[TOTAL]
+        series.setdefault(label, []).append(SweepPoint(
+            variant.alpha, cell.strength, 100 * cell.target_acc, None if cell.others is None else 100 * cell.others,
+            None if cell.stderr is None else 100 * cell.stderr, cell.n_items))
+    return {k: sorted(v, key=lambda p: p.alpha) for k, v in series.items()}

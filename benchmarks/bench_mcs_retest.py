@@ -1,0 +1,206 @@
+"""Benchmark: test-retest reliability of the Modality Contribution Score against its cost.
+
+For every estimator configuration and every shipped model organism, computes r_v of every item of
+the prepared demo data twice, with two different MCS seeds (as two ``amps-eval mcs --mcs-seed A``
+/ ``--mcs-seed B`` runs would: `amps_eval.extract.mcs_batch`, noise keyed by `noise_key(mc2_id,
+"none")`), in one process so each model loads once. Reports per configuration:
+
+* ``spearman``: rank correlation of r_v between the two seeds (over the items);
+* ``mean |d|`` / ``max |d|``: mean and largest |r_v(seed A) - r_v(seed B)|;
+* ``mean se``: the mean reported r_v standard error (`mcs_stderr`, both seeds);
+* ``pert``: perturbations per item; ``s/item``: wall seconds per item of the MCS calls (encoding
+  included, mean of the two seeds); ``cost``: s/item relative to the 2-draw plain row of the same
+  organism in the same run.
+
+Configurations ("noise/ratio", draws): the noise is ``plain`` (independent draws), ``anti``
+(antithetic pairs), ``crn-s`` (common random numbers across sigmas) or ``crn-m`` (across the two
+modalities); the ratio is how r_v is formed from the same scores (``sums``: the paper's
+C_V / (C_V + C_T); ``per_sigma``: the mean over sigmas of the per-sigma ratio; ``per_draw``: the
+mean of the per-draw ratios; see `amps_eval.steering.mcs.mcs_ratio`). Rows with the same noise
+and draws share their runs (the ratio is computed from the same scores with `mcs_ratio` and
+`mcs_stderr`, exactly as `compute_mcs` would with that ``ratio``), so their cost is the same.
+Target: Spearman >= 0.95 and mean |d| <= 0.05 on both organisms.
+
+    python benchmarks/bench_mcs_retest.py                   # both organisms, ~10-15 min on 2 CPU cores
+    python benchmarks/bench_mcs_retest.py --limit 16 --draws 2,4 --option-draws 2   # quick check
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this is run
+from common import THREADS_HELP  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+ORGANISMS = {
+    "qwen": ("amps_qwen", ROOT / "amps_eval/organism/amps-organism-qwen2.5-vl"),
+    "llava": ("amps_llava", ROOT / "amps_eval/organism/amps-organism-llava-1.5"),
+}
+NOISES = {  # name -> MCSSettings fields
+    "plain": {},
+    "anti": {"antithetic": True},
+    "crn-s": {"common_sigmas": True},
+    "crn-m": {"common_modalities": True},
+}
+TARGET_RHO, TARGET_MAD = 0.95, 0.05
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x.strip()]
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman's rho (average ranks for ties)."""
+
+    def ranks(x: list[float]) -> list[float]:
+        order = sorted(range(len(x)), key=lambda i: x[i])
+        out = [0.0] * len(x)
+        i = 0
+        while i < len(order):
+            j = i
+            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
+                j += 1
+            for k in range(i, j + 1):
+                out[order[k]] = (i + j) / 2.0
+            i = j + 1
+        return out
+
+    ra, rb = ranks(a), ranks(b)
+    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
+    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
+    va = sum((x - ma) ** 2 for x in ra)
+    vb = sum((y - mb) ** 2 for y in rb)
+    return cov / (va * vb) ** 0.5
+
+
+def score_run(wrapper, items, settings, batch_size: int) -> tuple[torch.Tensor, float]:
+    """Scores [n, S, 2, N] of every item (as `amps-eval mcs` computes them) and the wall seconds."""
+    from amps_eval.extract import mcs_batch
+
+    parts = []
+    t0 = time.perf_counter()
+    for start in range(0, len(items), batch_size):
+        rows = list(range(start, min(start + batch_size, len(items))))
+        result = mcs_batch(wrapper, items.conversations(rows, "none"), [items.ids[i] for i in rows], settings, "none")
+        parts.append(result.scores)
+    return torch.cat(parts), time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--organisms", default="qwen,llava", help="comma-separated, of: " + ", ".join(ORGANISMS))
+    ap.add_argument("--data", default=str(ROOT / "results/demo/data"), help="prepared MC2 folder (the 128 demo items)")
+    ap.add_argument("--limit", type=int, default=None, help="use only the first N items")
+    ap.add_argument("--seeds", type=_ints, default=[1, 2], help="the two MCS seeds (default 1,2)")
+    ap.add_argument("--draws", type=_ints, default=[2, 4, 8, 16, 32], help="draws of the plain-noise rows")
+    ap.add_argument("--option-draws", type=_ints, default=[2, 4, 8, 16], help="draws of the anti / crn rows")
+    ap.add_argument("--options", default="anti,crn-s,crn-m", help="noise options besides plain ('' for none)")
+    ap.add_argument("--sigmas", default="0.05,0.1,0.2")
+    ap.add_argument("--batch-size", type=int, default=8, help="items per compute_mcs call")
+    ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
+    ap.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    args = ap.parse_args(argv)
+    if len(args.seeds) != 2 or args.seeds[0] == args.seeds[1]:
+        ap.error("--seeds takes two different seeds")
+    torch.set_num_threads(args.threads)
+
+    from amps_eval.fit_data import load_items, load_wrapper
+    from amps_eval.steering.mcs import MCSSettings, mcs_ratio, mcs_stderr
+
+    sigmas = tuple(float(x) for x in args.sigmas.split(","))
+    options = [o for o in args.options.split(",") if o]
+    for o in options:
+        if o not in NOISES or o == "plain":
+            ap.error(f"unknown option {o!r}; choose from {', '.join(k for k in NOISES if k != 'plain')}")
+    plan = [("plain", d) for d in args.draws] + [(o, d) for o in options for d in args.option_draws]
+    if ("plain", 2) not in plan:
+        plan.insert(0, ("plain", 2))  # the cost reference
+    items = load_items(args.data, args.limit)
+    t_start = time.perf_counter()
+    rows: list[dict] = []
+    for org in args.organisms.split(","):
+        model, pretrained = ORGANISMS[org]
+        wrapper = load_wrapper(model, str(pretrained), "cpu", "auto", args.batch_size)
+        score_run(wrapper, items, MCSSettings(sigmas=sigmas, draws=2), args.batch_size)  # warm-up
+        org_rows = []
+        for noise, draws in plan:
+            base = MCSSettings(sigmas=sigmas, draws=draws, **NOISES[noise])
+            runs = [score_run(wrapper, items, dataclasses.replace(base, seed=seed), args.batch_size) for seed in args.seeds]
+            s_per_item = statistics.fmean(t for _, t in runs) / len(items)
+            print(f"  {org} {noise} {draws} draws: {s_per_item:.4f} s/item", file=sys.stderr, flush=True)
+            for ratio in ("sums", "per_sigma", "per_draw") if noise == "plain" else ("sums", "per_sigma"):
+                settings = dataclasses.replace(base, ratio=ratio)
+                est = {k: getattr(settings, k) for k in ("ratio", "antithetic", "common_sigmas", "common_modalities")}
+                r = [mcs_ratio(scores, ratio).tolist() for scores, _ in runs]
+                se = [mcs_stderr(scores, **est)[2] for scores, _ in runs]
+                diffs = [abs(x - y) for x, y in zip(*r)]
+                rho = spearman(*r)
+                mad = statistics.fmean(diffs)
+                org_rows.append({
+                    "organism": org, "noise": noise, "ratio": ratio, "draws": draws,
+                    "perturbations": settings.perturbations_per_sample, "spearman": rho, "mean_abs_diff": mad,
+                    "max_abs_diff": max(diffs), "mean_stderr": float(torch.cat(se).nanmean()),
+                    "s_per_item": s_per_item, "seconds": [t for _, t in runs], "meets_target": rho >= TARGET_RHO and mad <= TARGET_MAD,
+                    "settings": settings.to_dict(), "r_v": r,
+                })
+        ref = next(x["s_per_item"] for x in org_rows if x["noise"] == "plain" and x["draws"] == 2)
+        for x in org_rows:
+            x["cost_vs_default"] = x["s_per_item"] / ref
+        rows += org_rows
+        del wrapper
+    total_s = time.perf_counter() - t_start
+
+    print(
+        f"MCS test-retest: {len(items)} items ({args.data}), seeds {args.seeds[0]} vs {args.seeds[1]}, sigmas {sigmas}, "
+        f"relative noise, cpu ({platform.machine()}), float32, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+        f"batch {args.batch_size}, total {total_s:.0f}s"
+    )
+    header = (f"{'organism':<8} {'noise/ratio':<16} {'draws':>5} {'pert':>5} {'spearman':>8} {'mean|d|':>8} "
+              f"{'max|d|':>7} {'mean se':>8} {'s/item':>7} {'cost':>6}  target")
+    print(header)
+    print("-" * len(header))
+    for x in rows:
+        print(f"{x['organism']:<8} {x['noise'] + '/' + x['ratio']:<16} {x['draws']:>5} {x['perturbations']:>5} "
+              f"{x['spearman']:>8.3f} {x['mean_abs_diff']:>8.3f} {x['max_abs_diff']:>7.3f} {x['mean_stderr']:>8.3f} "
+              f"{x['s_per_item']:>7.4f} {x['cost_vs_default']:>5.1f}x  {'met' if x['meets_target'] else '-'}")
+    print(f"target: spearman >= {TARGET_RHO} and mean |d| <= {TARGET_MAD} (d = r_v seed {args.seeds[0]} - r_v seed "
+          f"{args.seeds[1]}); cost = s/item / plain/sums 2-draw s/item of the same organism")
+    orgs = args.organisms.split(",")
+    best = {}
+    for x in rows:
+        key = (x["noise"], x["ratio"], x["draws"])
+        best.setdefault(key, []).append(x)
+    both = [v for v in best.values() if len(v) == len(orgs) and all(x["meets_target"] for x in v)]
+    if both:
+        cheapest = min(both, key=lambda v: (v[0]["perturbations"], max(x["cost_vs_default"] for x in v)))
+        n, ra, d = cheapest[0]["noise"], cheapest[0]["ratio"], cheapest[0]["draws"]
+        print(f"cheapest configuration meeting the target on {', '.join(orgs)}: {n}/{ra}, {d} draws "
+              f"({cheapest[0]['perturbations']} perturbations/item, cost "
+              + ", ".join(f"{x['organism']} {x['cost_vs_default']:.1f}x" for x in cheapest) + ")")
+    else:
+        print(f"no configuration meets the target on all of {', '.join(orgs)}")
+
+    out = {
+        "data": args.data, "n_items": len(items), "seeds": args.seeds, "sigmas": list(sigmas),
+        "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "machine": platform.machine(),
+        "total_seconds": total_s, "rows": rows,
+    }
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=1))
+        print(f"wrote {args.out}")
+    return out
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)

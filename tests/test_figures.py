@@ -1,0 +1,102 @@
+"""The figures' layout and style on a hand-made results folder: legends outside the axes, titles
+that do not collide, one name and one colour per method (the tables' names), error bands, the
+effective strength on the x axis with alpha at each point, PNG and PDF."""
+
+from __future__ import annotations
+
+import pytest
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import to_hex
+from test_leaderboard import ALPHA, make_results
+
+from amps_eval.mc2.schema import CATEGORIES
+from amps_eval.methods.registry import LABELS, METHODS
+from amps_eval.report.figures import ALPHA_LABEL, STRENGTH_LABEL, figure_alpha, figure_boxes, write_figures
+from amps_eval.report.mcs_data import MCSPoint
+from amps_eval.report.runs import discover
+from amps_eval.report.select import build_index
+from amps_eval.report.style import METHOD_COLORS, method_color
+
+
+def _index(tmp_path):
+    runs, problems = discover(make_results(tmp_path / "site"))
+    return build_index(runs, problems, defaults={})
+
+
+def _drawn(fig):
+    FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    return fig.canvas.get_renderer()
+
+
+def _assert_legends_outside_axes(fig):
+    renderer = _drawn(fig)
+    assert fig.legends, "a figure legend"
+    for legend in fig.legends:
+        box = legend.get_window_extent(renderer)
+        for ax in fig.axes:
+            assert not box.overlaps(ax.get_window_extent(renderer)), (legend, ax)
+        assert fig.bbox.contains(box.x0, box.y0) and fig.bbox.contains(box.x1, box.y1)  # not cut off
+    assert all(ax.get_legend() is None for ax in fig.axes)  # no legend inside a panel
+    title = fig._suptitle.get_window_extent(renderer)
+    for ax in fig.axes:
+        assert not title.overlaps(ax.title.get_window_extent(renderer)) and not title.overlaps(ax.get_window_extent(renderer))
+    labels = [t.get_window_extent(renderer) for ax in fig.axes for t in (ax.xaxis.label,) if t.get_text()]
+    for a in range(len(labels)):
+        for b in range(a + 1, len(labels)):
+            assert not labels[a].overlaps(labels[b])
+
+
+def test_every_method_has_one_colour_in_registry_order():
+    colours = [METHOD_COLORS[m.name] for m in METHODS]
+    assert len(set(colours)) == len(colours)
+    assert method_color("someone_elses_method") not in colours  # an unknown method gets a free colour
+    assert method_color("someone_elses_method") == method_color("someone_elses_method")
+
+
+def test_sweep_figure_layout_names_colours_and_bands(tmp_path):
+    index = _index(tmp_path)
+    fig = figure_alpha(index, ALPHA, ("l2s", "amps_beta0", "amps", "mean"), "Figure 6: AMPS vs L2S")
+    _assert_legends_outside_axes(fig)
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    # the tables' names; l2s ran at alpha 0 only, which is a sweep point (the unsteered model)
+    assert texts[:3] == [LABELS["l2s"], LABELS["amps"], LABELS["mean"]]
+    assert "collapse: neither option" in texts and any(t.startswith("target share") for t in texts)
+    for handle, text in zip(fig.legends[0].legend_handles, texts[:3]):
+        method = next(m for m, label in LABELS.items() if label == text)
+        assert to_hex(handle.get_color()) == method_color(method)
+    # l2s and amps recorded no effective strength: the whole figure is against alpha (one axis, one quantity)
+    assert fig.axes[0].get_xlabel() == ALPHA_LABEL
+    fig = figure_alpha(index, ALPHA, ("mean",), "Figure 1: mean steering")
+    _assert_legends_outside_axes(fig)
+    vision = fig.axes[0]
+    assert vision.get_xlabel() == STRENGTH_LABEL  # every point of the mean sweep recorded its effective strength
+    mean = [line for line in vision.get_lines() if to_hex(line.get_color()) == method_color("mean")]
+    share = next(line for line in mean if line.get_linestyle() == "-")
+    assert list(share.get_xdata()) == pytest.approx([0.0, 0.1, 0.2]) and list(share.get_ydata()) == [50.0, 100.0, 75.0]
+    collapse = next(line for line in mean if line.get_linestyle() == "--")
+    assert list(collapse.get_ydata()) == [0.0, 0.0, 25.0]
+    assert {t.get_text() for t in vision.texts} >= {"α=0", "α=1", "α=2"}
+    assert len(vision.collections) == 2  # a band of one standard error around the share and the collapse line
+
+
+def test_box_figures_keep_their_legend_off_the_data():
+    points = [MCSPoint(model, prompt, CATEGORIES[i % 8], str(i), (i % 7) / 7) for model in ("m-a", "m-b")
+              for prompt in ("visual", "text") for i in range(32)]
+    fig = figure_boxes(points, ["visual", "text"], lambda p: p.prompt, "Figure 5", ["m-a", "m-b"], lambda p: p.model,
+                       {"visual": "instruction toward the image", "text": "instruction toward the text"})
+    _assert_legends_outside_axes(fig)
+    assert [ax.get_title() for ax in fig.axes] == ["m-a", "m-b"]
+    single = figure_boxes(points, ["m-a", "m-b"], lambda p: p.model, "Figure 4", ["plain"], lambda p: "plain")
+    _assert_legends_outside_axes(single)
+    assert single.axes[0].get_title() == ""  # one panel: the figure's title says it all
+
+
+def test_write_figures_writes_png_and_pdf(tmp_path):
+    index = _index(tmp_path)
+    written, notes = write_figures(index, tmp_path / "figures", None, [])
+    names = sorted(p.name for p in written)
+    assert names == ["figure1_mean_alpha_alpha-vl.pdf", "figure1_mean_alpha_alpha-vl.png",
+                     "figure6_amps_vs_l2s_alpha-vl.pdf", "figure6_amps_vs_l2s_alpha-vl.png"]
+    assert all(p.stat().st_size > 1000 for p in written)
+    assert any("Figure 1 for beta-vl" in n for n in notes) and any("Figure 4" in n for n in notes)
