@@ -139,6 +139,17 @@ def _apply_shift(output: Tensor | tuple, h: Tensor, shift: Tensor, where: Tensor
     return (new,) + tuple(output[1:]) if isinstance(output, tuple) else new
 
 
+def _shift_and_observe(output, h: Tensor, shift: Tensor, where: Tensor | None, guard: "_FiniteGuard",
+                       meter: "_NormMeter"):
+    """`_apply_shift`, then the finiteness flags of the steered state and the norms of the unsteered
+    one at the shifted positions (both kept on the device); None when nothing was shifted."""
+    steered = _apply_shift(output, h, shift, where)
+    if steered is not None:
+        guard.observe(_layer_output(steered))
+        meter.observe(h, where)
+    return steered
+
+
 class SteeringNonFinite(RuntimeError):
     """Steering made the hidden state unusable (inf/NaN, or a float32 norm overflow) for some rows.
 
@@ -388,11 +399,7 @@ def steer(
         key = (h.device, h.dtype)
         if key not in moved:
             moved[key] = shift.to(device=h.device, dtype=h.dtype)
-        steered = _apply_shift(output, h, moved[key], where)
-        if steered is not None:
-            guard.observe(_layer_output(steered))
-            handle.meter.observe(h, where)
-        return steered
+        return _shift_and_observe(output, h, moved[key], where, guard, handle.meter)
 
     with _hooked(module, hook):
         yield handle
@@ -445,11 +452,7 @@ def steer_with_module(
             shift = _expand_rows(a[:, None], h.shape[0]).to(v.device) * v
             state["shift"] = shift.to(device=h.device, dtype=h.dtype)  # moved once, not per step
         handle.calls += 1
-        steered = _apply_shift(output, h, state["shift"], where)
-        if steered is not None:
-            guard.observe(_layer_output(steered))
-            handle.meter.observe(h, where)
-        return steered
+        return _shift_and_observe(output, h, state["shift"], where, guard, handle.meter)
 
     with _hooked(layer_module, hook):
         yield handle
