@@ -45,7 +45,7 @@ class FitSettings:
     """Everything that decides a fit; recorded in the steering file (``to_dict``).
 
     beta None -> the method's (``amps``: 1, as the paper; ``amps_beta0``: 0, which is also the only
-    value it accepts). hidden None -> the wrapper class's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
+    value it accepts). hidden None -> the family's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
     ``resolve_source()``, as the tasks. cache_dir None -> ``<out>.cache/``. limit: the first N items.
     folds=1 fits on everything (one fold "all" with no held-out items).
     """
@@ -174,7 +174,8 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     load, naming the path); ``out`` is written through a temp file, so it is whole or untouched, and
     a failed write (disk full, read-only) raises `amps_eval.files.OutputError` naming it."""
     from amps_eval.extract import extract
-    from amps_eval.fit_data import check_layer, load_items, load_wrapper, wrapper_class
+    from amps_eval.families import check_pretrained
+    from amps_eval.fit_data import check_layer, load_items, load_wrapper
     from amps_eval.steering.file import Fold, SteeringFile
     from amps_eval.steering.hooks import decoder_layers, hidden_size
 
@@ -184,8 +185,9 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     ensure_writable(out, "the steering file (--out)")
     ensure_folder(cache, "the extraction cache (--cache-dir)" if settings.cache_dir is not None
                   else "the extraction cache (<out>.cache; --cache-dir moves it)")
-    check_layer(settings.pretrained, settings.layer)  # before loading any weights
-    hidden = settings.hidden or getattr(wrapper_class(settings.model), "default_mlp_hidden", 100)
+    family = check_pretrained(settings.pretrained, settings.model)  # before loading any weights
+    check_layer(settings.pretrained, settings.layer)
+    hidden = settings.hidden or family.default_mlp_hidden
     items = load_items(settings.data, settings.limit)
     wrapper = load_wrapper(settings.model, settings.pretrained, settings.device, settings.dtype, settings.batch_size)
     needs_mcs = implementation(settings.method).needs_mcs_at_fit

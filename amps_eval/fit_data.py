@@ -18,7 +18,6 @@ the same content hashes:
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,12 +104,9 @@ def load_items(data: str | Path | None = None, limit: int | None = None) -> Item
 
 def wrapper_class(model: str) -> type:
     """The wrapper class registered under ``model`` (``amps_eval.plugin.MODEL_CLASSES``)."""
-    from amps_eval.plugin import MODEL_CLASSES
+    from amps_eval.plugin import wrapper_class as registered
 
-    if model not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODEL_CLASSES)}")
-    module, _, name = MODEL_CLASSES[model].rpartition(".")
-    return getattr(importlib.import_module(module), name)
+    return registered(model)
 
 
 def num_layers(pretrained: str) -> int:

@@ -89,6 +89,9 @@ def run_mcs(
     outputs = ((out, "the MCS rows (--out)"), (meta_path, "the MCS metadata sidecar"), (summary_path, "the MCS summary"))
     for path, what in outputs:  # before loading anything: a path we cannot write fails now, not after the run
         ensure_writable(path, what)
+    from amps_eval.families import check_pretrained
+
+    check_pretrained(pretrained, model)  # a wrong family or a missing folder, before the data and the weights load
     items = load_items(data, limit)
     wrapper = load_wrapper(model, pretrained, device, dtype, batch_size)
     meta = {

@@ -24,6 +24,7 @@ from loguru import logger
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from amps_eval.families import FamilyAdapter, check_pretrained
 from amps_eval.mc2.prompt import answer_letter, doc_prompt
 from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
 from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
@@ -75,16 +76,18 @@ class Batch:
 
 
 class AmpsWrapper(lmms):
-    """Base of `amps_qwen` and `amps_llava`; a subclass names its settings, model and processor."""
+    """The lmms-eval model over one family adapter (`amps_eval.families`); `registered` makes one
+    subclass per family (`amps_qwen`, `amps_llava`, ...), naming its family and settings class."""
 
     is_simple = True
     settings_class: type[WrapperSettings] = WrapperSettings
-    architecture: str = ""  # processor kind, see amps_eval.processors
-    default_mlp_hidden: int = 100  # L2S's hidden width for this family (amps-eval fit --hidden)
+    family: FamilyAdapter | None = None
 
     def __init__(self, **model_args) -> None:
         super().__init__()
         self.settings = self.settings_class.from_model_args(**model_args)
+        # a checkpoint of another family, or a path that does not exist, is refused before any weights load
+        check_pretrained(self.settings.pretrained, self.family.lmms_model)
         self._setup_devices()
         self.model = self.load_model()
         self.model.eval()
@@ -96,12 +99,17 @@ class AmpsWrapper(lmms):
         self.diagnostics = DiagnosticsWriter.for_run(self.settings, self.rank) if self.settings.diagnostics else None
         logger.info(f"{type(self).__name__} settings: {self.settings.to_dict()}")
 
-    # --- subclass interface -------------------------------------------------------------------
+    # --- the family's model and processor -----------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return self.family.name
+
     def load_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        return self.family.load_model(self.settings.pretrained, **self.model_load_kwargs())
 
     def load_processor(self):
-        raise NotImplementedError
+        bounds = {k: getattr(self.settings, k) for k in self.family.image_kwargs if getattr(self.settings, k, None)}
+        return self.family.load_processor(self.settings.pretrained, **bounds)
 
     @contextlib.contextmanager
     def intervene(self, batch: Batch) -> Iterator[None]:

@@ -159,7 +159,7 @@ class WrapperSettings:
 
 @dataclass(frozen=True)
 class QwenSettings(WrapperSettings):
-    """Qwen2.5-VL adds the image pixel bounds of its processor (None: the checkpoint's own)."""
+    """The Qwen families add the image pixel bounds of their processor (None: the checkpoint's own)."""
 
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -168,6 +168,16 @@ class QwenSettings(WrapperSettings):
         super().__post_init__()
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise SettingsError(f"min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}")
+
+
+def settings_class(family) -> type[WrapperSettings]:
+    """The settings class of a family's wrapper: with the image-processor bounds the family declares
+    (``FamilyAdapter.image_kwargs``: ``min_pixels`` / ``max_pixels``) or without."""
+    if not family.image_kwargs:
+        return WrapperSettings
+    if set(family.image_kwargs) == {"min_pixels", "max_pixels"}:
+        return QwenSettings
+    raise NotImplementedError(f"no settings class declares {family.image_kwargs}")
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:

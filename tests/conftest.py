@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Tiny checkpoints of the real architectures (see `amps_eval.testing.tiny_models`) are built once
+Tiny checkpoints of the real architectures (see `amps_eval.tiny_models`) are built once
 per test session into a temporary folder and loaded by each test through the same
 `from_pretrained` / `load_processor` calls a real checkpoint goes through.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amps_eval.testing.tiny_models import tiny_model
+from amps_eval.tiny_models import tiny_model
 
 
 @pytest.fixture(scope="session")

@@ -642,7 +642,7 @@ def test_input_validation(case):
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
 def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
-    tm = pytest.importorskip("amps_eval.testing.tiny_models")
+    tm = pytest.importorskip("amps_eval.tiny_models")
     procs = pytest.importorskip("amps_eval.processors")
     if not all(hasattr(tm, n) for n in ("tiny_model", "tiny_image")) or not all(
         hasattr(procs, n) for n in ("load_processor", "image_token_id")

@@ -1,7 +1,7 @@
 """Train a model organism from scratch, on CPU: a small ``Qwen2_5_VLForConditionalGeneration`` or
 ``LlavaForConditionalGeneration`` (``OrganismSettings.architecture``).
 
-:func:`build_organism` writes a checkpoint folder in hub layout (the ``amps_eval.testing.tiny_models``
+:func:`build_organism` writes a checkpoint folder in hub layout (the ``amps_eval.tiny_models``
 builder of the architecture supplies the config, tokenizer, image processor and chat template;
 training replaces the random weights), then evaluates it on held-out items and writes
 ``organism_manifest.json`` next to the weights.
