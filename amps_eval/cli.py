@@ -94,7 +94,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _mcs_settings(args: argparse.Namespace):
-    from amps_eval.steering.mcs import MCSSettings
+    from amps_eval.mcs.score import MCSSettings
 
     return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
 
@@ -118,7 +118,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _mcs(args: argparse.Namespace) -> int:
-    from amps_eval.mcs_run import run_mcs
+    from amps_eval.mcs.run import run_mcs
 
     out = Path(args.out)
     records = run_mcs(args.model, args.pretrained, out, data=args.data, prompt=args.prompt, settings=_mcs_settings(args),

@@ -196,7 +196,7 @@ def steer(wrapper, method: str, path: Path, diagnostics: Path) -> None:
     """Switch the loaded wrapper to a steering method: its settings, `load_steering` and the diagnostics
     writer, as its constructor sets them up (the diagnostics record the norm of the applied shift)."""
     from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
-    from amps_eval.model_wrappers.settings import load_steering
+    from amps_eval.settings import load_steering
 
     wrapper.settings = dataclasses.replace(wrapper.settings, method=method, steering=str(path),
                                            diagnostics=str(diagnostics))
@@ -283,8 +283,8 @@ def main() -> None:
     from tabulate import tabulate
 
     from amps_eval.extract import extract, mcs_batch
-    from amps_eval.fit_data import wrapper_class
-    from amps_eval.steering.mcs import MCSSettings
+    from amps_eval.plugin import wrapper_class
+    from amps_eval.mcs.score import MCSSettings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=list(CHECKPOINTS), required=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from amps_eval.families import FAMILIES, FamilyAdapter
 from amps_eval.model_wrappers.base import AmpsWrapper
-from amps_eval.model_wrappers.settings import settings_class
+from amps_eval.settings import settings_class
 
 
 def _wrapper(family: FamilyAdapter) -> type[AmpsWrapper]:

@@ -69,8 +69,8 @@ def task_dict(synthetic_mc2_dir: Path) -> dict:
 @pytest.fixture(params=["qwen", "llava"])
 def arch(request: pytest.FixtureRequest):
     """(wrapper class, tiny checkpoint folder) for each architecture."""
-    from amps_eval.model_wrappers.llava import AmpsLlava
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.model_wrappers.registered import AmpsLlava
+    from amps_eval.model_wrappers.registered import AmpsQwen
 
     cls, fixture = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}[request.param]
     return cls, request.getfixturevalue(fixture)

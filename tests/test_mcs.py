@@ -1,4 +1,4 @@
-"""Tests of the Modality Contribution Score (amps_eval.steering.mcs) on tiny models of the two real
+"""Tests of the Modality Contribution Score (amps_eval.mcs.score) on tiny models of the two real
 architectures (Qwen2.5-VL with 3-D mrope positions, LLaVA-1.5 with a CLIP tower + Llama), built
 from configs here: no processor, no download."""
 
@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicCache
 
-from amps_eval.steering.mcs import (
+from amps_eval.mcs.score import (
     MCSResult,
     MCSSettings,
     NonFiniteMCSError,

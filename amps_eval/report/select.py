@@ -171,7 +171,7 @@ def _model_of_checkpoint(pretrained: str) -> str:
 
 def wrapper_defaults() -> dict[str, object]:
     """The wrappers' default settings (imported lazily: it pulls in torch)."""
-    from amps_eval.model_wrappers.settings import QwenSettings
+    from amps_eval.settings import QwenSettings
 
     return {f.name: f.default for f in dataclasses.fields(QwenSettings) if f.default is not dataclasses.MISSING}
 
