@@ -94,7 +94,7 @@ def _floats(text: str) -> tuple[float, ...]:
 
 
 def _mcs_settings(args: argparse.Namespace):
-    from amps_eval.steering.mcs import MCSSettings
+    from amps_eval.mcs.score import MCSSettings
 
     return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
 
@@ -118,7 +118,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _mcs(args: argparse.Namespace) -> int:
-    from amps_eval.mcs_run import run_mcs
+    from amps_eval.mcs.run import run_mcs
 
     out = Path(args.out)
     records = run_mcs(args.model, args.pretrained, out, data=args.data, prompt=args.prompt, settings=_mcs_settings(args),
@@ -187,15 +187,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_synth_mc2)
 
+    from amps_eval.families import FAMILIES, lmms_models
+    from amps_eval.organism.architectures import ARCHITECTURES
+
+    organism_models = [a.lmms_model for a in ARCHITECTURES.values()]
     for name, help_text in (
         ("demo", "the whole study offline on CPU on the shipped model organism (what `make demo` runs)"),
         ("study", "the whole study (MCS, fit, baselines, sweeps, tables, figures, leaderboard) on any checkpoint"),
     ):
         p = sub.add_parser(name, help=help_text)
         p.add_argument("--out", default="results/demo" if name == "demo" else None, required=name == "study")
-        p.add_argument("--model", default="amps_qwen,amps_llava" if name == "demo" else "amps_qwen",
-                       help="lmms-eval model name(s), comma-separated: amps_qwen, amps_llava "
-                       "(demo default: both organisms; study default: amps_qwen)")
+        p.add_argument("--model", default=",".join(organism_models) if name == "demo" else lmms_models()[0],
+                       help=f"lmms-eval model name(s), comma-separated: {', '.join(lmms_models())} "
+                       f"(demo default: every shipped organism; study default: {lmms_models()[0]})")
         p.add_argument("--pretrained", default=None, help="checkpoint (default: the shipped organism)")
         p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
         p.add_argument("--n-per-category", type=int, default=16, help="generated items per category")
@@ -237,7 +241,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layer", type=int, default=14, help="decoder layer to read and steer (the paper: 14)")
     p.add_argument("--out", required=True, help="the steering file to write (.safetensors)")
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds; 1 fits on everything")
-    p.add_argument("--hidden", type=int, default=None, help="MLP width (default: 400 for Qwen, 100 for LLaVA)")
+    p.add_argument("--hidden", type=int, default=None, help="MLP width (default: the family's: "
+                   + ", ".join(f"{f.default_mlp_hidden} for {f.lmms_model}" for f in FAMILIES.values()) + ")")
     p.add_argument("--epochs", type=int, default=None, help="training epochs (default 100)")
     p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-5)")
     p.add_argument("--recipe", choices=("reference", "mse_v1"), default="reference",
@@ -263,10 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output .jsonl (+ <out>.meta.json and <stem>.summary.json)")
     p.set_defaults(run=_mcs)
 
-    p = sub.add_parser("build-organism", help="train a model organism (a small Qwen2.5-VL or LLaVA with a known modality preference)")
+    p = sub.add_parser("build-organism", help="train a model organism (a small "
+                       + " or ".join(a.family.display for a in ARCHITECTURES.values()) + " with a known modality preference)")
     p.add_argument("--out", required=True, help="new or empty output folder (hub layout + organism_manifest.json)")
-    p.add_argument("--architecture", default="qwen2_5_vl", choices=["qwen2_5_vl", "llava"],
-                   help="Qwen2.5-VL (served by amps_qwen) or LLaVA-1.5 (amps_llava)")
+    p.add_argument("--architecture", default="qwen2_5_vl", choices=list(ARCHITECTURES),
+                   help=", ".join(f"{a.name}: {a.family.display} (served by {a.lmms_model})" for a in ARCHITECTURES.values()))
     p.add_argument("--seed", type=int, default=None, help="weight and data-order seed (default: the shipped organism's)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped organism's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -49,7 +49,7 @@ from amps_eval.files import ensure_folder, output_error, replace_together, tmp_p
 from amps_eval.fit_data import FIT_INSTRUCTION_STYLE, PROMPTS, ItemSet
 from amps_eval.mc2.prompt import INSTRUCTIONS
 from amps_eval.steering.hooks import capture, hidden_size
-from amps_eval.steering.mcs import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
+from amps_eval.mcs.score import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
 
 __all__ = ["Extracted", "extract", "last_token_states", "mcs_batch"]
 
@@ -82,22 +82,22 @@ class Extracted:
         return self.hidden["vision"] - self.hidden["text"]
 
 
-def last_token_states(wrapper, conversations: list, layer: int) -> Tensor:
+def last_token_states(encoder, conversations: list, layer: int) -> Tensor:
     """[B, D] float32 CPU: output of decoder layer ``layer`` at each conversation's last prompt token."""
-    enc = wrapper.encode_turns(conversations)
-    with torch.no_grad(), capture(wrapper.model, layer, first_only=True, dtype=torch.float32, device="cpu") as cap:
-        wrapper.model(**enc.inputs, use_cache=False, logits_to_keep=1)
+    enc = encoder.encode_turns(conversations)
+    with torch.no_grad(), capture(encoder.model, layer, first_only=True, dtype=torch.float32, device="cpu") as cap:
+        encoder.model(**enc.inputs, use_cache=False, logits_to_keep=1)
     return cap.last_token(enc.inputs["attention_mask"].cpu())
 
 
-def mcs_batch(wrapper, conversations: list, ids: list[str], settings: MCSSettings, prompt: str = "none") -> MCSResult:
+def mcs_batch(encoder, conversations: list, ids: list[str], settings: MCSSettings, prompt: str = "none") -> MCSResult:
     """MCS of a batch of conversations of the ``prompt`` variant ("none", "vision", "text"); each
     item's noise is seeded by `noise_key` (mc2_id, prompt), as `mean_mcs` seeds it at inference, so
     the same prompt gets the same r_v at fit time and at run time. The result's sample ids are the
     mc2_ids."""
-    enc = wrapper.encode_turns(conversations)
+    enc = encoder.encode_turns(conversations)
     try:
-        result = compute_mcs(wrapper.model, enc.inputs, enc.vision_mask, enc.text_mask, settings,
+        result = compute_mcs(encoder.model, enc.inputs, enc.vision_mask, enc.text_mask, settings,
                              [noise_key(i, prompt) for i in ids])
         result.sample_ids = list(ids)
         return result
@@ -254,23 +254,23 @@ def _batches(rows: list[int], size: int) -> list[list[int]]:
 
 
 def extract(
-    wrapper, items: ItemSet, layer: int, cache_root: Path, mcs: MCSSettings | None, batch_size: int, progress: bool = True
+    encoder, items: ItemSet, layer: int, cache_root: Path, mcs: MCSSettings | None, batch_size: int, progress: bool = True
 ) -> Extracted:
     """Hidden states (and MCS when ``mcs`` is given) of every item, computing only what the cache lacks."""
     ensure_folder(cache_root, "the extraction cache")
-    pretrained = str(wrapper.settings.pretrained)
+    pretrained = str(encoder.pretrained)
     if Path(pretrained).exists():  # a local folder: the same folder from any working directory
         pretrained = str(Path(pretrained).resolve())
     model_key = {"format": CACHE_FORMAT, "pretrained": pretrained,
-                 "class": type(wrapper.model).__name__, "dtype": str(wrapper.torch_dtype)}
+                 "class": type(encoder.model).__name__, "dtype": str(encoder.torch_dtype)}
     folder = _folder(Path(cache_root), "hidden",
                      {**model_key, "layer": layer, "prompts": PROMPTS, "instructions": INSTRUCTIONS[FIT_INSTRUCTION_STYLE]})
-    done = _read_hidden(folder, hidden_size(wrapper.model))
+    done = _read_hidden(folder, hidden_size(encoder.model))
     todo = [i for i, item in enumerate(items.ids) if done.get(item, ("",))[0] != items.hashes[i]]
     bar = tqdm(total=len(todo), desc=f"hidden states (layer {layer})", disable=not progress or not todo)
     for rows in _batches(todo, batch_size):
         ids = [items.ids[i] for i in rows]
-        states = {kind: last_token_states(wrapper, items.conversations(rows, kind), layer) for kind in KINDS}
+        states = {kind: last_token_states(encoder, items.conversations(rows, kind), layer) for kind in KINDS}
         for kind, values in states.items():
             _check_finite(f"hidden states ({kind} prompt, layer {layer})", values, ids)
         _write_hidden(folder, ids, [items.hashes[i] for i in rows], states)
@@ -293,7 +293,7 @@ def extract(
         bar = tqdm(total=len(missing), desc="MCS", disable=not progress or not missing)
         for rows in _batches(missing, batch_size):
             ids = [items.ids[i] for i in rows]
-            result = mcs_batch(wrapper, items.conversations(rows, "none"), ids, mcs)
+            result = mcs_batch(encoder, items.conversations(rows, "none"), ids, mcs)
             batch = [{"mc2_id": ids[j], "item_hash": items.hashes[i], "c_v": float(result.c_v[j]),
                       "c_t": float(result.c_t[j]), "r_v": float(result.r_v[j])} for j, i in enumerate(rows)]
             _append_records(records_path, batch)

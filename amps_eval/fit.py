@@ -33,7 +33,7 @@ from torch import Tensor
 from amps_eval.files import ensure_folder, ensure_writable, output_error, tmp_path
 from amps_eval.methods.registry import FIT_METHODS, implementation, info
 from amps_eval.steering.anchors import ALL, amps_targets, category_anchors
-from amps_eval.steering.mcs import MCSSettings
+from amps_eval.mcs.score import MCSSettings
 from amps_eval.steering.module import TrainSettings
 from amps_eval.steering.scaling import ANCHOR_FLOOR, CONVENTIONS, GAMMA_MAX
 
@@ -45,7 +45,7 @@ class FitSettings:
     """Everything that decides a fit; recorded in the steering file (``to_dict``).
 
     beta None -> the method's (``amps``: 1, as the paper; ``amps_beta0``: 0, which is also the only
-    value it accepts). hidden None -> the wrapper class's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
+    value it accepts). hidden None -> the family's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
     ``resolve_source()``, as the tasks. cache_dir None -> ``<out>.cache/``. limit: the first N items.
     folds=1 fits on everything (one fold "all" with no held-out items).
     """
@@ -71,7 +71,7 @@ class FitSettings:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from amps_eval.model_wrappers.settings import DTYPES
+        from amps_eval.settings import DTYPES
         from amps_eval.plugin import MODEL_CLASSES
 
         def is_int(value, low, none_ok=False):
@@ -174,7 +174,9 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     load, naming the path); ``out`` is written through a temp file, so it is whole or untouched, and
     a failed write (disk full, read-only) raises `amps_eval.files.OutputError` naming it."""
     from amps_eval.extract import extract
-    from amps_eval.fit_data import check_layer, load_items, load_wrapper, wrapper_class
+    from amps_eval.families import check_pretrained
+    from amps_eval.encoding import load_encoder
+    from amps_eval.fit_data import check_layer, load_items
     from amps_eval.steering.file import Fold, SteeringFile
     from amps_eval.steering.hooks import decoder_layers, hidden_size
 
@@ -184,15 +186,16 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     ensure_writable(out, "the steering file (--out)")
     ensure_folder(cache, "the extraction cache (--cache-dir)" if settings.cache_dir is not None
                   else "the extraction cache (<out>.cache; --cache-dir moves it)")
-    check_layer(settings.pretrained, settings.layer)  # before loading any weights
-    hidden = settings.hidden or getattr(wrapper_class(settings.model), "default_mlp_hidden", 100)
+    family = check_pretrained(settings.pretrained, settings.model)  # before loading any weights
+    check_layer(settings.pretrained, settings.layer)
+    hidden = settings.hidden or family.default_mlp_hidden
     items = load_items(settings.data, settings.limit)
-    wrapper = load_wrapper(settings.model, settings.pretrained, settings.device, settings.dtype, settings.batch_size)
+    encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.dtype)
     needs_mcs = implementation(settings.method).needs_mcs_at_fit
-    ex = extract(wrapper, items, settings.layer, cache, settings.mcs if needs_mcs else None, settings.batch_size, progress)
+    ex = extract(encoder, items, settings.layer, cache, settings.mcs if needs_mcs else None, settings.batch_size, progress)
 
-    model = wrapper.model
-    train_device = wrapper.device if wrapper.device.type == "cuda" else torch.device("cpu")
+    model = encoder.model
+    train_device = encoder.device if encoder.device.type == "cuda" else torch.device("cpu")
     x_all, d_all = ex.hidden["none"].to(train_device), ex.d.to(train_device)
     position = {item: i for i, item in enumerate(ex.ids)}
     folds, losses, fold_anchors = [], {}, {}

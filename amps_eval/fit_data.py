@@ -1,4 +1,4 @@
-"""The items a fit (or an MCS run) reads, and the model wrapper it runs them through.
+"""The items a fit (or an MCS run) reads (the model is loaded by `amps_eval.encoding.load_encoder`).
 
 Shared by `amps-eval fit` and `amps-eval mcs` so both see the same documents, the same prompts and
 the same content hashes:
@@ -18,7 +18,6 @@ the same content hashes:
 from __future__ import annotations
 
 import hashlib
-import importlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,7 +29,7 @@ PROMPTS: dict[str, tuple[str, str | None]] = {"none": ("none", None), "vision": 
 # where P_v / P_t go in those prompts: appended after the question (AMPS Eq. 8), see amps_eval.mc2.prompt
 FIT_INSTRUCTION_STYLE = "appended"
 
-__all__ = ["FIT_INSTRUCTION_STYLE", "ItemSet", "PROMPTS", "load_items", "load_wrapper", "num_layers", "wrapper_class"]
+__all__ = ["FIT_INSTRUCTION_STYLE", "ItemSet", "PROMPTS", "load_items", "num_layers"]
 
 
 @dataclass
@@ -103,16 +102,6 @@ def load_items(data: str | Path | None = None, limit: int | None = None) -> Item
     return ItemSet(docs, ids, [row["category"] for row in rows], hashes, source.description)
 
 
-def wrapper_class(model: str) -> type:
-    """The wrapper class registered under ``model`` (``amps_eval.plugin.MODEL_CLASSES``)."""
-    from amps_eval.plugin import MODEL_CLASSES
-
-    if model not in MODEL_CLASSES:
-        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODEL_CLASSES)}")
-    module, _, name = MODEL_CLASSES[model].rpartition(".")
-    return getattr(importlib.import_module(module), name)
-
-
 def num_layers(pretrained: str) -> int:
     """Decoder layers of a checkpoint, read from its config alone (no weights are loaded)."""
     from transformers import AutoConfig
@@ -134,12 +123,3 @@ def check_layer(pretrained: str, layer: int) -> int:
             f"0..{n - 1} (the AMPS paper's layer 14 needs a 7B-size model; pass --layer)"
         )
     return n
-
-
-def load_wrapper(model: str, pretrained: str, device: str | None, dtype: str, batch_size: int):
-    """The registered wrapper (``amps_qwen`` / ``amps_llava``) with its model and processor loaded."""
-    cls = wrapper_class(model)
-    args = {"pretrained": str(pretrained), "dtype": dtype, "batch_size": batch_size}
-    if device is not None:
-        args["device"] = device
-    return cls(**args)

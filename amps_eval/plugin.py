@@ -27,10 +27,10 @@ import functools
 import os
 from pathlib import Path
 
-MODEL_CLASSES = {
-    "amps_qwen": "amps_eval.model_wrappers.qwen.AmpsQwen",
-    "amps_llava": "amps_eval.model_wrappers.llava.AmpsLlava",
-}
+from amps_eval.families import FAMILIES
+
+# lmms-eval model name -> the wrapper class over its family (one per family in amps_eval.families)
+MODEL_CLASSES = {f.lmms_model: f"amps_eval.model_wrappers.registered.{f.wrapper_class_name}" for f in FAMILIES.values()}
 
 _MARKER = "_amps_eval_task_dir"
 
@@ -83,8 +83,18 @@ def register_task_dir() -> None:
     TaskManager.match_tasks = match_tasks
 
 
+def wrapper_class(model: str) -> type:
+    """The wrapper class registered under the lmms-eval model name ``model``."""
+    import importlib
+
+    if model not in MODEL_CLASSES:
+        raise ValueError(f"unknown model {model!r}; valid models: {', '.join(MODEL_CLASSES)}")
+    module, _, name = MODEL_CLASSES[model].rpartition(".")
+    return getattr(importlib.import_module(module), name)
+
+
 def manifests():
-    """Entry point target: the ModelManifests of `amps_qwen` and `amps_llava`."""
+    """Entry point target: the ModelManifests of the families' models (`amps_qwen`, `amps_llava`, ...)."""
     from lmms_eval.models.registry_v2 import ModelManifest
 
     register_task_dir()

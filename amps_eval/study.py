@@ -134,12 +134,11 @@ def _checkpoint(settings: StudySettings, model: str, out: Path) -> tuple[str, bo
     try:
         return str(organism_path(model)), True
     except FileNotFoundError as error:
-        from amps_eval.organism.architectures import architecture_of_model
-        from amps_eval.testing import tiny_models
+        from amps_eval.families import by_lmms_model
 
-        arch = architecture_of_model(model)
+        fam = by_lmms_model(model)
         print(f"WARNING: {error}\nWARNING: falling back to a tiny RANDOM model: no preference, the numbers are noise")
-        return str(getattr(tiny_models, arch.builder)(out / "models" / f"tiny-random-{arch.name}", seed=0)), False
+        return str(fam.build_tiny(out / "models" / f"tiny-random-{fam.name}", seed=0)), False
 
 
 def _layer(settings: StudySettings, pretrained: str) -> int:
@@ -182,6 +181,10 @@ def run_study(settings: StudySettings) -> dict:
     final = Path(settings.out)
     ensure_folder(final.absolute().parent, "the folder the study writes --out into")  # before any work
     check_output_folder(final)
+    if settings.pretrained is not None:  # a wrong family or a missing folder, before any work
+        from amps_eval.families import check_pretrained
+
+        check_pretrained(settings.pretrained, settings.models[0])
     if (final / SETTINGS_NAME).is_file():
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")
     with staged_output(final, OWNED) as out:
@@ -219,7 +222,7 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
 def study_model(settings: StudySettings, model: str, pretrained: str, organism: bool, data: Path, out: Path) -> dict:
     """Steps 2-5 for one model: MCS (and its check on an organism), fits, baselines, sweeps."""
     from amps_eval.fit import FitSettings, fit
-    from amps_eval.mcs_run import run_mcs
+    from amps_eval.mcs.run import run_mcs
     from amps_eval.report.sweep import SweepSettings, run_sweep
     from amps_eval.runner import run_lmms_eval
     from amps_eval.steering.module import TrainSettings

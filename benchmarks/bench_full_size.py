@@ -6,7 +6,7 @@
 Builds a RANDOMLY INITIALISED model with the checkpoint's real configuration (every width of both
 towers, the real vocabulary size) cut to N decoder layers and N vision blocks (--layers, default:
 full depth), and saves it next to the tokenizer, chat template and image-processor files of
-amps_eval.testing.tiny_models (a tiny tokenizer; the real image settings); the wrapper loads it with
+amps_eval.tiny_models (a tiny tokenizer; the real image settings); the wrapper loads it with
 pretrained=<folder>. One generated MC2 item (640x480 picture, the tasks' prompt) then runs, in
 pipeline order, through extract (hidden states of [I,T], [I,T,P_v], [I,T,P_t]), the MCS (default
 settings), fit (mean vector and AMPS modules fitted on that item, written as steering files) and
@@ -124,7 +124,7 @@ def write_checkpoint(ck: Checkpoint, n: int | None, folder: Path, device: torch.
     """A random model with ``ck``'s widths, saved to ``folder`` next to the tiny models' tokenizer/processor files."""
     import transformers
 
-    from amps_eval.testing.tiny_models import build_tiny_llava, build_tiny_qwen
+    from amps_eval.tiny_models import build_tiny_llava, build_tiny_qwen
 
     family = FAMILIES[ck.family]
     builder = build_tiny_qwen if ck.family == "qwen2_5_vl" else build_tiny_llava
@@ -196,7 +196,7 @@ def steer(wrapper, method: str, path: Path, diagnostics: Path) -> None:
     """Switch the loaded wrapper to a steering method: its settings, `load_steering` and the diagnostics
     writer, as its constructor sets them up (the diagnostics record the norm of the applied shift)."""
     from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
-    from amps_eval.model_wrappers.settings import load_steering
+    from amps_eval.settings import load_steering
 
     wrapper.settings = dataclasses.replace(wrapper.settings, method=method, steering=str(path),
                                            diagnostics=str(diagnostics))
@@ -283,8 +283,8 @@ def main() -> None:
     from tabulate import tabulate
 
     from amps_eval.extract import extract, mcs_batch
-    from amps_eval.fit_data import wrapper_class
-    from amps_eval.steering.mcs import MCSSettings
+    from amps_eval.plugin import wrapper_class
+    from amps_eval.mcs.score import MCSSettings
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", choices=list(CHECKPOINTS), required=True)

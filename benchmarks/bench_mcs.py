@@ -1,4 +1,4 @@
-"""Benchmark: batched vs looped Modality Contribution Score (amps_eval.steering.mcs).
+"""Benchmark: batched vs looped Modality Contribution Score (amps_eval.mcs.score).
 
 Both modes run in one process on the same model and the same left-padded batch, with the default
 MCS settings (`MCSSettings()`: 96 perturbations per sample, 3 sigmas x 2 modalities x 16 draws). Reports the median time per
@@ -30,7 +30,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this is run
 from common import add_runtime_args, build_qwen, default_dtype, device_name, left_pad, random_text, runtime, sync  # noqa: E402
 
-from amps_eval.steering.mcs import MCSSettings, compute_mcs  # noqa: E402
+from amps_eval.mcs.score import MCSSettings, compute_mcs  # noqa: E402
 
 IMG_TINY = 190
 

@@ -16,7 +16,7 @@ Configurations ("noise/ratio", draws): the noise is ``plain`` (independent draws
 (antithetic pairs), ``crn-s`` (common random numbers across sigmas) or ``crn-m`` (across the two
 modalities); the ratio is how r_v is formed from the same scores (``sums``: the paper's
 C_V / (C_V + C_T); ``per_sigma``: the mean over sigmas of the per-sigma ratio; ``per_draw``: the
-mean of the per-draw ratios; see `amps_eval.steering.mcs.mcs_ratio`). Rows with the same noise
+mean of the per-draw ratios; see `amps_eval.mcs.score.mcs_ratio`). Rows with the same noise
 and draws share their runs (the ratio is computed from the same scores with `mcs_ratio` and
 `mcs_stderr`, exactly as `compute_mcs` would with that ``ratio``), so their cost is the same.
 Target: Spearman >= 0.95 and mean |d| <= 0.05 on both organisms.
@@ -114,8 +114,9 @@ def main(argv: list[str] | None = None) -> dict:
         ap.error("--seeds takes two different seeds")
     torch.set_num_threads(args.threads)
 
-    from amps_eval.fit_data import load_items, load_wrapper
-    from amps_eval.steering.mcs import MCSSettings, mcs_ratio, mcs_stderr
+    from amps_eval.encoding import load_encoder
+    from amps_eval.fit_data import load_items
+    from amps_eval.mcs.score import MCSSettings, mcs_ratio, mcs_stderr
 
     sigmas = tuple(float(x) for x in args.sigmas.split(","))
     options = [o for o in args.options.split(",") if o]
@@ -130,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     rows: list[dict] = []
     for org in args.organisms.split(","):
         model, pretrained = ORGANISMS[org]
-        wrapper = load_wrapper(model, str(pretrained), "cpu", "auto", args.batch_size)
+        wrapper = load_encoder(model, str(pretrained), "cpu", "auto")
         score_run(wrapper, items, MCSSettings(sigmas=sigmas, draws=2), args.batch_size)  # warm-up
         org_rows = []
         for noise, draws in plan:

@@ -32,7 +32,7 @@ the hooks add to a run, without the model's own run-to-run variation.
     python benchmarks/bench_steering.py                    # tiny Qwen2.5-VL on CPU (~1-1.5 min)
     python benchmarks/bench_steering.py --config full-qwen-7b --device cuda --out results/bench_steering.json
 
-``tiny`` is the test checkpoint of ``amps_eval.testing.tiny_models`` (4 layers, hidden 64) loaded with
+``tiny`` is the test checkpoint of ``amps_eval.tiny_models`` (4 layers, hidden 64) loaded with
 ``from_pretrained`` and fed through ``load_processor`` with real chat-template image prompts (8
 different questions and image sizes, so batch 8 is left-padded). ``full-qwen-7b`` is a RANDOMLY
 INITIALISED model with the full Qwen2.5-VL-7B configuration built on the device in bf16 (see
@@ -116,7 +116,7 @@ def build(settings: Settings, device: torch.device, dtype: torch.dtype):
         from transformers.utils import logging as hf_logging
 
         from amps_eval.processors import load_processor
-        from amps_eval.testing.tiny_models import tiny_image, tiny_model
+        from amps_eval.tiny_models import tiny_image, tiny_model
 
         hf_logging.disable_progress_bar()  # no save/load progress bars in the printed output
         with tempfile.TemporaryDirectory(prefix="bench_steering_") as cache:  # built in < 1 s, then removed

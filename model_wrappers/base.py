@@ -1,4 +1,4 @@
-"""What the Qwen2.5-VL and LLaVA-1.5 wrappers share: lmms-eval plumbing, prompts, batching.
+"""The generic lmms-eval wrapper over a model family (`amps_eval.families`): plumbing, prompts, batching.
 
 A request becomes a `Prompt` (its conversation under the chosen method, its task document and its
 generation settings); prompts are batched by generation settings and prompt length, encoded with
@@ -24,10 +24,12 @@ from loguru import logger
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
+from amps_eval.encoding import Encoded, PromptEncoder, model_load_kwargs, resolve_device, resolve_dtype
+from amps_eval.families import FamilyAdapter, check_pretrained
 from amps_eval.mc2.prompt import answer_letter, doc_prompt
 from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
 from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
-from amps_eval.model_wrappers.settings import WrapperSettings, load_steering
+from amps_eval.settings import WrapperSettings, load_steering
 from amps_eval.steering.hooks import SteeringNonFinite
 
 
@@ -58,13 +60,6 @@ class Prompt:
 
 
 @dataclass
-class Encoded:
-    inputs: dict  # the processor's tensors, on the model's input device
-    vision_mask: torch.Tensor  # [B, T] image-token positions
-    text_mask: torch.Tensor  # [B, T] positions of the user's text
-
-
-@dataclass
 class Batch:
     prompts: list[Prompt]
     encoded: Encoded
@@ -75,33 +70,41 @@ class Batch:
 
 
 class AmpsWrapper(lmms):
-    """Base of `amps_qwen` and `amps_llava`; a subclass names its settings, model and processor."""
+    """The lmms-eval model over one family adapter (`amps_eval.families`); `registered` makes one
+    subclass per family (`amps_qwen`, `amps_llava`, ...), naming its family and settings class."""
 
     is_simple = True
     settings_class: type[WrapperSettings] = WrapperSettings
-    architecture: str = ""  # processor kind, see amps_eval.processors
-    default_mlp_hidden: int = 100  # L2S's hidden width for this family (amps-eval fit --hidden)
+    family: FamilyAdapter | None = None
 
     def __init__(self, **model_args) -> None:
         super().__init__()
         self.settings = self.settings_class.from_model_args(**model_args)
+        # a checkpoint of another family, or a path that does not exist, is refused before any weights load
+        check_pretrained(self.settings.pretrained, self.family.lmms_model)
         self._setup_devices()
         self.model = self.load_model()
         self.model.eval()
         self.processor = self.load_processor()
         self.processor.tokenizer.padding_side = "left"
+        self.encoder = PromptEncoder(self.family, self.model, self.processor, name=str(self.settings.pretrained))
         self.stop_ids = self.stop_token_ids()
         self._fewshot_columns: dict[tuple[str, str], tuple[list, list]] = {}
         self.steering = load_steering(self.settings, self.model)
         self.diagnostics = DiagnosticsWriter.for_run(self.settings, self.rank) if self.settings.diagnostics else None
         logger.info(f"{type(self).__name__} settings: {self.settings.to_dict()}")
 
-    # --- subclass interface -------------------------------------------------------------------
+    # --- the family's model and processor -----------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return self.family.name
+
     def load_model(self) -> torch.nn.Module:
-        raise NotImplementedError
+        return self.family.load_model(self.settings.pretrained, **self.model_load_kwargs())
 
     def load_processor(self):
-        raise NotImplementedError
+        bounds = {k: getattr(self.settings, k) for k in self.family.image_kwargs if getattr(self.settings, k, None)}
+        return self.family.load_processor(self.settings.pretrained, **bounds)
 
     @contextlib.contextmanager
     def intervene(self, batch: Batch) -> Iterator[None]:
@@ -126,22 +129,12 @@ class AmpsWrapper(lmms):
         if accelerator.num_processes > 1:
             # One model per process (lmms-eval shards the documents by rank).
             device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
-        elif device is None:
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise RuntimeError(f"device={device} was asked for but no GPU is visible; pass device=cpu")
-        self._device = torch.device(device)
-        dtype = self.settings.dtype
-        if dtype == "auto":
-            dtype = "bfloat16" if self._device.type == "cuda" else "float32"
-        self.torch_dtype = getattr(torch, dtype)
+        self._device = resolve_device(device)
+        self.torch_dtype = resolve_dtype(self.settings.dtype, self._device)
 
     def model_load_kwargs(self) -> dict:
-        kwargs = {"dtype": self.torch_dtype}
-        if self.settings.attn_implementation:
-            kwargs["attn_implementation"] = self.settings.attn_implementation
-        kwargs["device_map"] = "auto" if self.settings.device_map == "auto" else str(self._device)
-        return kwargs
+        return model_load_kwargs(self.torch_dtype, self._device, self.settings.attn_implementation,
+                                 self.settings.device_map)
 
     @property
     def device(self) -> torch.device:
@@ -153,7 +146,7 @@ class AmpsWrapper(lmms):
 
     @property
     def input_device(self) -> torch.device:
-        return self.model.get_input_embeddings().weight.device
+        return self.encoder.input_device
 
     # --- requests -> prompts ------------------------------------------------------------------
     def _prompt(self, index: int, request) -> Prompt:
@@ -191,71 +184,15 @@ class AmpsWrapper(lmms):
 
     # --- encoding and generation --------------------------------------------------------------
     def stop_token_ids(self) -> list[int]:
-        """The token ids that end an answer: the generation config's EOS ids, the tokenizer's EOS and
-        the chat template's end-of-turn token (the special token the template writes right after an
-        assistant turn, e.g. Qwen's ``<|im_end|>``; LLaVA-1.5's template writes none)."""
-        tokenizer = self.processor.tokenizer
-        config = getattr(self.model, "generation_config", None)
-        eos = getattr(config, "eos_token_id", None)
-        candidates = [*(eos if isinstance(eos, (list, tuple)) else [eos]), tokenizer.eos_token_id]
-        marker = "AMPS_END_OF_TURN_PROBE"
-        try:
-            rendered = self.processor.apply_chat_template(
-                [{"role": "user", "content": [{"type": "text", "text": "?"}]},
-                 {"role": "assistant", "content": [{"type": "text", "text": marker}]}],
-                add_generation_prompt=False, tokenize=False)
-            after = tokenizer(rendered.rsplit(marker, 1)[1], add_special_tokens=False)["input_ids"]
-            if after and after[0] in set(tokenizer.all_special_ids):
-                candidates.append(after[0])
-        except (ValueError, IndexError, TypeError, KeyError):  # a template without assistant turns
-            pass
-        ids = list(dict.fromkeys(int(i) for i in candidates if i is not None))
-        if not ids:
-            raise RuntimeError(f"{self.settings.pretrained}: no EOS or end-of-turn token found; generation would "
-                               "never stop before its token budget")
-        return ids
+        """The token ids that end an answer (`amps_eval.encoding.PromptEncoder.stop_token_ids`)."""
+        return self.encoder.stop_token_ids()
 
     def render(self, turns: list[Turn]) -> str:
-        messages = [
-            {
-                "role": turn.role,
-                "content": [{"type": "image"} for _ in turn.images] + [{"type": "text", "text": turn.text}],
-            }
-            for turn in turns
-        ]
-        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return self.encoder.render(turns)
 
-    def encode_turns(self, conversations: list[list[Turn]]) -> "Encoded":
-        """Left-padded model inputs for a batch of conversations, with each row's modality masks.
-
-        Vision positions are the image tokens. Text positions are the tokens of the last user turn's
-        text (context, question, options and any instruction), not the chat template: found by
-        character offsets, counted from the end of the prompt, which image-token expansion in the
-        processor does not move.
-        """
-        texts = [self.render(turns) for turns in conversations]
-        images = [image for turns in conversations for turn in turns for image in turn.images]
-        inputs = self.processor(
-            text=texts, images=images or None, padding=True, return_tensors="pt", return_offsets_mapping=True
-        )
-        offsets = inputs.pop("offset_mapping")
-        attention = inputs["attention_mask"].bool()
-        text_mask = torch.zeros_like(attention)
-        for row, (rendered, turns) in enumerate(zip(texts, conversations)):
-            user_text = next(t.text for t in reversed(turns) if t.role == "user")
-            start = rendered.rfind(user_text)
-            if start < 0:
-                raise RuntimeError(f"the chat template dropped the user text of row {row}; cannot locate text tokens")
-            end_of_prompt = int(offsets[row][attention[row]][:, 1].max())
-            lo = end_of_prompt - (len(rendered) - start)
-            hi = end_of_prompt - (len(rendered) - start - len(user_text))
-            begins, ends = offsets[row][:, 0], offsets[row][:, 1]
-            text_mask[row] = attention[row] & (begins >= lo) & (ends <= hi) & (ends > begins)
-        vision_mask = (inputs["input_ids"] == self.model.config.image_token_id) & attention
-        text_mask &= ~vision_mask
-        device = self.input_device
-        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        return Encoded(inputs, vision_mask.to(device), text_mask.to(device))
+    def encode_turns(self, conversations: list[list[Turn]]) -> Encoded:
+        """Left-padded model inputs with each row's modality masks (`PromptEncoder.encode_turns`)."""
+        return self.encoder.encode_turns(conversations)
 
     def _batches(self, prompts: list[Prompt]) -> list[list[Prompt]]:
         """Batches of equal generation settings, longest prompts first (less padding)."""

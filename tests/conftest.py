@@ -1,6 +1,6 @@
 """Shared pytest fixtures.
 
-Tiny checkpoints of the real architectures (see `amps_eval.testing.tiny_models`) are built once
+Tiny checkpoints of the real architectures (see `amps_eval.tiny_models`) are built once
 per test session into a temporary folder and loaded by each test through the same
 `from_pretrained` / `load_processor` calls a real checkpoint goes through.
 """
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from amps_eval.testing.tiny_models import tiny_model
+from amps_eval.tiny_models import tiny_model
 
 
 @pytest.fixture(scope="session")
@@ -69,8 +69,8 @@ def task_dict(synthetic_mc2_dir: Path) -> dict:
 @pytest.fixture(params=["qwen", "llava"])
 def arch(request: pytest.FixtureRequest):
     """(wrapper class, tiny checkpoint folder) for each architecture."""
-    from amps_eval.model_wrappers.llava import AmpsLlava
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.model_wrappers.registered import AmpsLlava
+    from amps_eval.model_wrappers.registered import AmpsQwen
 
     cls, fixture = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}[request.param]
     return cls, request.getfixturevalue(fixture)

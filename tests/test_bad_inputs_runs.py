@@ -63,7 +63,7 @@ def no_model_load():
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded before the output paths were checked")
 
-    with mock.patch("amps_eval.fit_data.load_wrapper", refuse):
+    with mock.patch("amps_eval.encoding.load_encoder", refuse):
         yield
 
 
@@ -266,7 +266,7 @@ def steer_alpha(alpha: str):
 
 def settings_alpha(alpha: str):
     def run(folder: Path) -> None:
-        from amps_eval.model_wrappers.settings import QwenSettings
+        from amps_eval.settings import QwenSettings
 
         QwenSettings.from_model_args(pretrained=CTX["qwen"], method="mean", steering=str(reference()), alpha=alpha)
 
@@ -398,8 +398,8 @@ def _digest(path: Path) -> str:
 
 
 def test_mcs_killed_midway_leaves_the_previous_outputs_whole(tmp_path, tiny_llava_path):
-    from amps_eval.mcs_run import run_mcs
-    from amps_eval.steering.mcs import MCSSettings
+    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs.score import MCSSettings
 
     out = tmp_path / "m.jsonl"
     names = ("m.jsonl", "m.jsonl.meta.json", "m.summary.json")

@@ -178,7 +178,7 @@ def run_on_qwen(method: str):
 def through_wrapper(folder_or_path, **extra) -> None:
     """The wrapper, as lmms-eval builds it, with a checkpoint that does not exist: any error about
     the checkpoint would mean the model load was attempted before the steering file was read."""
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.model_wrappers.registered import AmpsQwen
 
     path = Path(folder_or_path)
     missing_model = path.parent / "no-such-checkpoint"

@@ -9,15 +9,17 @@ import pytest
 import torch
 from transformers import AutoConfig
 
+import amps_eval.encoding as encoding
 import amps_eval.extract as extract_module
 import amps_eval.fit as fit_module
 import amps_eval.fit_data as fit_data
 from amps_eval.cli import main
 from amps_eval.fit import FitSettings, amps_targets, category_anchors, fit, split_folds
-from amps_eval.mcs_run import run_mcs
+from amps_eval.mcs.run import run_mcs
+from amps_eval.plugin import wrapper_class
 from amps_eval.steering.file import SteeringFile
 from amps_eval.steering.hooks import capture
-from amps_eval.steering.mcs import MCSSettings
+from amps_eval.mcs.score import MCSSettings
 from amps_eval.steering.module import TrainSettings
 
 LAYER = 1
@@ -58,7 +60,7 @@ def independent_d(cls_name, path, data, ids):
     from amps_eval.mc2.source import load_mc2, resolve_source
     from amps_eval.methods.prompts import build_conversation
 
-    wrapper = fit_data.wrapper_class(cls_name)(pretrained=str(path), device="cpu", batch_size=1)
+    wrapper = wrapper_class(cls_name)(pretrained=str(path), device="cpu", batch_size=1)
     docs = task_docs(load_mc2(resolve_source({"AMPS_MC2_DATA": str(data)})), TaskSpec("vision"))
     out = {}
     for doc in docs:
@@ -187,12 +189,12 @@ def test_beta_is_fixed_by_the_ablation_and_refused_at_zero_for_amps(request, syn
 def test_interrupted_fit_resumes_without_recomputing(request, synthetic_mc2_dir, tmp_path, monkeypatch):
     settings = settings_for(request, "qwen", "amps", synthetic_mc2_dir, limit=8, batch_size=2, cache_dir=str(tmp_path / "c"))
     forwards, states_calls, mcs_calls = [], [], []
-    real_states, real_mcs, real_load = extract_module.last_token_states, extract_module.mcs_batch, fit_data.load_wrapper
+    real_states, real_mcs, real_load = extract_module.last_token_states, extract_module.mcs_batch, encoding.load_encoder
 
-    def load_wrapper(*args, **kwargs):
-        wrapper = real_load(*args, **kwargs)
-        wrapper.model.register_forward_pre_hook(lambda *_: forwards.append(1))
-        return wrapper
+    def load_encoder(*args, **kwargs):
+        encoder = real_load(*args, **kwargs)
+        encoder.model.register_forward_pre_hook(lambda *_: forwards.append(1))
+        return encoder
 
     def states(wrapper, conversations, layer, fail_at=None):
         states_calls.append(len(conversations))
@@ -206,7 +208,7 @@ def test_interrupted_fit_resumes_without_recomputing(request, synthetic_mc2_dir,
             raise RuntimeError("interrupted")
         return real_mcs(wrapper, conversations, ids, s)
 
-    monkeypatch.setattr(fit_data, "load_wrapper", load_wrapper)
+    monkeypatch.setattr(encoding, "load_encoder", load_encoder)
     monkeypatch.setattr(extract_module, "last_token_states", lambda *a: states(*a, fail_at=4))  # in batch 2
     with pytest.raises(RuntimeError, match="interrupted"):
         fit(settings, tmp_path / "a.safetensors", progress=False)

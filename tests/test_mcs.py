@@ -1,4 +1,4 @@
-"""Tests of the Modality Contribution Score (amps_eval.steering.mcs) on tiny models of the two real
+"""Tests of the Modality Contribution Score (amps_eval.mcs.score) on tiny models of the two real
 architectures (Qwen2.5-VL with 3-D mrope positions, LLaVA-1.5 with a CLIP tower + Llama), built
 from configs here: no processor, no download."""
 
@@ -23,7 +23,7 @@ from transformers import (
 )
 from transformers.cache_utils import DynamicCache
 
-from amps_eval.steering.mcs import (
+from amps_eval.mcs.score import (
     MCSResult,
     MCSSettings,
     NonFiniteMCSError,
@@ -642,7 +642,7 @@ def test_input_validation(case):
 
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
 def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
-    tm = pytest.importorskip("amps_eval.testing.tiny_models")
+    tm = pytest.importorskip("amps_eval.tiny_models")
     procs = pytest.importorskip("amps_eval.processors")
     if not all(hasattr(tm, n) for n in ("tiny_model", "tiny_image")) or not all(
         hasattr(procs, n) for n in ("load_processor", "image_token_id")

@@ -1,4 +1,4 @@
-"""The MCS variance-reduction options (amps_eval.steering.mcs): settings, the exact structure of the
+"""The MCS variance-reduction options (amps_eval.mcs.score): settings, the exact structure of the
 noise they draw, the r_v estimators, and their standard errors against the spread of repeated
 estimates. (That each option, end to end on a real tiny model, equals an independent autograd
 computation is `test_mcs.py::test_options_match_direct_autograd`.)"""
@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from amps_eval.steering.mcs import (
+from amps_eval.mcs.score import (
     MCSSettings,
     _build_copies,
     _Copy,

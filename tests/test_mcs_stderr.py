@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from amps_eval.steering.mcs import mcs_stderr
+from amps_eval.mcs.score import mcs_stderr
 
 
 def independent(scores: np.ndarray):

@@ -28,7 +28,7 @@ def test_every_steered_method_has_its_implementation_and_file_kind():
 def test_the_lists_elsewhere_are_the_registry():
     from amps_eval import study
     from amps_eval.methods import prompts
-    from amps_eval.model_wrappers.settings import WrapperSettings
+    from amps_eval.settings import WrapperSettings
     from amps_eval.report import METHOD_LABELS, STEERED
     from amps_eval.report.commands import FILE_KIND
     from amps_eval.steering import file_schema

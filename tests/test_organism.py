@@ -179,7 +179,7 @@ def test_training_asks_in_both_instruction_placements():
 
 def test_shipped_organism_stops_at_eos(organism, task_dict):
     """The organism ends its answer with its EOS: a budget of 64 new tokens costs nothing."""
-    from amps_eval.model_wrappers.settings import WrapperSettings
+    from amps_eval.settings import WrapperSettings
 
     from wrapper_helpers import requests_for
 
@@ -274,7 +274,7 @@ def test_mcs_of_the_shipped_organism_agrees_with_its_design(organism, tmp_path):
     the image-leaning categories than on the text-leaning ones, and under the image instruction than
     under the text instruction."""
     from amps_eval.mc2.synthetic import write_synthetic_mc2
-    from amps_eval.mcs_run import run_mcs
+    from amps_eval.mcs.run import run_mcs
     from amps_eval.study import mcs_check
 
     data = write_synthetic_mc2(tmp_path / "data", n_per_category=4, seed=7, image_size=84, progress=False).out
@@ -317,7 +317,7 @@ def test_mean_steering_moves_the_organism_toward_the_image(tmp_path):
     from amps_eval.fit import FitSettings, fit
     from amps_eval.mc2.parse import follows
     from amps_eval.mc2.synthetic import write_synthetic_mc2
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.model_wrappers.registered import AmpsQwen
 
     from wrapper_helpers import mc2_task_dict, requests_for
 

@@ -22,7 +22,7 @@ def test_wheel_contains_tasks_and_wrappers(tmp_path):
     assert len(yamls) >= 22
     missing = [y for y in yamls if f"amps_eval/tasks/{y}" not in names]
     assert not missing, f"task YAMLs missing from the wheel: {missing}"
-    for module in ("amps_eval/tasks/utils.py", "amps_eval/model_wrappers/qwen.py", "amps_eval/model_wrappers/llava.py",
+    for module in ("amps_eval/tasks/utils.py", "amps_eval/model_wrappers/registered.py", "amps_eval/model_wrappers/base.py",
                    "amps_eval/plugin.py"):
         assert module in names
     packages = sorted(str(p.parent.relative_to(ROOT)) for p in (ROOT / "amps_eval").rglob("__init__.py"))

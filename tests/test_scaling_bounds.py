@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from amps_eval.steering.mcs import MCSSettings
+from amps_eval.mcs.score import MCSSettings
 from amps_eval.steering.scaling import ANCHOR_FLOOR, GAMMA_MAX, gamma
 
 
@@ -49,7 +49,7 @@ def _mean_file(path, model_path, task_dict, fold_anchors, mcs):
 
 
 def test_mean_mcs_scales_each_item_with_the_anchors_of_the_fold_that_steers_it(tiny_qwen_path, task_dict, tmp_path):
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.model_wrappers.registered import AmpsQwen
 
     from wrapper_helpers import make_wrapper, requests_for
 
@@ -64,7 +64,7 @@ def test_mean_mcs_scales_each_item_with_the_anchors_of_the_fold_that_steers_it(t
 
 
 def test_mean_mcs_refuses_a_file_whose_anchors_came_from_other_mcs_settings(tiny_qwen_path, task_dict, tmp_path):
-    from amps_eval.model_wrappers.qwen import AmpsQwen
+    from amps_eval.model_wrappers.registered import AmpsQwen
 
     from wrapper_helpers import make_wrapper
 

@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from amps_eval.model_wrappers.base import Batch
-from amps_eval.model_wrappers.llava import AmpsLlava
-from amps_eval.model_wrappers.qwen import AmpsQwen
-from amps_eval.model_wrappers.settings import SettingsError
+from amps_eval.model_wrappers.registered import AmpsLlava
+from amps_eval.model_wrappers.registered import AmpsQwen
+from amps_eval.settings import SettingsError
 from amps_eval.steering import hooks
 from amps_eval.steering.file import Fold, SteeringFile, SteeringFileMismatch
 from amps_eval.steering.module import SteeringMLP

@@ -7,9 +7,9 @@ import pytest
 from amps_eval.methods.prompts import COT_INSTRUCTION
 from amps_eval.mc2.prompt import APPENDED_INSTRUCTIONS, MC2_AUTHORS_INSTRUCTIONS
 from amps_eval.model_wrappers.base import truncate
-from amps_eval.model_wrappers.llava import AmpsLlava
-from amps_eval.model_wrappers.qwen import AmpsQwen
-from amps_eval.model_wrappers.settings import QwenSettings, SettingsError, WrapperSettings
+from amps_eval.model_wrappers.registered import AmpsLlava
+from amps_eval.model_wrappers.registered import AmpsQwen
+from amps_eval.settings import QwenSettings, SettingsError, WrapperSettings
 
 from wrapper_helpers import make_wrapper, requests_for
 
@@ -139,7 +139,7 @@ def test_modality_masks_cover_image_tokens_and_user_text(arch, task_dict):
 @pytest.mark.parametrize("field, value", [("alpha", float("nan")), ("alpha", float("inf")), ("alpha", 1e39),
                                           ("beta", float("nan"))])
 def test_settings_built_in_code_refuse_a_strength_no_float32_model_can_take(field, value):
-    from amps_eval.model_wrappers.settings import SettingsError, WrapperSettings
+    from amps_eval.settings import SettingsError, WrapperSettings
 
     with pytest.raises(SettingsError, match=field):
         WrapperSettings(pretrained="unused", **{field: value})

@@ -15,7 +15,7 @@ import math
 import torch
 
 from amps_eval.methods.base import SteeringMethod
-from amps_eval.steering.mcs import compute_mcs, noise_key
+from amps_eval.mcs.score import compute_mcs, noise_key
 from amps_eval.steering.scaling import gamma
 
 MCS_KEYS = ("sigmas", "draws", "relative", "seed", "eps", "ratio", "antithetic", "common_sigmas", "common_modalities")

@@ -23,7 +23,7 @@ from torch import nn
 from amps_eval.methods.registry import STEERING_METHODS, implementation, info
 from amps_eval.steering import hooks
 from amps_eval.steering.file import SteeringFile
-from amps_eval.steering.mcs import MCSSettings
+from amps_eval.mcs.score import MCSSettings
 
 __all__ = ["RowModules", "Steering", "SteeringConfig"]
 

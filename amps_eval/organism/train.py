@@ -1,7 +1,7 @@
 """Train a model organism from scratch, on CPU: a small ``Qwen2_5_VLForConditionalGeneration`` or
 ``LlavaForConditionalGeneration`` (``OrganismSettings.architecture``).
 
-:func:`build_organism` writes a checkpoint folder in hub layout (the ``amps_eval.testing.tiny_models``
+:func:`build_organism` writes a checkpoint folder in hub layout (the ``amps_eval.tiny_models``
 builder of the architecture supplies the config, tokenizer, image processor and chat template;
 training replaces the random weights), then evaluates it on held-out items and writes
 ``organism_manifest.json`` next to the weights.
@@ -56,7 +56,8 @@ from typing import Any, Iterator
 
 import torch
 
-from amps_eval.model_wrappers.base import AmpsWrapper
+from amps_eval.encoding import PromptEncoder as SharedEncoder
+from amps_eval.families import family_of_model
 from amps_eval.files import sha256_file
 from amps_eval.organism.design import (
     ANSWER_FORMATS,
@@ -151,17 +152,12 @@ class OrganismSettings:
 # ---------------------------------------------------------------------------------------------
 
 
-class PromptEncoder:
-    """Encodes conversations with ``AmpsWrapper.render`` / ``AmpsWrapper.encode_turns`` themselves,
-    so that training prompts are exactly the evaluation prompts."""
-
-    render = AmpsWrapper.render
-    encode_turns = AmpsWrapper.encode_turns
+class PromptEncoder(SharedEncoder):
+    """Encodes conversations with the wrappers' own encoder (`amps_eval.encoding.PromptEncoder`), so
+    that training prompts are exactly the evaluation prompts."""
 
     def __init__(self, model: torch.nn.Module, processor: Any) -> None:
-        self.model = model
-        self.processor = processor
-        self.input_device = torch.device("cpu")
+        super().__init__(family_of_model(model), model, processor)
         eos = model.generation_config.eos_token_id  # where the wrapper's generation stops
         self.eos_id = eos[0] if isinstance(eos, (list, tuple)) else eos
 

@@ -79,6 +79,8 @@ def _sweep(args: argparse.Namespace) -> int:
 
 def add_parsers(sub) -> None:
     """Add the three subcommands to ``amps-eval``'s subparsers."""
+    from amps_eval.families import lmms_models
+
     p = sub.add_parser("report", help="the AMPS paper's tables (and figures) from lmms-eval result files")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of lmms-eval outputs (searched recursively)")
     p.add_argument("--table", choices=("1", "2", "3", "all"), default="all")
@@ -108,7 +110,7 @@ def add_parsers(sub) -> None:
     p.set_defaults(run=_leaderboard)
 
     p = sub.add_parser("sweep", help="run one steered method over a grid of alphas (one results folder)")
-    p.add_argument("--model", required=True, help="lmms-eval model: amps_qwen or amps_llava")
+    p.add_argument("--model", required=True, help="lmms-eval model: " + ", ".join(lmms_models()))
     p.add_argument("--pretrained", required=True)
     p.add_argument("--method", required=True, choices=STEERED)
     p.add_argument("--steering", required=True, help="steering file from `amps-eval fit`")

@@ -25,6 +25,7 @@ evaluated items. Alpha 0 (the unsteered model) is never a steered row.
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ class ResultIndex:
         for run in self.runs:
             if run.pretrained == pretrained:
                 return run.model
-        return "amps_llava" if "llava" in pretrained.lower() else "amps_qwen"
+        return _model_of_checkpoint(pretrained)
 
     def candidates(self, pretrained: str, method: str, target: str, orders: str) -> list[Variant]:
         return [v for (v, t) in self.cells if t == target and v.pretrained == pretrained and v.method == method
@@ -151,9 +152,26 @@ class ResultIndex:
         return variant
 
 
+def _model_of_checkpoint(pretrained: str) -> str:
+    """The lmms-eval model serving a checkpoint no run names: from its config's ``model_type`` when it
+    is a local folder (`amps_eval.families`), else the choices (``amps_qwen|amps_llava|...``)."""
+    from pathlib import Path
+
+    from amps_eval.families import by_model_type, lmms_models
+
+    found = None
+    if (Path(pretrained) / "config.json").is_file():
+        try:
+            model_type = json.loads((Path(pretrained) / "config.json").read_text()).get("model_type")
+            found = by_model_type(model_type)
+        except (OSError, ValueError, AttributeError):
+            found = None
+    return found.lmms_model if found is not None else "|".join(lmms_models())
+
+
 def wrapper_defaults() -> dict[str, object]:
     """The wrappers' default settings (imported lazily: it pulls in torch)."""
-    from amps_eval.model_wrappers.settings import QwenSettings
+    from amps_eval.settings import QwenSettings
 
     return {f.name: f.default for f in dataclasses.fields(QwenSettings) if f.default is not dataclasses.MISSING}
 

@@ -24,7 +24,6 @@ catch a different model family or size.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 import shlex
@@ -349,23 +348,17 @@ class SteeringFile:
 
     def _wrapper_name(self, model_config, architecture: str | None) -> str:
         """The `--model` of `amps-eval fit` for the run's model: the one the file records when the run's
-        architecture is the file's, else the wrapper whose processor kind is the config's model type."""
-        from amps_eval.plugin import MODEL_CLASSES
+        architecture is the file's, else the model of the family accepting the config's model type."""
+        from amps_eval.families import by_model_type, lmms_models
 
         recorded = self.settings.get("model")
         same_family = not architecture or not self.architecture or architecture == self.architecture
-        if same_family and recorded in MODEL_CLASSES:
+        if same_family and recorded in lmms_models():
             return recorded
-        model_type = getattr(model_config, "model_type", None)
-        for name, dotted in MODEL_CLASSES.items():
-            module, _, class_name = dotted.rpartition(".")
-            try:
-                wrapper = getattr(importlib.import_module(module), class_name)
-            except Exception:  # noqa: BLE001 - a wrapper that cannot be imported just is not suggested
-                continue
-            if model_type and getattr(wrapper, "architecture", None) == model_type:
-                return name
-        return "<" + "|".join(MODEL_CLASSES) + ">"
+        found = by_model_type(getattr(model_config, "model_type", None))
+        if found is not None:
+            return found.lmms_model
+        return "<" + "|".join(lmms_models()) + ">"
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> str:

@@ -237,26 +237,35 @@ class _NormMeter:
 _LAYER_PATHS = ("model.language_model.layers", "language_model.layers", "model.layers")
 
 
+def _at(obj: object, path: str) -> object:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
     """The decoder layers of the language model inside an MLLM.
 
-    Found by attribute path, not by model name, so any architecture laid out like transformers 5.x
-    Qwen2.5-VL / LLaVA (``model.model.language_model.layers``) works, and anything else fails here
-    instead of silently steering nothing.
+    Found by attribute path, not by model name: the family's own path when its adapter declares one
+    (`FamilyAdapter.layers_path`), else the generic paths of transformers 5.x MLLMs
+    (``model.model.language_model.layers``, as Qwen2-VL, Qwen2.5-VL and LLaVA), and anything else
+    fails here instead of silently steering nothing.
     """
-    for path in _LAYER_PATHS:
-        obj: object = model
-        for name in path.split("."):
-            obj = getattr(obj, name, None)
-            if obj is None:
-                break
+    from amps_eval.families import by_model_type
+
+    family = by_model_type(getattr(getattr(model, "config", None), "model_type", None))
+    paths = ((family.layers_path,) if family is not None and family.layers_path else ()) + _LAYER_PATHS
+    for path in paths:
+        obj = _at(model, path)
         if isinstance(obj, nn.ModuleList) and len(obj) > 0:
             return obj
     raise AttributeError(
         f"cannot find the decoder layers of {type(model).__name__}: looked for "
-        + ", ".join(f"`<model>.{p}`" for p in _LAYER_PATHS)
-        + " (a non-empty nn.ModuleList). Steering supports models laid out like transformers 5.x "
-        "Qwen2_5_VLForConditionalGeneration / LlavaForConditionalGeneration."
+        + ", ".join(f"`<model>.{p}`" for p in paths)
+        + " (a non-empty nn.ModuleList). Give the family's adapter a `layers_path` "
+        "(amps_eval/families/)."
     )
 
 

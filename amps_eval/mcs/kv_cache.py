@@ -2,9 +2,10 @@
 
 Both architectures in transformers 5.x: the cache is a `DynamicCache` whose layers hold
 ``keys``/``values`` [batch, kv_heads, tokens, head_dim]; a forward appends to the cache it is given,
-so every perturbed pass gets a fresh one. Positions are always passed explicitly: 3-D mrope from
-``get_rope_index`` for Qwen2/2.5-VL, ``cumsum(attention_mask) - 1`` otherwise (as ``generate``
-does), so a left-padded sample gets the positions it has alone. Left padding is required.
+so every perturbed pass gets a fresh one. Positions are always passed explicitly, as the model's
+family computes them (`amps_eval.families`: 3-D mrope from ``get_rope_index`` for Qwen2/2.5-VL,
+``cumsum(attention_mask) - 1`` otherwise, as ``generate`` does), so a left-padded sample gets the
+positions it has alone. Left padding is required.
 """
 
 from __future__ import annotations
@@ -65,36 +66,18 @@ def uses_mrope(model: torch.nn.Module) -> bool:
 
 
 def prompt_position_ids(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """Position ids of the (left-padded) prompt: [3, B, T] for mrope models, else [B, T]."""
-    input_ids = inputs["input_ids"]
-    attention_mask = inputs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
+    """Position ids of the (left-padded) prompt, as the model's family computes them
+    (`FamilyAdapter.prompt_position_ids`): [3, B, T] for mrope families, else [B, T]."""
+    from amps_eval.families import FamilyAdapter, by_model_type
+    from amps_eval.families.base import mrope_position_ids
+
+    family = by_model_type(getattr(getattr(model, "config", None), "model_type", None))
+    if family is not None:
+        return family.prompt_position_ids(model, inputs)
+    # a model of no registered family (a test double): 3-D positions if it has a rope index
     if uses_mrope(model):
-        cfg = model.config
-        mm = inputs.get("mm_token_type_ids")
-        if mm is None:
-            mm = torch.zeros_like(input_ids, dtype=torch.int)
-            for tok, kind in (("image_token_id", 1), ("video_token_id", 2)):
-                tid = getattr(cfg, tok, None)
-                if tid is not None:
-                    mm = mm.masked_fill(input_ids == tid, kind)
-        image_grid_thw = inputs.get("image_grid_thw")
-        video_grid_thw = inputs.get("video_grid_thw")
-        if image_grid_thw is None and video_grid_thw is None:
-            pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-            return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
-        pos, _ = _inner(model).get_rope_index(
-            input_ids,
-            mm_token_type_ids=mm,
-            image_grid_thw=image_grid_thw,
-            video_grid_thw=video_grid_thw,
-            second_per_grid_ts=inputs.get("second_per_grid_ts"),
-            attention_mask=attention_mask,
-        )
-        return pos
-    pos = attention_mask.long().cumsum(-1) - 1
-    return pos.masked_fill(attention_mask == 0, 0)
+        return mrope_position_ids(model, inputs, ("second_per_grid_ts",))
+    return FamilyAdapter.prompt_position_ids(None, model, inputs)
 
 
 def _last_position_ids(position_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:

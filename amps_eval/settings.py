@@ -1,4 +1,4 @@
-"""The wrappers' settings: one validated dataclass built from lmms-eval's `--model_args`.
+"""The lmms-eval wrappers' settings: one validated dataclass built from lmms-eval's `--model_args`.
 
 Unknown arguments are errors that list the valid ones; every run logs its settings.
 """
@@ -13,10 +13,10 @@ from typing import Any
 from amps_eval.mc2.prompt import DEFAULT_INSTRUCTION_STYLE, INSTRUCTION_STYLES
 from amps_eval.methods.registry import METHODS, STEERING_METHODS
 from amps_eval.steering.hooks import POSITIONS
-from amps_eval.steering.mcs import MCSSettings
+from amps_eval.mcs.score import MCSSettings
 from amps_eval.steering.scaling import CONVENTIONS
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from amps_eval.encoding import DTYPES  # noqa: E402 - re-exported: the wrappers' dtype choices
 # Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.
 LMMS_EVAL_ARGS = ("max_batch_size",)
 
@@ -42,7 +42,7 @@ class WrapperSettings:
     # "appended" (after the whole question, as AMPS Eq. 8); see amps_eval.mc2.prompt
     instruction_style: str = DEFAULT_INSTRUCTION_STYLE
     # generation budget: at most max(this, the task's max_new_tokens) new tokens; generation stops
-    # earlier at the model's end-of-turn / EOS tokens (model_wrappers/base.py, stop_token_ids)
+    # earlier at the model's end-of-turn / EOS tokens (amps_eval/encoding.py, PromptEncoder.stop_token_ids)
     max_new_tokens: int = 64
     cot_max_new_tokens: int = 512  # method=cot's budget, in place of max_new_tokens (the MC2 authors allow 512)
     seed: int = 0
@@ -159,7 +159,7 @@ class WrapperSettings:
 
 @dataclass(frozen=True)
 class QwenSettings(WrapperSettings):
-    """Qwen2.5-VL adds the image pixel bounds of its processor (None: the checkpoint's own)."""
+    """The Qwen families add the image pixel bounds of their processor (None: the checkpoint's own)."""
 
     min_pixels: int | None = None
     max_pixels: int | None = None
@@ -168,6 +168,16 @@ class QwenSettings(WrapperSettings):
         super().__post_init__()
         if self.min_pixels and self.max_pixels and self.min_pixels > self.max_pixels:
             raise SettingsError(f"min_pixels={self.min_pixels} exceeds max_pixels={self.max_pixels}")
+
+
+def settings_class(family) -> type[WrapperSettings]:
+    """The settings class of a family's wrapper: with the image-processor bounds the family declares
+    (``FamilyAdapter.image_kwargs``: ``min_pixels`` / ``max_pixels``) or without."""
+    if not family.image_kwargs:
+        return WrapperSettings
+    if set(family.image_kwargs) == {"min_pixels", "max_pixels"}:
+        return QwenSettings
+    raise NotImplementedError(f"no settings class declares {family.image_kwargs}")
 
 
 def _coerce(name: str, value: Any, annotation: str) -> Any:

@@ -117,7 +117,7 @@ from typing import Any
 
 import torch
 
-from amps_eval.steering.kv_cache import (
+from amps_eval.mcs.kv_cache import (
     _last_position_ids,
     _work_dtype,
     forward_last_token,

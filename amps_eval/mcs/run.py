@@ -35,7 +35,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from amps_eval.files import ensure_writable, output_error, replace_together
-from amps_eval.steering.mcs import MCSSettings
+from amps_eval.mcs.score import MCSSettings
 
 __all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
 
@@ -77,7 +77,8 @@ def run_mcs(
 ) -> list[dict]:
     """Compute the MCS of every item and write ``out``, its sidecar and its summary; returns the records."""
     from amps_eval.extract import mcs_batch
-    from amps_eval.fit_data import load_items, load_wrapper
+    from amps_eval.encoding import load_encoder
+    from amps_eval.fit_data import load_items
     from amps_eval.steering.file import current_versions
 
     if prompt not in MCS_PROMPTS:
@@ -89,11 +90,14 @@ def run_mcs(
     outputs = ((out, "the MCS rows (--out)"), (meta_path, "the MCS metadata sidecar"), (summary_path, "the MCS summary"))
     for path, what in outputs:  # before loading anything: a path we cannot write fails now, not after the run
         ensure_writable(path, what)
+    from amps_eval.families import check_pretrained
+
+    check_pretrained(pretrained, model)  # a wrong family or a missing folder, before the data and the weights load
     items = load_items(data, limit)
-    wrapper = load_wrapper(model, pretrained, device, dtype, batch_size)
+    encoder = load_encoder(model, pretrained, device, dtype)
     meta = {
         "model": model, "pretrained": str(pretrained), "prompt": prompt, "mcs": settings.to_dict(),
-        "batch_size": batch_size, "dtype": str(wrapper.torch_dtype), "device": str(wrapper.device),
+        "batch_size": batch_size, "dtype": str(encoder.torch_dtype), "device": str(encoder.device),
         "data": items.description, "data_hash": items.data_hash, "n_items": len(items), "versions": current_versions(),
     }
     records: list[dict] = []
@@ -102,7 +106,7 @@ def run_mcs(
     for start in range(0, len(rows_all), batch_size):
         rows = rows_all[start : start + batch_size]
         ids = [items.ids[i] for i in rows]
-        result = mcs_batch(wrapper, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings, MCS_PROMPTS[prompt])
+        result = mcs_batch(encoder, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings, MCS_PROMPTS[prompt])
         per_item = result.to_records()
         for j, i in enumerate(rows):
             records.append({"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],

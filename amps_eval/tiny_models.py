@@ -490,22 +490,22 @@ def build_tiny_llava(
     return out_dir
 
 
-_BUILDERS: dict[str, Callable[..., Path]] = {"qwen2_5_vl": build_tiny_qwen, "llava": build_tiny_llava}
-
 # Bump when the builders change what they write, so stale cached folders are not reused.
 _FORMAT_VERSION = 1
 
 
 def tiny_model(arch: str, cache_root: str | os.PathLike, seed: int = 0, **overrides: Any) -> Path:
-    """Path of a tiny checkpoint for ``arch`` (``"qwen2_5_vl"`` or ``"llava"``), built on first use
+    """Path of a tiny checkpoint for the family ``arch`` (``"qwen2_5_vl"``, ``"llava"``, ...), built on first use
     under ``cache_root`` and reused afterwards (e.g. from a pytest session fixture).
 
     The folder name encodes arch, seed, overrides, the format version and the transformers version
     (a folder written by transformers 5.x does not load in 4.x). Builds go to a temporary folder
     that is renamed into place, so concurrent processes (pytest-xdist) never see a half-written one.
     """
-    if arch not in _BUILDERS:
-        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(_BUILDERS)}")
+    from amps_eval.families import FAMILIES
+
+    if arch not in FAMILIES:
+        raise ValueError(f"unknown arch {arch!r}; expected one of {sorted(FAMILIES)}")
     import transformers
 
     key = json.dumps(
@@ -522,7 +522,7 @@ def tiny_model(arch: str, cache_root: str | os.PathLike, seed: int = 0, **overri
     cache_root.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=cache_root))
     try:
-        _BUILDERS[arch](staging, seed=seed, **overrides)
+        FAMILIES[arch].build_tiny(staging, seed=seed, **overrides)
         try:
             staging.rename(target)
         except OSError:

@@ -1,0 +1,166 @@
+"""Prompts to model inputs, for any family: the one encoder the lmms-eval wrappers, the fit, the MCS
+and the organism training share, built from (family adapter, model, processor).
+
+`PromptEncoder.encode_turns` renders conversations with the processor's chat template, encodes them
+with left padding and marks each row's modality positions; `stop_token_ids` finds the tokens that
+end an answer. `load_encoder` loads a checkpoint for the core commands (`amps-eval fit`, `amps-eval
+mcs`): its family is checked first (`amps_eval.families.check_pretrained`), and no lmms-eval
+wrapper (nor its Accelerator) is built.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from amps_eval.families import FamilyAdapter
+from amps_eval.methods.prompts import Turn
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+
+__all__ = ["DTYPES", "Encoded", "PromptEncoder", "load_encoder", "model_load_kwargs", "resolve_device", "resolve_dtype"]
+
+
+@dataclass
+class Encoded:
+    inputs: dict  # the processor's tensors, on the model's input device
+    vision_mask: torch.Tensor  # [B, T] image-token positions
+    text_mask: torch.Tensor  # [B, T] positions of the user's text
+
+
+class PromptEncoder:
+    """Encodes conversations for ``model`` with ``processor`` (left padding), the family's way."""
+
+    def __init__(self, family: FamilyAdapter, model: torch.nn.Module, processor: Any, name: str = "") -> None:
+        self.family = family
+        self.model = model
+        self.processor = processor
+        self.name = name or getattr(getattr(model, "config", None), "_name_or_path", "") or type(model).__name__
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.model.get_input_embeddings().weight.device
+
+    def stop_token_ids(self) -> list[int]:
+        """The token ids that end an answer: the generation config's EOS ids, the tokenizer's EOS and
+        the chat template's end-of-turn token (the special token the template writes right after an
+        assistant turn, e.g. Qwen's ``<|im_end|>``; LLaVA-1.5's template writes none)."""
+        tokenizer = self.processor.tokenizer
+        config = getattr(self.model, "generation_config", None)
+        eos = getattr(config, "eos_token_id", None)
+        candidates = [*(eos if isinstance(eos, (list, tuple)) else [eos]), tokenizer.eos_token_id]
+        marker = "AMPS_END_OF_TURN_PROBE"
+        try:
+            rendered = self.processor.apply_chat_template(
+                [{"role": "user", "content": [{"type": "text", "text": "?"}]},
+                 {"role": "assistant", "content": [{"type": "text", "text": marker}]}],
+                add_generation_prompt=False, tokenize=False)
+            after = tokenizer(rendered.rsplit(marker, 1)[1], add_special_tokens=False)["input_ids"]
+            if after and after[0] in set(tokenizer.all_special_ids):
+                candidates.append(after[0])
+        except (ValueError, IndexError, TypeError, KeyError):  # a template without assistant turns
+            pass
+        ids = list(dict.fromkeys(int(i) for i in candidates if i is not None))
+        if not ids:
+            raise RuntimeError(f"{self.name}: no EOS or end-of-turn token found; generation would "
+                               "never stop before its token budget")
+        return ids
+
+    def render(self, turns: list[Turn]) -> str:
+        messages = [
+            {
+                "role": turn.role,
+                "content": [{"type": "image"} for _ in turn.images] + [{"type": "text", "text": turn.text}],
+            }
+            for turn in turns
+        ]
+        return self.processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+
+    def encode_turns(self, conversations: list[list[Turn]]) -> Encoded:
+        """Left-padded model inputs for a batch of conversations, with each row's modality masks.
+
+        Vision positions are the image tokens. Text positions are the tokens of the last user turn's
+        text (context, question, options and any instruction), not the chat template: found by
+        character offsets, counted from the end of the prompt, which image-token expansion in the
+        processor does not move.
+        """
+        texts = [self.render(turns) for turns in conversations]
+        images = [image for turns in conversations for turn in turns for image in turn.images]
+        inputs = self.processor(
+            text=texts, images=images or None, padding=True, return_tensors="pt", return_offsets_mapping=True
+        )
+        offsets = inputs.pop("offset_mapping")
+        attention = inputs["attention_mask"].bool()
+        text_mask = torch.zeros_like(attention)
+        for row, (rendered, turns) in enumerate(zip(texts, conversations)):
+            user_text = next(t.text for t in reversed(turns) if t.role == "user")
+            start = rendered.rfind(user_text)
+            if start < 0:
+                raise RuntimeError(f"the chat template dropped the user text of row {row}; cannot locate text tokens")
+            end_of_prompt = int(offsets[row][attention[row]][:, 1].max())
+            lo = end_of_prompt - (len(rendered) - start)
+            hi = end_of_prompt - (len(rendered) - start - len(user_text))
+            begins, ends = offsets[row][:, 0], offsets[row][:, 1]
+            text_mask[row] = attention[row] & (begins >= lo) & (ends <= hi) & (ends > begins)
+        vision_mask = (inputs["input_ids"] == self.family.image_token_id(self.model.config)) & attention
+        text_mask &= ~vision_mask
+        device = self.input_device
+        inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
+        return Encoded(inputs, vision_mask.to(device), text_mask.to(device))
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """``device`` or, if None, cuda when a GPU is visible, else cpu; a cuda device without a GPU is refused."""
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device={device} was asked for but no GPU is visible; pass device=cpu")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """``auto``: bfloat16 on a GPU, float32 on the CPU."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype={dtype!r} is not one of {DTYPES}")
+    if dtype == "auto":
+        dtype = "bfloat16" if device.type == "cuda" else "float32"
+    return getattr(torch, dtype)
+
+
+def model_load_kwargs(torch_dtype: torch.dtype, device: torch.device, attn_implementation: str | None = None,
+                      device_map: str | None = None) -> dict:
+    kwargs: dict[str, Any] = {"dtype": torch_dtype}
+    if attn_implementation:
+        kwargs["attn_implementation"] = attn_implementation
+    kwargs["device_map"] = "auto" if device_map == "auto" else str(device)
+    return kwargs
+
+
+class LoadedModel(PromptEncoder):
+    """A checkpoint loaded for the core commands: its encoder plus where and how it runs."""
+
+    def __init__(self, family: FamilyAdapter, model, processor, pretrained: str, device: torch.device,
+                 torch_dtype: torch.dtype) -> None:
+        super().__init__(family, model, processor, name=pretrained)
+        self.pretrained = pretrained
+        self.device = device
+        self.torch_dtype = torch_dtype
+
+
+def load_encoder(model: str, pretrained: str | os.PathLike, device: str | None = None, dtype: str = "auto",
+                 **image_kwargs: Any) -> LoadedModel:
+    """Load the checkpoint ``pretrained`` of the family served by the lmms-eval model ``model``
+    (refused by family before any weights load), in eval mode, with its left-padding processor."""
+    from amps_eval.families import check_pretrained
+
+    family = check_pretrained(pretrained, model)
+    where = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, where)
+    loaded = family.load_model(str(pretrained), **model_load_kwargs(torch_dtype, where))
+    loaded.eval()
+    processor = family.load_processor(str(pretrained), **image_kwargs)
+    processor.tokenizer.padding_side = "left"
+    return LoadedModel(family, loaded, processor, str(pretrained), where, torch_dtype)

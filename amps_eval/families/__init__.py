@@ -1,0 +1,97 @@
+"""The model families amps-eval knows, by name, lmms-eval model name and ``config.model_type``.
+
+Adding a family: write ``amps_eval/families/<name>.py`` defining ``FAMILY`` (a `FamilyAdapter`,
+with its tiny test-model builder) and add its module name to ``FAMILY_MODULES`` below.
+Import-light (no torch / transformers): `amps_eval.plugin` reads it while lmms-eval starts.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from pathlib import Path
+from typing import Any
+
+from amps_eval.families.base import FamilyAdapter, OrganismSpec, WrongFamilyError
+
+__all__ = ["FAMILIES", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
+           "check_pretrained", "family", "family_of_model", "lmms_models"]
+
+FAMILY_MODULES = ("qwen2_5_vl", "llava")
+
+FAMILIES: dict[str, FamilyAdapter] = {
+    f.name: f for f in (importlib.import_module(f"amps_eval.families.{m}").FAMILY for m in FAMILY_MODULES)
+}
+
+
+def family(name: str) -> FamilyAdapter:
+    """The family called ``name`` (``qwen2_5_vl``, ``llava``, ...)."""
+    if name not in FAMILIES:
+        raise ValueError(f"unknown model family {name!r}; expected one of {tuple(FAMILIES)}")
+    return FAMILIES[name]
+
+
+def lmms_models() -> tuple[str, ...]:
+    """The lmms-eval model names of all families (amps_qwen, amps_llava, ...)."""
+    return tuple(f.lmms_model for f in FAMILIES.values())
+
+
+def by_lmms_model(model: str) -> FamilyAdapter:
+    """The family served by the lmms-eval model ``model``."""
+    for f in FAMILIES.values():
+        if f.lmms_model == model:
+            return f
+    raise ValueError(f"unknown model {model!r}; valid models: {', '.join(lmms_models())}")
+
+
+def by_model_type(model_type: str | None) -> FamilyAdapter | None:
+    """The family accepting ``config.model_type == model_type``, or None."""
+    for f in FAMILIES.values():
+        if model_type in f.model_types:
+            return f
+    return None
+
+
+def family_of_model(model: Any) -> FamilyAdapter:
+    """The family of a loaded model (by its config's ``model_type``)."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    found = by_model_type(model_type)
+    if found is None:
+        raise WrongFamilyError(f"unsupported model_type {model_type!r} ({type(model).__name__}); supported: "
+                               f"{', '.join(t for f in FAMILIES.values() for t in f.model_types)}")
+    return found
+
+
+def _looks_local(pretrained: str) -> bool:
+    """A path rather than a hub id ("org/name"): absolute, relative with ./ ../ ~, or deeper than org/name."""
+    p = pretrained.strip()
+    return (os.path.isabs(p) or p.startswith((".", "~")) or p.endswith(("/", os.sep)) or p.count("/") > 1
+            or os.sep != "/" and os.sep in p)
+
+
+def check_pretrained(pretrained: str | os.PathLike, model: str) -> FamilyAdapter:
+    """Refuse, before any weights load, a checkpoint that is not of the family of the lmms-eval model
+    ``model`` (read from its ``config.json``) or a local path that does not exist. Returns the family."""
+    from transformers import AutoConfig
+
+    wanted = by_lmms_model(model)
+    name = str(pretrained)
+    path = Path(name).expanduser()
+    if not path.exists() and _looks_local(name):
+        raise FileNotFoundError(f"pretrained={name}: the checkpoint folder does not exist")
+    if path.is_dir() and not (path / "config.json").is_file():
+        raise FileNotFoundError(f"pretrained={name}: the folder has no config.json; is it a checkpoint folder?")
+    try:
+        config = AutoConfig.from_pretrained(str(path) if path.exists() else name)
+    except (OSError, ValueError) as error:
+        raise ValueError(f"cannot read the model config (config.json) of pretrained={name}: {error}") from error
+    model_type = getattr(config, "model_type", None)
+    if model_type in wanted.model_types:
+        return wanted
+    other = by_model_type(model_type)
+    if other is not None:
+        raise WrongFamilyError(f"pretrained={name} is a {other.display} checkpoint (model_type {model_type}), not "
+                               f"{wanted.display}: use --model {other.lmms_model}")
+    raise WrongFamilyError(f"pretrained={name} has model_type {model_type!r}, which no amps-eval model serves "
+                           f"({model} serves {', '.join(wanted.model_types)}); supported: "
+                           + ", ".join(f"{f.lmms_model} ({'/'.join(f.model_types)})" for f in FAMILIES.values()))
