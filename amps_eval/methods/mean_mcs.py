@@ -10,16 +10,19 @@ whose MCS settings differ from those that made the anchors is refused (`check_mc
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
 
 from amps_eval.methods.base import SteeringMethod
-from amps_eval.mcs.score import compute_mcs, noise_key
+from amps_eval.mcs.score import MCSSettings, compute_mcs, noise_key
 from amps_eval.steering.scaling import gamma
 
-MCS_KEYS = ("sigmas", "draws", "relative", "seed", "eps", "ratio", "antithetic", "common_sigmas", "common_modalities")
-"""The MCS settings that change its values (batching does not)."""
+BATCHING = ("batched", "max_copies_per_pass")
+MCS_KEYS = tuple(f.name for f in dataclasses.fields(MCSSettings) if f.name not in BATCHING)
+"""The MCS settings that change its values: every field but the batching ones (derived, so a new
+setting is compared without being listed here)."""
 LEGACY_MCS = {"ratio": "sums", "antithetic": False, "common_sigmas": False, "common_modalities": False}
 """What a steering file written before these settings existed used."""
 
