@@ -67,6 +67,7 @@ __all__ = [
     "QWEN_CHAT_TEMPLATE",
     "build_tiny_llava",
     "build_tiny_qwen",
+    "build_tiny_qwen_family",
     "corpus",
     "tiny_image",
     "tiny_model",
@@ -353,6 +354,27 @@ def build_tiny_qwen(
     ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
     ``vision_config={...}``, and ``min_pixels`` / ``max_pixels`` for the image processor.
     """
+    return build_tiny_qwen_family(out_dir, seed, extra_corpus, overrides, config_class=Qwen2_5_VLConfig,
+                                  model_class=Qwen2_5_VLForConditionalGeneration, vision_defaults=_QWEN_VISION_DEFAULTS,
+                                  vision_out_key="out_hidden_size", processor_class="Qwen2_5_VLProcessor")
+
+
+def build_tiny_qwen_family(
+    out_dir: str | os.PathLike,
+    seed: int,
+    extra_corpus: Sequence[str],
+    overrides: dict[str, Any],
+    *,
+    config_class: type,
+    model_class: type,
+    vision_defaults: dict[str, Any],
+    vision_out_key: str,
+    processor_class: str,
+) -> Path:
+    """A tiny checkpoint of a Qwen-VL family (Qwen2-VL, Qwen2.5-VL): the same tokenizer, special
+    tokens, chat template, mrope split and image processor; the family gives its config and model
+    classes, its vision-tower defaults, the vision-config key of the LM width the merger outputs
+    (``vision_out_key``) and the processor class named in ``preprocessor_config.json``."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     text, vision, pixels = _split_overrides(overrides, _QWEN_TEXT_DEFAULTS, ("min_pixels", "max_pixels"))
@@ -366,10 +388,10 @@ def build_tiny_qwen(
     mrope_section = [temporal, (half - temporal) // 2, half - temporal - (half - temporal) // 2]
     rope_theta = text.pop("rope_theta")
     text.setdefault("rope_parameters", {"rope_type": "default", "mrope_section": mrope_section, "rope_theta": rope_theta})
-    vision = {**_QWEN_VISION_DEFAULTS, **vision}
-    vision.setdefault("out_hidden_size", text["hidden_size"])
+    vision = {**vision_defaults, **vision}
+    vision.setdefault(vision_out_key, text["hidden_size"])
 
-    config = Qwen2_5_VLConfig(
+    config = config_class(
         text_config={
             **text,
             "vocab_size": _padded_vocab(len(tokenizer)),
@@ -383,7 +405,7 @@ def build_tiny_qwen(
         vision_end_token_id=ids["<|vision_end|>"],
         tie_word_embeddings=False,
     )
-    model = _build_model(Qwen2_5_VLForConditionalGeneration, config, seed)
+    model = _build_model(model_class, config, seed)
     model.generation_config = GenerationConfig(
         do_sample=False,
         bos_token_id=ids["<|endoftext|>"],
@@ -407,7 +429,7 @@ def build_tiny_qwen(
             "image_mean": _CLIP_MEAN,
             "image_std": _CLIP_STD,
             "image_processor_type": "Qwen2VLImageProcessor",
-            "processor_class": "Qwen2_5_VLProcessor",
+            "processor_class": processor_class,
         },
     )
     _write_json(out_dir / "chat_template.json", {"chat_template": QWEN_CHAT_TEMPLATE})

@@ -33,6 +33,12 @@ def tiny_llava_path(tiny_models_root: Path) -> Path:
     return tiny_model("llava", tiny_models_root, seed=0)
 
 
+@pytest.fixture(scope="session")
+def tiny_qwen2_path(tiny_models_root: Path) -> Path:
+    """Folder of a tiny Qwen2-VL checkpoint (seed 0), hub layout."""
+    return tiny_model("qwen2_vl", tiny_models_root, seed=0)
+
+
 @pytest.fixture
 def rng() -> np.random.Generator:
     """A freshly seeded NumPy generator, so every test draws the same numbers in any order."""
@@ -66,11 +72,11 @@ def task_dict(synthetic_mc2_dir: Path) -> dict:
     return mc2_task_dict(synthetic_mc2_dir)
 
 
-@pytest.fixture(params=["qwen", "llava"])
+@pytest.fixture(params=["qwen", "llava", "qwen2"])
 def arch(request: pytest.FixtureRequest):
-    """(wrapper class, tiny checkpoint folder) for each architecture."""
-    from amps_eval.model_wrappers.registered import AmpsLlava
-    from amps_eval.model_wrappers.registered import AmpsQwen
+    """(wrapper class, tiny checkpoint folder) for each model family."""
+    from amps_eval.model_wrappers.registered import AmpsLlava, AmpsQwen, AmpsQwen2
 
-    cls, fixture = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path")}[request.param]
+    cls, fixture = {"qwen": (AmpsQwen, "tiny_qwen_path"), "llava": (AmpsLlava, "tiny_llava_path"),
+                    "qwen2": (AmpsQwen2, "tiny_qwen2_path")}[request.param]
     return cls, request.getfixturevalue(fixture)

@@ -25,8 +25,10 @@ from amps_eval.steering.module import TrainSettings
 LAYER = 1
 TRAIN = TrainSettings(epochs=5, lr=1e-3, batch_size=8)
 MCS = MCSSettings(sigmas=(0.1,), draws=1)
-MODELS = {"qwen": ("amps_qwen", "tiny_qwen_path"), "llava": ("amps_llava", "tiny_llava_path")}
-FITS = [("qwen", "mean"), ("qwen", "l2s"), ("qwen", "amps"), ("llava", "mean"), ("llava", "amps")]
+MODELS = {"qwen": ("amps_qwen", "tiny_qwen_path"), "llava": ("amps_llava", "tiny_llava_path"),
+          "qwen2": ("amps_qwen2", "tiny_qwen2_path")}
+FITS = [("qwen", "mean"), ("qwen", "l2s"), ("qwen", "amps"), ("llava", "mean"), ("llava", "amps"), ("qwen2", "mean"),
+        ("qwen2", "amps")]
 
 
 def settings_for(request, arch, method, data, **overrides):
@@ -110,7 +112,7 @@ def test_fitted_files_load_and_cross_fit(fits, arch, method, request):
             assert torch.equal(tensor, fold.tensors[name])
 
 
-@pytest.mark.parametrize("arch", ["qwen", "llava"])
+@pytest.mark.parametrize("arch", ["qwen", "llava", "qwen2"])
 def test_mean_vector_is_the_mean_instruction_difference(fits, arch, request, synthetic_mc2_dir):
     _, steering, _ = fits(arch, "mean")
     ids = steering.folds[0].fit_ids + steering.folds[0].held_out_ids
@@ -292,3 +294,20 @@ def test_cli_fit_and_mcs(tiny_llava_path, synthetic_mc2_dir, tmp_path, capsys):
                  "--sigmas", "0.1"]) == 0
     lines = (tmp_path / "m.jsonl").read_text().splitlines()
     assert len(lines) == 6 and json.loads(lines[0])["prompt"] == "visual"
+
+
+def test_cli_fit_and_mcs_qwen2(tiny_qwen2_path, synthetic_mc2_dir, tmp_path, capsys):
+    """The third family through `amps-eval fit` and `amps-eval mcs` (its adapter and tiny model only)."""
+    out = tmp_path / "amps.safetensors"
+    common = ["--model", "amps_qwen2", "--pretrained", str(tiny_qwen2_path), "--data", str(synthetic_mc2_dir),
+              "--limit", "6", "--device", "cpu", "--draws", "1", "--sigmas", "0.1"]
+    assert main(["fit", *common, "--method", "amps", "--layer", "1", "--out", str(out), "--hidden", "8",
+                 "--epochs", "2", "--lr", "1e-3", "--folds", "1"]) == 0
+    loaded = SteeringFile.load(out)
+    assert loaded.architecture == "Qwen2VLForConditionalGeneration" and loaded.settings["n_items"] == 6
+    assert loaded.settings["hidden"] == 8 and loaded.layer == 1
+    assert main(["mcs", *common, "--out", str(tmp_path / "m.jsonl")]) == 0
+    lines = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+    assert len(lines) == 6 and all(0 <= r["r_v"] <= 1 for r in lines)
+    meta = json.loads((tmp_path / "m.jsonl.meta.json").read_text())
+    assert meta["model"] == "amps_qwen2"

@@ -96,7 +96,7 @@ def test_stop_token_ids(arch):
     cls, path = arch
     wrapper = cls(pretrained=str(path), device="cpu")
     tokens = wrapper.processor.tokenizer.convert_ids_to_tokens(wrapper.stop_ids)
-    assert tokens == (["<|im_end|>", "<|endoftext|>"] if cls.__name__ == "AmpsQwen" else ["</s>"])
+    assert tokens == (["<|im_end|>", "<|endoftext|>"] if cls.__name__ in ("AmpsQwen", "AmpsQwen2") else ["</s>"])
 
 
 def test_generation_stops_at_the_end_of_turn_token(arch, task_dict):

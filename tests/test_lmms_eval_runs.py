@@ -67,17 +67,33 @@ def test_accelerate_two_processes_match_one(tiny_qwen_path, synthetic_mc2_dir, t
     assert results_two["results"]["mc2_visual"]["target_acc,none"] == results_one["results"]["mc2_visual"]["target_acc,none"]
 
 
-def test_fit_then_lmms_eval_amps_with_diagnostics(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
+def test_cli_amps_qwen2_mc2_visual(tiny_qwen2_path, synthetic_mc2_dir, tmp_path):
+    """The third family (Qwen2-VL) end to end through lmms-eval."""
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_qwen2",
+           "--model_args", f"pretrained={tiny_qwen2_path},device=cpu", "--tasks", "mc2_visual", "--limit", "8",
+           "--output_path", str(out), "--log_samples", "--batch_size", "4"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(synthetic_mc2_dir), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results, samples = _outputs(out, "mc2_visual")
+    metrics = results["results"]["mc2_visual"]
+    assert metrics["vision_rate,none"] + metrics["text_rate,none"] + metrics["others_rate,none"] == pytest.approx(1.0)
+    assert len(samples) == 8 and all(s["target_acc"]["target"] == "vision" for s in samples)
+
+
+@pytest.mark.parametrize("model, fixture", [("amps_qwen", "tiny_qwen_path"), ("amps_qwen2", "tiny_qwen2_path")])
+def test_fit_then_lmms_eval_amps_with_diagnostics(model, fixture, request, synthetic_mc2_dir, tmp_path):
+    tiny_qwen_path = request.getfixturevalue(fixture)
     steering = tmp_path / "amps.safetensors"
     env = _env(synthetic_mc2_dir)
-    fit = [sys.executable, "-m", "amps_eval.cli", "fit", "--model", "amps_qwen", "--pretrained", str(tiny_qwen_path),
+    fit = [sys.executable, "-m", "amps_eval.cli", "fit", "--model", model, "--pretrained", str(tiny_qwen_path),
            "--method", "amps", "--layer", "1", "--out", str(steering), "--epochs", "3", "--lr", "1e-3",
            "--hidden", "8", "--draws", "1", "--device", "cpu"]
     proc = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     diagnostics = tmp_path / "out" / "diagnostics"
     args = f"pretrained={tiny_qwen_path},method=amps,steering={steering},alpha=2,diagnostics={diagnostics},device=cpu"
-    cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_qwen", "--model_args", args, "--tasks",
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", args, "--tasks",
            "mc2_visual,mc2_text", "--output_path", str(tmp_path / "out"), "--log_samples", "--batch_size", "4",
            "--verbosity", "DEBUG"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)

@@ -20,6 +20,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
 )
 from transformers.cache_utils import DynamicCache
 
@@ -70,8 +72,15 @@ def _left_pad(seqs: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
     return ids, am
 
 
-def build_qwen() -> Case:
-    cfg = Qwen2_5_VLConfig(
+MROPE = ("qwen2_5_vl", "qwen2_vl")  # the families with 3-D rope positions
+QWEN2_VISION = dict(depth=1, embed_dim=32, mlp_ratio=2, num_heads=2, hidden_size=64, patch_size=14,
+                    spatial_merge_size=2, temporal_patch_size=2)
+
+
+def build_qwen(arch: str = "qwen2_5_vl") -> Case:
+    config_class, model_class = ((Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration) if arch == "qwen2_5_vl"
+                                 else (Qwen2VLConfig, Qwen2VLForConditionalGeneration))
+    cfg = config_class(
         text_config=dict(
             vocab_size=VOCAB,
             hidden_size=64,
@@ -85,7 +94,7 @@ def build_qwen() -> Case:
             pad_token_id=PAD,
             rope_parameters={"rope_type": "default", "rope_theta": 10000.0, "mrope_section": [2, 3, 3]},
         ),
-        vision_config=dict(
+        vision_config=QWEN2_VISION if arch == "qwen2_vl" else dict(
             depth=1,
             hidden_size=32,
             intermediate_size=64,
@@ -103,7 +112,7 @@ def build_qwen() -> Case:
         vision_end_token_id=193,
     )
     torch.manual_seed(0)
-    model = Qwen2_5_VLForConditionalGeneration(cfg).eval()
+    model = model_class(cfg).eval()
     _sharpen(model)
     merge = cfg.vision_config.spatial_merge_size
     patch_dim = 3 * cfg.vision_config.temporal_patch_size * cfg.vision_config.patch_size**2
@@ -129,7 +138,7 @@ def build_qwen() -> Case:
         )
         for s, pv, grid in zip(seqs, pvs, grids)
     ]
-    return Case("qwen2_5_vl", model, inputs, singles, ["doc-a", "doc-b"])
+    return Case(arch, model, inputs, singles, ["doc-a", "doc-b"])
 
 
 def build_llava() -> Case:
@@ -183,9 +192,9 @@ def build_llava() -> Case:
     return Case("llava", model, inputs, singles, ["doc-a", "doc-b"])
 
 
-@pytest.fixture(scope="module", params=["qwen2_5_vl", "llava"])
+@pytest.fixture(scope="module", params=["qwen2_5_vl", "llava", "qwen2_vl"])
 def case(request) -> Case:
-    return build_qwen() if request.param == "qwen2_5_vl" else build_llava()
+    return build_qwen(request.param) if request.param in MROPE else build_llava()
 
 
 def masks(inputs: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -296,11 +305,11 @@ def test_clean_single_token_pass_reproduces_prefill(case):
         logits = forward_last_token(model, inputs["input_ids"][:, -1:], last_pos, inputs["attention_mask"], keys, values)
         # and the model's own unpadded forward of each sample agrees with the padded prefill
         for k, single in enumerate(case.singles):
-            mm = {"mm_token_type_ids": (single["input_ids"] == IMG).int()} if case.arch == "qwen2_5_vl" else {}
+            mm = {"mm_token_type_ids": (single["input_ids"] == IMG).int()} if case.arch in MROPE else {}
             own = model(**single, **mm).logits[0, -1].float()
             torch.testing.assert_close(own, logits_x[k], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(logits.float(), logits_x, rtol=1e-4, atol=1e-4)
-    if case.arch == "qwen2_5_vl":
+    if case.arch in MROPE:
         assert pos.shape == (3, 2, inputs["input_ids"].shape[1])
         # mrope: the image spans fewer positions than tokens, so the last position < T - 1
         n_valid = int(inputs["attention_mask"][0].sum())
@@ -340,16 +349,16 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
     ids = single["input_ids"]
     t = ids.shape[1]
     extra = {k2: v for k2, v in single.items() if k2 not in ("input_ids", "attention_mask")}
-    if case.arch == "qwen2_5_vl":
+    if case.arch in MROPE:
         extra["mm_token_type_ids"] = (ids == IMG).int()
     model.eval()
     with torch.no_grad():
         p_x = torch.softmax(model(input_ids=ids, **extra).logits[0, -1].double(), -1)
-        if case.arch == "qwen2_5_vl":
+        if case.arch in MROPE:
             extra["mm_token_type_ids"] = extra["mm_token_type_ids"][:, :-1]
         pre = model(input_ids=ids[:, :-1], **extra, use_cache=True)
     clean = [(layer.keys.clone(), layer.values.clone()) for layer in pre.cache.layers]
-    if case.arch == "qwen2_5_vl":
+    if case.arch in MROPE:
         delta = model.model.rope_deltas  # set by the model's own forward
         last_pos = (torch.full((1, 1), t - 1) + delta).view(1, 1, 1).expand(3, 1, 1)
         model.model.rope_deltas = None
@@ -640,7 +649,7 @@ def test_input_validation(case):
 # --------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava"])
+@pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava", "qwen2_vl"])
 def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
     tm = pytest.importorskip("amps_eval.tiny_models")
     procs = pytest.importorskip("amps_eval.processors")
@@ -649,8 +658,9 @@ def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
     ):
         pytest.skip("tiny-model helpers not available")
     path = tm.tiny_model(arch, tmp_path_factory.mktemp("tiny-ckpt"))
-    cls = Qwen2_5_VLForConditionalGeneration if arch == "qwen2_5_vl" else LlavaForConditionalGeneration
-    model = cls.from_pretrained(path).eval()
+    from amps_eval.families import family
+
+    model = family(arch).load_model_class().from_pretrained(path).eval()
     processor = procs.load_processor(path, arch)
     texts = [
         "Text context: the dog is black and lies on a red sofa next to a window.\nWhat colour is the dog?",

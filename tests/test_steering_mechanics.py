@@ -1,6 +1,7 @@
 """Steering hooks, the steering MLP and the steering file, on tiny models of the real architectures.
 
-The models are Qwen2_5_VLForConditionalGeneration and LlavaForConditionalGeneration built from tiny
+The models are Qwen2_5_VLForConditionalGeneration, LlavaForConditionalGeneration and
+Qwen2VLForConditionalGeneration built from tiny
 configs (random weights, about a second each), so the hook point and the prefill/decode behaviour
 are exercised through the same code paths as the 7B checkpoints.
 """
@@ -20,6 +21,8 @@ from transformers import (
     LlavaForConditionalGeneration,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
 )
 
 from amps_eval.steering.file import Fold, SteeringFile, SteeringFileMismatch, SteeringFileWarning, sha256
@@ -41,6 +44,15 @@ def _qwen():
     return Qwen2_5_VLForConditionalGeneration(config)
 
 
+def _qwen2():
+    config = Qwen2VLConfig(
+        text_config=dict(TEXT, rope_scaling={"type": "mrope", "mrope_section": [1, 1, 2]}),
+        vision_config=dict(depth=1, embed_dim=16, mlp_ratio=2, num_heads=2, hidden_size=D, patch_size=14,
+                           spatial_merge_size=2, temporal_patch_size=2),
+        image_token_id=IMAGE_TOKEN, video_token_id=121, vision_start_token_id=122, vision_end_token_id=123)
+    return Qwen2VLForConditionalGeneration(config)
+
+
 def _llava():
     config = LlavaConfig(
         text_config=dict(TEXT, model_type="llama"),
@@ -50,10 +62,10 @@ def _llava():
     return LlavaForConditionalGeneration(config)
 
 
-@pytest.fixture(scope="module", params=["qwen", "llava"])
+@pytest.fixture(scope="module", params=["qwen", "llava", "qwen2"])
 def model(request):
     torch.manual_seed(0)
-    m = {"qwen": _qwen, "llava": _llava}[request.param]().eval()
+    m = {"qwen": _qwen, "llava": _llava, "qwen2": _qwen2}[request.param]().eval()
     m.generation_config.eos_token_id = None  # always generate the full length
     m.generation_config.pad_token_id = 0
     return m

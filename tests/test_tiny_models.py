@@ -12,6 +12,7 @@ from transformers import (
     CLIPImageProcessorPil,
     LlavaForConditionalGeneration,
     Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
 )
 
@@ -19,8 +20,10 @@ from amps_eval.families import family
 from amps_eval.processors import arch_of, image_token_id, load_processor
 from amps_eval.tiny_models import build_tiny_llava, build_tiny_qwen, tiny_image, tiny_model
 
-MODEL_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "llava": LlavaForConditionalGeneration}
-BUILDERS = {"qwen2_5_vl": build_tiny_qwen, "llava": build_tiny_llava}
+MODEL_CLASSES = {"qwen2_5_vl": Qwen2_5_VLForConditionalGeneration, "llava": LlavaForConditionalGeneration,
+                 "qwen2_vl": Qwen2VLForConditionalGeneration}
+BUILDERS = {"qwen2_5_vl": build_tiny_qwen, "llava": build_tiny_llava, "qwen2_vl": family("qwen2_vl").build_tiny}
+QWEN = ("qwen2_5_vl", "qwen2_vl")  # the Qwen families: same tokenizer, template and image processor
 ARCHES = sorted(MODEL_CLASSES)
 
 MC2_PROMPT = (
@@ -32,10 +35,11 @@ SHORT_PROMPT = "How many dogs are there?"
 
 
 @pytest.fixture
-def checkpoint(request: pytest.FixtureRequest, tiny_qwen_path: Path, tiny_llava_path: Path):
+def checkpoint(request: pytest.FixtureRequest):
     """(arch, folder) for the parametrized architecture."""
     arch = request.param
-    return arch, {"qwen2_5_vl": tiny_qwen_path, "llava": tiny_llava_path}[arch]
+    return arch, request.getfixturevalue({"qwen2_5_vl": "tiny_qwen_path", "llava": "tiny_llava_path",
+                                          "qwen2_vl": "tiny_qwen2_path"}[arch])
 
 
 def load(arch: str, path: Path, **image_kwargs):
@@ -69,7 +73,7 @@ IMAGES = [tiny_image(64, 48, seed=0), tiny_image(100, 90, seed=1)]
 # Qwen: each side rounded to a multiple of 28 within [56*56, 112*112] pixels, then one token per
 # 2x2 block of 14-pixel patches: 64x48 -> 56x56 -> 4x4 patches -> 4 tokens; 100x90 -> 112x84 -> 12.
 # LLaVA: resize + centre crop to 56x56 -> 4x4 patches -> 16 tokens (CLS dropped) whatever the size.
-EXPECTED_IMAGE_TOKENS = {"qwen2_5_vl": [4, 12], "llava": [16, 16]}
+EXPECTED_IMAGE_TOKENS = {"qwen2_5_vl": [4, 12], "llava": [16, 16], "qwen2_vl": [4, 12]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -91,8 +95,8 @@ def test_reloads_through_the_real_classes(checkpoint):
     assert processor.tokenizer.padding_side == "left"
     assert processor.image_token_id == image_token_id(model.config)
     assert model.config.text_config.vocab_size >= len(processor.tokenizer)
-    if arch == "qwen2_5_vl":
-        assert type(processor) is family("qwen2_5_vl").processor_class()
+    if arch in QWEN:
+        assert type(processor) is family(arch).processor_class()
         assert type(processor.image_processor) is Qwen2VLImageProcessorPil
         assert not hasattr(processor, "video_processor")
     else:
@@ -151,7 +155,7 @@ def test_batched_processor_pads_left_and_expands_image_tokens(checkpoint):
     assert mask[:, -1].all() and not mask[1, 0]
     assert (ids[mask == 0] == processor.tokenizer.pad_token_id).all()
     assert mask[1].tolist() == sorted(mask[1].tolist())
-    if arch == "qwen2_5_vl":
+    if arch in QWEN:
         grid = batch["image_grid_thw"]
         assert (grid.prod(dim=1) // 4).tolist() == EXPECTED_IMAGE_TOKENS[arch]
         # transformers 5.x computes the 3-D rope index from mm_token_type_ids (1 = image token);
@@ -198,8 +202,9 @@ def test_transformers5_layout_loads_the_same(checkpoint, tmp_path):
     assert not (resaved / "preprocessor_config.json").exists()
     assert (resaved / "chat_template.jinja").exists()
     saved = json.loads((resaved / "processor_config.json").read_text())
-    assert saved["processor_class"] == {"qwen2_5_vl": "Qwen2_5_VLProcessor", "llava": "LlavaProcessor"}[arch]
-    if arch == "qwen2_5_vl":  # what a save with torchvision installed adds; must be ignored here
+    assert saved["processor_class"] == {"qwen2_5_vl": "Qwen2_5_VLProcessor", "llava": "LlavaProcessor",
+                                       "qwen2_vl": "Qwen2VLProcessor"}[arch]
+    if arch in QWEN:  # what a save with torchvision installed adds; must be ignored here
         saved["video_processor"] = {"video_processor_type": "Qwen2VLVideoProcessor", "merge_size": 2}
         (resaved / "processor_config.json").write_text(json.dumps(saved))
 

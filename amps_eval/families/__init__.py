@@ -17,7 +17,7 @@ from amps_eval.families.base import FamilyAdapter, OrganismSpec, WrongFamilyErro
 __all__ = ["FAMILIES", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
            "check_pretrained", "family", "family_of_model", "lmms_models"]
 
-FAMILY_MODULES = ("qwen2_5_vl", "llava")
+FAMILY_MODULES = ("qwen2_5_vl", "llava", "qwen2_vl")
 
 FAMILIES: dict[str, FamilyAdapter] = {
     f.name: f for f in (importlib.import_module(f"amps_eval.families.{m}").FAMILY for m in FAMILY_MODULES)
