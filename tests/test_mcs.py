@@ -627,6 +627,24 @@ def test_inference_mode_caller(case):
     assert_close(res.c_v, ref.c_v, 1e-6, "inside inference_mode")
 
 
+def test_given_prefill_gives_the_same_result(case):
+    """A caller's own prefill (`prefill_prompt`, made under inference mode as a generation would)
+    gives exactly the result of `compute_mcs` prefilling itself; a prefill of other inputs is refused."""
+    from amps_eval.mcs.kv_cache import prefill_prompt
+
+    settings = MCSSettings(draws=2)
+    ref = run(case, settings)
+    v, t = masks(case.inputs)
+    with torch.inference_mode():
+        given = prefill_prompt(case.model, case.inputs)
+    res = compute_mcs(case.model, case.inputs, v, t, settings, sample_ids=case.ids, prefilled=given)
+    assert torch.equal(res.scores, ref.scores) and torch.equal(res.r_v, ref.r_v)
+    single = case.singles[0]
+    with pytest.raises(ValueError, match="prefilled cache"):
+        compute_mcs(case.model, case.inputs, v, t, settings, sample_ids=case.ids,
+                    prefilled=prefill_prompt(case.model, single))
+
+
 def test_input_validation(case):
     v, t = masks(case.inputs)
     right = dict(case.inputs)

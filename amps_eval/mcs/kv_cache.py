@@ -11,6 +11,7 @@ positions it has alone. Left padding is required.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -85,6 +86,30 @@ def _last_position_ids(position_ids: torch.Tensor, rows: torch.Tensor) -> torch.
     if position_ids.dim() == 3:
         return position_ids[:, rows, -1:]
     return position_ids[rows, -1:]
+
+
+@dataclass
+class Prefill:
+    """One prefill of a left-padded prompt batch, as the MCS needs it: the last prompt token's
+    logits [B, V] (float32, float64 for a float64 model), the cache cut before the last token (per
+    layer keys/values [B, kv_heads, T-1, head_dim]) and the prompt's position ids ([3, B, T] for mrope
+    families, else [B, T]). Whoever already prefilled the prompt (a fit, a steered generation) hands
+    it to `compute_mcs` instead of prefilling again."""
+
+    logits: torch.Tensor
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    position_ids: torch.Tensor
+
+
+def prefill_prompt(model: torch.nn.Module, inputs: dict[str, Any]) -> Prefill:
+    """Position ids and one prefill of the whole (left-padded) prompt, in eval mode with frozen
+    parameters as `compute_mcs` runs it (frozen parameters change kernel choices: the cache would
+    differ in the last bits)."""
+    with frozen_eval(model):
+        position_ids = prompt_position_ids(model, inputs)
+        logits, keys, values = prefill(model, inputs, position_ids)
+    return Prefill(logits, keys, values, position_ids)
 
 
 @torch.no_grad()

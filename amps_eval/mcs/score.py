@@ -118,11 +118,13 @@ from typing import Any
 import torch
 
 from amps_eval.mcs.kv_cache import (
+    Prefill,
     _last_position_ids,
     _work_dtype,
     forward_last_token,
     frozen_eval,
     prefill,
+    prefill_prompt,
     prompt_position_ids,
     uses_mrope,
 )
@@ -589,12 +591,15 @@ def compute_mcs(
     text_mask: torch.Tensor,
     settings: MCSSettings | None = None,
     sample_ids: Sequence[str] | None = None,
+    prefilled: Prefill | None = None,
 ) -> MCSResult:
     """MCS of every sample of a LEFT-padded batch (see the module docstring).
 
     inputs: a HF processor output (input_ids, attention_mask, pixel_values, [image_grid_thw], ...).
     vision_mask / text_mask: bool [B, T], the positions of each modality (intersected with the
     attention mask; the last prompt token is never perturbed). Must not overlap.
+    prefilled: the clean prefill of exactly these inputs (`kv_cache.prefill_prompt`), when the
+    caller already has it; None prefills here. The result is the same either way.
     """
     settings = settings or MCSSettings()
     attention_mask = _validate(inputs, vision_mask, text_mask)
@@ -620,8 +625,13 @@ def compute_mcs(
             stack.enter_context(torch.inference_mode(False))
         stack.enter_context(frozen_eval(model))
 
-        position_ids = prompt_position_ids(model, {**inputs, "attention_mask": attention_mask})
-        logits_x, keys, values = prefill(model, inputs, position_ids)
+        if prefilled is None:
+            prefilled = prefill_prompt(model, {**inputs, "attention_mask": attention_mask})
+        elif tuple(prefilled.keys[0].shape[::2]) != (bsz, seq - 1):
+            raise ValueError(f"prefilled cache has batch x tokens {tuple(prefilled.keys[0].shape[::2])}, "
+                             f"expected {(bsz, seq - 1)} (the inputs' prompt without its last token)")
+        logits_x, keys, values, position_ids = (prefilled.logits, prefilled.keys, prefilled.values,
+                                                prefilled.position_ids)
         p_x = torch.softmax(logits_x, dim=-1)
         bad = [sample_ids[i] for i in range(bsz) if not bool(torch.isfinite(logits_x[i]).all())]
         if bad:
@@ -714,6 +724,7 @@ __all__ = [
     "MCSSettings",
     "MODALITIES",
     "NonFiniteMCSError",
+    "Prefill",
     "RATIOS",
     "compute_mcs",
     "cross_entropy",
@@ -724,6 +735,7 @@ __all__ = [
     "mcs_stderr",
     "noise_key",
     "prefill",
+    "prefill_prompt",
     "prompt_position_ids",
     "sample_seed",
     "uses_mrope",

@@ -22,10 +22,10 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 def organism_path(model: str = "amps_qwen") -> Path:
     """The shipped organism of the lmms-eval model ``model`` (amps_qwen or amps_llava): its folder,
     in hub layout (config, weights, tokenizer, processor files, ``organism_manifest.json``)."""
-    from amps_eval.families import by_lmms_model
+    from amps_eval.families import by_lmms_model, lmms_models
     from amps_eval.organism.architectures import architecture_of_model
 
-    if by_lmms_model(model).organism is None:
+    if model in lmms_models() and by_lmms_model(model).organism is None:
         raise FileNotFoundError(f"no organism is defined for {model} ({by_lmms_model(model).display}): its family "
                                 "adapter declares none")
     arch = architecture_of_model(model)
