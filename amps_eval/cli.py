@@ -160,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
     from amps_eval.mc2.synthetic import write_synthetic_mc2
     from amps_eval.mcs.score import RATIOS, MCSSettings
     from amps_eval.report.cli_parsers import finite_alpha
-    from amps_eval.report.sweep import alphas_type
+    from amps_eval.report.sweep import SweepSettings, alphas_type
     from amps_eval.steering.module import TrainSettings
     from amps_eval.steering.scaling import CONVENTIONS
     from amps_eval.study import StudySettings
@@ -175,8 +175,6 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true",
                         help="on an unexpected error, print the traceback (also: AMPS_EVAL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from amps_eval.report.sweep import SweepSettings
 
     batch_help = ("prompts per forward pass, for speed and memory (the wrappers' answers and the MCS are tested "
                   "equal to unbatched ones). The defaults differ by command: fit and mcs "
