@@ -70,27 +70,24 @@ def _synth_mc2(args: argparse.Namespace) -> int:
     return 0
 
 
-def _study(args: argparse.Namespace) -> int:
-    from amps_eval.report.sweep import parse_alphas
-    from amps_eval.study import StudySettings, run_study
+def study_settings(args: argparse.Namespace):
+    """The `StudySettings` of a parsed ``study`` / ``demo`` command line."""
+    from amps_eval.study import StudySettings
+    from amps_eval.vocabulary import split_list
 
-    settings = StudySettings(
-        out=Path(args.out), models=tuple(m.strip() for m in args.model.split(",") if m.strip()),
-        pretrained=args.pretrained,
+    return StudySettings(
+        out=Path(args.out), models=split_list(args.model), pretrained=args.pretrained,
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
-        alphas=parse_alphas(args.alphas), table_alpha=args.table_alpha, batch_size=args.batch_size,
+        alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
     )
-    run_study(settings)
+
+
+def _study(args: argparse.Namespace) -> int:
+    from amps_eval.study import run_study
+
+    run_study(study_settings(args))
     return 0
-
-
-def _floats(text: str) -> tuple[float, ...]:
-    """'0.05,0.1,0.2' -> (0.05, 0.1, 0.2), for --sigmas."""
-    try:
-        return tuple(float(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers such as 0.05,0.1,0.2, got {text!r}") from None
 
 
 def _mcs_settings(args: argparse.Namespace):
@@ -99,21 +96,30 @@ def _mcs_settings(args: argparse.Namespace):
     return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
 
 
-def _fit(args: argparse.Namespace) -> int:
-    from amps_eval.fit import FitSettings, fit
+RECIPES = ("reference", "mse_v1")
+"""``fit --recipe``: the `TrainSettings` constructors of the same names."""
+
+
+def fit_settings(args: argparse.Namespace):
+    """The `FitSettings` of a parsed ``fit`` command line."""
+    from amps_eval.fit import FitSettings
     from amps_eval.steering.module import TrainSettings
 
     given = {"epochs": args.epochs, "lr": args.lr, "loss": args.loss, "batch_size": args.train_batch_size}
-    recipe = {"reference": TrainSettings.reference, "mse_v1": TrainSettings.mse_v1}[args.recipe]
-    train = recipe(**{k: v for k, v in given.items() if v is not None})
-    settings = FitSettings(
+    train = getattr(TrainSettings, args.recipe)(**{k: v for k, v in given.items() if v is not None})
+    return FitSettings(
         model=args.model, pretrained=args.pretrained, method=args.method, layer=args.layer, folds=args.folds,
         hidden=args.hidden, train=train, beta=args.beta, convention=args.convention, gamma_max=args.gamma_max,
         anchor_floor=args.anchor_floor, mcs=_mcs_settings(args),
         batch_size=args.batch_size, device=args.device, dtype=args.dtype, data=args.data, cache_dir=args.cache_dir,
         limit=args.limit, seed=args.seed,
     )
-    fit(settings, Path(args.out), progress=True)
+
+
+def _fit(args: argparse.Namespace) -> int:
+    from amps_eval.fit import fit
+
+    fit(fit_settings(args), Path(args.out), progress=True)
     return 0
 
 
@@ -142,15 +148,39 @@ def _build_organism(args: argparse.Namespace) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from amps_eval.report.cli_parsers import finite_alpha
-    from amps_eval.steering.scaling import ANCHOR_FLOOR, GAMMA_MAX
+LIST_HELP = "separated by ',' or '/'"
 
-    parser = argparse.ArgumentParser(prog="amps-eval", description=__doc__.splitlines()[0])
+
+def build_parser() -> argparse.ArgumentParser:
+    import inspect
+
+    from amps_eval.cli_options import Parser, default_of, numbers, version
+    from amps_eval.fit import FitSettings
+    from amps_eval.mc2.download import DownloadSettings
+    from amps_eval.mc2.synthetic import write_synthetic_mc2
+    from amps_eval.mcs.score import RATIOS, MCSSettings
+    from amps_eval.report.cli_parsers import finite_alpha
+    from amps_eval.report.sweep import SweepSettings, alphas_type
+    from amps_eval.steering.module import TrainSettings
+    from amps_eval.steering.scaling import CONVENTIONS
+    from amps_eval.study import StudySettings
+    from amps_eval.vocabulary import DTYPES, PAPER_LAYER
+
+    parser = Parser(prog="amps-eval", description=__doc__.splitlines()[0],
+                    epilog="Every --dashed-option is also accepted in lmms-eval's spelling (--batch_size, "
+                    "--model_args). Lists (--alphas, --sigmas, --model, --tasks) are separated by ',' or '/'; "
+                    "inside --model_args by '/' only (',' separates the model arguments there).")
+    parser.add_argument("--version", action="version", version=f"amps-eval {version()}",
+                        help="print the installed version and exit")
     parser.add_argument("--debug", action="store_true",
                         help="on an unexpected error, print the traceback (also: AMPS_EVAL_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", required=True)
 
+    batch_help = ("prompts per forward pass, for speed and memory (the wrappers' answers and the MCS are tested "
+                  "equal to unbatched ones). The defaults differ by command: fit and mcs "
+                  f"{FitSettings.batch_size}, study and demo {StudySettings.batch_size} (the CPU demo), sweep "
+                  f"{SweepSettings.batch_size} (lmms-eval's own)")
+    downloads = DownloadSettings()
     p = sub.add_parser(
         "prepare-mc2", help="make the MC2 dataset: download it (--download) or join the question file with a local COCO 2014 copy",
         description="Join the MC2 question file with its COCO 2014 images into a prepared folder the tasks read. "
@@ -170,21 +200,24 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop items whose image is missing or could not be fetched; listed in <out>/skipped.json")
     p.add_argument("--cache", default=None, help="folder for the downloaded files (default: <out>.download next to --out)")
     p.add_argument("--questions-url", default=None,
-                   help="address of the question file (default: data/evaluate_final.json of "
-                   "EchoDreamer/Modality-Preference at commit 024631d)")
-    p.add_argument("--questions-sha256", default=None, help="expected sha256 of the question file (default: the pinned file's)")
+                   help=f"address of the question file (default: {downloads.questions_url})")
+    p.add_argument("--questions-sha256", default=None,
+                   help=f"expected sha256 of the question file (default: the pinned file's, {downloads.questions_sha256})")
     p.add_argument("--images-url", default=None,
                    help="base address of the COCO images, a mirror with the same layout "
-                   "(BASE/train2014/COCO_train2014_<id>.jpg, BASE/val2014/...; default http://images.cocodataset.org)")
-    p.add_argument("--workers", type=int, default=None, help="parallel downloads (default 16)")
-    p.add_argument("--retries", type=int, default=None, help="retries per address after the first try (default 4)")
-    p.add_argument("--timeout", type=float, default=None, help="seconds to wait for the server on each connect/read (default 30)")
+                   f"(BASE/train2014/COCO_train2014_<id>.jpg, BASE/val2014/...; default: {downloads.images_url})")
+    p.add_argument("--workers", type=int, default=None, help=f"parallel downloads (default: {downloads.workers})")
+    p.add_argument("--retries", type=int, default=None,
+                   help=f"retries per address after the first try (default: {downloads.retries})")
+    p.add_argument("--timeout", type=float, default=None,
+                   help=f"seconds to wait for the server on each connect/read (default: {downloads.timeout:g})")
     p.set_defaults(run=_prepare_mc2)
 
     p = sub.add_parser("synth-mc2", help="write the generated MC2-format dataset (no download needed)")
-    p.add_argument("--out", required=True)
-    p.add_argument("--n-per-category", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="new folder for the dataset")
+    synthetic = inspect.signature(write_synthetic_mc2).parameters
+    p.add_argument("--n-per-category", type=int, default=synthetic["n_per_category"].default, help="items per category")
+    p.add_argument("--seed", type=int, default=synthetic["seed"].default, help="seed of the generated items")
     p.set_defaults(run=_synth_mc2)
 
     from amps_eval.families import FAMILIES, lmms_models
@@ -195,25 +228,34 @@ def build_parser() -> argparse.ArgumentParser:
         ("demo", "the whole study offline on CPU on the shipped model organism (what `make demo` runs)"),
         ("study", "the whole study (MCS, fit, baselines, sweeps, tables, figures, leaderboard) on any checkpoint"),
     ):
-        p = sub.add_parser(name, help=help_text)
-        p.add_argument("--out", default="results/demo" if name == "demo" else None, required=name == "study")
-        p.add_argument("--model", default=",".join(organism_models) if name == "demo" else lmms_models()[0],
-                       help=f"lmms-eval model name(s), comma-separated: {', '.join(lmms_models())} "
-                       f"(demo default: every shipped organism; study default: {lmms_models()[0]})")
-        p.add_argument("--pretrained", default=None, help="checkpoint (default: the shipped organism)")
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        if name == "demo":
+            p.add_argument("--out", default=str(default_of(StudySettings, "out")), help="output folder")
+        else:
+            p.add_argument("--out", required=True, help="output folder")
+        p.add_argument("--model", default=",".join(organism_models if name == "demo" else StudySettings.models),
+                       help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
+                       + (" (the demo: every shipped organism)" if name == "demo" else ""))
+        p.add_argument("--pretrained", default=None, help="checkpoint (default: the model's shipped organism)")
         p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
-        p.add_argument("--n-per-category", type=int, default=16, help="generated items per category")
-        p.add_argument("--layer", type=int, default=None, help="steering layer (default: the middle layer)")
-        p.add_argument("--alphas", default="0,0.5,1,2,4")
-        p.add_argument("--table-alpha", type=finite_alpha, default=None,
+        p.add_argument("--n-per-category", type=int, default=StudySettings.n_per_category,
+                       help="generated items per category")
+        p.add_argument("--layer", type=int, default=StudySettings.layer,
+                       help="steering layer (default: the checkpoint's middle decoder layer; `fit` defaults to the "
+                       f"paper's layer {PAPER_LAYER}, which a small organism does not have)")
+        p.add_argument("--alphas", type=alphas_type, default=StudySettings.alphas,
+                       help=f"steering strengths of the sweeps, {LIST_HELP}")
+        p.add_argument("--table-alpha", type=finite_alpha, default=StudySettings.table_alpha,
                        help="alpha of the tables' steered rows (default: chosen on held-out halves of the items)")
-        p.add_argument("--batch-size", type=int, default=8)
-        p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
-                       help="auto: bfloat16 on GPU, float32 on CPU")
-        p.add_argument("--epochs", type=int, default=100)
-        p.add_argument("--lr", type=float, default=1e-3)
-        p.add_argument("--limit", type=int, default=None, help="documents per task (default: all)")
+        p.add_argument("--batch-size", type=int, default=StudySettings.batch_size, help=batch_help)
+        p.add_argument("--device", default=StudySettings.device, help="default: cuda if available, else cpu")
+        p.add_argument("--dtype", default=StudySettings.dtype, choices=DTYPES,
+                       help="auto: bfloat16 on a GPU, float32 on the CPU")
+        p.add_argument("--epochs", type=int, default=StudySettings.epochs, help="training epochs of the MLPs")
+        p.add_argument("--lr", type=float, default=StudySettings.lr,
+                       help=f"Adam learning rate of the MLPs; not fit's {TrainSettings.lr:g} (the papers'), which "
+                       "barely moves a module fitted on ~100 items in 100 epochs")
+        p.add_argument("--limit", type=int, default=StudySettings.limit, help="documents per task (default: all)")
         p.set_defaults(run=_study)
 
     from amps_eval.methods.registry import FIT_METHODS
@@ -223,41 +265,54 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", required=True, choices=sorted(MODEL_CLASSES))
         p.add_argument("--pretrained", required=True, help="hub id or local folder of the checkpoint")
         p.add_argument("--data", default=None, help="prepared MC2 folder (default: AMPS_MC2_DATA, else the default folder)")
-        p.add_argument("--batch-size", type=int, default=4, help="prompts per forward pass")
-        p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-        p.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-        p.add_argument("--limit", type=int, default=None, help="use only the first N items")
-        p.add_argument("--sigmas", type=_floats, default=(0.05, 0.1, 0.2), help="MCS noise levels (relative)")
-        p.add_argument("--draws", type=int, default=16, help="MCS Monte Carlo draws per noise level and modality")
-        p.add_argument("--mcs-seed", type=int, default=0, help="seed of the MCS noise")
-        p.add_argument("--mcs-ratio", choices=("per_sigma", "sums", "per_draw"), default="per_sigma",
-                       help="how r_v is formed: mean of per-sigma ratios (default), C_V/(C_V+C_T) (Eq. 7 as written), "
-                       "or mean of per-draw ratios; see docs/method.md")
+        p.add_argument("--batch-size", type=int, default=FitSettings.batch_size, help=batch_help)
+        p.add_argument("--device", default=FitSettings.device, help="default: cuda if available, else cpu")
+        p.add_argument("--dtype", default=FitSettings.dtype, choices=DTYPES, help="auto: bfloat16 on a GPU, float32 on the CPU")
+        p.add_argument("--limit", type=int, default=FitSettings.limit, help="use only the first N items (default: all)")
+        p.add_argument("--sigmas", type=numbers("--sigmas"), default=MCSSettings.sigmas,
+                       help=f"MCS noise levels (relative), {LIST_HELP}")
+        p.add_argument("--draws", type=int, default=MCSSettings.draws,
+                       help="MCS Monte Carlo draws per noise level and modality")
+        p.add_argument("--mcs-seed", type=int, default=MCSSettings.seed, help="seed of the MCS noise")
+        p.add_argument("--mcs-ratio", choices=RATIOS, default=MCSSettings.ratio,
+                       help="how r_v is formed: per_sigma, the mean of per-sigma ratios; sums, C_V/(C_V+C_T) (Eq. 7 "
+                       "as written); per_draw, the mean of per-draw ratios; see docs/method.md")
 
     p = sub.add_parser("fit", help="fit mean-steering vectors, L2S or AMPS modules on MC2 items (cross-fitted)")
     model_args(p)
     p.add_argument("--method", required=True, choices=FIT_METHODS,
                    help="mean (also the file mean_mcs reads), l2s, amps, or amps_beta0 (AMPS with beta = 0: the ablation)")
-    p.add_argument("--layer", type=int, default=14, help="decoder layer to read and steer (the paper: 14)")
+    p.add_argument("--layer", type=int, default=FitSettings.layer,
+                   help="decoder layer to read and steer (the paper's; `study` defaults to the checkpoint's middle layer)")
     p.add_argument("--out", required=True, help="the steering file to write (.safetensors)")
-    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds; 1 fits on everything")
-    p.add_argument("--hidden", type=int, default=None, help="MLP width (default: the family's: "
+    p.add_argument("--folds", type=int, default=FitSettings.folds, help="cross-fitting folds; 1 fits on everything")
+    p.add_argument("--hidden", type=int, default=FitSettings.hidden, help="MLP width (default: the family's: "
                    + ", ".join(f"{f.default_mlp_hidden} for {f.lmms_model}" for f in FAMILIES.values()) + ")")
-    p.add_argument("--epochs", type=int, default=None, help="training epochs (default 100)")
-    p.add_argument("--lr", type=float, default=None, help="Adam learning rate (default 5e-5)")
-    p.add_argument("--recipe", choices=("reference", "mse_v1"), default="reference",
-                   help="how the MLP is trained: the L2S reference code's recipe (default; AMPS trains the same "
+    p.add_argument("--recipe", choices=RECIPES, default=RECIPES[0],
+                   help="how the MLP is trained: the L2S reference code's recipe (AMPS trains the same "
                    "way on its own targets) or amps-eval 0.1's (plain MSE, last epoch); see docs/method.md")
+    recipes = {r: getattr(TrainSettings, r)() for r in RECIPES}
+    for option, field, what in (("--epochs", "epochs", "training epochs"), ("--lr", "lr", "Adam learning rate"),
+                                ("--train-batch-size", "batch_size", "training batch size")):
+        kind = type(getattr(TrainSettings(), field))
+        values = sorted({f"{getattr(r, field):g}" for r in recipes.values()})
+        note = (f"; `study` and `demo` use {StudySettings.lr:g}: the papers' {TrainSettings.lr:g} barely moves a "
+                "module fitted on ~100 items in 100 epochs" if field == "lr" else "")
+        p.add_argument(option, type=kind, default=None,
+                       help=f"{what} (default: the recipe's, {' / '.join(values)}){note}")
     p.add_argument("--loss", choices=("l2s", "mse"), default=None,
-                   help="override the recipe's loss: l2s (MSE + L1 - cosine, the reference) or mse (AMPS Eq. 12)")
-    p.add_argument("--train-batch-size", type=int, default=None, help="training batch size (default 64)")
-    p.add_argument("--beta", type=float, default=None, help="AMPS scaling strength of Eq. 9 (default 1; amps_beta0 fixes 0)")
-    p.add_argument("--convention", choices=("prose", "literal"), default="prose", help="sign convention of Eq. 9")
-    p.add_argument("--gamma-max", type=float, default=GAMMA_MAX, help="upper bound of the per-sample scaling gamma")
-    p.add_argument("--anchor-floor", type=float, default=ANCHOR_FLOOR,
+                   help="override the recipe's loss: l2s (MSE + L1 - cosine, the reference) or mse (AMPS Eq. 12) "
+                   "(default: the recipe's: " + ", ".join(f"{r.loss} for {n}" for n, r in recipes.items()) + ")")
+    p.add_argument("--beta", type=float, default=FitSettings.beta,
+                   help="AMPS scaling strength of Eq. 9 (default: the method's: 1 for amps, 0 for amps_beta0, "
+                   "which fixes it)")
+    p.add_argument("--convention", choices=CONVENTIONS, default=FitSettings.convention, help="sign convention of Eq. 9")
+    p.add_argument("--gamma-max", type=float, default=FitSettings.gamma_max,
+                   help="upper bound of the per-sample scaling gamma")
+    p.add_argument("--anchor-floor", type=float, default=FitSettings.anchor_floor,
                    help="lower bound of the anchor reliance in Eq. 9 (keeps a near-zero anchor from exploding gamma)")
-    p.add_argument("--cache-dir", default=None, help="extraction cache (default: <out>.cache/)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the fold split")
+    p.add_argument("--cache-dir", default=FitSettings.cache_dir, help="extraction cache (default: <out>.cache/)")
+    p.add_argument("--seed", type=int, default=FitSettings.seed, help="seed of the fold split")
     p.set_defaults(run=_fit)
 
     p = sub.add_parser("mcs", help="the modality contribution score of every MC2 item (JSONL + summary)")
@@ -280,9 +335,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
 
-    add_parsers(sub)
+    add_parsers(sub, batch_help=batch_help, list_help=LIST_HELP)
     return parser
-
 
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done; 2 an input or environment error (one line on stderr:

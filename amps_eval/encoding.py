@@ -19,7 +19,7 @@ import torch
 from amps_eval.families import FamilyAdapter
 from amps_eval.methods.prompts import Turn
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from amps_eval.vocabulary import DTYPES  # the one definition, re-exported
 
 __all__ = ["DTYPES", "Encoded", "PromptEncoder", "load_encoder", "model_load_kwargs", "resolve_device", "resolve_dtype"]
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import random
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
@@ -34,8 +34,13 @@ from amps_eval.files import ensure_folder, ensure_writable, output_error, tmp_pa
 from amps_eval.methods.registry import FIT_METHODS, implementation, info
 from amps_eval.steering.anchors import ALL, amps_targets, category_anchors
 from amps_eval.mcs.score import MCSSettings
+from amps_eval.methods.steering import SteeringConfig
+from amps_eval.vocabulary import PAPER_LAYER
 from amps_eval.steering.module import TrainSettings
 from amps_eval.steering.scaling import ANCHOR_FLOOR, CONVENTIONS, GAMMA_MAX
+
+_STEERING = {f.name: f.default for f in fields(SteeringConfig)}
+"""The steering settings' defaults (`amps_eval.methods.steering.SteeringConfig`), shared with the runs."""
 
 __all__ = ["ALL", "FitSettings", "amps_targets", "category_anchors", "fit", "fit_fold", "split_folds"]
 
@@ -44,7 +49,7 @@ __all__ = ["ALL", "FitSettings", "amps_targets", "category_anchors", "fit", "fit
 class FitSettings:
     """Everything that decides a fit; recorded in the steering file (``to_dict``).
 
-    beta None -> the method's (``amps``: 1, as the paper; ``amps_beta0``: 0, which is also the only
+    beta None -> the method's (``amps``: `SteeringConfig`'s 1, as the paper; ``amps_beta0``: 0, which is also the only
     value it accepts). hidden None -> the family's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
     ``resolve_source()``, as the tasks. cache_dir None -> ``<out>.cache/``. limit: the first N items.
     folds=1 fits on everything (one fold "all" with no held-out items).
@@ -53,12 +58,12 @@ class FitSettings:
     model: str
     pretrained: str
     method: str
-    layer: int = 14
+    layer: int = PAPER_LAYER
     folds: int = 2
     hidden: int | None = None
     train: TrainSettings = field(default_factory=TrainSettings)
     beta: float | None = None
-    convention: str = "prose"
+    convention: str = _STEERING["convention"]
     gamma_max: float = GAMMA_MAX  # upper bound of gamma (AMPS targets, mean_mcs strengths)
     anchor_floor: float = ANCHOR_FLOOR  # lower bound of the anchor reliance in Eq. 9
     mcs: MCSSettings = field(default_factory=MCSSettings)
@@ -112,7 +117,7 @@ class FitSettings:
     def fit_beta(self) -> float:
         """The beta the fit uses: fixed by the method, else the setting, else 1."""
         fixed = info(self.method).fit_beta
-        return float(fixed if fixed is not None else 1.0 if self.beta is None else self.beta)
+        return float(fixed if fixed is not None else _STEERING["beta"] if self.beta is None else self.beta)
 
     def to_dict(self) -> dict:
         out = {k: v for k, v in asdict(self).items() if k not in ("train", "mcs")}

@@ -1,27 +1,33 @@
 """The lmms-eval wrappers' settings: one validated dataclass built from lmms-eval's `--model_args`.
 
-Unknown arguments are errors that list the valid ones; every run logs its settings.
+The steering arguments (``alpha``, ``positions``, ``beta``, ``convention``, ``mcs_*``) are the flat,
+lmms-eval spelling of `amps_eval.methods.steering.SteeringConfig`: their defaults are read from its
+fields (and from `MCSSettings`' for ``mcs_*``), they are validated by it, and `steering_config`
+builds it. Lists inside a model argument are ``/``-separated (``mcs_sigmas=0.05/0.1/0.2``): commas
+separate the model arguments. Unknown arguments and methods are errors that say which valid one
+was probably meant and list the valid ones; every run logs its settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
 from amps_eval.mc2.prompt import DEFAULT_INSTRUCTION_STYLE, INSTRUCTION_STYLES
 from amps_eval.methods.registry import METHODS, STEERING_METHODS
-from amps_eval.steering.hooks import POSITIONS
+from amps_eval.methods.steering import FLOAT32_MAX, SteeringConfig
 from amps_eval.mcs.score import MCSSettings
-from amps_eval.steering.scaling import CONVENTIONS
+from amps_eval.vocabulary import DTYPES, did_you_mean, join_list, split_numbers
 
-from amps_eval.encoding import DTYPES  # noqa: E402 - re-exported: the wrappers' dtype choices
 # Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.
 LMMS_EVAL_ARGS = ("max_batch_size",)
 
+_STEERING = {f.name: f.default for f in dataclasses.fields(SteeringConfig)}
+"""SteeringConfig's defaults: those of the model arguments of the same names."""
 
-FLOAT32_MAX = 3.4028234663852886e38
+__all__ = ["DTYPES", "FLOAT32_MAX", "LMMS_EVAL_ARGS", "QwenSettings", "SettingsError", "WrapperSettings",
+           "load_steering", "settings_class"]
 
 
 class SettingsError(ValueError):
@@ -46,16 +52,16 @@ class WrapperSettings:
     max_new_tokens: int = 64
     cot_max_new_tokens: int = 512  # method=cot's budget, in place of max_new_tokens (the MC2 authors allow 512)
     seed: int = 0
-    # steering (method=mean|mean_mcs|l2s|amps_beta0|amps)
+    # steering (method=mean|mean_mcs|l2s|amps_beta0|amps): the fields of SteeringConfig, flat
     steering: str | None = None  # the file written by `amps-eval fit`
     steering_sha256: str | None = None  # optional: refuse a file with other content (and key lmms-eval's cache)
-    alpha: float = 1.0
-    positions: str = "all"
-    beta: float = 1.0  # mean_mcs: strength of the per-sample scaling (Eq. 9)
-    convention: str = "prose"  # mean_mcs: sign convention of Eq. 9 (see amps_eval/steering/scaling.py)
+    alpha: float = _STEERING["alpha"]
+    positions: str = _STEERING["positions"]
+    beta: float = _STEERING["beta"]  # mean_mcs: strength of the per-sample scaling (Eq. 9)
+    convention: str = _STEERING["convention"]  # mean_mcs: sign convention of Eq. 9 (amps_eval/steering/scaling.py)
     # mean_mcs: the MCS settings, defaulting to MCSSettings' own (sigmas "/"-separated: commas
     # separate model arguments); they must equal those the steering file's anchors were made with
-    mcs_sigmas: str = "/".join(f"{s:g}" for s in MCSSettings.sigmas)
+    mcs_sigmas: str = join_list(MCSSettings.sigmas)
     mcs_draws: int = MCSSettings.draws
     mcs_relative: bool = MCSSettings.relative
     mcs_ratio: str = MCSSettings.ratio
@@ -65,7 +71,8 @@ class WrapperSettings:
     def __post_init__(self) -> None:
         methods = self.valid_methods()
         if self.method not in methods:
-            raise SettingsError(f"unknown method={self.method!r}; valid methods: {', '.join(methods)}")
+            raise SettingsError(f"unknown method={self.method!r}{did_you_mean(self.method, methods)}; "
+                                f"valid methods: {', '.join(methods)}")
         if self.dtype not in DTYPES:
             raise SettingsError(f"dtype={self.dtype!r} is not one of {DTYPES}")
         if self.batch_size < 1:
@@ -87,18 +94,7 @@ class WrapperSettings:
             raise SettingsError(f"method={self.method} needs steering=<file written by `amps-eval fit`>")
         if not steered and self.steering:
             raise SettingsError(f"steering= is given but method={self.method} does not steer; use one of {STEERING_METHODS}")
-        if self.positions not in POSITIONS:
-            raise SettingsError(f"positions={self.positions!r} is not one of {POSITIONS}")
-        if self.convention not in CONVENTIONS:
-            raise SettingsError(f"convention={self.convention!r} is not one of {CONVENTIONS}")
-        for name in ("alpha", "beta"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and abs(value) < FLOAT32_MAX):
-                raise SettingsError(f"{name}={value} is not a finite number a float32 model can take "
-                                    f"(|{name}| < {FLOAT32_MAX:.3g}); steer with a smaller {name}")
-        if self.beta < 0:
-            raise SettingsError(f"beta must be >= 0, got {self.beta}")
-        self.mcs_settings()  # validates the MCS settings
+        self.steering_config()  # validates the steering and MCS settings
         if steered:
             self.check_steering_file()
 
@@ -123,11 +119,19 @@ class WrapperSettings:
 
     def mcs_settings(self) -> MCSSettings:
         try:
-            sigmas = tuple(float(x) for x in str(self.mcs_sigmas).split("/") if x)
+            sigmas = split_numbers(self.mcs_sigmas, "mcs_sigmas")
             return MCSSettings(sigmas=sigmas, draws=self.mcs_draws, relative=self.mcs_relative, seed=self.seed,
                                ratio=self.mcs_ratio)
         except ValueError as error:
             raise SettingsError(f"bad MCS settings (mcs_sigmas={self.mcs_sigmas!r}, mcs_draws={self.mcs_draws}): {error}") from None
+
+    def steering_config(self) -> SteeringConfig:
+        """The run's `SteeringConfig` (method None for a method that does not steer)."""
+        method = self.method if self.method in STEERING_METHODS else None
+        try:
+            return SteeringConfig(method, self.alpha, self.positions, self.beta, self.convention, self.mcs_settings())
+        except ValueError as error:
+            raise SettingsError(str(error)) from None
 
     @classmethod
     def valid_methods(cls) -> tuple[str, ...]:
@@ -144,7 +148,13 @@ class WrapperSettings:
         names = cls.field_names()
         unknown = sorted(set(kwargs) - set(names))
         if unknown:
-            raise SettingsError(f"unknown model argument(s) {unknown}; valid arguments: {', '.join(names)}")
+            if len(unknown) == 1:
+                what = f"argument {unknown[0]!r}{did_you_mean(unknown[0], names)}"
+            else:
+                guesses = [(u, did_you_mean(u, names)[len("; did you mean "):-1]) for u in unknown]
+                hints = ", ".join(f"{g} for {u!r}" for u, g in guesses if g)
+                what = f"arguments {unknown}" + (f"; did you mean {hints}?" if hints else "")
+            raise SettingsError(f"unknown model {what}; valid arguments: {', '.join(names)}")
         if "pretrained" not in kwargs:
             raise SettingsError("pretrained=<hub id or local folder> is required")
         values = {}
@@ -222,7 +232,7 @@ def load_steering(settings: WrapperSettings, model):
     from loguru import logger
 
     from amps_eval.methods.registry import info
-    from amps_eval.methods.steering import Steering, SteeringConfig
+    from amps_eval.methods.steering import Steering
     from amps_eval.steering.file import SteeringFile
 
     if settings.method not in STEERING_METHODS:
@@ -232,6 +242,4 @@ def load_steering(settings: WrapperSettings, model):
         logger.info(f"steering file {settings.steering} sha256={digest} (pass steering_sha256= to pin it)")
     file = SteeringFile.load(settings.steering)
     file.check_compatible(model.config, settings.pretrained, info(settings.method).file_method)
-    config = SteeringConfig(settings.method, settings.alpha, settings.positions, settings.beta, settings.convention,
-                            settings.mcs_settings())
-    return Steering(file, config, model)
+    return Steering(file, settings.steering_config(), model)

@@ -34,7 +34,8 @@ from pathlib import Path
 
 from amps_eval.methods.registry import FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+from amps_eval.steering.module import TrainSettings
+from amps_eval.vocabulary import DTYPES, did_you_mean  # noqa: F401 - DTYPES re-exported
 
 
 @dataclass(frozen=True)
@@ -52,8 +53,8 @@ class StudySettings:
     batch_size: int = 8
     device: str | None = None  # default: cuda if available, else cpu
     dtype: str = "auto"  # bfloat16 on GPU, float32 on CPU; or float32, bfloat16, float16
-    epochs: int = 100
-    lr: float = 1e-3  # the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
+    epochs: int = TrainSettings.epochs
+    lr: float = 1e-3  # not TrainSettings.lr: the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
     limit: int | None = None
 
     def __post_init__(self) -> None:
@@ -61,7 +62,8 @@ class StudySettings:
 
         unknown = [m for m in self.models if m not in MODEL_CLASSES]
         if not self.models or unknown:
-            raise ValueError(f"models must name one or more of {tuple(MODEL_CLASSES)}, got {self.models!r}")
+            hints = "".join(did_you_mean(m, MODEL_CLASSES) for m in unknown)
+            raise ValueError(f"models must name one or more of {tuple(MODEL_CLASSES)}, got {self.models!r}{hints}")
         if self.pretrained is not None and len(self.models) != 1:
             raise ValueError("--pretrained names one checkpoint: give exactly one --model with it")
         if self.dtype not in DTYPES:

@@ -38,8 +38,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from amps_eval.vocabulary import TARGETS
+
 Target = Literal["vision", "text"]
-TARGETS: tuple[str, ...] = ("vision", "text")
 ORDER_MODES: tuple[str, ...] = ("one", "both")
 ANSWER_INSTRUCTION = "Answer the question by selecting the correct answer A or B."
 

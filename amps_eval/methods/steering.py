@@ -24,22 +24,53 @@ from amps_eval.methods.registry import STEERING_METHODS, implementation, info
 from amps_eval.steering import hooks
 from amps_eval.steering.file import SteeringFile
 from amps_eval.mcs.score import MCSSettings
+from amps_eval.vocabulary import TARGETS
 
-__all__ = ["RowModules", "Steering", "SteeringConfig"]
+__all__ = ["FLOAT32_MAX", "RowModules", "Steering", "SteeringConfig"]
+
+
+FLOAT32_MAX = 3.4028234663852886e38
 
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    method: str
-    alpha: float = 1.0
-    positions: str = "all"
-    beta: float = 1.0
-    convention: str = "prose"
-    mcs: MCSSettings = MCSSettings()
+    """How a run steers: the one definition of these settings and of their defaults.
+
+    The wrappers' model arguments ``alpha``, ``positions``, ``beta``, ``convention`` and ``mcs_*``
+    default to these fields (`amps_eval.settings.WrapperSettings.steering_config` builds one), and
+    ``amps-eval fit`` records its ``convention`` / ``beta`` / ``mcs`` with the same defaults.
+    method None: only the strength settings, checked for a run that does not steer.
+    """
+
+    method: str | None
+    alpha: float = 1.0  # the steering strength (every method)
+    positions: str = "all"  # where the shift is added (`amps_eval.steering.hooks.POSITIONS`)
+    beta: float = 1.0  # mean_mcs / AMPS: strength of the per-sample scaling (Eq. 9)
+    convention: str = "prose"  # sign convention of Eq. 9 (`amps_eval.steering.scaling.CONVENTIONS`)
+    mcs: MCSSettings = MCSSettings()  # mean_mcs: must equal those the file's anchors were made with
 
     def __post_init__(self) -> None:
-        if self.method not in STEERING_METHODS:
-            raise ValueError(f"unknown steering method {self.method!r}; expected one of {STEERING_METHODS}")
+        from amps_eval.steering.scaling import CONVENTIONS
+        from amps_eval.vocabulary import did_you_mean
+
+        if self.method is not None and self.method not in STEERING_METHODS:
+            raise ValueError(f"unknown steering method {self.method!r}{did_you_mean(self.method, STEERING_METHODS)}; "
+                             f"expected one of {STEERING_METHODS}")
+        if self.positions not in hooks.POSITIONS:
+            raise ValueError(f"positions={self.positions!r} is not one of {hooks.POSITIONS}"
+                             f"{did_you_mean(self.positions, hooks.POSITIONS)}")
+        if self.convention not in CONVENTIONS:
+            raise ValueError(f"convention={self.convention!r} is not one of {CONVENTIONS}"
+                             f"{did_you_mean(self.convention, CONVENTIONS)}")
+        for name in ("alpha", "beta"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and abs(value) < FLOAT32_MAX):
+                raise ValueError(f"{name}={value} is not a finite number a float32 model can take "
+                                 f"(|{name}| < {FLOAT32_MAX:.3g}); steer with a smaller {name}")
+        if self.beta < 0:
+            raise ValueError(f"beta must be >= 0, got {self.beta}")
+        if not isinstance(self.mcs, MCSSettings):
+            raise ValueError(f"mcs must be an MCSSettings, got {type(self.mcs).__name__}")
 
 
 class RowModules(nn.Module):
@@ -64,6 +95,8 @@ class Steering:
     """A loaded steering file plus the run's settings; `apply` steers one batch."""
 
     def __init__(self, file: SteeringFile, config: SteeringConfig, model: nn.Module) -> None:
+        if config.method is None:
+            raise ValueError("Steering needs a SteeringConfig with a steering method, got method=None")
         self.method = implementation(config.method)
         if file.method != info(config.method).file_method:
             raise ValueError(f"method={config.method} reads a {info(config.method).file_method!r} steering file; "
@@ -76,13 +109,13 @@ class Steering:
         self._modules: dict[tuple[int, str], nn.Module] = {}
         if file.method != "mean":
             for k in range(len(file.folds)):
-                for direction in ("vision", "text"):
+                for direction in TARGETS:
                     self._modules[(k, direction)] = file.module(k, direction).to(device=device, dtype=torch.float32)
 
     def _rows(self, prompts) -> list[dict]:
         rows = []
         for prompt in prompts:
-            if prompt.target not in ("vision", "text"):
+            if prompt.target not in TARGETS:
                 raise ValueError(
                     f"method={self.config.method} steers toward the task's target modality, but document "
                     f"{prompt.task}/{prompt.doc_id} has none: use the MC2 tasks (mc2_visual*, mc2_text*)"

@@ -62,9 +62,10 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from amps_eval.vocabulary import TARGETS
+
 EVENTS = ("flip", "collapse")
 PREDICTORS = ("mcs", "category", "category_mcs")
-TARGETS = ("vision", "text")
 MIN_OFF_MODE = 5
 """Intervals need at least this many items whose event point differs from the most common one."""
 

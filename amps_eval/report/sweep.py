@@ -18,14 +18,26 @@ from amps_eval.report import STEERED
 
 
 def parse_alphas(text: str) -> tuple[float, ...]:
-    """"0,0.5,1" -> (0.0, 0.5, 1.0); duplicates and non-finite values are errors."""
+    """"0,0.5,1" or "0/0.5/1" -> (0.0, 0.5, 1.0); duplicates and non-finite values are errors."""
+    from amps_eval.vocabulary import split_list
+
     try:
-        alphas = tuple(float(x) for x in str(text).split(",") if x.strip())
+        alphas = tuple(float(x) for x in split_list(text))
     except ValueError:
-        raise ValueError(f"--alphas must be comma-separated numbers, e.g. 0,0.5,1,2; got {text!r}") from None
+        raise ValueError(f"--alphas must be numbers separated by ',' or '/', e.g. 0,0.5,1,2; got {text!r}") from None
     if not alphas or any(not math.isfinite(a) for a in alphas) or len(set(alphas)) != len(alphas):
         raise ValueError(f"--alphas needs distinct finite numbers, got {text!r}")
     return alphas
+
+
+def alphas_type(text: str) -> tuple[float, ...]:
+    """`parse_alphas` as an argparse ``type`` (a bad list is a usage error)."""
+    import argparse
+
+    try:
+        return parse_alphas(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 @dataclass(frozen=True)
@@ -44,11 +56,23 @@ class SweepSettings:
     extra_model_args: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        from amps_eval.families import by_lmms_model, lmms_models
+        from amps_eval.settings import settings_class
+        from amps_eval.vocabulary import did_you_mean
+
+        if self.model not in lmms_models():
+            raise ValueError(f"unknown model {self.model!r}{did_you_mean(self.model, lmms_models())}; "
+                             f"valid models: {', '.join(lmms_models())}")
         if self.method not in STEERED:
             raise ValueError(f"sweep varies alpha, which only the steered methods use ({', '.join(STEERED)}); "
                              f"got method={self.method}")
         if not Path(self.steering).is_file():
             raise FileNotFoundError(f"steering file {self.steering} not found; write it with `amps-eval fit`")
+        names = settings_class(by_lmms_model(self.model)).field_names()
+        for name in self.extra_model_args:
+            if name not in names:
+                raise ValueError(f"--model-args: unknown model argument {name!r}{did_you_mean(name, names)}; "
+                                 f"valid arguments: {', '.join(names)}")
         clash = {"pretrained", "method", "steering", "steering_sha256", "alpha", "device"} & set(self.extra_model_args)
         if clash:
             raise ValueError(f"--model-args must not set {sorted(clash)}: the sweep sets them")

@@ -23,8 +23,8 @@ from amps_eval.report.cells import TOTAL, Cell
 from amps_eval.report.commands import MissingRun, missing_run
 from amps_eval.report.runs import DataId, model_display_name
 from amps_eval.report.select import ResultIndex, Variant
+from amps_eval.vocabulary import TARGETS
 
-TARGETS = ("vision", "text")
 BLOCK_TITLES = {"vision": "target: vision (answers that follow the image)",
                 "text": "target: text (answers that follow the text context)"}
 

@@ -52,6 +52,7 @@ from amps_eval.steering.file_schema import (
     show,
 )
 from amps_eval.steering.module import SteeringMLP
+from amps_eval.vocabulary import TARGETS as DIRECTIONS
 
 __all__ = [
     "FORMAT_VERSION", "METHODS", "Fold", "FoldChoice", "SteeringFile", "SteeringFileError", "SteeringFileMismatch",
@@ -63,7 +64,6 @@ _MLP_KEYS = ("encoder.weight", "encoder.bias", "decoder.weight")
 # Every fold stores its tensors for both steering directions, prefixed "vision." and "text.": for
 # mean and L2S the text entries are the negated vision ones; AMPS scales its targets per direction
 # (Eq. 9 depends on which modality is steered away from), so its two modules differ.
-DIRECTIONS = ("vision", "text")
 FIX = "refit with `amps-eval fit` or restore the file"
 
 

@@ -27,10 +27,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from amps_eval.vocabulary import TARGETS as DIRECTIONS
+
 CONVENTIONS = ("prose", "literal")
 GAMMA_MAX = 4.0
 ANCHOR_FLOOR = 0.01
-DIRECTIONS = ("vision", "text")
 
 
 def reliance_away(r_v: Tensor, toward: str, convention: str = "prose") -> Tensor:
