@@ -54,6 +54,11 @@ class EvalSession:
         gc.collect()
 
     @property
+    def models(self) -> tuple:
+        """The `LoadedModel`s this session holds."""
+        return tuple(self._models.values())
+
+    @property
     def task_manager(self):
         if self._task_manager is None:
             self._task_manager = _task_manager(self.verbosity)

@@ -81,7 +81,7 @@ def test_a_run_after_others_in_one_session_equals_it_alone(tiny_qwen_path, synth
         after = tmp_path / "after"
         session.run("amps_qwen", last.format(out=after), ["mc2_visual", "mc2_text"], after, **kwargs)
         assert session.loads == 1
-        (loaded,) = session._models.values()
+        (loaded,) = session.models
         assert sum(len(layer._forward_hooks) for layer in hooks.decoder_layers(loaded.model)) == 0
     alone = tmp_path / "alone"
     run_lmms_eval("amps_qwen", last.format(out=alone), ["mc2_visual", "mc2_text"], alone, **kwargs)
