@@ -225,8 +225,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     """Steps 2-5 for one model: MCS (and its check on an organism), fits, baselines, sweeps."""
     from amps_eval.fit import FitSettings, fit
     from amps_eval.mcs.run import run_mcs
-    from amps_eval.report.sweep import SweepSettings, run_sweep
-    from amps_eval.runner import run_lmms_eval
+    from amps_eval.runner import EvalSession
     from amps_eval.steering.module import TrainSettings
 
     layer = _layer(settings, pretrained)
@@ -257,13 +256,24 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
                         limit=settings.limit, cache_dir=steering_dir / f"{stem}.cache"),
             files[method])
 
+    with EvalSession() as session:  # one load of the model for the baselines and the sweeps
+        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session)
+    return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
+
+
+def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, files: dict, data: Path, out: Path,
+                          session) -> None:
+    """Steps 4-5 for one model, every run over the session's one load of the checkpoint."""
+    from amps_eval.report.sweep import SweepSettings, run_sweep
+
+    stem = model
     runs = out / "runs"
     device_args = {"dtype": settings.dtype, **({"device": settings.device} if settings.device else {})}
     _step(4, 6, f"{model}: prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
     for method in PROMPT_METHODS:
         args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args}.items())
-        run = run_lmms_eval(model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
-                            batch_size=settings.batch_size, limit=settings.limit, data=data)
+        run = session.run(model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
+                          batch_size=settings.batch_size, limit=settings.limit, data=data)
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
                                           for t in ("mc2_visual", "mc2_text")))
 
@@ -275,8 +285,8 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
                                 limit=settings.limit, device=settings.device, data=data,
                                 extra_model_args={"dtype": settings.dtype,
-                                                  "diagnostics": str(out / "diagnostics" / stem / method)}))
-    return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
+                                                  "diagnostics": str(out / "diagnostics" / stem / method)}),
+                  session=session)
 
 
 def write_study_report(out: Path, table_alpha: float | None):

@@ -24,11 +24,13 @@ from loguru import logger
 from lmms_eval.api.model import lmms
 from tqdm import tqdm
 
-from amps_eval.encoding import Encoded, PromptEncoder, model_load_kwargs, resolve_device, resolve_dtype
-from amps_eval.families import FamilyAdapter, check_pretrained
+from amps_eval.encoding import Encoded
+from amps_eval.families import FamilyAdapter
 from amps_eval.mc2.prompt import answer_letter, doc_prompt
 from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
 from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
+from amps_eval.model_wrappers.loaded import LoadedModel
+from amps_eval.mcs.kv_cache import Prefill
 from amps_eval.settings import WrapperSettings, load_steering
 from amps_eval.steering.hooks import SteeringNonFinite
 
@@ -77,18 +79,23 @@ class AmpsWrapper(lmms):
     settings_class: type[WrapperSettings] = WrapperSettings
     family: FamilyAdapter | None = None
 
-    def __init__(self, **model_args) -> None:
+    def __init__(self, *, loaded: LoadedModel | None = None, **model_args) -> None:
+        """``loaded``: a checkpoint already loaded with the same loading settings (`LoadedModel`),
+        shared by several runs in one process (`amps_eval.runner.EvalSession`); None loads it here."""
         super().__init__()
         self.settings = self.settings_class.from_model_args(**model_args)
-        # a checkpoint of another family, or a path that does not exist, is refused before any weights load
-        check_pretrained(self.settings.pretrained, self.family.lmms_model)
-        self._setup_devices()
-        self.model = self.load_model()
-        self.model.eval()
-        self.processor = self.load_processor()
-        self.processor.tokenizer.padding_side = "left"
-        self.encoder = PromptEncoder(self.family, self.model, self.processor, name=str(self.settings.pretrained))
-        self.stop_ids = self.stop_token_ids()
+        if loaded is None:
+            loaded = LoadedModel.load(self.family, self.settings)
+        elif not isinstance(loaded, LoadedModel):
+            raise TypeError(f"loaded= takes a LoadedModel (loaded in code), not {type(loaded).__name__}")
+        else:
+            loaded.check_serves(self.family, self.settings)
+        self.loaded = loaded
+        self.accelerator = loaded.accelerator
+        self._rank, self._world_size = loaded.rank, loaded.world_size
+        self._device, self.torch_dtype = loaded.device, loaded.torch_dtype
+        self.model, self.processor, self.encoder = loaded.model, loaded.processor, loaded.encoder
+        self.stop_ids = list(loaded.stop_ids)
         self._fewshot_columns: dict[tuple[str, str], tuple[list, list]] = {}
         self.steering = load_steering(self.settings, self.model)
         self.diagnostics = DiagnosticsWriter.for_run(self.settings, self.rank) if self.settings.diagnostics else None
@@ -99,43 +106,19 @@ class AmpsWrapper(lmms):
     def architecture(self) -> str:
         return self.family.name
 
-    def load_model(self) -> torch.nn.Module:
-        return self.family.load_model(self.settings.pretrained, **self.model_load_kwargs())
-
-    def load_processor(self):
-        bounds = {k: getattr(self.settings, k) for k in self.family.image_kwargs if getattr(self.settings, k, None)}
-        return self.family.load_processor(self.settings.pretrained, **bounds)
-
     @contextlib.contextmanager
-    def intervene(self, batch: Batch) -> Iterator[None]:
-        """Steering around one batch's generation; the prompt baselines change nothing."""
+    def intervene(self, batch: Batch) -> Iterator[Prefill | None]:
+        """Steering around one batch's generation; the prompt baselines change nothing. Yields the
+        prompt's prefill when the generation must continue from it (`Steered.prefill`), else None."""
         if self.steering is None:
-            yield
+            yield None
             return
-        with self.steering.apply(self.model, batch) as rows:
-            yield
+        with self.steering.apply(self.model, batch) as steered:
+            yield steered.prefill
         if self.diagnostics is not None:
-            self.diagnostics.write(rows)
+            self.diagnostics.write(steered.rows)
 
     # --- devices ------------------------------------------------------------------------------
-    def _setup_devices(self) -> None:
-        from accelerate import Accelerator
-
-        accelerator = Accelerator()
-        self.accelerator = accelerator
-        self._rank = accelerator.process_index
-        self._world_size = accelerator.num_processes
-        device = self.settings.device
-        if accelerator.num_processes > 1:
-            # One model per process (lmms-eval shards the documents by rank).
-            device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
-        self._device = resolve_device(device)
-        self.torch_dtype = resolve_dtype(self.settings.dtype, self._device)
-
-    def model_load_kwargs(self) -> dict:
-        return model_load_kwargs(self.torch_dtype, self._device, self.settings.attn_implementation,
-                                 self.settings.device_map)
-
     @property
     def device(self) -> torch.device:
         return self._device
@@ -209,9 +192,10 @@ class AmpsWrapper(lmms):
         max_new_tokens = batch.prompts[0].max_new_tokens
         tokenizer = self.processor.tokenizer
         try:
-            with self.intervene(batch), torch.no_grad():
+            with self.intervene(batch) as prefill, torch.no_grad():
+                inputs = batch.inputs if prefill is None else continuation_inputs(batch.inputs, prefill)
                 output = self.model.generate(
-                    **batch.inputs,
+                    **inputs,
                     max_new_tokens=max_new_tokens,
                     do_sample=False,
                     num_beams=1,
@@ -250,6 +234,29 @@ class AmpsWrapper(lmms):
 
     def generate_until_multi_round(self, requests):
         raise NotImplementedError(f"{type(self).__name__} answers generate_until tasks (such as the MC2 tasks) only")
+
+
+def continuation_inputs(inputs: dict, prefill: Prefill) -> dict:
+    """``generate`` inputs that continue from ``prefill`` (the prompt's cache cut before its last
+    token): the full ``input_ids`` and ``attention_mask`` (generate runs only the uncached last
+    token), a fresh `DynamicCache` over the prefill's keys and values (a forward appends to its
+    cache by concatenation, so the prefill's tensors are not changed), and the position ids that
+    generate computes from the whole prompt, given explicitly: ``cumsum(attention_mask) - 1`` for a
+    1-D rope, and for the mrope families (Qwen2/2.5-VL) that text row above the prefill's 3-D
+    positions, as their ``_prepare_position_ids_for_generation`` builds them. With explicit
+    positions the model's stateful ``rope_deltas`` is neither read nor written. The pixels stay out:
+    the image is in the cache."""
+    from transformers.cache_utils import DynamicCache
+
+    mask = inputs["attention_mask"]
+    text = (mask.long().cumsum(-1) - 1).masked_fill(mask == 0, 0)
+    positions = prefill.position_ids.to(text.device)
+    if positions.dim() == 3:
+        positions = torch.cat([text[None], positions], dim=0)
+    else:
+        positions = text
+    cache = DynamicCache(ddp_cache_data=list(zip(prefill.keys, prefill.values)))
+    return {"input_ids": inputs["input_ids"], "attention_mask": mask, "position_ids": positions, "cache": cache}
 
 
 def truncate(text: str, until: tuple[str, ...]) -> str:

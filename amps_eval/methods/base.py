@@ -38,6 +38,7 @@ class SteeringMethod:
 
     name: str = ""
     needs_mcs_at_fit: bool = False  # the fit extracts each item's MCS on [I, T]
+    prefills_at_inference: bool = False  # row_scales prefills the prompt (the MCS): it takes ``prefilled``
 
     @property
     def info(self) -> MethodInfo:
@@ -52,6 +53,8 @@ class SteeringMethod:
     def check_file(self, file, config) -> None:
         """Refuse a steering file this method cannot use (beyond model/method compatibility)."""
 
-    def row_scales(self, model, batch, rows: list[dict], file, config) -> list[float]:
-        """gamma per row of the batch (and its diagnostics added to ``rows``); 1 by default."""
+    def row_scales(self, model, batch, rows: list[dict], file, config, prefilled=None) -> list[float]:
+        """gamma per row of the batch (and its diagnostics added to ``rows``); 1 by default.
+        ``prefilled``: the batch's clean prompt prefill (`amps_eval.mcs.kv_cache.Prefill`) when the
+        caller has one, for a method that ``prefills_at_inference``."""
         return [1.0] * len(rows)

@@ -50,6 +50,7 @@ def check_mcs_settings(file, mcs) -> None:
 
 class MeanMCS(SteeringMethod):
     name = "mean_mcs"
+    prefills_at_inference = True
 
     def check_file(self, file, config) -> None:
         if not file.anchors:
@@ -57,10 +58,10 @@ class MeanMCS(SteeringMethod):
                              "`amps-eval fit --method mean`")
         check_mcs_settings(file, config.mcs)
 
-    def row_scales(self, model, batch, rows: list[dict], file, config) -> list[float]:
+    def row_scales(self, model, batch, rows: list[dict], file, config, prefilled=None) -> list[float]:
         encoded = batch.encoded
         result = compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, config.mcs,
-                             sample_ids=[noise_key(r["mc2_id"]) for r in rows])
+                             sample_ids=[noise_key(r["mc2_id"]) for r in rows], prefilled=prefilled)
         recorded = file.settings
         fold_anchors = recorded.get("fold_anchors") or {}
         scales = []

@@ -9,6 +9,14 @@ Every row is steered toward its task document's ``target`` with the fold of the 
 did not see its item (cross-fitting); a row whose item every fold saw is marked ``in_sample``.
 The diagnostics of each row include its effective strength ``relative_shift``: ||alpha gamma v|| /
 ||h||, averaged over the positions it was added to (`hooks.SteeringHandle.relative_shift`).
+
+A method that computes the MCS at inference (``mean_mcs``) prefills the prompt for it
+(`amps_eval.mcs.kv_cache.prefill_prompt`). When the prompt is not steered before its last token
+(``positions`` ``generated`` or ``from_last_prompt``), that prefill's cache (cut before the last
+prompt token) is the one an unsteered prefill makes, so `apply` hands it to the generation
+(`Steered.prefill`), which then runs only the last prompt token and the new tokens. With
+``positions=all`` the steering changes the prompt's cache above the steered layer, so generation
+prefills the prompt again (one extra prefill per batch).
 """
 
 from __future__ import annotations
@@ -23,13 +31,28 @@ from torch import nn
 from amps_eval.methods.registry import STEERING_METHODS, implementation, info
 from amps_eval.steering import hooks
 from amps_eval.steering.file import SteeringFile
+from amps_eval.mcs.kv_cache import Prefill, prefill_prompt
 from amps_eval.mcs.score import MCSSettings
 from amps_eval.vocabulary import TARGETS
 
-__all__ = ["FLOAT32_MAX", "RowModules", "Steering", "SteeringConfig"]
+__all__ = ["CONTINUES", "FLOAT32_MAX", "RowModules", "Steered", "Steering", "SteeringConfig"]
 
 
 FLOAT32_MAX = 3.4028234663852886e38
+
+CONTINUES = ("generated", "from_last_prompt")
+"""The ``positions`` that leave the prompt's cache before its last token unsteered: a generation
+steered there may continue from an unsteered prefill."""
+
+
+@dataclass
+class Steered:
+    """What `Steering.apply` yields for one batch: the per-row diagnostics (filled in when the
+    block closes) and the prompt's unsteered prefill for the generation to continue from (None:
+    the generation prefills the prompt itself)."""
+
+    rows: list[dict]
+    prefill: Prefill | None = None
 
 
 @dataclass(frozen=True)
@@ -126,13 +149,25 @@ class Steering:
                          "fold": choice.index, "in_sample": choice.in_sample})
         return rows
 
+    def _prefill(self, model, batch) -> Prefill | None:
+        """The prompt's prefill when the method needs one (the MCS) and the generation can continue
+        from it (see the module docstring); None otherwise."""
+        if not (self.method.prefills_at_inference and self.config.positions in CONTINUES):
+            return None
+        return prefill_prompt(model, batch.encoded.inputs)
+
     @contextlib.contextmanager
     def apply(self, model, batch):
-        """Steer one batch's generation; yields the per-row diagnostics (filled in on exit)."""
+        """Steer one batch's generation; yields a `Steered` (the per-row diagnostics, filled in on
+        exit, and the prefill to continue from). With a prefill, the generation must start from
+        its cache: the hooks then see the last prompt token first, not the whole prompt."""
         rows = self._rows(batch.prompts)
-        scales = self.method.row_scales(model, batch, rows, self.file, self.config)
+        prefill = self._prefill(model, batch)
+        scales = self.method.row_scales(model, batch, rows, self.file, self.config, prefilled=prefill)
         alphas = torch.tensor([self.config.alpha * s for s in scales])
         mask = batch.encoded.inputs["attention_mask"]
+        if prefill is not None:
+            mask = mask[:, -1:]  # the generation's first forward is the last prompt token (left padding: real)
         if self.file.method == "mean":
             vectors = torch.stack([self.file.vector(r["fold"], r["target"]) for r in rows])
             context = hooks.steer(model, self.layer, vectors, alphas, mask, self.config.positions)
@@ -141,7 +176,7 @@ class Steering:
             router = RowModules([self._modules[k] for k in keys], [keys.index((r["fold"], r["target"])) for r in rows])
             context = hooks.steer_with_module(model, self.layer, router, alphas, mask, self.config.positions)
         with context as handle:
-            yield rows
+            yield Steered(rows, prefill)
         relative = handle.relative_shift.tolist()
         for row, strength, norm, rel in zip(rows, alphas.tolist(), handle.norms.tolist(), relative):
             row.update(method=self.config.method, layer=self.layer, alpha=self.config.alpha, strength=strength,

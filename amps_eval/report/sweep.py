@@ -4,7 +4,8 @@ Each alpha is a separate lmms-eval run written to ``<out>/alpha_<alpha>/``, so a
 ``<out>`` sees one variant per alpha (Figures 1 and 6, and the alpha choice of the tables). The
 steering file's sha256 goes into every run's model arguments (``steering_sha256=``): the wrapper
 then refuses a file that changed during the sweep, and the run's identity, lmms-eval's cache key
-included, names the file's content rather than just its path.
+included, names the file's content rather than just its path. The alphas run in one process over
+one load of the model (`amps_eval.runner.EvalSession`).
 """
 
 from __future__ import annotations
@@ -90,20 +91,27 @@ def model_args(settings: SweepSettings, alpha: float, sha: str) -> str:
     return ",".join(f"{k}={v}" for k, v in args.items())
 
 
-def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print) -> list[Path]:
-    """Run every alpha; return the results files in alpha order."""
+def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print, session=None) -> list[Path]:
+    """Run every alpha; return the results files in alpha order.
+
+    All alphas run in this process over one load of the model and one task index: the caller's
+    ``session`` (`amps_eval.runner.EvalSession`, e.g. the study's, shared with its other runs), or
+    one opened for this sweep."""
     from amps_eval.files import ensure_folder
-    from amps_eval.runner import run_lmms_eval
+    from amps_eval.runner import EvalSession
     from amps_eval.steering.file import sha256
 
     ensure_folder(settings.out, "the sweep's results folder (--out)")  # before any model loads
+    if session is None:
+        with EvalSession() as own:
+            return run_sweep(settings, progress, own)
     sha = sha256(settings.steering)
     files = []
     for i, alpha in enumerate(settings.alphas, 1):
         progress(f"[sweep] {i}/{len(settings.alphas)} alpha={alpha:g}: {settings.method} on {','.join(settings.tasks)}")
-        run = run_lmms_eval(settings.model, model_args(settings, alpha, sha), list(settings.tasks),
-                            Path(settings.out) / alpha_folder(alpha), batch_size=settings.batch_size,
-                            limit=settings.limit, data=settings.data)
+        run = session.run(settings.model, model_args(settings, alpha, sha), list(settings.tasks),
+                          Path(settings.out) / alpha_folder(alpha), batch_size=settings.batch_size,
+                          limit=settings.limit, data=settings.data)
         numbers = {t: run.results.get("results", {}).get(t, {}).get("target_acc,none") for t in settings.tasks}
         shares = ", ".join(f"{t} {100 * v:.1f}%" for t, v in numbers.items() if isinstance(v, (int, float)))
         progress(f"[sweep] alpha={alpha:g} done: {shares} -> {run.results_file}")
