@@ -59,6 +59,8 @@ class WrapperSettings:
     mcs_draws: int = MCSSettings.draws
     mcs_relative: bool = MCSSettings.relative
     mcs_ratio: str = MCSSettings.ratio
+    # mean_mcs: item cache folder (amps_eval.item_cache) to reuse and store each prompt's MCS; None: none
+    item_cache: str | None = None
     diagnostics: str | None = None  # folder for per-sample steering diagnostics (JSONL)
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -233,5 +235,5 @@ def load_steering(settings: WrapperSettings, model):
     file = SteeringFile.load(settings.steering)
     file.check_compatible(model.config, settings.pretrained, info(settings.method).file_method)
     config = SteeringConfig(settings.method, settings.alpha, settings.positions, settings.beta, settings.convention,
-                            settings.mcs_settings())
+                            settings.mcs_settings(), settings.item_cache)
     return Steering(file, config, model)

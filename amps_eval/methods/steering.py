@@ -36,6 +36,7 @@ class SteeringConfig:
     beta: float = 1.0
     convention: str = "prose"
     mcs: MCSSettings = MCSSettings()
+    item_cache: str | None = None  # mean_mcs: the item cache folder its MCS is read from / written to
 
     def __post_init__(self) -> None:
         if self.method not in STEERING_METHODS:
