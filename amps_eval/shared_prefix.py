@@ -164,7 +164,7 @@ def _shared_passes(model, encoded: dict, positions: dict, plan: dict, layer: int
     for key in per_token:
         prefix[key] = _right_aligned(inputs[key], pre_cols, width, 0)
     pre_pos = _right_aligned(base_pos, [c.to(base_pos.device) for c in pre_cols], width, 0)
-    out = model(**prefix, position_ids=pre_pos, use_cache=True)
+    out = model(**prefix, position_ids=pre_pos, use_cache=True, logits_to_keep=1)  # its logits are not needed
     cache_kv = [(layer_.keys, layer_.values) for layer_ in out.cache.layers]
     del out
 
