@@ -22,7 +22,6 @@ Values round-trip exactly, so a resumed fit gives the same tensors as an uninter
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,8 +39,6 @@ from amps_eval.steering.hooks import capture, hidden_size
 from amps_eval.mcs.score import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
 
 __all__ = ["Extracted", "extract", "item_batch", "last_token_states", "mcs_batch", "mcs_prefilled"]
-
-log = logging.getLogger(__name__)
 
 KINDS = tuple(PROMPTS)  # ("none", "vision", "text"): [I,T], [I,T,P_v], [I,T,P_t]
 

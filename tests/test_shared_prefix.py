@@ -59,11 +59,9 @@ def test_shared_prefix_equals_a_full_prefill_of_each_prompt(encoder, synthetic_m
         for j in range(len(rows)):  # and each prompt alone, without any padding
             torch.testing.assert_close(got[j], _alone(encoder, conversations[kind][j], LAYER), rtol=1e-4, atol=1e-5)
     # the prefix ends at the end of the user's text at the latest: the variants differ right after it
-    none_ids = encoder.encode_turns(conversations["none"]).inputs["input_ids"]
     for j, n in enumerate(shared.prefix_lengths):
         assert 0 < n < int(mask[j].sum())
         assert bool(encoder.encode_turns([conversations["none"][j]]).vision_mask[0, :n].any())
-    del none_ids
 
 
 def test_mcs_from_the_reused_prefill_equals_compute_mcs_on_the_full_prompt(encoder, synthetic_mc2_dir):
