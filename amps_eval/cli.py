@@ -128,7 +128,8 @@ def _mcs(args: argparse.Namespace) -> int:
 
     out = Path(args.out)
     records = run_mcs(args.model, args.pretrained, out, data=args.data, prompt=args.prompt, settings=_mcs_settings(args),
-                      batch_size=args.batch_size, device=args.device, limit=args.limit, dtype=args.dtype)
+                      batch_size=args.batch_size, device=args.device, limit=args.limit, dtype=args.dtype,
+                      cache_dir=args.cache_dir)
     print(f"wrote the MCS of {len(records)} items to {out} (+ {out.name}.meta.json, {out.stem}.summary.json)")
     return 0
 
@@ -321,6 +322,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain prompt, or with the instruction toward the image / the text appended after the "
                    "question (as in the fits, AMPS Eq. 8)")
     p.add_argument("--out", required=True, help="output .jsonl (+ <out>.meta.json and <stem>.summary.json)")
+    p.add_argument("--cache-dir", default=None, help="item cache to reuse and extend (default: none, every item is "
+                   "scored); a fit's --cache-dir shares its MCS")
     p.set_defaults(run=_mcs)
 
     p = sub.add_parser("build-organism", help="train a model organism (a small "

@@ -10,6 +10,8 @@ wrapper (nor its Accelerator) is built.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from typing import Any
@@ -29,6 +31,7 @@ class Encoded:
     inputs: dict  # the processor's tensors, on the model's input device
     vision_mask: torch.Tensor  # [B, T] image-token positions
     text_mask: torch.Tensor  # [B, T] positions of the user's text
+    prompt_digests: list[str] | None = None  # per row `PromptEncoder.prompt_digest` (the item cache's key)
 
 
 class PromptEncoder:
@@ -68,6 +71,27 @@ class PromptEncoder:
             raise RuntimeError(f"{self.name}: no EOS or end-of-turn token found; generation would "
                                "never stop before its token budget")
         return ids
+
+    def processor_digest(self) -> str:
+        """sha256 of the processor's image settings (``min_pixels``, sizes, normalisation, ...): what,
+        besides the rendered text and the pixels, decides the model's inputs."""
+        if getattr(self, "_processor_digest", None) is None:
+            image_processor = getattr(self.processor, "image_processor", None)
+            settings = image_processor.to_dict() if hasattr(image_processor, "to_dict") else {}
+            text = json.dumps({"class": type(self.processor).__name__, "image": settings}, sort_keys=True, default=str)
+            self._processor_digest = hashlib.sha256(text.encode()).hexdigest()
+        return self._processor_digest
+
+    def prompt_digest(self, turns: list[Turn]) -> str:
+        """sha256 of what decides one prompt's model inputs: the processor's settings, the rendered
+        chat prompt and each image's mode, size and pixels (`amps_eval.item_cache`'s MCS entries)."""
+        digest = hashlib.sha256(self.processor_digest().encode())
+        digest.update(self.render(turns).encode())
+        for turn in turns:
+            for image in turn.images:
+                digest.update(f"\x00{image.mode}:{image.size}\x00".encode())
+                digest.update(image.tobytes())
+        return digest.hexdigest()
 
     def render(self, turns: list[Turn]) -> str:
         messages = [
@@ -109,7 +133,8 @@ class PromptEncoder:
         text_mask &= ~vision_mask
         device = self.input_device
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
-        return Encoded(inputs, vision_mask.to(device), text_mask.to(device))
+        return Encoded(inputs, vision_mask.to(device), text_mask.to(device),
+                       [self.prompt_digest(turns) for turns in conversations])
 
 
 def resolve_device(device: str | None) -> torch.device:

@@ -65,6 +65,8 @@ class WrapperSettings:
     mcs_draws: int = MCSSettings.draws
     mcs_relative: bool = MCSSettings.relative
     mcs_ratio: str = MCSSettings.ratio
+    # mean_mcs: item cache folder (amps_eval.item_cache) to reuse and store each prompt's MCS; None: none
+    item_cache: str | None = None
     diagnostics: str | None = None  # folder for per-sample steering diagnostics (JSONL)
     extra: dict = field(default_factory=dict, repr=False, compare=False)
 
@@ -129,7 +131,8 @@ class WrapperSettings:
         """The run's `SteeringConfig` (method None for a method that does not steer)."""
         method = self.method if self.method in STEERING_METHODS else None
         try:
-            return SteeringConfig(method, self.alpha, self.positions, self.beta, self.convention, self.mcs_settings())
+            return SteeringConfig(method, self.alpha, self.positions, self.beta, self.convention, self.mcs_settings(),
+                                  self.item_cache)
         except ValueError as error:
             raise SettingsError(str(error)) from None
 

@@ -235,9 +235,11 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     _step(2, 6, f"{model}: MCS without instruction and with each instruction (Figures 4, 5)")
     mcs_dir = out / "mcs"
     mcs_dir.mkdir(exist_ok=True)
+    cache = out / "steering" / f"{stem}.cache"  # the item cache of every step (amps_eval.item_cache)
     for prompt in ("none", "visual", "text"):
         run_mcs(model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
-                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, limit=settings.limit)
+                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, limit=settings.limit,
+                cache_dir=cache)
     check = mcs_check(mcs_dir, stem) if organism else None
     if check:
         print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "
@@ -253,17 +255,18 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
         fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
                         batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
-                        limit=settings.limit, cache_dir=steering_dir / f"{stem}.cache"),
+                        limit=settings.limit, cache_dir=cache),
             files[method])
 
     with EvalSession() as session:  # one load of the model for the baselines and the sweeps
-        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session)
+        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache)
     return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
 
 
 def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, files: dict, data: Path, out: Path,
-                          session) -> None:
-    """Steps 4-5 for one model, every run over the session's one load of the checkpoint."""
+                          session, cache: Path) -> None:
+    """Steps 4-5 for one model, every run over the session's one load of the checkpoint; the
+    sweeps read each item's MCS from the item cache ``cache`` the MCS step and the fits filled."""
     from amps_eval.report.sweep import SweepSettings, run_sweep
 
     stem = model
@@ -284,7 +287,7 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
                                 steering=files[info(method).file_method],
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
                                 limit=settings.limit, device=settings.device, data=data,
-                                extra_model_args={"dtype": settings.dtype,
+                                extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
                                                   "diagnostics": str(out / "diagnostics" / stem / method)}),
                   session=session)
 

@@ -73,7 +73,7 @@ def fails_fast(argv: list[str]) -> None:
 
 
 @contextlib.contextmanager
-def logged(name: str = "amps_eval.extract"):
+def logged(name: str = "amps_eval.item_cache"):
     """The messages logged by ``name`` inside the block."""
     messages: list[str] = []
 
@@ -287,7 +287,7 @@ def _safetensors_enospc() -> BaseException:
 
 def shard_write_fails(folder: Path) -> None:
     try:
-        _with_patch("amps_eval.extract.save_file", partial_then(enospc()),
+        _with_patch("amps_eval.item_cache.save_file", partial_then(enospc()),
                     lambda: cli_exit(fit_argv(folder / "out.safetensors", "--cache-dir", str(folder / "c"))))
     finally:
         assert not list((folder / "c").rglob("shard-*")), "a partial shard or its temp file was left"

@@ -190,43 +190,46 @@ def test_beta_is_fixed_by_the_ablation_and_refused_at_zero_for_amps(request, syn
 
 def test_interrupted_fit_resumes_without_recomputing(request, synthetic_mc2_dir, tmp_path, monkeypatch):
     settings = settings_for(request, "qwen", "amps", synthetic_mc2_dir, limit=8, batch_size=2, cache_dir=str(tmp_path / "c"))
-    forwards, states_calls, mcs_calls = [], [], []
-    real_states, real_mcs, real_load = extract_module.last_token_states, extract_module.mcs_batch, encoding.load_encoder
+    forwards, batch_rows, mcs_rows = [], [], []
+    real_batch, real_mcs, real_load = extract_module.item_batch, extract_module.mcs_prefilled, encoding.load_encoder
 
     def load_encoder(*args, **kwargs):
         encoder = real_load(*args, **kwargs)
         encoder.model.register_forward_pre_hook(lambda *_: forwards.append(1))
         return encoder
 
-    def states(wrapper, conversations, layer, fail_at=None):
-        states_calls.append(len(conversations))
-        if len(states_calls) == fail_at:
+    def batch(encoder, conversations, layer, with_mcs, fail_at=None):
+        batch_rows.append(len(conversations["none"]))
+        if len(batch_rows) == fail_at:
             raise RuntimeError("interrupted")
-        return real_states(wrapper, conversations, layer)
+        return real_batch(encoder, conversations, layer, with_mcs)
 
-    def mcs(wrapper, conversations, ids, s, fail_at=None):
-        mcs_calls.append(len(ids))
-        if len(mcs_calls) == fail_at:
+    def mcs(encoder, passed, ids, s, prompt, rows, fail_at=None):
+        mcs_rows.append(len(ids))
+        if len(mcs_rows) == fail_at:
             raise RuntimeError("interrupted")
-        return real_mcs(wrapper, conversations, ids, s)
+        return real_mcs(encoder, passed, ids, s, prompt, rows)
 
     monkeypatch.setattr(encoding, "load_encoder", load_encoder)
-    monkeypatch.setattr(extract_module, "last_token_states", lambda *a: states(*a, fail_at=4))  # in batch 2
+    monkeypatch.setattr(extract_module, "item_batch", lambda *a: batch(*a, fail_at=2))  # in batch 2
     with pytest.raises(RuntimeError, match="interrupted"):
         fit(settings, tmp_path / "a.safetensors", progress=False)
-    monkeypatch.setattr(extract_module, "last_token_states", lambda *a: states(*a))
-    monkeypatch.setattr(extract_module, "mcs_batch", lambda *a: mcs(*a, fail_at=3))  # after 2 MCS batches
-    states_calls.clear()
+    monkeypatch.setattr(extract_module, "item_batch", lambda *a: batch(*a))
+    monkeypatch.setattr(extract_module, "mcs_prefilled", lambda *a: mcs(*a, fail_at=2))  # after 1 more MCS batch
+    batch_rows.clear(), mcs_rows.clear()
     with pytest.raises(RuntimeError, match="interrupted"):
         fit(settings, tmp_path / "a.safetensors", progress=False)
-    assert sum(states_calls) == 3 * 6, "the first batch's hidden states came from the cache"
-    monkeypatch.setattr(extract_module, "mcs_batch", lambda *a: mcs(*a))
-    states_calls.clear(), mcs_calls.clear()
+    assert batch_rows == [2, 2], "the first batch (hidden states and MCS) came from the cache"
+    monkeypatch.setattr(extract_module, "mcs_prefilled", lambda *a: mcs(*a))
+    batch_rows.clear(), mcs_rows.clear()
+    printed = []
+    monkeypatch.setattr("builtins.print", lambda *a, **k: printed.append(" ".join(map(str, a))))
     first = fit(settings, tmp_path / "a.safetensors", progress=False)
-    assert states_calls == [] and sum(mcs_calls) == 4, "only the MCS of the last 4 items was missing"
-    forwards.clear()
+    assert batch_rows == [2, 2] and mcs_rows == [2, 2], "items 5-6 lacked their MCS, items 7-8 everything"
+    assert "on 8 items (2 extracted, 6 from the cache; MCS computed for 4)" in printed[0]
+    forwards.clear(), batch_rows.clear(), mcs_rows.clear()
     second = fit(settings, tmp_path / "b.safetensors", progress=False)
-    assert forwards == [] and states_calls == [] and sum(mcs_calls) == 4, "a complete cache runs no forward"
+    assert forwards == [] and batch_rows == [] and mcs_rows == [], "a complete cache runs no forward"
     assert first.anchors == second.anchors and first.data_hash == second.data_hash
     for a, b in zip(first.folds, second.folds):
         assert a.tensors.keys() == b.tensors.keys() and all(torch.equal(a.tensors[k], b.tensors[k]) for k in a.tensors)
@@ -242,12 +245,14 @@ def test_bad_settings_are_clear_errors(request, synthetic_mc2_dir, tmp_path):
 
 
 def test_non_finite_hidden_states_name_the_item(request, synthetic_mc2_dir, tmp_path, monkeypatch):
-    def states(wrapper, conversations, layer):
-        out = torch.zeros(len(conversations), 64)
-        out[-1, 0] = float("nan")
-        return out
+    from amps_eval.shared_prefix import PrefixPasses, VariantPass
 
-    monkeypatch.setattr(extract_module, "last_token_states", states)
+    def passes(encoder, conversations, layer, with_mcs):
+        out = torch.zeros(len(conversations["none"]), 64)
+        out[-1, 0] = float("nan")
+        return PrefixPasses({kind: VariantPass(out) for kind in conversations}, True, [1] * len(out))
+
+    monkeypatch.setattr(extract_module, "item_batch", passes)
     settings = settings_for(request, "qwen", "l2s", synthetic_mc2_dir, limit=2, batch_size=2, cache_dir=str(tmp_path))
     first_two = [str(i) for i in fit_data.load_items(synthetic_mc2_dir, limit=2).ids]
     with pytest.raises(ValueError, match=rf"non-finite hidden states .* mc2_id=\['{first_two[1]}'\]"):

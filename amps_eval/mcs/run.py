@@ -40,6 +40,7 @@ from amps_eval.mcs.score import MCSSettings
 __all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
 
 MCS_PROMPTS = {"none": "none", "visual": "vision", "text": "text"}  # CLI name -> fit_data.PROMPTS kind
+_VALUES = ("c_v", "c_t", "r_v", "c_v_stderr", "c_t_stderr", "r_v_stderr")
 
 
 def _stats(values: list[float]) -> dict:
@@ -74,11 +75,19 @@ def run_mcs(
     limit: int | None = None,
     progress: bool = True,
     dtype: str = "auto",
+    cache_dir: str | Path | None = None,
 ) -> list[dict]:
-    """Compute the MCS of every item and write ``out``, its sidecar and its summary; returns the records."""
+    """Compute the MCS of every item and write ``out``, its sidecar and its summary; returns the records.
+
+    ``cache_dir``: the item cache (`amps_eval.item_cache`) to read and extend: an item whose MCS of
+    this prompt, model and MCS settings is there (from a fit, another run, a ``mean_mcs`` sweep) is
+    not scored again. None: no cache, every item is scored."""
     from amps_eval.extract import mcs_batch
     from amps_eval.encoding import load_encoder
+    from amps_eval.files import ensure_folder
     from amps_eval.fit_data import load_items
+    from amps_eval.item_cache import MCSCache, mcs_entry_key, model_key
+    from amps_eval.mcs.score import noise_key
     from amps_eval.steering.file import current_versions
 
     if prompt not in MCS_PROMPTS:
@@ -90,6 +99,8 @@ def run_mcs(
     outputs = ((out, "the MCS rows (--out)"), (meta_path, "the MCS metadata sidecar"), (summary_path, "the MCS summary"))
     for path, what in outputs:  # before loading anything: a path we cannot write fails now, not after the run
         ensure_writable(path, what)
+    if cache_dir is not None:
+        ensure_folder(cache_dir, "the item cache (--cache-dir)")
     from amps_eval.families import check_pretrained
 
     check_pretrained(pretrained, model)  # a wrong family or a missing folder, before the data and the weights load
@@ -100,21 +111,31 @@ def run_mcs(
         "batch_size": batch_size, "dtype": str(encoder.torch_dtype), "device": str(encoder.device),
         "data": items.description, "data_hash": items.data_hash, "n_items": len(items), "versions": current_versions(),
     }
-    records: list[dict] = []
-    rows_all = list(range(len(items)))
-    bar = tqdm(total=len(items), desc=f"MCS ({prompt} prompt)", disable=not progress)
-    for start in range(0, len(rows_all), batch_size):
-        rows = rows_all[start : start + batch_size]
+    kind = MCS_PROMPTS[prompt]
+    cache = MCSCache(Path(cache_dir), model_key(encoder.model, encoder.pretrained), settings) if cache_dir else None
+    scored: dict[int, dict] = {}  # row -> c_v, c_t, r_v and their standard errors
+    keys: dict[int, str] = {}
+    if cache is not None:
+        for i, (item, turns) in enumerate(zip(items.ids, items.conversations(list(range(len(items))), kind))):
+            keys[i] = mcs_entry_key(encoder.prompt_digest(turns), noise_key(item, kind))
+            if (hit := cache.get(keys[i])) is not None:
+                scored[i] = hit
+    missing = [i for i in range(len(items)) if i not in scored]
+    bar = tqdm(total=len(missing), desc=f"MCS ({prompt} prompt)", disable=not progress)
+    for start in range(0, len(missing), batch_size):
+        rows = missing[start : start + batch_size]
         ids = [items.ids[i] for i in rows]
-        result = mcs_batch(encoder, items.conversations(rows, MCS_PROMPTS[prompt]), ids, settings, MCS_PROMPTS[prompt])
-        per_item = result.to_records()
-        for j, i in enumerate(rows):
-            records.append({"mc2_id": int(ids[j]) if ids[j].isdigit() else ids[j], "category": items.categories[i],
-                            "prompt": prompt, "c_v": float(result.c_v[j]), "c_t": float(result.c_t[j]),
-                            "r_v": float(result.r_v[j]),
-                            **{key: per_item[j][key] for key in ("c_v_stderr", "c_t_stderr", "r_v_stderr")}})
+        result = mcs_batch(encoder, items.conversations(rows, kind), ids, settings, kind)
+        if cache is not None:
+            fresh = cache.put([keys[i] for i in rows], ids, result)
+        else:
+            fresh = [{k: v for k, v in r.items() if k in _VALUES} for r in result.to_records()]
+        scored.update(zip(rows, fresh))
         bar.update(len(rows))
     bar.close()
+    meta["n_from_cache"] = len(items) - len(missing)
+    records = [{"mc2_id": int(item) if item.isdigit() else item, "category": items.categories[i], "prompt": prompt,
+                **{key: scored[i][key] for key in _VALUES}} for i, item in enumerate(items.ids)]
     # Every item is scored: now the three files, together (see the module docstring).
     lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records).encode("utf-8")
     meta["rows_sha256"] = hashlib.sha256(lines).hexdigest()

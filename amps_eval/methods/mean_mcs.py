@@ -59,14 +59,12 @@ class MeanMCS(SteeringMethod):
         check_mcs_settings(file, config.mcs)
 
     def row_scales(self, model, batch, rows: list[dict], file, config, prefilled=None) -> list[float]:
-        encoded = batch.encoded
-        result = compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, config.mcs,
-                             sample_ids=[noise_key(r["mc2_id"]) for r in rows], prefilled=prefilled)
+        mcs = _row_mcs(model, batch.encoded, [noise_key(r["mc2_id"]) for r in rows], [str(r["mc2_id"]) for r in rows],
+                       config, prefilled)
         recorded = file.settings
         fold_anchors = recorded.get("fold_anchors") or {}
         scales = []
-        for row, c_v, c_t, r_v, r_v_se in zip(rows, result.c_v.tolist(), result.c_t.tolist(), result.r_v.tolist(),
-                                              result.r_v_stderr.tolist()):
+        for row, (c_v, c_t, r_v, r_v_se) in zip(rows, mcs):
             # the anchors of the fold that steers the row (fitted without it); files from before
             # per-fold anchors fall back to the file's, which saw every item
             anchors = fold_anchors.get(file.folds[row["fold"]].name) or file.anchors
@@ -75,10 +73,32 @@ class MeanMCS(SteeringMethod):
                 raise ValueError(f"no MCS anchor for category {row['category']!r} in {file.source}")
             g = float(gamma(torch.tensor(r_v), mu_v, config.beta, row["target"], config.convention,
                             cap=recorded.get("gamma_max"), anchor_floor=recorded.get("anchor_floor", 0.0)))
-            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se if math.isfinite(r_v_se) else None,
+            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se,
                        anchor=mu_v, gamma=g)
             scales.append(g)
         return scales
+
+
+def _row_mcs(model, encoded, sample_ids: list[str], mc2_ids: list[str], config, prefilled=None) -> list[tuple]:
+    """(c_v, c_t, r_v, r_v_stderr or None) per row: from the item cache (``config.item_cache``,
+    `amps_eval.item_cache`) when every row's prompt is there, else computed for the batch (and
+    stored). A sweep over alpha thus scores each prompt once; a fit's or `amps-eval mcs`'s entries
+    for the same prompt are reused. ``prefilled``: the batch's clean prefill, when the caller has one."""
+    from amps_eval.item_cache import MCSCache, mcs_entry_key, model_key
+
+    cache = keys = None
+    if getattr(config, "item_cache", None) and encoded.prompt_digests is not None:
+        cache = MCSCache(config.item_cache, model_key(model), config.mcs)
+        keys = [mcs_entry_key(d, s) for d, s in zip(encoded.prompt_digests, sample_ids)]
+        hits = [cache.get(key) for key in keys]
+        if all(hit is not None for hit in hits):
+            return [(h["c_v"], h["c_t"], h["r_v"], h["r_v_stderr"]) for h in hits]
+    result = compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, config.mcs,
+                         sample_ids=sample_ids, prefilled=prefilled)
+    if cache is not None:
+        return [(r["c_v"], r["c_t"], r["r_v"], r["r_v_stderr"]) for r in cache.put(keys, mc2_ids, result)]
+    return [(c_v, c_t, r_v, se if math.isfinite(se) else None) for c_v, c_t, r_v, se in
+            zip(result.c_v.tolist(), result.c_t.tolist(), result.r_v.tolist(), result.r_v_stderr.tolist())]
 
 
 METHODS = {"mean_mcs": MeanMCS()}

@@ -71,6 +71,7 @@ class SteeringConfig:
     beta: float = 1.0  # mean_mcs / AMPS: strength of the per-sample scaling (Eq. 9)
     convention: str = "prose"  # sign convention of Eq. 9 (`amps_eval.steering.scaling.CONVENTIONS`)
     mcs: MCSSettings = MCSSettings()  # mean_mcs: must equal those the file's anchors were made with
+    item_cache: str | None = None  # mean_mcs: the item cache folder its MCS is read from / written to
 
     def __post_init__(self) -> None:
         from amps_eval.steering.scaling import CONVENTIONS
