@@ -15,7 +15,9 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
 -----------------------------------------------------------------
 * **Relative noise** (``relative=True``, default): the noise std for layer ``l``, K (resp. V),
   modality ``m`` is ``sigma * std(K_l[m-positions of this sample])`` (population std over heads,
-  positions and head dims, fp32, of the clean cache). Computed over the *perturbed positions of the
+  positions and head dims of the clean cache; `modality_std` computes all layers, samples and
+  modalities at once on the device, two passes in float64 as torch.std accumulates a float32 tensor
+  on CPU, then rounds it to the work dtype). Computed over the *perturbed positions of the
   sample* rather than over the whole layer cache because (a) the whole batch cache contains padding
   rows/columns, so its std would depend on batch composition and break padding invariance; (b) even
   the whole valid cache of one sample is dominated by a handful of attention-sink tokens (BOS /
@@ -47,19 +49,29 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   an acceptable input.
 * **Noise** comes from one ``torch.Generator`` per sample on the model's device, seeded with
   ``sample_seed(settings.seed, sample_id)`` (sample id defaults to its index in the batch). The noise
-  of a sample therefore does not depend on the batch it is in, its padding, or ``batched``. Order of
-  draws per sample, each a standard normal of shape ``[kv_heads, n_m, head_dim]`` (``n_m`` = number
-  of perturbed positions of modality ``m``, in increasing position order), in float32::
+  of a sample therefore does not depend on the batch it is in, its padding, how its perturbations
+  are split into passes (``max_copies_per_pass``), or ``batched``. Order of draws per sample: one
+  standard normal ``z`` per (sigma, modality), in float32, of shape
+  ``[draws, num_layers, 2, kv_heads, n_m, head_dim]`` (``z[n, l, 0]`` is draw ``n``'s K noise of
+  layer ``l``, ``z[n, l, 1]`` its V noise; ``n_m`` = number of perturbed positions of modality ``m``,
+  in increasing position order)::
 
-      for sigma in sigmas: for m in ("vision", "text"): for draw in range(draws):
-          for layer in range(num_layers): K noise, then V noise
+      for sigma in sigmas: for m in ("vision", "text"): z = randn(draws, layers, 2, kv_heads, n_m, head_dim)
 
-  The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with ``w`` = float32
-  (float64 for a float64 model) and ``std`` a Python float.
+  On CPU this is the same sequence of numbers as the order used before (one ``[kv_heads, n_m,
+  head_dim]`` draw per draw, layer, K then V) whenever ``kv_heads * n_m * head_dim`` is a multiple of
+  16 (torch's CPU normal fill transforms its uniforms in blocks of 16), so for every head_dim that is a
+  multiple of 16, as in all the supported models: results computed before keep their noise (and
+  their r_v up to float32 summation order, ~1e-8 on the organisms). On CUDA the numbers differ from
+  the former order. The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with
+  ``w`` = float32 (float64 for a float64 model) and ``std`` rounded to ``w``.
 * **Variance-reduction options** (``MCSSettings`` fields, recorded by ``to_dict()``; measured by
   ``benchmarks/bench_mcs_retest.py``, see benchmarks/README.md). They change which standard normals a
-  perturbation uses, never the order above, in which only *fresh* draws consume the generator
-  (rules in this order, first match wins; ``z(s, m, n)`` = the list of per-layer K, V normals):
+  perturbation uses, never the order above, in which only the *fresh* (sigma, modality) draws consume
+  the generator: with ``antithetic`` each draws ``[draws / 2, ...]`` normals, with
+  ``common_sigmas`` only the first sigma's are drawn, with ``common_modalities`` only the vision
+  ones, ``max(n_vision, n_text)`` positions wide (rules in this order, first match wins;
+  ``z(s, m, n)`` = the per-layer K, V normals of draw ``n``):
 
   - ``antithetic``: draws come in pairs, ``z(s, m, 2k+1) = -z(s, m, 2k)`` (``draws`` must be even);
   - ``common_sigmas``: ``z(s, m, n) = z(0, m, n)`` for every later sigma;
@@ -84,13 +96,22 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   per-sigma ratio, which gives the three levels equal weight instead of ~1 : 4 : 16.
 * **Batched mode** replicates the cut cache once per perturbation (of all samples) along the batch
   dimension and runs ONE forward and ONE backward: the gradient of the summed losses w.r.t. copy
-  ``p``'s cache is copy ``p``'s own gradient because copies never interact.
-  ``max_copies_per_pass`` bounds the replication for large models (default ``None``: all at once).
+  ``p``'s cache is copy ``p``'s own gradient because copies never interact. The gradient is taken
+  w.r.t. the perturbed entries only: per layer and K/V one autograd leaf ``[entries, kv_heads,
+  head_dim]`` holds the perturbed entries of every copy of the pass and is scattered into the cache
+  copies, and a copy's squared norm is a segment sum over its entries. Building the copies (noise,
+  std, entries, copies) takes a few batched operations per pass and no host synchronisation: the
+  positions and index tensors are computed once per call. ``max_copies_per_pass`` bounds the
+  replication; its default ``None`` takes as many copies per pass as fit the memory budget
+  (`copies_per_pass`: `CopyFootprint` estimates the bytes of one copy from the cache shapes, the
+  budget is `memory_budget`: `CUDA_MEMORY_FRACTION` of a CUDA device's free memory,
+  `HOST_MEMORY_BUDGET` elsewhere). How the copies are split never changes the noise, and the
+  results only by float rounding of the batched kernels.
 * **Degenerate samples**: a non-finite score, or ``C_V = C_T = 0`` (p_x one-hot to working
   precision, so that CE and every gradient underflow to exactly 0 and r_v is undefined), raises
   ``NonFiniteMCSError`` naming the sample ids; NaN is never returned. A CE below ``eps`` (a very
   peaked but not degenerate p_x) is guarded by ``max(L, eps)`` and gives finite scores.
-* Only cached perturbation tensors require grad; the model is put in eval mode with all parameters
+* Only the perturbed K/V entries require grad; the model is put in eval mode with all parameters
   frozen for the call, and every module's training flag and every parameter's ``requires_grad`` are
   restored afterwards (try/finally). CE and the squared gradient norm are computed in float32.
 
@@ -158,7 +179,8 @@ class MCSSettings:
     eps: lower bound on the CE in the score's denominator.
     batched: all perturbations of the batch in one forward/backward (False: one per pass).
     max_copies_per_pass: in batched mode, at most this many perturbed cache copies per pass
-        (None = all; set it for 7B+ models on a memory-limited device).
+        (None = as many as fit the memory budget, see `copies_per_pass`; the split never changes
+        the noise).
     antithetic: draws come in pairs (z, -z): draw 2k+1 reuses draw 2k's noise negated (draws must be even).
     common_sigmas: every sigma reuses the standard normals of the first sigma (same draw index).
     common_modalities: the text perturbation reuses the vision perturbation's standard normals (one
@@ -923,6 +945,9 @@ def compute_mcs(
 
 
 __all__ = [
+    "CUDA_MEMORY_FRACTION",
+    "CopyFootprint",
+    "HOST_MEMORY_BUDGET",
     "MCSResult",
     "MCSSettings",
     "MODALITIES",
@@ -930,12 +955,15 @@ __all__ = [
     "Prefill",
     "RATIOS",
     "compute_mcs",
+    "copies_per_pass",
     "cross_entropy",
     "forward_last_token",
     "frozen_eval",
     "mcs_ratio",
     "mcs_score",
     "mcs_stderr",
+    "memory_budget",
+    "modality_std",
     "noise_key",
     "prefill",
     "prefill_prompt",
