@@ -62,7 +62,7 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   head_dim]`` draw per draw, layer, K then V) whenever ``kv_heads * n_m * head_dim`` is a multiple of
   16 (torch's CPU normal fill transforms its uniforms in blocks of 16), so for every head_dim that is a
   multiple of 16, as in all the supported models: results computed before keep their noise (and
-  their r_v up to float32 summation order, ~1e-8 on the organisms). On CUDA the numbers differ from
+  their r_v up to float32 summation order, ~1e-8 on the organisms). On CUDA the numbers may differ from
   the former order. The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with
   ``w`` = float32 (float64 for a float64 model) and ``std`` rounded to ``w``.
 * **Variance-reduction options** (``MCSSettings`` fields, recorded by ``to_dict()``; measured by
