@@ -638,6 +638,9 @@ def test_inference_mode_caller(case):
     with torch.inference_mode():
         res = run(case, MCSSettings())
     assert_close(res.c_v, ref.c_v, 1e-6, "inside inference_mode")
+    with torch.no_grad():  # as a steered generation calls it
+        res = run(case, MCSSettings())
+    assert torch.equal(res.scores, ref.scores)
 
 
 def test_given_prefill_gives_the_same_result(case):

@@ -703,11 +703,12 @@ class _CopyPlan:
             leaf.requires_grad_(True)
         rows, local, pos = self.copy_row[start:stop], copy_ids - start, self.entry_pos[e0:e1]
         new_k, new_v = [], []
-        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
-            for kind, (clean, out) in enumerate(((k, new_k), (v, new_v))):
-                copy = clean.index_select(0, rows)
-                copy[local, :, pos, :] = leaves[2 * layer + kind]
-                out.append(copy)
+        with torch.enable_grad():  # the scatter of the leaves must be recorded, even for a no_grad caller
+            for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+                for kind, (clean, out) in enumerate(((k, new_k), (v, new_v))):
+                    copy = clean.index_select(0, rows)
+                    copy[local, :, pos, :] = leaves[2 * layer + kind]
+                    out.append(copy)
         return _Built(new_k, new_v, leaves, local, self.entry_slot[e0:e1])
 
     def footprint(self, model: torch.nn.Module, vocab: int) -> CopyFootprint:
