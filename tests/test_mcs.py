@@ -4,6 +4,7 @@ from configs here: no processor, no download."""
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import dataclasses
@@ -24,12 +25,24 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 from transformers.cache_utils import DynamicCache
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from amps_eval.mcs.kv_cache import prefill_prompt
 from amps_eval.mcs.score import (
+    HOST_MEMORY_BUDGET,
+    CopyFootprint,
     MCSResult,
     MCSSettings,
     NonFiniteMCSError,
+    _build_copies,
+    _Copy,
+    _CopyPlan,
+    _grad_sq_per_copy,
+    _Sample,
     compute_mcs,
+    copies_per_pass,
+    memory_budget,
+    modality_std,
     cross_entropy,
     forward_last_token,
     mcs_score,
@@ -625,6 +638,9 @@ def test_inference_mode_caller(case):
     with torch.inference_mode():
         res = run(case, MCSSettings())
     assert_close(res.c_v, ref.c_v, 1e-6, "inside inference_mode")
+    with torch.no_grad():  # as a steered generation calls it
+        res = run(case, MCSSettings())
+    assert torch.equal(res.scores, ref.scores)
 
 
 def test_given_prefill_gives_the_same_result(case):
@@ -643,6 +659,254 @@ def test_given_prefill_gives_the_same_result(case):
     with pytest.raises(ValueError, match="prefilled cache"):
         compute_mcs(case.model, case.inputs, v, t, settings, sample_ids=case.ids,
                     prefilled=prefill_prompt(case.model, single))
+
+
+# --------------------------------------------------------------------------------------------------
+# the perturbed copies: noise order, relative std, no host syncs, chunking, memory per pass
+# --------------------------------------------------------------------------------------------------
+
+
+def _plan(case: Case, settings: MCSSettings, inputs: dict | None = None, ids: list | None = None):
+    """The copy plan `compute_mcs` makes for a batch (positions as it computes them), and its prefill."""
+    inputs = case.inputs if inputs is None else inputs
+    ids = case.ids if ids is None else ids
+    pre = prefill_prompt(case.model, inputs)
+    vision, text = masks(inputs)
+    valid = inputs["attention_mask"].bool().clone()
+    valid[:, -1] = False
+    samples = []
+    for i, sid in enumerate(ids):
+        gen = torch.Generator().manual_seed(sample_seed(settings.seed, sid))
+        pos = tuple((mask[i] & valid[i])[:-1].nonzero().flatten() for mask in (vision, text))
+        samples.append(_Sample(row=i, sample_id=sid, positions=pos, generator=gen))
+    copies = [_Copy(smp, s, m, n) for smp in samples for s in range(len(settings.sigmas)) for m in range(2)
+              for n in range(settings.draws)]
+    return _CopyPlan(copies, pre.keys, pre.values, settings), pre
+
+
+class _OpCounter(TorchDispatchMode):
+    """Counts every dispatched aten op by name."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops[func.overloadpacket.__name__] += 1
+        return func(*args, **(kwargs or {}))
+
+
+# ops that copy a device value to the host (item / float / int / bool / index all end in
+# _local_scalar_dense) or whose output size depends on the data; tolist / numpy are counted by name
+SYNC_OPS = ("_local_scalar_dense", "nonzero", "masked_select", "is_nonzero", "equal", "_unique2", "unique_dim",
+            "tolist", "numpy")
+
+
+@contextlib.contextmanager
+def count_syncs(monkeypatch):
+    """Counts host synchronisations: the aten ops above, plus tolist / numpy (no aten op on CPU)."""
+    counter = _OpCounter()
+    for name in ("tolist", "numpy"):
+        original = getattr(torch.Tensor, name)
+
+        def counted(self, *a, _original=original, _name=name, **k):
+            counter.ops[_name] += 1
+            return _original(self, *a, **k)
+
+        monkeypatch.setattr(torch.Tensor, name, counted)
+    with counter:
+        yield counter
+    monkeypatch.undo()
+
+
+def test_building_copies_makes_no_host_sync(case, monkeypatch):
+    """The per-pass path (noise, perturbed entries, cache copies, squared gradient norms) never
+    copies a value to the host; the counter does see a sync (the former per-entry std's float())."""
+    settings = MCSSettings(sigmas=(0.1, 0.3), draws=4, antithetic=True, common_modalities=True)
+    plan, pre = _plan(case, settings)
+    n = len(plan.copies)
+    with count_syncs(monkeypatch) as counter:
+        built = [plan.build(0, 7), plan.build(7, n)]
+    assert sum(counter.ops.values()) > 20 and not any(counter.ops[op] for op in SYNC_OPS), counter.ops
+    grads = torch.autograd.grad(sum(t.sum() for t in built[1].keys + built[1].values), built[1].leaves)
+    with count_syncs(monkeypatch) as counter:
+        sq = _grad_sq_per_copy(grads, built[1], n - 7, plan.n_slots)
+    assert sq.shape == (n - 7,) and not any(counter.ops[op] for op in SYNC_OPS), counter.ops
+    with count_syncs(monkeypatch) as counter:
+        float(pre.keys[0].std())
+        pre.keys[0][0, 0, :2, 0].tolist()
+    assert counter.ops["_local_scalar_dense"] == 1 and counter.ops["tolist"] == 1
+
+
+def test_gradients_only_at_perturbed_entries(case):
+    """The autograd leaves are exactly the perturbed entries: one [entries, kv_heads, head_dim]
+    tensor per layer and K/V, placed at each copy's modality positions of its own cache copy."""
+    settings = MCSSettings(sigmas=(0.1,), draws=2)
+    plan, pre = _plan(case, settings)
+    built = plan.build(0, len(plan.copies))
+    n_layers, (_, kv, _, dim) = len(pre.keys), pre.keys[0].shape
+    entries = sum(int(c.sample.positions[c.m].numel()) for c in plan.copies)
+    assert len(built.leaves) == 2 * n_layers
+    assert all(leaf.is_leaf and leaf.requires_grad and leaf.shape == (entries, kv, dim) for leaf in built.leaves)
+    start = 0
+    for p, c in enumerate(plan.copies):
+        idx = c.sample.positions[c.m]
+        for layer in range(n_layers):
+            for kind, t in enumerate((built.keys[layer], built.values[layer])):
+                leaf = built.leaves[2 * layer + kind][start : start + idx.numel()]
+                assert torch.equal(t[p][:, idx, :].detach(), leaf.detach().transpose(0, 1))
+                clean = (pre.keys, pre.values)[kind][layer][c.sample.row]
+                untouched = torch.ones(t.shape[2], dtype=torch.bool)
+                untouched[idx] = False
+                assert torch.equal(t[p][:, untouched, :].detach(), clean[:, untouched, :])
+        start += idx.numel()
+
+
+@pytest.mark.parametrize("heads, dim, positions", [(2, 16, (5, 3)), (2, 4, (5, 3))])
+def test_noise_is_one_draw_per_sample_sigma_and_modality(heads, dim, positions):
+    """The documented order: one standard normal [draws, layers, 2, kv_heads, n_m, head_dim] per
+    (sample, sigma, modality). On CPU it is the former sequence of per-(draw, layer, K/V) draws of
+    [kv_heads, n_m, head_dim] when kv_heads * n_m * head_dim is a multiple of 16 (torch fills
+    normals in blocks of 16), and not otherwise."""
+    layers, tokens, draws, seed = 3, 10, 3, 11
+    settings = MCSSettings(sigmas=(0.1, 0.2), draws=draws, relative=False)
+    zeros = [torch.zeros(1, heads, tokens, dim) for _ in range(layers)]
+    pos = (torch.arange(1, 1 + positions[0]), torch.tensor([0, 8, 9])[: positions[1]])
+    smp = _Sample(row=0, sample_id="x", positions=pos, generator=torch.Generator().manual_seed(seed))
+    copies = [_Copy(smp, s, m, n) for s in range(2) for m in range(2) for n in range(draws)]
+    new_k, new_v, _ = _build_copies(copies, zeros, zeros, settings)
+    gen, per_layer, per_group = torch.Generator().manual_seed(seed), [], []
+    for s, sigma in enumerate(settings.sigmas):
+        for m in range(2):
+            n_m = pos[m].numel()
+            group = torch.randn((draws, layers, 2, heads, n_m, dim), generator=gen) * torch.tensor(sigma)
+            per_group.append(group)
+    gen = torch.Generator().manual_seed(seed)
+    for s, sigma in enumerate(settings.sigmas):
+        for m in range(2):
+            n_m = pos[m].numel()
+            draws_ = [torch.randn((heads, n_m, dim), generator=gen) for _ in range(draws * layers * 2)]
+            per_layer.append(torch.stack(draws_).view(draws, layers, 2, heads, n_m, dim) * torch.tensor(sigma))
+    for k, (s, m) in enumerate((s, m) for s in range(2) for m in range(2)):
+        got = torch.stack([torch.stack([torch.stack((new_k[layer][p], new_v[layer][p])) for layer in range(layers)])
+                           for p, c in enumerate(copies) if (c.s, c.m) == (s, m)]).detach()[..., pos[m], :]
+        assert torch.equal(got, per_group[k])
+        assert torch.equal(got, per_layer[k]) == (heads * pos[m].numel() * dim % 16 == 0)
+
+
+def test_modality_std_equals_torch_std(case):
+    """The relative noise std of every (layer, K/V, sample, modality), computed batched, is
+    torch.std (population) of that sample's entries at that modality's positions: exactly, once
+    rounded to float32, for a float32 cache (as the former per-entry torch.std computed it), and
+    to 1e-13 in float64. Padding never enters, even when it holds NaN."""
+    plan, pre = _plan(case, MCSSettings())
+    layers = [t for pair in zip(pre.keys, pre.values) for t in pair]
+    samples = list({id(c.sample): c.sample for c in plan.copies}.values())
+    bsz, _, tokens, _ = layers[0].shape
+    mask = torch.zeros(bsz, 2, tokens, dtype=torch.bool)
+    for smp in samples:
+        for m, idx in enumerate(smp.positions):
+            mask[smp.row, m, idx] = True
+    poisoned = [t.clone() for t in layers]
+    for t in poisoned:
+        t[1, :, 0, :] = float("nan")  # a padding position of the left-padded second sample
+    assert not mask[1, :, 0].any()
+    got = modality_std(poisoned, mask)
+    for j, t in enumerate(layers):
+        for smp in samples:
+            for m, idx in enumerate(smp.positions):
+                entries = t[smp.row][:, idx, :]
+                assert got[j, smp.row, m].float() == entries.std(correction=0), (j, smp.row, m)
+                ref = float(entries.double().std(correction=0))
+                assert math.isclose(float(got[j, smp.row, m]), ref, rel_tol=1e-13)
+
+
+@pytest.mark.parametrize("relative", [True, False])
+def test_noise_independent_of_batch_composition_and_chunking(relative):
+    """A sample's perturbed entries do not depend on the other samples of its batch, its row, its
+    padding or how the copies are split into passes (a cache made of the same entries at other
+    positions)."""
+    settings = MCSSettings(sigmas=(0.1, 0.2), draws=3, relative=relative, antithetic=False, common_sigmas=True)
+    g = torch.Generator().manual_seed(0)
+    alone = [torch.randn(1, 2, 12, 16, generator=g) * 3 for _ in range(4)]
+    pos = (torch.arange(2, 8), torch.tensor([0, 1, 8, 9, 10, 11]))
+
+    def entries_of(cache, row, shift, other_first, chunk):
+        """The leaves of sample "s" (at ``row``, positions shifted by ``shift``) in plan order."""
+        smp = _Sample(row, "s", tuple(p + shift for p in pos), torch.Generator().manual_seed(sample_seed(0, "s")))
+        other = _Sample(1 - row, "o", (torch.tensor([3]), torch.tensor([4, 5])), torch.Generator().manual_seed(1))
+        order = [smp] if other_first is None else [other, smp] if other_first else [smp, other]
+        copies = [_Copy(x, s, m, n) for x in order for s in range(2) for m in range(2) for n in range(3)]
+        plan = _CopyPlan(copies, cache, cache, settings)
+        out, start = [], 0
+        while start < len(copies):
+            stop = min(start + chunk, len(copies))
+            built = plan.build(start, stop)
+            rows = plan.entry_row[plan.offsets[start] : plan.offsets[stop]]
+            out.append(torch.stack([leaf.detach()[rows == row] for leaf in built.leaves]))
+            start = stop
+        return torch.cat(out, dim=1)
+
+    ref = entries_of(alone, 0, 0, None, 1000)
+    padded = []
+    for t in alone:  # sample "s" in row 1, left-padded by 3 positions; another sample in row 0
+        big = torch.randn(2, 2, 15, 16, generator=g) * 10
+        big[1, :, :3] = 1e6
+        big[1, :, 3:] = t[0]
+        padded.append(big)
+    for other_first in (False, True):
+        for chunk in (1, 7, 1000):
+            got = entries_of(padded, 1, 3, other_first, chunk)
+            if relative:  # the std: float64 sums over other paddings, rounded to float32
+                torch.testing.assert_close(got, ref, rtol=1e-6, atol=0)
+            else:
+                assert torch.equal(got, ref), (other_first, chunk)
+
+
+def test_chunking_never_changes_results(case, monkeypatch):
+    """1, 7 or all copies per pass, or the memory-derived default (here forced below all copies):
+    the same scores, to float64 rounding; the default makes ceil(copies / copies_per_pass) passes."""
+    from amps_eval.mcs import score as score_module
+
+    settings = MCSSettings(sigmas=(0.1, 0.3), draws=4)
+    with as_dtype(case, torch.float64):
+        plan, pre = _plan(case, settings)
+        per_copy = plan.footprint(case.model, pre.logits.shape[-1])
+        budget = per_copy.fixed_bytes() + 5 * per_copy.bytes_per_copy() + 1
+        assert copies_per_pass(per_copy, budget, len(plan.copies)) == 5
+        monkeypatch.setattr(score_module, "HOST_MEMORY_BUDGET", budget)
+        passes = []
+        real_forward = score_module.forward_last_token
+        monkeypatch.setattr(score_module, "forward_last_token",
+                            lambda model, ids, *a: passes.append(ids.shape[0]) or real_forward(model, ids, *a))
+        derived = run(case, settings)
+        assert passes == [5] * (len(plan.copies) // 5) + ([len(plan.copies) % 5] if len(plan.copies) % 5 else [])
+        for chunk in (1, 7, len(plan.copies)):
+            res = run(case, dataclasses.replace(settings, max_copies_per_pass=chunk))
+            assert_close(res.scores, derived.scores, 1e-12, f"scores, {chunk} copies per pass")
+            assert_close(res.r_v, derived.r_v, 1e-12, f"r_v, {chunk} copies per pass")
+
+
+def test_copies_per_pass_from_memory():
+    """The documented estimate, written out for a grouped-query model (8 query heads on 2 KV heads),
+    and the largest pass that fits a budget (at least 1, at most all copies)."""
+    fp = CopyFootprint(layers=4, kv_heads=2, head_dim=16, tokens=99, entries=60, group_width=60, draws=16,
+                       cache_bytes=2, work_bytes=4, query_heads=8, vocab=1000, hidden=64, intermediate=256)
+    per_position = 4 * 2 * 2 * 16
+    expected = (per_position * 99 * 2  # the copy
+                + per_position * 100 * 2 * (1 + 4 + 4 / 4)  # with the query token; repeated 4x; one layer's grad
+                + per_position * 60 * (4 * 2 + 2 * 4)  # the entries
+                + (4 * (12 * 64 + 4 * 256) + 4 * 1000) * 4)  # activations and logits
+    assert fp.bytes_per_copy() == int(expected)
+    assert fp.fixed_bytes() == 2 * 16 * per_position * 60 * 4
+    per, fixed = fp.bytes_per_copy(), fp.fixed_bytes()
+    assert copies_per_pass(fp, fixed + 10 * per, 96) == 10
+    assert copies_per_pass(fp, fixed + 10 * per - 1, 96) == 9
+    assert copies_per_pass(fp, 0, 96) == 1
+    assert copies_per_pass(fp, fixed + 1000 * per, 96) == 96
+    mha = dataclasses.replace(fp, query_heads=2)  # no repetition
+    assert mha.bytes_per_copy() == int(expected - per_position * 100 * 2 * (4 + 1 - 1 / 4))
+    assert memory_budget(torch.device("cpu")) == HOST_MEMORY_BUDGET
 
 
 def test_input_validation(case):

@@ -15,7 +15,9 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
 -----------------------------------------------------------------
 * **Relative noise** (``relative=True``, default): the noise std for layer ``l``, K (resp. V),
   modality ``m`` is ``sigma * std(K_l[m-positions of this sample])`` (population std over heads,
-  positions and head dims, fp32, of the clean cache). Computed over the *perturbed positions of the
+  positions and head dims of the clean cache; `modality_std` computes all layers, samples and
+  modalities at once on the device, two passes in float64 as torch.std accumulates a float32 tensor
+  on CPU, then rounds it to the work dtype). Computed over the *perturbed positions of the
   sample* rather than over the whole layer cache because (a) the whole batch cache contains padding
   rows/columns, so its std would depend on batch composition and break padding invariance; (b) even
   the whole valid cache of one sample is dominated by a handful of attention-sink tokens (BOS /
@@ -47,19 +49,29 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   an acceptable input.
 * **Noise** comes from one ``torch.Generator`` per sample on the model's device, seeded with
   ``sample_seed(settings.seed, sample_id)`` (sample id defaults to its index in the batch). The noise
-  of a sample therefore does not depend on the batch it is in, its padding, or ``batched``. Order of
-  draws per sample, each a standard normal of shape ``[kv_heads, n_m, head_dim]`` (``n_m`` = number
-  of perturbed positions of modality ``m``, in increasing position order), in float32::
+  of a sample therefore does not depend on the batch it is in, its padding, how its perturbations
+  are split into passes (``max_copies_per_pass``), or ``batched``. Order of draws per sample: one
+  standard normal ``z`` per (sigma, modality), in float32, of shape
+  ``[draws, num_layers, 2, kv_heads, n_m, head_dim]`` (``z[n, l, 0]`` is draw ``n``'s K noise of
+  layer ``l``, ``z[n, l, 1]`` its V noise; ``n_m`` = number of perturbed positions of modality ``m``,
+  in increasing position order)::
 
-      for sigma in sigmas: for m in ("vision", "text"): for draw in range(draws):
-          for layer in range(num_layers): K noise, then V noise
+      for sigma in sigmas: for m in ("vision", "text"): z = randn(draws, layers, 2, kv_heads, n_m, head_dim)
 
-  The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with ``w`` = float32
-  (float64 for a float64 model) and ``std`` a Python float.
+  On CPU this is the same sequence of numbers as the order used before (one ``[kv_heads, n_m,
+  head_dim]`` draw per draw, layer, K then V) whenever ``kv_heads * n_m * head_dim`` is a multiple of
+  16 (torch's CPU normal fill transforms its uniforms in blocks of 16), so for every head_dim that is a
+  multiple of 16, as in all the supported models: results computed before keep their noise (and
+  their r_v up to float32 summation order, ~1e-8 on the organisms). On CUDA the numbers may differ from
+  the former order. The perturbed entry is ``(clean.to(w) + std * z.to(w)).to(cache dtype)`` with
+  ``w`` = float32 (float64 for a float64 model) and ``std`` rounded to ``w``.
 * **Variance-reduction options** (``MCSSettings`` fields, recorded by ``to_dict()``; measured by
   ``benchmarks/bench_mcs_retest.py``, see benchmarks/README.md). They change which standard normals a
-  perturbation uses, never the order above, in which only *fresh* draws consume the generator
-  (rules in this order, first match wins; ``z(s, m, n)`` = the list of per-layer K, V normals):
+  perturbation uses, never the order above, in which only the *fresh* (sigma, modality) draws consume
+  the generator: with ``antithetic`` each draws ``[draws / 2, ...]`` normals, with
+  ``common_sigmas`` only the first sigma's are drawn, with ``common_modalities`` only the vision
+  ones, ``max(n_vision, n_text)`` positions wide (rules in this order, first match wins;
+  ``z(s, m, n)`` = the per-layer K, V normals of draw ``n``):
 
   - ``antithetic``: draws come in pairs, ``z(s, m, 2k+1) = -z(s, m, 2k)`` (``draws`` must be even);
   - ``common_sigmas``: ``z(s, m, n) = z(0, m, n)`` for every later sigma;
@@ -84,13 +96,22 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   per-sigma ratio, which gives the three levels equal weight instead of ~1 : 4 : 16.
 * **Batched mode** replicates the cut cache once per perturbation (of all samples) along the batch
   dimension and runs ONE forward and ONE backward: the gradient of the summed losses w.r.t. copy
-  ``p``'s cache is copy ``p``'s own gradient because copies never interact.
-  ``max_copies_per_pass`` bounds the replication for large models (default ``None``: all at once).
+  ``p``'s cache is copy ``p``'s own gradient because copies never interact. The gradient is taken
+  w.r.t. the perturbed entries only: per layer and K/V one autograd leaf ``[entries, kv_heads,
+  head_dim]`` holds the perturbed entries of every copy of the pass and is scattered into the cache
+  copies, and a copy's squared norm is a segment sum over its entries. Building the copies (noise,
+  std, entries, copies) takes a few batched operations per pass and no host synchronisation: the
+  positions and index tensors are computed once per call. ``max_copies_per_pass`` bounds the
+  replication; its default ``None`` takes as many copies per pass as fit the memory budget
+  (`copies_per_pass`: `CopyFootprint` estimates the bytes of one copy from the cache shapes, the
+  budget is `memory_budget`: `CUDA_MEMORY_FRACTION` of a CUDA device's free memory,
+  `HOST_MEMORY_BUDGET` elsewhere). How the copies are split never changes the noise, and the
+  results only by float rounding of the batched kernels.
 * **Degenerate samples**: a non-finite score, or ``C_V = C_T = 0`` (p_x one-hot to working
   precision, so that CE and every gradient underflow to exactly 0 and r_v is undefined), raises
   ``NonFiniteMCSError`` naming the sample ids; NaN is never returned. A CE below ``eps`` (a very
   peaked but not degenerate p_x) is guarded by ``max(L, eps)`` and gives finite scores.
-* Only cached perturbation tensors require grad; the model is put in eval mode with all parameters
+* Only the perturbed K/V entries require grad; the model is put in eval mode with all parameters
   frozen for the call, and every module's training flag and every parameter's ``requires_grad`` are
   restored afterwards (try/finally). CE and the squared gradient norm are computed in float32.
 
@@ -158,7 +179,8 @@ class MCSSettings:
     eps: lower bound on the CE in the score's denominator.
     batched: all perturbations of the batch in one forward/backward (False: one per pass).
     max_copies_per_pass: in batched mode, at most this many perturbed cache copies per pass
-        (None = all; set it for 7B+ models on a memory-limited device).
+        (None = as many as fit the memory budget, see `copies_per_pass`; the split never changes
+        the noise).
     antithetic: draws come in pairs (z, -z): draw 2k+1 reuses draw 2k's noise negated (draws must be even).
     common_sigmas: every sigma reuses the standard normals of the first sigma (same draw index).
     common_modalities: the text perturbation reuses the vision perturbation's standard normals (one
@@ -428,6 +450,95 @@ def sample_seed(seed: int, sample_id: str) -> int:
 
 
 # --------------------------------------------------------------------------------------------------
+# memory of one batched pass
+# --------------------------------------------------------------------------------------------------
+
+HOST_MEMORY_BUDGET = 4 * 2**30
+"""Bytes that the perturbed copies of one pass may take on a device other than CUDA, when
+``max_copies_per_pass`` is None (`copies_per_pass`)."""
+CUDA_MEMORY_FRACTION = 0.5
+"""Share of a CUDA device's free memory (``torch.cuda.mem_get_info`` plus what torch's allocator
+holds unused) that the perturbed copies of one pass may take, when ``max_copies_per_pass`` is None."""
+
+
+@dataclass(frozen=True)
+class CopyFootprint:
+    """The sizes that set the memory of one batched MCS pass (`bytes_per_copy`, `fixed_bytes`).
+
+    layers, kv_heads, head_dim: the cache's; tokens: the cut cache's length (prompt - 1);
+    entries: the most positions one copy perturbs; group_width, draws: the positions and draws of
+    the widest noise group; cache_bytes / work_bytes: element sizes of the cache dtype and of the
+    work dtype; query_heads: attention heads (> kv_heads for grouped-query attention); vocab,
+    hidden, intermediate: the language model's sizes (hidden / intermediate 0 when unknown).
+    """
+
+    layers: int
+    kv_heads: int
+    head_dim: int
+    tokens: int
+    entries: int
+    group_width: int
+    draws: int
+    cache_bytes: int
+    work_bytes: int
+    query_heads: int
+    vocab: int
+    hidden: int = 0
+    intermediate: int = 0
+
+    def bytes_per_copy(self) -> int:
+        """Estimated bytes one perturbed copy adds to a pass: its cache copy; inside the pass, the
+        copy concatenated with the query token's K/V and, for grouped-query attention, repeated to
+        the query heads (both kept for the backward), plus one layer's gradient of those; its
+        perturbed entries (leaves, their gradients, the gathered clean entries and the stacked
+        gradients in the cache dtype, the noise and the squared gradients in the work dtype); the
+        one-token activations (about 12 hidden + 4 intermediate vectors per layer) and 4 vectors of
+        vocabulary size (logits, log-softmax, their gradients)."""
+        per_position = self.layers * 2 * self.kv_heads * self.head_dim  # K/V elements, all layers
+        repeat = self.query_heads // self.kv_heads if self.query_heads > self.kv_heads else 0
+        cache = per_position * self.tokens * self.cache_bytes
+        in_pass = per_position * (self.tokens + 1) * self.cache_bytes * (1 + repeat + max(repeat, 1) / self.layers)
+        entries = per_position * self.entries * (4 * self.cache_bytes + 2 * self.work_bytes)
+        activations = (self.layers * (12 * self.hidden + 4 * self.intermediate) + 4 * self.vocab) * self.work_bytes
+        return int(cache + in_pass + entries + activations)
+
+    def fixed_bytes(self) -> int:
+        """Bytes a pass holds whatever its size: up to two noise groups (float32) drawn ahead."""
+        return 2 * self.draws * self.layers * 2 * self.kv_heads * self.group_width * self.head_dim * 4
+
+
+def copies_per_pass(footprint: CopyFootprint, budget_bytes: int, total: int) -> int:
+    """The most perturbed copies (at least 1, at most ``total``) whose `CopyFootprint` fits
+    ``budget_bytes``."""
+    room = budget_bytes - footprint.fixed_bytes()
+    return max(1, min(total, room // max(footprint.bytes_per_copy(), 1)))
+
+
+def memory_budget(device: torch.device) -> int:
+    """Bytes the perturbed copies of one pass may take on ``device``: `CUDA_MEMORY_FRACTION` of the
+    free memory of a CUDA device, `HOST_MEMORY_BUDGET` elsewhere."""
+    if device.type == "cuda":
+        free, _total = torch.cuda.mem_get_info(device)
+        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+        return int(CUDA_MEMORY_FRACTION * free)
+    return HOST_MEMORY_BUDGET
+
+
+def _language_sizes(model: torch.nn.Module) -> dict[str, int]:
+    """The language model's num_attention_heads, hidden_size and intermediate_size from its
+    config (the keys it lacks are left out)."""
+    config = getattr(model, "config", None)
+    if config is not None and hasattr(config, "get_text_config"):
+        config = config.get_text_config()
+    sizes = {}
+    for name in ("num_attention_heads", "hidden_size", "intermediate_size"):
+        value = getattr(config, name, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            sizes[name] = value
+    return sizes
+
+
+# --------------------------------------------------------------------------------------------------
 # perturbation plan and noise
 # --------------------------------------------------------------------------------------------------
 
@@ -436,10 +547,8 @@ def sample_seed(seed: int, sample_id: str) -> int:
 class _Sample:
     row: int
     sample_id: str
-    positions: tuple[torch.Tensor, torch.Tensor]  # (vision idx, text idx) into the cut cache
+    positions: tuple[torch.Tensor, torch.Tensor]  # (vision idx, text idx) into the cut cache, increasing
     generator: torch.Generator
-    std_cache: dict[tuple[int, int, int], float] = field(default_factory=dict)
-    noise: dict[tuple[int, int, int], list[torch.Tensor]] = field(default_factory=dict)  # fresh draws kept for reuse
 
 
 @dataclass
@@ -450,42 +559,169 @@ class _Copy:
     n: int
 
 
-def _entry_std(clean: torch.Tensor, row: int, idx: torch.Tensor) -> float:
-    return float(clean[row, :, idx, :].to(_work_dtype(clean.dtype)).std(correction=0))
+def modality_std(layers: Sequence[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
+    """Population std of each of ``layers`` (cache tensors [B, kv_heads, T, head_dim]) over the heads,
+    the positions of ``masks`` (bool [B, M, T]) and the head dims: [len(layers), B, M] float64.
 
-
-def _raw_noise(
-    smp: _Sample, s: int, m: int, n: int, keys: Sequence[torch.Tensor], settings: MCSSettings
-) -> list[torch.Tensor]:
-    """The standard normals of perturbation (s, m, n) of one sample, one [kv_heads, P, head_dim]
-    float32 tensor per (layer, K/V) in the order layer 0 K, layer 0 V, layer 1 K, ...; P = the
-    sample's number of modality-m positions, or max(n_vision, n_text) with ``common_modalities``
-    (the caller takes the first n_m). Reuse rules, first match wins: antithetic and n odd ->
-    -noise(s, m, n-1); common_sigmas and s > 0 -> noise(0, m, n); common_modalities and m = text
-    -> noise(s, vision, n); otherwise a fresh draw from the sample's generator (drawn in copy order,
-    so the documented order of draws holds)."""
-    if settings.antithetic and n % 2 == 1:
-        return [-z for z in _raw_noise(smp, s, m, n - 1, keys, settings)]
-    if settings.common_sigmas and s > 0:
-        return _raw_noise(smp, 0, m, n, keys, settings)
-    if settings.common_modalities and m == 1:
-        return _raw_noise(smp, s, 0, n, keys, settings)
-    reuse = settings.antithetic or settings.common_sigmas or settings.common_modalities
-    if reuse and (s, m, n) in smp.noise:
-        return smp.noise[(s, m, n)]
-    if settings.common_modalities:
-        width = max(int(smp.positions[0].numel()), int(smp.positions[1].numel()))
-    else:
-        width = int(smp.positions[m].numel())
+    Two passes (mean, then mean squared deviation) in float64, as torch.std accumulates a float32
+    tensor on CPU; positions outside the mask never enter (not even as NaN). A row/mask with no
+    position gives NaN."""
+    heads, dim = layers[0].shape[1], layers[0].shape[3]
+    mask = masks[:, :, None, :, None]  # [B, M, 1, T, 1]
+    count = masks.sum(dim=-1).to(torch.float64) * (heads * dim)
+    zero = torch.zeros((), dtype=torch.float64, device=masks.device)
     out = []
-    for k in keys:
-        for _kind in range(2):
-            out.append(
-                torch.randn((k.shape[1], width, k.shape[3]), generator=smp.generator, dtype=torch.float32, device=k.device)
-            )
-    if reuse:
-        smp.noise[(s, m, n)] = out
-    return out
+    for x in layers:
+        x = x.to(torch.float64)[:, None]  # [B, 1, H, T, D]
+        mean = torch.where(mask, x, zero).sum(dim=(2, 3, 4)) / count  # [B, M]
+        dev = torch.where(mask, x - mean[:, :, None, None, None], zero)
+        out.append(dev.square_().sum(dim=(2, 3, 4)) / count)
+    return torch.stack(out).sqrt_()
+
+
+@dataclass
+class _Built:
+    """The perturbed cache copies of one pass: per layer keys / values [P, kv_heads, T-1, head_dim],
+    the autograd leaves (the perturbed entries, [E, kv_heads, head_dim] per layer and K/V, in the
+    order layer 0 K, layer 0 V, layer 1 K, ...), and for each entry its copy in the pass and its
+    slot (index among that copy's perturbed positions)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    leaves: list[torch.Tensor]
+    entry_copy: torch.Tensor
+    entry_slot: torch.Tensor
+
+
+class _CopyPlan:
+    """What the perturbed copies of one call share, computed once (host synchronisation is
+    allowed here, never in `build`): the copies in order; their perturbed entries (entry ``e`` is
+    position ``entry_pos[e]`` of batch row ``entry_row[e]``; copy ``p`` owns entries
+    ``offsets[p]:offsets[p + 1]``, its modality's positions in increasing order); the clean K/V
+    stacked as [layers, 2, B, T-1, kv_heads, head_dim]; the noise std of every (layer, K/V, copy)
+    in the work dtype; and the noise groups drawn and not yet used up."""
+
+    def __init__(self, copies: Sequence[_Copy], keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
+                 settings: MCSSettings):
+        device = keys[0].device
+        self.copies = list(copies)
+        self.keys, self.values, self.settings = list(keys), list(values), settings
+        self.work = _work_dtype(keys[0].dtype)
+        self.counts = [int(c.sample.positions[c.m].numel()) for c in self.copies]
+        self.offsets = [0]
+        for n in self.counts:
+            self.offsets.append(self.offsets[-1] + n)
+        self.n_slots = max(self.counts)
+        counts = torch.tensor(self.counts)
+        self.copy_row = torch.tensor([c.sample.row for c in self.copies], device=device)
+        self.entry_copy = torch.repeat_interleave(torch.arange(len(self.copies)), counts).to(device)
+        starts = torch.repeat_interleave(torch.tensor(self.offsets[:-1]), counts)
+        self.entry_slot = (torch.arange(self.offsets[-1]) - starts).to(device)
+        self.entry_row = self.copy_row.index_select(0, self.entry_copy)
+        self.entry_pos = torch.cat([c.sample.positions[c.m].to(device) for c in self.copies])
+        self.clean = torch.stack([torch.stack((k, v)) for k, v in zip(keys, values)]).transpose(3, 4)
+        n_layers, n_copies = len(self.keys), len(self.copies)
+        sigma = torch.tensor([settings.sigmas[c.s] for c in self.copies], dtype=torch.float64, device=device)
+        if settings.relative:
+            bsz, _kv, tokens, _dim = keys[0].shape
+            masks = torch.zeros(bsz, len(MODALITIES), tokens, dtype=torch.bool, device=device)
+            for smp in {id(c.sample): c.sample for c in self.copies}.values():
+                for m, idx in enumerate(smp.positions):
+                    masks[smp.row, m, idx.to(device)] = True
+            layers = [t for pair in zip(keys, values) for t in pair]
+            # rounded to the work dtype, as the std of the work-dtype entries
+            std = modality_std(layers, masks).to(self.work).to(torch.float64).view(n_layers, 2, bsz, len(MODALITIES))
+            copy_m = torch.tensor([c.m for c in self.copies], device=device)
+            self.scale = (sigma * std[:, :, self.copy_row, copy_m]).to(self.work)  # [L, 2, P]
+        else:
+            self.scale = sigma.to(self.work).expand(n_layers, 2, n_copies)
+        self.groups: dict[tuple[int, int, int], torch.Tensor] = {}
+        self.uses: dict[tuple[int, int, int], int] = {}
+        for c in self.copies:
+            self.uses[self._source(c)] = self.uses.get(self._source(c), 0) + 1
+
+    def _source(self, c: _Copy) -> tuple[int, int, int]:
+        """The noise group whose normals copy ``c`` uses: (row, sigma index, modality index) of the
+        fresh draw (the module docstring's reuse rules)."""
+        st = self.settings
+        return c.sample.row, 0 if st.common_sigmas else c.s, 0 if st.common_modalities else c.m
+
+    def _group(self, c: _Copy) -> torch.Tensor:
+        """The standard normals of copy ``c``'s noise group, [draws, layers, 2, kv_heads, width,
+        head_dim] float32, drawn from the sample's generator the first time it is needed."""
+        key = self._source(c)
+        if key not in self.groups:
+            st, smp = self.settings, c.sample
+            if st.common_modalities:
+                width = max(int(smp.positions[0].numel()), int(smp.positions[1].numel()))
+            else:
+                width = int(smp.positions[key[2]].numel())
+            n_layers, _, _, _, kv, dim = self.clean.shape
+            fresh = st.draws // 2 if st.antithetic else st.draws
+            z = torch.randn((fresh, n_layers, 2, kv, width, dim), generator=smp.generator, dtype=torch.float32,
+                            device=self.clean.device)
+            if st.antithetic:  # draw 2k + 1 is -(draw 2k)
+                z = torch.stack((z, -z), dim=1).flatten(0, 1)
+            self.groups[key] = z
+        return self.groups[key]
+
+    def _release(self, c: _Copy, used: int) -> None:
+        key = self._source(c)
+        self.uses[key] -= used
+        if self.uses[key] == 0:
+            del self.groups[key]
+
+    def _run_end(self, p: int, stop: int) -> int:
+        """The end of the run of copies from ``p`` (before ``stop``) with consecutive draws of one
+        (sample, sigma, modality)."""
+        c, q = self.copies[p], p + 1
+        while q < stop:
+            d = self.copies[q]
+            if d.sample is not c.sample or (d.s, d.m, d.n) != (c.s, c.m, c.n + q - p):
+                break
+            q += 1
+        return q
+
+    def build(self, start: int, stop: int) -> _Built:
+        """The perturbed cache copies of ``copies[start:stop]`` (no host synchronisation)."""
+        e0, e1 = self.offsets[start], self.offsets[stop]
+        n_layers, _, _, _, kv, dim = self.clean.shape
+        z = torch.empty((n_layers, 2, e1 - e0, kv, dim), dtype=self.work, device=self.clean.device)
+        p = start
+        while p < stop:  # one run of consecutive draws of one (sample, sigma, modality) at a time
+            c, q = self.copies[p], self._run_end(p, stop)
+            n_m = self.counts[p]
+            src = self._group(c)[c.n : c.n + q - p, :, :, :, :n_m].permute(1, 2, 0, 4, 3, 5)
+            z[:, :, self.offsets[p] - e0 : self.offsets[q] - e0].unflatten(2, (q - p, n_m)).copy_(src)
+            self._release(c, q - p)
+            p = q
+        copy_ids = self.entry_copy[e0:e1]
+        z.mul_(self.scale.index_select(2, copy_ids)[..., None, None])
+        z.add_(self.clean[:, :, self.entry_row[e0:e1], self.entry_pos[e0:e1]])  # = clean + std * z
+        leaves = list(z.to(self.keys[0].dtype).flatten(0, 1).unbind(0))
+        for leaf in leaves:
+            leaf.requires_grad_(True)
+        rows, local, pos = self.copy_row[start:stop], copy_ids - start, self.entry_pos[e0:e1]
+        new_k, new_v = [], []
+        with torch.enable_grad():  # the scatter of the leaves must be recorded, even for a no_grad caller
+            for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+                for kind, (clean, out) in enumerate(((k, new_k), (v, new_v))):
+                    copy = clean.index_select(0, rows)
+                    copy[local, :, pos, :] = leaves[2 * layer + kind]
+                    out.append(copy)
+        return _Built(new_k, new_v, leaves, local, self.entry_slot[e0:e1])
+
+    def footprint(self, model: torch.nn.Module, vocab: int) -> CopyFootprint:
+        n_layers, _, _, tokens, kv, dim = self.clean.shape
+        widths = [max(int(c.sample.positions[0].numel()), int(c.sample.positions[1].numel())) for c in self.copies]
+        sizes = _language_sizes(model)
+        return CopyFootprint(
+            layers=n_layers, kv_heads=kv, head_dim=dim, tokens=tokens, entries=self.n_slots, group_width=max(widths),
+            draws=self.settings.draws, cache_bytes=self.keys[0].element_size(),
+            work_bytes=torch.empty((), dtype=self.work).element_size(),
+            query_heads=sizes.get("num_attention_heads", kv), vocab=vocab, hidden=sizes.get("hidden_size", 0),
+            intermediate=sizes.get("intermediate_size", 0),
+        )
 
 
 def _build_copies(
@@ -494,67 +730,53 @@ def _build_copies(
     values: Sequence[torch.Tensor],
     settings: MCSSettings,
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """Perturbed cache copies (leaves requiring grad) for ``copies`` in order, plus the boolean
-    mask [P, T-1] of perturbed positions. Draws noise from each sample's generator in the documented
-    order (copy by copy: layer by layer, K then V)."""
-    device = keys[0].device
-    rows = torch.tensor([c.sample.row for c in copies], device=device)
-    new_k = [k.index_select(0, rows) for k in keys]  # index_select copies
-    new_v = [v.index_select(0, rows) for v in values]
-    pos_mask = torch.zeros(len(copies), keys[0].shape[2], dtype=torch.bool, device=device)
-    for p, c in enumerate(copies):
-        smp = c.sample
-        idx = smp.positions[c.m]
-        pos_mask[p, idx] = True
-        sigma = settings.sigmas[c.s]
-        noise = _raw_noise(smp, c.s, c.m, c.n, keys, settings)
-        for layer in range(len(keys)):
-            for kind, (clean, target) in enumerate(((keys[layer], new_k[layer]), (values[layer], new_v[layer]))):
-                z = noise[2 * layer + kind][:, : idx.numel()]
-                if settings.relative:
-                    key = (layer, kind, c.m)
-                    if key not in smp.std_cache:
-                        smp.std_cache[key] = _entry_std(clean, smp.row, idx)
-                    std = sigma * smp.std_cache[key]
-                else:
-                    std = sigma
-                work = _work_dtype(target.dtype)
-                target[p, :, idx, :] = (target[p, :, idx, :].to(work) + std * z.to(work)).to(target.dtype)
-    for t in new_k + new_v:
-        t.requires_grad_(True)
-    return new_k, new_v, pos_mask
+    """All of ``copies`` in one pass, as `compute_mcs` builds them: per layer perturbed keys and
+    values [P, kv_heads, T-1, head_dim] (their perturbed entries are the autograd leaves), plus the
+    boolean mask [P, T-1] of each copy's perturbed positions (to look at the noise)."""
+    plan = _CopyPlan(copies, keys, values, settings)
+    built = plan.build(0, len(plan.copies))
+    mask = torch.zeros(len(plan.copies), keys[0].shape[2], dtype=torch.bool, device=keys[0].device)
+    mask[built.entry_copy, plan.entry_pos] = True
+    return built.keys, built.values, mask
+
+
+def _grad_sq_per_copy(grads: Sequence[torch.Tensor], built: _Built, n_copies: int, n_slots: int) -> torch.Tensor:
+    """Squared norm of each copy's gradient from the leaves' gradients (per layer and K/V
+    [E, kv_heads, head_dim]): per entry in the work dtype, then a segment sum over each copy's
+    entries (written to [copies, slots] and summed: deterministic, unlike an atomic index_add)."""
+    sq = torch.stack(list(grads)).to(_work_dtype(grads[0].dtype))
+    per_entry = sq.square_().sum(dim=(0, 2, 3))
+    slots = per_entry.new_zeros((n_copies, n_slots))
+    slots[built.entry_copy, built.entry_slot] = per_entry
+    return slots.sum(dim=1)
 
 
 def _run_copies(
     model: torch.nn.Module,
-    copies: Sequence[_Copy],
-    keys: Sequence[torch.Tensor],
-    values: Sequence[torch.Tensor],
+    plan: _CopyPlan,
+    start: int,
+    stop: int,
     p_x: torch.Tensor,
     last_ids: torch.Tensor,
     position_ids: torch.Tensor,
     attention_mask: torch.Tensor,
-    settings: MCSSettings,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward + one backward over ``copies``. Returns (grad_sq_norm [P], ce [P]) float32."""
-    new_k, new_v, pos_mask = _build_copies(copies, keys, values, settings)
-    rows = torch.tensor([c.sample.row for c in copies], device=last_ids.device)
+    """One forward + one backward over ``plan.copies[start:stop]``. Returns (grad_sq_norm [P], ce [P])
+    in the work dtype."""
+    built = plan.build(start, stop)
+    rows = plan.copy_row[start:stop]
     with torch.enable_grad():
         logits = forward_last_token(
             model,
             last_ids.index_select(0, rows),
             _last_position_ids(position_ids, rows),
             attention_mask.index_select(0, rows),
-            new_k,
-            new_v,
+            built.keys,
+            built.values,
         )
         ce = cross_entropy(p_x.index_select(0, rows), logits)
-        grads = torch.autograd.grad(ce.sum(), new_k + new_v)
-    w = pos_mask
-    grad_sq = torch.zeros(len(copies), dtype=_work_dtype(grads[0].dtype), device=w.device)
-    for g in grads:
-        g = g.to(_work_dtype(g.dtype))
-        grad_sq = grad_sq + (g.pow(2).sum(dim=(1, 3)) * w.to(g.dtype)).sum(dim=1)
+        grads = torch.autograd.grad(ce.sum(), built.leaves)
+    grad_sq = _grad_sq_per_copy(grads, built, stop - start, plan.n_slots)
     return grad_sq.detach(), ce.detach()
 
 
@@ -656,18 +878,22 @@ def compute_mcs(
         copies = [
             _Copy(smp, s, m, n) for smp in samples for s in range(n_s) for m in range(2) for n in range(n_d)
         ]
-        if settings.batched:
-            chunk = settings.max_copies_per_pass or len(copies)
-        else:
+        plan = _CopyPlan(copies, keys, values, settings)
+        if not settings.batched:
             chunk = 1
+        elif settings.max_copies_per_pass is not None:
+            chunk = settings.max_copies_per_pass
+        else:
+            chunk = copies_per_pass(plan.footprint(model, p_x.shape[-1]), memory_budget(device), len(copies))
         last_ids = input_ids[:, -1:].to(device)
         am = attention_mask.to(device)
         pos = position_ids.to(device)
         grad_sq_parts, ce_parts = [], []
         for start in range(0, len(copies), chunk):
-            g, c = _run_copies(model, copies[start : start + chunk], keys, values, p_x, last_ids, pos, am, settings)
+            g, c = _run_copies(model, plan, start, min(start + chunk, len(copies)), p_x, last_ids, pos, am)
             grad_sq_parts.append(g)
             ce_parts.append(c)
+        del plan
 
     grad_sq = torch.cat(grad_sq_parts).double().cpu().view(bsz, n_s, 2, n_d)
     ce = torch.cat(ce_parts).double().cpu().view(bsz, n_s, 2, n_d)
@@ -720,6 +946,9 @@ def compute_mcs(
 
 
 __all__ = [
+    "CUDA_MEMORY_FRACTION",
+    "CopyFootprint",
+    "HOST_MEMORY_BUDGET",
     "MCSResult",
     "MCSSettings",
     "MODALITIES",
@@ -727,12 +956,15 @@ __all__ = [
     "Prefill",
     "RATIOS",
     "compute_mcs",
+    "copies_per_pass",
     "cross_entropy",
     "forward_last_token",
     "frozen_eval",
     "mcs_ratio",
     "mcs_score",
     "mcs_stderr",
+    "memory_budget",
+    "modality_std",
     "noise_key",
     "prefill",
     "prefill_prompt",
