@@ -7,7 +7,7 @@ The MC2 data folder is passed to the tasks explicitly (a task config with `datas
 through the process environment.
 
 `EvalSession` runs many evaluations in one process over one `TaskManager` and one loaded model per
-(checkpoint, loading settings) (`amps_eval.model_wrappers.loaded.LoadedModel`): each run builds a
+(checkpoint, loading settings) (the wrapper's ``load_checkpoint``): each run builds a
 fresh wrapper (its method, alpha, steering file, diagnostics) over the loaded weights and hands the
 instance to ``simple_evaluate``. The files are those of a run by model name: the runner records the
 same ``config.model``, ``config.model_args`` and ``model_source`` that lmms-eval records when it
@@ -68,20 +68,21 @@ class EvalSession:
         """A fresh wrapper for one run, built as lmms-eval builds it from ``model`` and
         ``model_args`` (plus the ``batch_size`` and ``device`` it always passes) but over the
         session's load of its checkpoint."""
+        import lmms_eval.models  # noqa: F401  (loads the amps entry point: registers the amps models)
+        from lmms_eval.models import get_model
         from lmms_eval.utils import simple_parse_args_string
 
-        from amps_eval.model_wrappers.loaded import LoadedModel, load_key
-        from amps_eval.model_wrappers.registered import WRAPPERS
+        from amps_eval.families import lmms_models
 
-        if model not in WRAPPERS:
-            raise ValueError(f"an EvalSession runs the amps-eval models ({', '.join(WRAPPERS)}); got {model!r}")
-        cls = WRAPPERS[model]
+        if model not in lmms_models():  # the wrapper class comes from lmms-eval's registry, as lmms-eval builds it
+            raise ValueError(f"an EvalSession runs the amps-eval models ({', '.join(lmms_models())}); got {model!r}")
+        cls = get_model(model)
         args = simple_parse_args_string(model_args)
         args.update({k: v for k, v in {"batch_size": batch_size, "device": device}.items() if v is not None})
         settings = cls.settings_class.from_model_args(**args)  # refuses bad arguments before any load
-        key = load_key(cls.family, settings)
+        key = cls.load_key(settings)
         if key not in self._models:
-            self._models[key] = LoadedModel.load(cls.family, settings)
+            self._models[key] = cls.load_checkpoint(settings)
             self.loads += 1
         return cls(loaded=self._models[key], **args)
 

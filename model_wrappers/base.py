@@ -29,7 +29,7 @@ from amps_eval.families import FamilyAdapter
 from amps_eval.mc2.prompt import answer_letter, doc_prompt
 from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
 from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
-from amps_eval.model_wrappers.loaded import LoadedModel
+from amps_eval.model_wrappers.loaded import LoadedModel, load_key
 from amps_eval.mcs.kv_cache import Prefill
 from amps_eval.settings import WrapperSettings, load_steering
 from amps_eval.steering.hooks import SteeringNonFinite
@@ -78,6 +78,17 @@ class AmpsWrapper(lmms):
     is_simple = True
     settings_class: type[WrapperSettings] = WrapperSettings
     family: FamilyAdapter | None = None
+
+    @classmethod
+    def load_key(cls, settings: WrapperSettings) -> tuple:
+        """What this wrapper's checkpoint is loaded from and how (`loaded.load_key`): runs with the
+        same key can share one `load_checkpoint`."""
+        return load_key(cls.family, settings)
+
+    @classmethod
+    def load_checkpoint(cls, settings: WrapperSettings) -> LoadedModel:
+        """Load the checkpoint of ``settings`` once, to hand to several wrappers (``loaded=``)."""
+        return LoadedModel.load(cls.family, settings)
 
     def __init__(self, *, loaded: LoadedModel | None = None, **model_args) -> None:
         """``loaded``: a checkpoint already loaded with the same loading settings (`LoadedModel`),

@@ -36,6 +36,21 @@ def test_import_light():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "False"
 
 
+def test_the_core_does_not_import_the_wrappers():
+    """The layering: nothing under amps_eval/ imports the lmms-eval wrappers (model_wrappers/, installed
+    as amps_eval.model_wrappers), which are built on it; the plugin names them by a string only."""
+    import ast
+
+    root = Path(__file__).resolve().parents[1] / "amps_eval"
+    offenders = []
+    for path in sorted(root.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.relative_to(root.parent)}:{node.lineno} {n}" for n in names if "model_wrappers" in n]
+    assert offenders == []
+
+
 @pytest.fixture
 def no_weights():
     """Fail the test if any weights load."""

@@ -138,6 +138,7 @@ from typing import Any
 
 import torch
 
+from amps_eval.vocabulary import TARGETS
 from amps_eval.mcs.kv_cache import (
     Prefill,
     _last_position_ids,
@@ -150,7 +151,7 @@ from amps_eval.mcs.kv_cache import (
     uses_mrope,
 )
 
-MODALITIES: tuple[str, str] = ("vision", "text")
+MODALITIES: tuple[str, str] = TARGETS  # the order of every per-modality axis: vision, then text
 RATIOS: tuple[str, ...] = ("sums", "per_sigma", "per_draw")
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 from amps_eval.mc2.schema import CATEGORIES, CATEGORY_ABBREV
 from amps_eval.report import METHOD_LABELS, STEERED
 from amps_eval.report.runs import Problem, model_display_name
+from amps_eval.vocabulary import TARGETS
 from amps_eval.report.susceptibility import (
     EVENTS,
     MIN_OFF_MODE,
@@ -293,7 +294,7 @@ def figure(analyses: list[Analysis], model: str):
     short = {_label(a): _method(a.sweep.method) + ("†" if "†" in _label(a) else "") for a in analyses}
     several = {v for v in short.values() if list(short.values()).count(v) > 1}
     titles = {label: label if short[label] in several else short[label] for label in rows}  # setup only if needed
-    targets = ("vision", "text")
+    targets = TARGETS
     fig = Figure(figsize=(10, 3.2 * len(rows) + 0.8), layout="constrained")
     axes = fig.subplots(len(rows), 2, squeeze=False)
     colours = {c: f"C{k}" for k, c in enumerate(CATEGORIES)}
