@@ -23,7 +23,9 @@ USED = [
     ("lmms_eval.loggers", "EvaluationTracker"),
     ("lmms_eval.tasks", "TaskManager"),
     ("lmms_eval.utils", "get_datetime_str"),
+    ("lmms_eval.utils", "simple_parse_args_string"),
     ("lmms_eval.models", "MODEL_REGISTRY_V2"),
+    ("lmms_eval.models", "get_model"),
     ("lmms_eval.models.registry_v2", "ModelManifest"),
     ("lmms_eval.__main__", "cli_evaluate"),
 ]
