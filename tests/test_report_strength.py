@@ -113,3 +113,17 @@ def test_no_diagnostics_no_strength_and_a_relative_folder_is_found_above_the_res
     (2.0, "2", True), (2.0, "2.5", False), (2, "abc", False), ("a/b", "a/b", True), ("a/b", "a/c", False)])
 def test_setting_equality(recorded, given, same):
     assert same_setting(recorded, given) is same
+
+
+def test_the_item_cache_folder_does_not_make_another_variant(tmp_path):
+    """Runs that differ only in where their MCS was cached (``item_cache=``) are one sweep: one
+    series, one label without the folder, as runs that differ in their diagnostics folder."""
+    from amps_eval.report.select import build_index
+    from amps_eval.report.series import alpha_series
+
+    for alpha, cache in (("1", "cacheA"), ("2", "cacheB")):
+        write_run(tmp_path / "runs" / alpha, f"2026010{alpha}_000000", args(alpha=alpha) + f",item_cache={cache}")
+    runs, problems = discover(tmp_path / "runs")
+    series = alpha_series(build_index(runs, problems), "org", "mean", "vision")
+    assert len(series) == 1 and "item_cache" not in next(iter(series))
+    assert [p.alpha for p in next(iter(series.values()))] == [1.0, 2.0]

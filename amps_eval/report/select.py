@@ -36,8 +36,10 @@ from amps_eval.report.cells import TOTAL, Cell, cells_from_records, run_cells
 from amps_eval.report.runs import UNRECORDED, DataId, Problem, Run
 
 NOT_IDENTITY = {"pretrained", "method", "alpha", "steering", "steering_sha256", "device", "device_map",
-                "diagnostics", "batch_size", "max_batch_size", "attn_implementation"}
-STEERING_ONLY = {"positions", "beta", "convention", "mcs_sigmas", "mcs_draws", "mcs_relative"}
+                "diagnostics", "item_cache", "batch_size", "max_batch_size", "attn_implementation"}
+"""Model arguments that do not make a run another variant: where things are read or written (a
+cache, a diagnostics folder), how they are batched or placed, or what the row already shows."""
+STEERING_ONLY = {"positions", "beta", "convention", "mcs_sigmas", "mcs_draws", "mcs_relative", "mcs_ratio"}
 
 
 @dataclass(frozen=True)
