@@ -87,9 +87,16 @@ def mcs_batch(encoder, conversations: list, ids: list[str], settings: MCSSetting
     the same prompt gets the same r_v at fit time and at run time. The result's sample ids are the
     mc2_ids."""
     enc = encoder.encode_turns(conversations)
+    return _item_mcs(encoder.model, enc.inputs, enc.vision_mask, enc.text_mask, ids, settings, prompt)
+
+
+def _item_mcs(model, inputs, vision_mask, text_mask, ids: list[str], settings: MCSSettings, prompt: str,
+              prefilled: Prefill | None = None) -> MCSResult:
+    """`compute_mcs` with each item's noise keyed by (mc2_id, prompt), a non-finite item named by
+    its mc2_id, and the mc2_ids as the result's sample ids."""
     try:
-        result = compute_mcs(encoder.model, enc.inputs, enc.vision_mask, enc.text_mask, settings,
-                             [noise_key(i, prompt) for i in ids])
+        result = compute_mcs(model, inputs, vision_mask, text_mask, settings, [noise_key(i, prompt) for i in ids],
+                             prefilled=prefilled)
     except NonFiniteMCSError as error:
         raise _named(error) from error
     result.sample_ids = list(ids)
@@ -115,13 +122,8 @@ def mcs_prefilled(encoder, passed: VariantPass, ids: list[str], settings: MCSSet
     of the pass (``ids`` are theirs)."""
     if rows is not None:
         passed = _rows_of(passed, rows)
-    try:
-        result = compute_mcs(encoder.model, passed.inputs, passed.vision_mask, passed.text_mask, settings,
-                             [noise_key(i, prompt) for i in ids], prefilled=passed.prefill)
-    except NonFiniteMCSError as error:
-        raise _named(error) from error
-    result.sample_ids = list(ids)
-    return result
+    return _item_mcs(encoder.model, passed.inputs, passed.vision_mask, passed.text_mask, ids, settings, prompt,
+                     prefilled=passed.prefill)
 
 
 def item_batch(encoder, conversations: dict[str, list], layer: int, with_mcs: bool) -> PrefixPasses:
