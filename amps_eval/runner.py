@@ -13,13 +13,21 @@ instance to ``simple_evaluate``. The files are those of a run by model name: the
 same ``config.model``, ``config.model_args`` and ``model_source`` that lmms-eval records when it
 builds the model itself. The caller owns the session (``with EvalSession() as session:``); leaving
 the block drops the models.
+
+Inside ``with session.sweep(alphas):`` the runs of one sweep share a `amps_eval.sweep_pass.SweepPass`:
+the first run generates every alpha's answers in the same batches and the later runs of the sweep
+take theirs (each run still writes its own files, the same as alone; docs/sweeps.md).
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from amps_eval.sweep_pass import SweepPass
 
 
 @dataclass(frozen=True)
@@ -38,6 +46,7 @@ class EvalSession:
     _models: dict = field(default_factory=dict, repr=False)
     _task_manager: Any = field(default=None, repr=False)
     loads: int = 0  # how many checkpoints this session has loaded
+    _sweep: SweepPass | None = field(default=None, repr=False)
 
     def __enter__(self) -> "EvalSession":
         return self
@@ -51,6 +60,8 @@ class EvalSession:
 
         self._models.clear()
         self._task_manager = None
+        if self._sweep is not None:
+            self._sweep.clear()
         gc.collect()
 
     @property
@@ -63,6 +74,19 @@ class EvalSession:
         if self._task_manager is None:
             self._task_manager = _task_manager(self.verbosity)
         return self._task_manager
+
+    @contextlib.contextmanager
+    def sweep(self, alphas) -> Iterator[SweepPass]:
+        """The runs inside the block are those of one sweep over ``alphas`` (the values the runs'
+        ``alpha=`` arguments parse to): they share one `SweepPass`, dropped when the block ends."""
+        if self._sweep is not None:
+            raise RuntimeError("a sweep is already open in this session: run the sweeps one after the other")
+        self._sweep = SweepPass(tuple(alphas))
+        try:
+            yield self._sweep
+        finally:
+            self._sweep.clear()
+            self._sweep = None
 
     def wrapper(self, model: str, model_args: str, *, batch_size: int | None = None, device: str | None = None):
         """A fresh wrapper for one run, built as lmms-eval builds it from ``model`` and
@@ -84,7 +108,7 @@ class EvalSession:
         if key not in self._models:
             self._models[key] = cls.load_checkpoint(settings)
             self.loads += 1
-        return cls(loaded=self._models[key], **args)
+        return cls(loaded=self._models[key], sweep=self._sweep, **args)
 
     def run(self, model: str, model_args: str, tasks: list[str], output_path: Path, **kwargs) -> "EvalRun":
         """`run_lmms_eval` over this session's models and task index."""

@@ -16,6 +16,8 @@ a model that keeps talking.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -33,6 +35,7 @@ from amps_eval.model_wrappers.loaded import LoadedModel, load_key
 from amps_eval.mcs.kv_cache import Prefill
 from amps_eval.settings import WrapperSettings, load_steering
 from amps_eval.steering.hooks import SteeringNonFinite
+from amps_eval.sweep_pass import Answer, SweepPass, answer_key, expand_inputs, generated_lengths
 
 
 @dataclass
@@ -46,6 +49,7 @@ class Prompt:
     turns: list[Turn]
     max_new_tokens: int
     until: tuple[str, ...]
+    alpha: float | None = None  # this row's steering strength; None: the run's (a sweep pass sets the others')
 
     @property
     def images(self) -> list:
@@ -63,12 +67,26 @@ class Prompt:
 
 @dataclass
 class Batch:
+    """One generation's rows. ``encoded``: the items' inputs; with ``copies`` > 1 the prompts are
+    the items repeated once per alpha (alpha-major, the run's own first: `amps_eval.sweep_pass`) and
+    ``inputs`` repeats the encoded items the same way."""
+
     prompts: list[Prompt]
     encoded: Encoded
+    copies: int = 1
+    generated: list[int] | None = None  # tokens each row generated through its end of turn (set by `_generate`)
+    rows: list[dict] | None = None  # the steering's diagnostics per row (set when the steering closes)
+
+    @functools.cached_property
+    def inputs(self) -> dict:
+        return expand_inputs(self.encoded.inputs, self.copies)
 
     @property
-    def inputs(self) -> dict:
-        return self.encoded.inputs
+    def base(self) -> "Batch":
+        """The items once (this batch when it does not repeat them)."""
+        if self.copies == 1:
+            return self
+        return Batch(self.prompts[: len(self.prompts) // self.copies], self.encoded)
 
 
 class AmpsWrapper(lmms):
@@ -90,10 +108,15 @@ class AmpsWrapper(lmms):
         """Load the checkpoint of ``settings`` once, to hand to several wrappers (``loaded=``)."""
         return LoadedModel.load(cls.family, settings)
 
-    def __init__(self, *, loaded: LoadedModel | None = None, **model_args) -> None:
+    def __init__(self, *, loaded: LoadedModel | None = None, sweep: SweepPass | None = None, **model_args) -> None:
         """``loaded``: a checkpoint already loaded with the same loading settings (`LoadedModel`),
-        shared by several runs in one process (`amps_eval.runner.EvalSession`); None loads it here."""
+        shared by several runs in one process (`amps_eval.runner.EvalSession`); None loads it here.
+        ``sweep``: the `SweepPass` of the sweep this run belongs to (its batches are generated for
+        every alpha of the sweep at once, or taken from an earlier run of it); None: this alpha only."""
         super().__init__()
+        if sweep is not None and not isinstance(sweep, SweepPass):
+            raise TypeError(f"sweep= takes a SweepPass, not {type(sweep).__name__}")
+        self.sweep = sweep
         self.settings = self.settings_class.from_model_args(**model_args)
         if loaded is None:
             loaded = LoadedModel.load(self.family, self.settings)
@@ -126,8 +149,9 @@ class AmpsWrapper(lmms):
             return
         with self.steering.apply(self.model, batch) as steered:
             yield steered.prefill
-        if self.diagnostics is not None:
-            self.diagnostics.write(steered.rows)
+        batch.rows = steered.rows
+        if self.diagnostics is not None:  # this run's rows (a sweep pass keeps the other alphas')
+            self.diagnostics.write([row for row, p in zip(steered.rows, batch.prompts) if p.alpha is None])
 
     # --- devices ------------------------------------------------------------------------------
     @property
@@ -216,12 +240,14 @@ class AmpsWrapper(lmms):
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=self.stop_ids,
                 )
+                batch.generated = generated_lengths(output[:, batch.inputs["input_ids"].shape[1] :], self.stop_ids)
         except SteeringNonFinite as error:  # fail the run (lmms-eval lets it through), naming the documents
             docs = [batch.prompts[r] for r in error.rows if r < len(batch.prompts)]
             where = ", ".join(f"task {p.task} doc {p.doc_id} (item {p.item_id})" for p in docs[:5])
             where += f" and {len(docs) - 5} more" if len(docs) > 5 else ""
             run = f"{type(self).__name__} method={self.settings.method} steering={self.settings.steering}"
-            raise error.naming(f"{where} in the run {run}", alpha=self.settings.alpha) from None
+            alphas = sorted({self.settings.alpha if p.alpha is None else p.alpha for p in docs}) or [self.settings.alpha]
+            raise error.naming(f"{where} in the run {run}", alpha=alphas[0] if len(alphas) == 1 else None) from None
         new_tokens = output[:, batch.inputs["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
         return [truncate(text, p.until).strip() for text, p in zip(texts, batch.prompts)]
@@ -232,13 +258,46 @@ class AmpsWrapper(lmms):
         batches = self._batches(prompts)
         progress = tqdm(total=len(prompts), desc=f"{type(self).__name__} ({self.settings.method})", disable=self.rank != 0)
         for chunk in batches:
-            batch = Batch(chunk, self.encode_turns([p.turns for p in chunk]))
-            for prompt, text in zip(chunk, self._generate(batch)):
+            for prompt, text in zip(chunk, self._answers(chunk, requests)):
                 results[prompt.index] = text
                 self.cache_hook.add_partial("generate_until", requests[prompt.index].args, text)
             progress.update(len(chunk))
         progress.close()
         return results
+
+    def _answers(self, chunk: list[Prompt], requests) -> list[str]:
+        """One batch's answers: generated for this run's alpha, or in a sweep pass taken from an
+        earlier run of the sweep, else generated for this alpha and every alpha of the sweep still
+        unanswered at once (the others' answers and diagnostics kept for their runs)."""
+        encoded = self.encode_turns([p.turns for p in chunk])
+        if self.sweep is None or self.steering is None:
+            return self._generate(Batch(chunk, encoded))
+        settings = self.settings.to_dict()
+        keys = [answer_key(settings, p.task, p.doc_id, p.item_id, requests[p.index].args[0], requests[p.index].args[1])
+                for p in chunk]
+        kept = self.sweep.take(keys, self.settings.alpha)
+        if kept is not None:
+            if self.diagnostics is not None:
+                self.diagnostics.write([a.diagnostics for a in kept if a.diagnostics is not None])
+            return [a.text for a in kept]
+        others = self.sweep.others(keys, self.settings.alpha)
+        while True:
+            batch = Batch(chunk + [dataclasses.replace(p, alpha=a) for a in others for p in chunk], encoded,
+                          copies=1 + len(others))
+            try:
+                texts = self._generate(batch)
+                break
+            except SteeringNonFinite as error:
+                if not others:
+                    raise
+                # without the alphas that failed (their own runs fail as they would alone)
+                failed = {batch.prompts[r].alpha for r in error.rows if r < len(batch.prompts)}
+                others = () if None in failed else tuple(a for a in others if a not in failed)
+        n = len(chunk)
+        for k, alpha in enumerate(others, 1):
+            rows = batch.rows[k * n : (k + 1) * n] if batch.rows else [None] * n
+            self.sweep.keep(keys, alpha, [Answer(t, r) for t, r in zip(texts[k * n : (k + 1) * n], rows)])
+        return texts[:n]
 
     def loglikelihood(self, requests):
         raise NotImplementedError(f"{type(self).__name__} answers generate_until tasks (such as the MC2 tasks) only")

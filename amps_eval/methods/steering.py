@@ -10,13 +10,17 @@ did not see its item (cross-fitting); a row whose item every fold saw is marked 
 The diagnostics of each row include its effective strength ``relative_shift``: ||alpha gamma v|| /
 ||h||, averaged over the positions it was added to (`hooks.SteeringHandle.relative_shift`).
 
-A method that computes the MCS at inference (``mean_mcs``) prefills the prompt for it
-(`amps_eval.mcs.kv_cache.prefill_prompt`). When the prompt is not steered before its last token
-(``positions`` ``generated`` or ``from_last_prompt``), that prefill's cache (cut before the last
-prompt token) is the one an unsteered prefill makes, so `apply` hands it to the generation
-(`Steered.prefill`), which then runs only the last prompt token and the new tokens. With
-``positions=all`` the steering changes the prompt's cache above the steered layer, so generation
-prefills the prompt again (one extra prefill per batch).
+When the prompt is not steered before its last token (``positions`` ``generated`` or
+``from_last_prompt``), `apply` prefills the prompt once, unsteered
+(`amps_eval.mcs.kv_cache.prefill_prompt`), and hands that prefill's cache (cut before the last
+prompt token) to the generation (`Steered.prefill`), which then runs only the last prompt token and
+the new tokens: the prefill is the MCS's for ``mean_mcs``, and the one every alpha of a sweep pass
+shares (`amps_eval.sweep_pass`). With ``positions=all`` the steering changes the prompt's cache
+above the steered layer, so generation prefills the prompt itself (for ``mean_mcs``, once more).
+
+A batch may hold its items once per alpha (`amps_eval.sweep_pass`: ``batch.copies``, each prompt's
+own ``alpha``): the folds, the MCS and the prefill are computed on the items once and repeated, and
+each row is steered at its own alpha.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from amps_eval.steering import hooks
 from amps_eval.steering.file import SteeringFile
 from amps_eval.mcs.kv_cache import Prefill, prefill_prompt
 from amps_eval.mcs.score import MCSSettings
+from amps_eval.sweep_pass import expand_prefill
 from amps_eval.vocabulary import TARGETS
 
 __all__ = ["CONTINUES", "FLOAT32_MAX", "RowModules", "Steered", "Steering", "SteeringConfig"]
@@ -151,9 +156,9 @@ class Steering:
         return rows
 
     def _prefill(self, model, batch) -> Prefill | None:
-        """The prompt's prefill when the method needs one (the MCS) and the generation can continue
-        from it (see the module docstring); None otherwise."""
-        if not (self.method.prefills_at_inference and self.config.positions in CONTINUES):
+        """The prompt's unsteered prefill when the generation can continue from it (see the module
+        docstring); None otherwise."""
+        if self.config.positions not in CONTINUES:
             return None
         return prefill_prompt(model, batch.encoded.inputs)
 
@@ -161,12 +166,20 @@ class Steering:
     def apply(self, model, batch):
         """Steer one batch's generation; yields a `Steered` (the per-row diagnostics, filled in on
         exit, and the prefill to continue from). With a prefill, the generation must start from
-        its cache: the hooks then see the last prompt token first, not the whole prompt."""
-        rows = self._rows(batch.prompts)
-        prefill = self._prefill(model, batch)
-        scales = self.method.row_scales(model, batch, rows, self.file, self.config, prefilled=prefill)
-        alphas = torch.tensor([self.config.alpha * s for s in scales])
-        mask = batch.encoded.inputs["attention_mask"]
+        its cache: the hooks then see the last prompt token first, not the whole prompt. A batch
+        that sets ``generated`` (tokens per row) before the block ends gets each row's effective
+        strength over its own tokens only."""
+        base = batch.base  # the items once (the batch itself unless it repeats them per alpha)
+        rows = self._rows(base.prompts)
+        prefill = self._prefill(model, base)
+        scales = self.method.row_scales(model, base, rows, self.file, self.config, prefilled=prefill)
+        if batch.copies > 1:
+            rows = [dict(row) for _ in range(batch.copies) for row in rows]
+            scales = list(scales) * batch.copies
+            prefill = expand_prefill(prefill, batch.copies)
+        row_alphas = [self.config.alpha if p.alpha is None else float(p.alpha) for p in batch.prompts]
+        alphas = torch.tensor([a * s for a, s in zip(row_alphas, scales)])
+        mask = batch.inputs["attention_mask"]
         if prefill is not None:
             mask = mask[:, -1:]  # the generation's first forward is the last prompt token (left padding: real)
         if self.file.method == "mean":
@@ -178,8 +191,9 @@ class Steering:
             context = hooks.steer_with_module(model, self.layer, router, alphas, mask, self.config.positions)
         with context as handle:
             yield Steered(rows, prefill)
+        handle.generated = batch.generated
         relative = handle.relative_shift.tolist()
-        for row, strength, norm, rel in zip(rows, alphas.tolist(), handle.norms.tolist(), relative):
-            row.update(method=self.config.method, layer=self.layer, alpha=self.config.alpha, strength=strength,
+        for row, alpha, strength, norm, rel in zip(rows, row_alphas, alphas.tolist(), handle.norms.tolist(), relative):
+            row.update(method=self.config.method, layer=self.layer, alpha=alpha, strength=strength,
                        vector_norm=norm, shift_norm=abs(strength) * norm,
                        relative_shift=rel if math.isfinite(rel) else None)

@@ -74,6 +74,7 @@ def sweep_settings(args: argparse.Namespace):
         alphas=args.alphas, tasks=split_list(args.tasks), out=Path(args.out),
         batch_size=args.batch_size, limit=args.limit, device=args.device,
         data=Path(args.data) if args.data else None, extra_model_args=parse_model_args(args.model_args),
+        one_pass=not args.per_alpha,
     )
 
 
@@ -137,4 +138,7 @@ def add_parsers(sub, batch_help: str = "prompts per forward pass", list_help: st
     p.add_argument("--model-args", default="",
                    help="further model arguments, k=v,k=v (lists inside one '/'-separated), e.g. "
                    f"positions={POSITIONS[1]},mcs_sigmas=0.05/0.1 (default: none)")
+    p.add_argument("--per-alpha", action="store_true",
+                   help="generate each alpha on its own (default: every alpha in one pass over the items, batches "
+                   "of batch-size items x alphas rows, the same result files; docs/sweeps.md)")
     p.set_defaults(run=_sweep)

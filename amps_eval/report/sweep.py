@@ -5,7 +5,10 @@ Each alpha is a separate lmms-eval run written to ``<out>/alpha_<alpha>/``, so a
 steering file's sha256 goes into every run's model arguments (``steering_sha256=``): the wrapper
 then refuses a file that changed during the sweep, and the run's identity, lmms-eval's cache key
 included, names the file's content rather than just its path. The alphas run in one process over
-one load of the model (`amps_eval.runner.EvalSession`).
+one load of the model (`amps_eval.runner.EvalSession`), and by default in one pass over the items
+(`amps_eval.sweep_pass`, docs/sweeps.md): the first alpha's run generates every alpha's answers in
+the same batches, the later runs take theirs; the files are those of one run per alpha
+(``one_pass=False``, ``amps-eval sweep --per-alpha``, runs each alpha on its own).
 """
 
 from __future__ import annotations
@@ -55,6 +58,9 @@ class SweepSettings:
     device: str | None = None
     data: Path | None = None  # prepared MC2 folder (default: AMPS_MC2_DATA, else the default folder)
     extra_model_args: dict[str, str] = field(default_factory=dict)
+    # every alpha in one pass over the items (amps_eval.sweep_pass): batches of batch_size items x
+    # len(alphas) rows, the same files as one run per alpha (False: each alpha generates on its own)
+    one_pass: bool = True
 
     def __post_init__(self) -> None:
         from amps_eval.families import by_lmms_model, lmms_models
@@ -83,9 +89,15 @@ def alpha_folder(alpha: float) -> str:
     return "alpha_" + f"{alpha:g}".replace("-", "m")
 
 
+def alpha_arg(alpha: float) -> str:
+    """The ``alpha=`` model argument of a sweep's run (the value its wrapper steers with is
+    ``float`` of it)."""
+    return f"{alpha:g}"
+
+
 def model_args(settings: SweepSettings, alpha: float, sha: str) -> str:
     args = {"pretrained": settings.pretrained, "method": settings.method, "steering": str(Path(settings.steering).resolve()),
-            "steering_sha256": sha, "alpha": f"{alpha:g}", **settings.extra_model_args}
+            "steering_sha256": sha, "alpha": alpha_arg(alpha), **settings.extra_model_args}
     if settings.device:
         args["device"] = settings.device
     return ",".join(f"{k}={v}" for k, v in args.items())
@@ -96,15 +108,24 @@ def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print, 
 
     All alphas run in this process over one load of the model and one task index: the caller's
     ``session`` (`amps_eval.runner.EvalSession`, e.g. the study's, shared with its other runs), or
-    one opened for this sweep."""
+    one opened for this sweep; with ``one_pass`` the runs share one `amps_eval.sweep_pass.SweepPass`
+    (the first generates every alpha, the others take their answers)."""
     from amps_eval.files import ensure_folder
     from amps_eval.runner import EvalSession
-    from amps_eval.steering.file import sha256
 
     ensure_folder(settings.out, "the sweep's results folder (--out)")  # before any model loads
     if session is None:
         with EvalSession() as own:
             return run_sweep(settings, progress, own)
+    if not settings.one_pass:
+        return _run_alphas(settings, progress, session)
+    with session.sweep(float(alpha_arg(a)) for a in settings.alphas):
+        return _run_alphas(settings, progress, session)
+
+
+def _run_alphas(settings: SweepSettings, progress: Callable[[str], None], session) -> list[Path]:
+    from amps_eval.steering.file import sha256
+
     sha = sha256(settings.steering)
     files = []
     for i, alpha in enumerate(settings.alphas, 1):

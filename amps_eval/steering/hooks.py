@@ -30,8 +30,9 @@ Effective strength. Alpha alone does not say how hard a run steered: the same al
 whose hidden states are small much more than one whose states are large, and AMPS's targets are
 (1 + gamma) times L2S's. Every hook call therefore also sums, per row and on the device, the inverse
 norm of the *unsteered* hidden state at each position it shifts; `SteeringHandle.relative_shift` is
-then ||alpha * v|| / ||h|| averaged over the steered positions of the row (prompt and generated):
-the effective strength that methods are compared at.
+then ||alpha * v|| / ||h|| averaged over the steered positions of the row (prompt and generated,
+up to the row's own last token when the caller says how many it generated,
+``SteeringHandle.generated``): the effective strength that methods are compared at.
 """
 
 from __future__ import annotations
@@ -75,6 +76,7 @@ class _CallTracker:
         self.prompt_len = None if attention_mask is None else int(attention_mask.shape[1])
         self.positions = positions
         self.calls = 0
+        self.step: int | None = None  # the last call's decode step (None: a prompt call)
         if self.mask is not None and not self.mask.any(dim=1).all():
             raise ValueError("attention_mask has a row with no real token")
 
@@ -98,7 +100,9 @@ class _CallTracker:
                 f"attention_mask has {t}: pass the attention_mask of the prompt being run "
                 "(after image-token expansion), and use one steering context per batch"
             )
+        self.step = None
         if not first and s == 1:
+            self.step = self.calls - 1  # decode step j feeds generated token j
             return None
         if s < t:
             raise ValueError(
@@ -140,13 +144,14 @@ def _apply_shift(output: Tensor | tuple, h: Tensor, shift: Tensor, where: Tensor
 
 
 def _shift_and_observe(output, h: Tensor, shift: Tensor, where: Tensor | None, guard: "_FiniteGuard",
-                       meter: "_NormMeter"):
+                       meter: "_NormMeter", step: int | None = None):
     """`_apply_shift`, then the finiteness flags of the steered state and the norms of the unsteered
-    one at the shifted positions (both kept on the device); None when nothing was shifted."""
+    one at the shifted positions (both kept on the device); None when nothing was shifted.
+    ``step``: the call's decode step (`_CallTracker.step`)."""
     steered = _apply_shift(output, h, shift, where)
     if steered is not None:
         guard.observe(_layer_output(steered))
-        meter.observe(h, where)
+        meter.observe(h, where, step)
     return steered
 
 
@@ -203,34 +208,56 @@ class _FiniteGuard:
 
 class _NormMeter:
     """Per-row sums of 1 / ||h|| (float32) over the positions a hook shifts, and their count; on the
-    device, read once by `mean_inverse` after the context closes."""
+    device, read once by `mean_inverse` after the context closes. Decode steps (one token per row)
+    are kept apart, one [B] tensor per step, so that a row's mean can stop at its own last token."""
 
     def __init__(self, batch: int | None) -> None:
         self.batch = batch
-        self.inverse: Tensor | None = None
+        self.rows: int | None = None  # hidden rows of the first call seen
+        self.inverse: Tensor | None = None  # the prompt's calls (prefill, any full re-run): [B]
         self.count: Tensor | None = None
+        self.steps: dict[int, Tensor] = {}  # decode step j (it feeds generated token j) -> [B]
 
-    def observe(self, h: Tensor, where: Tensor | None) -> None:
+    def observe(self, h: Tensor, where: Tensor | None, step: int | None = None) -> None:
+        if self.rows is None:
+            self.rows = h.shape[0]
+        elif self.rows != h.shape[0]:
+            return  # the hidden batch changed size (never in generate): keep the first
         norms = torch.linalg.vector_norm(h, dim=-1, dtype=torch.float32)  # [B, S]
+        if step is not None:  # a decode step: one token per row, all shifted
+            self.steps[step] = 1.0 / norms[:, 0]
+            return
         steered = torch.ones_like(norms, dtype=torch.bool) if where is None else where.to(norms.device).expand_as(norms)
         inverse = torch.where(steered, 1.0 / norms, torch.zeros_like(norms)).sum(dim=-1)
         count = steered.sum(dim=-1).float()
-        if self.inverse is None or self.inverse.shape != inverse.shape:
-            if self.inverse is not None:  # the hidden batch changed size (never in generate): restart
-                return
+        if self.inverse is None:
             self.inverse, self.count = inverse, count
         else:
             self.inverse, self.count = self.inverse + inverse, self.count + count
 
-    def mean_inverse(self) -> Tensor | None:
+    def mean_inverse(self, generated: list[int] | None = None) -> Tensor | None:
         """[B] mean of 1 / ||h|| over each prompt row's steered positions (beams folded back); NaN
-        for a row with none; None before the model ran."""
-        if self.inverse is None:
+        for a row with none; None before the model ran. ``generated``: per prompt row, the tokens
+        it generated through its end of turn; the decode steps after its last token (the padding
+        ``generate`` feeds a finished row while others go on) are then left out, so that a row's
+        mean does not depend on the rows it shares a batch with. None: every step."""
+        if self.rows is None:
             return None
-        rows = int(self.inverse.shape[0])
-        per_row = max(1, rows // (self.batch or rows))
-        inverse = self.inverse.cpu().reshape(-1, per_row).sum(dim=1)
-        count = self.count.cpu().reshape(-1, per_row).sum(dim=1)
+        inverse = torch.zeros(self.rows) if self.inverse is None else self.inverse.cpu()
+        count = torch.zeros(self.rows) if self.count is None else self.count.cpu()
+        if self.steps:
+            numbers = sorted(self.steps)
+            steps = torch.stack([self.steps[j] for j in numbers], dim=1).cpu()  # [B, steps]
+            own = torch.ones_like(steps, dtype=torch.bool)
+            if generated is not None:
+                per_row = max(1, self.rows // len(generated))
+                last = torch.as_tensor(list(generated)).repeat_interleave(per_row)[:, None]
+                own = torch.as_tensor(numbers)[None] < last  # step j feeds token j: own while j < n
+            inverse = inverse + torch.where(own, steps, torch.zeros_like(steps)).sum(dim=1)
+            count = count + own.sum(dim=1).float()
+        per_row = max(1, self.rows // (self.batch or self.rows))
+        inverse = inverse.reshape(-1, per_row).sum(dim=1)
+        count = count.reshape(-1, per_row).sum(dim=1)
         return torch.where(count > 0, inverse / count.clamp(min=1), torch.full_like(inverse, float("nan")))
 
 
@@ -303,6 +330,7 @@ class SteeringHandle:
     vectors: Tensor | None = None
     calls: int = 0
     meter: _NormMeter | None = field(default=None, repr=False)
+    generated: list[int] | None = None  # tokens each row generated (set by the caller): see `relative_shift`
 
     @property
     def norms(self) -> Tensor:
@@ -320,8 +348,9 @@ class SteeringHandle:
     def relative_shift(self) -> Tensor:
         """Per-row effective strength: ||alpha * v|| / ||h|| averaged over the row's steered
         positions, h the unsteered hidden state there (module docstring); NaN for a row never
-        shifted (e.g. ``positions="generated"`` with no token generated)."""
-        inverse = None if self.meter is None else self.meter.mean_inverse()
+        shifted (e.g. ``positions="generated"`` with no token generated). With ``generated`` set,
+        a row's positions end at its own last token (not at the batch's)."""
+        inverse = None if self.meter is None else self.meter.mean_inverse(self.generated)
         if inverse is None:
             raise RuntimeError("no hidden state seen yet: the model has not run inside the steering context")
         return self.shift_norms.cpu() * inverse
@@ -408,7 +437,7 @@ def steer(
         key = (h.device, h.dtype)
         if key not in moved:
             moved[key] = shift.to(device=h.device, dtype=h.dtype)
-        return _shift_and_observe(output, h, moved[key], where, guard, handle.meter)
+        return _shift_and_observe(output, h, moved[key], where, guard, handle.meter, tracker.step)
 
     with _hooked(module, hook):
         yield handle
@@ -461,7 +490,7 @@ def steer_with_module(
             shift = _expand_rows(a[:, None], h.shape[0]).to(v.device) * v
             state["shift"] = shift.to(device=h.device, dtype=h.dtype)  # moved once, not per step
         handle.calls += 1
-        return _shift_and_observe(output, h, state["shift"], where, guard, handle.meter)
+        return _shift_and_observe(output, h, state["shift"], where, guard, handle.meter, tracker.step)
 
     with _hooked(layer_module, hook):
         yield handle
