@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Answer", "SweepPass", "answer_key", "expand_inputs", "expand_prefill", "generated_lengths"]
+__all__ = ["NOT_IN_KEY", "Answer", "SweepPass", "answer_key", "expand_inputs", "expand_prefill", "generated_lengths"]
 
 
 @dataclass(frozen=True)
@@ -46,10 +46,16 @@ class Answer:
     diagnostics: dict | None = None
 
 
+NOT_IN_KEY = ("alpha", "diagnostics")
+"""The settings an answer does not depend on: the strength (the pass varies it) and the diagnostics
+folder (every answer is kept with its diagnostics row, written by the run that takes it)."""
+
+
 def answer_key(settings: dict, task: str, doc_id: int, item_id: str, context: str, gen_kwargs) -> tuple:
-    """What decides an answer but alpha: the run's settings (its model arguments, without ``alpha``),
+    """What decides an answer but alpha: the run's settings (its model arguments but `NOT_IN_KEY`),
     the task document and its request (the question text and the generation arguments)."""
-    setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in settings.items() if k != "alpha"))
+    setting = tuple(sorted((k, json.dumps(v, sort_keys=True, default=str)) for k, v in settings.items()
+                           if k not in NOT_IN_KEY))
     request = json.dumps(dict(gen_kwargs or {}), sort_keys=True, default=str)
     return setting, task, int(doc_id), str(item_id), str(context), request
 

@@ -1,5 +1,6 @@
-"""mean_mcs generation continues from the MCS prefill when the prompt is not steered (positions
-``generated`` / ``from_last_prompt``): same answers and diagnostics as prefilling twice, one prefill."""
+"""Generation continues from one unsteered prefill when the prompt is not steered (positions
+``generated`` / ``from_last_prompt``); for mean_mcs, from the MCS prefill: same answers and diagnostics
+as prefilling twice, one prefill."""
 
 import json
 
@@ -112,9 +113,11 @@ def test_compute_mcs_leaves_the_prefill_it_is_given_unchanged(tiny_qwen_path, ta
 
 
 @pytest.mark.parametrize("method, positions, continues", [("mean_mcs", "all", False), ("mean_mcs", "generated", True),
-                                                           ("mean", "generated", False)])
-def test_only_an_mcs_method_with_an_unsteered_prompt_continues(tiny_qwen_path, task_dict, tmp_path, method, positions,
-                                                               continues):
+                                                           ("mean", "generated", True), ("amps", "from_last_prompt", True),
+                                                           ("l2s", "all", False)])
+def test_only_an_unsteered_prompt_continues(tiny_qwen_path, task_dict, tmp_path, method, positions, continues):
+    """Every method continues from one unsteered prefill when its prompt is not steered (the prefill
+    a sweep pass shares between its alphas, `amps_eval.sweep_pass`); with positions=all it cannot."""
     from amps_eval.model_wrappers.registered import AmpsQwen
 
     wrapper = steered(AmpsQwen, tiny_qwen_path, task_dict, tmp_path, method, positions=positions, batch_size=2,
