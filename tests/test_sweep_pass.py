@@ -344,3 +344,18 @@ def test_the_sweep_command_runs_one_pass_unless_asked_per_alpha(tmp_path):
             str(tmp_path / "s.safetensors"), "--alphas", "0,1", "--out", "o"]
     assert sweep_settings(build_parser().parse_args(line)).one_pass is True
     assert sweep_settings(build_parser().parse_args(line + ["--per-alpha"])).one_pass is False
+
+
+@pytest.mark.slow
+def test_the_sweep_benchmark_runs_in_its_dry_run_form(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_sweep.py"
+    done = subprocess.run([sys.executable, str(script), "--dry-run", "--out", str(tmp_path / "bench.json")],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "one pass" in done.stdout and "same answers: True" in done.stdout
+    (sweep,) = json.loads((tmp_path / "bench.json").read_text())["sweeps"]
+    assert sweep["alphas"] == [0.0, 2.0] and sweep["same_answers"] is True and sweep["ratio_one_pass_to_per_alpha"] > 0
