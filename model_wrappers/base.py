@@ -3,7 +3,9 @@
 A request becomes a `Prompt` (its conversation under the chosen method, its task document and its
 generation settings); prompts are batched by generation settings and prompt length, encoded with
 left padding, generated greedily inside `self.intervene(batch)` (the steering hook point: a no-op
-for the prompt baselines) and returned in request order.
+for the prompt baselines) and returned in request order. A run of a sweep (``sweep=``, a
+`amps_eval.sweep_pass.SweepPass`) generates each batch once for every alpha of the sweep, or takes
+the answers an earlier run of the sweep generated for it (docs/sweeps.md).
 
 Generation budget: ``max(task's max_new_tokens, settings.max_new_tokens)`` new tokens (default 64,
 room for a one-sentence answer); for ``method=cot`` ``cot_max_new_tokens`` (default 512) takes the
@@ -269,9 +271,8 @@ class AmpsWrapper(lmms):
         """One batch's answers: generated for this run's alpha, or in a sweep pass taken from an
         earlier run of the sweep, else generated for this alpha and every alpha of the sweep still
         unanswered at once (the others' answers and diagnostics kept for their runs)."""
-        encoded = self.encode_turns([p.turns for p in chunk])
         if self.sweep is None or self.steering is None:
-            return self._generate(Batch(chunk, encoded))
+            return self._generate(Batch(chunk, self.encode_turns([p.turns for p in chunk])))
         settings = self.settings.to_dict()
         keys = [answer_key(settings, p.task, p.doc_id, p.item_id, requests[p.index].args[0], requests[p.index].args[1])
                 for p in chunk]
@@ -281,6 +282,7 @@ class AmpsWrapper(lmms):
                 self.diagnostics.write([a.diagnostics for a in kept if a.diagnostics is not None])
             return [a.text for a in kept]
         others = self.sweep.others(keys, self.settings.alpha)
+        encoded = self.encode_turns([p.turns for p in chunk])
         while True:
             batch = Batch(chunk + [dataclasses.replace(p, alpha=a) for a in others for p in chunk], encoded,
                           copies=1 + len(others))
