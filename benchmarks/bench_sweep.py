@@ -7,8 +7,9 @@ load, warmed up by a first sweep): ``per_alpha`` (``one_pass=False``: each alpha
 batches) against ``one_pass`` (the first run generates every alpha's answers in batches of
 batch-size items x alphas rows, the later runs take theirs; `amps_eval.sweep_pass`). Rounds
 alternate the arm order (per_alpha, one_pass, one_pass, per_alpha, ...). Reported per positions
-setting: the median seconds per sweep of each arm, their ratio (one_pass / per_alpha), and whether
-both arms wrote the same answers (every sample line's response).
+setting: the median seconds per sweep of each arm, their ratio (one_pass / per_alpha), the ratio
+within each round (both arms under the same load) and its median, and whether both arms wrote the
+same answers (every sample line's response).
 
     .venv/bin/python benchmarks/bench_sweep.py                      # qwen organism, CPU, 1 thread
     .venv/bin/python benchmarks/bench_sweep.py --dry-run            # tiny model, 2 documents, 2 alphas, 1 round (the tests)
@@ -59,10 +60,12 @@ def bench_sweep(model: str, pretrained: str, data: Path, steering: Path, device:
             run_sweep(settings(arm, r), quiet, session)
             times[arm].append(time.perf_counter() - start)
     medians = {arm: statistics.median(t) for arm, t in times.items()}
+    paired = [b / a for a, b in zip(times["per_alpha"], times["one_pass"])]  # the arms of one round: the same load
     same = _answers(work / f"{positions}_one_pass_0") == _answers(work / f"{positions}_per_alpha_0")
     return {"positions": positions, "alphas": list(alphas), "limit": limit, "batch_size": batch_size,
             "max_new_tokens": max_new_tokens, "rounds": rounds, "seconds": times, "median": medians,
-            "ratio_one_pass_to_per_alpha": medians["one_pass"] / medians["per_alpha"], "same_answers": same}
+            "ratio_one_pass_to_per_alpha": medians["one_pass"] / medians["per_alpha"], "paired_ratios": paired,
+            "median_paired_ratio": statistics.median(paired), "same_answers": same}
 
 
 def main(argv=None) -> dict:
@@ -123,6 +126,8 @@ def main(argv=None) -> dict:
                       f"max {args.max_new_tokens} new tokens, {rounds} rounds, {out['threads']} thread(s)):")
                 print(f"  per alpha {s['median']['per_alpha']:.2f} s/sweep, one pass {s['median']['one_pass']:.2f} s/sweep: "
                       f"ratio {s['ratio_one_pass_to_per_alpha']:.3f}; same answers: {s['same_answers']}")
+                print(f"  per round (one pass / per alpha): {', '.join(f'{x:.3f}' for x in s['paired_ratios'])}; "
+                      f"median {s['median_paired_ratio']:.3f}")
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps(out, indent=2))
