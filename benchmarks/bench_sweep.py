@@ -71,6 +71,7 @@ def bench_sweep(model: str, pretrained: str, data: Path, steering: Path, device:
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="amps_qwen", help="lmms-eval model whose shipped organism is measured")
+    ap.add_argument("--pretrained", default=None, help="a checkpoint of --model's family instead of its organism")
     ap.add_argument("--alphas", default=",".join(f"{a:g}" for a in DEFAULT_ALPHAS))
     ap.add_argument("--positions", default="all,generated", help="positions settings to measure, ',' separated")
     ap.add_argument("--limit", type=int, default=8, help="documents per task (mc2_visual and mc2_text)")
@@ -99,6 +100,8 @@ def main(argv=None) -> dict:
             from amps_eval.tiny_models import tiny_model
 
             pretrained = str(tiny_model("qwen2_5_vl", work / "models", seed=0))
+        elif args.pretrained:
+            pretrained = args.pretrained
         else:
             from amps_eval.organism import organism_path
 
@@ -121,7 +124,8 @@ def main(argv=None) -> dict:
                 s = bench_sweep(args.model, pretrained, data, steering, str(device), alphas, positions, limit,
                                 args.batch_size, rounds, args.max_new_tokens, work, session)
                 out["sweeps"].append(s)
-                print(f"sweep of {len(alphas)} alphas ({args.model}{' (dry run: tiny model)' if args.dry_run else ' organism'}, "
+                what = " (dry run: tiny model)" if args.dry_run else f" {args.pretrained}" if args.pretrained else " organism"
+                print(f"sweep of {len(alphas)} alphas ({args.model}{what}, "
                       f"method=mean, positions={positions}, {limit} documents x 2 tasks, batch {args.batch_size}, "
                       f"max {args.max_new_tokens} new tokens, {rounds} rounds, {out['threads']} thread(s)):")
                 print(f"  per alpha {s['median']['per_alpha']:.2f} s/sweep, one pass {s['median']['one_pass']:.2f} s/sweep: "
