@@ -33,8 +33,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 
-import torch
-
 __all__ = ["NOT_IN_KEY", "Answer", "SweepPass", "answer_key", "expand_inputs", "expand_prefill", "generated_lengths"]
 
 
@@ -104,6 +102,8 @@ def expand_inputs(inputs: dict, copies: int) -> dict:
     concatenated with itself along its first dimension, which is the row, or for the flattened image
     patches and image grids of the Qwen families the patch / image in row order, so the copies stay
     aligned. Other entries are kept as they are."""
+    import torch
+
     if copies == 1:
         return inputs
     return {k: torch.cat([v] * copies, dim=0) if torch.is_tensor(v) and v.dim() > 0 else v for k, v in inputs.items()}
@@ -111,6 +111,8 @@ def expand_inputs(inputs: dict, copies: int) -> dict:
 
 def expand_prefill(prefill, copies: int):
     """A `Prefill` of a batch repeated ``copies`` times along the batch, like `expand_inputs`."""
+    import torch
+
     from amps_eval.mcs.kv_cache import Prefill
 
     if prefill is None or copies == 1:
@@ -123,9 +125,12 @@ def expand_prefill(prefill, copies: int):
                    torch.cat([positions] * copies, dim=batch_dim))
 
 
-def generated_lengths(new_tokens: torch.Tensor, stop_ids: list[int]) -> list[int]:
-    """Per row of ``generate``'s new tokens [B, N], how many it generated through its first stop
-    token (all N when it has none): after it, ``generate`` only pads the row while others go on."""
+def generated_lengths(new_tokens, stop_ids: list[int]) -> list[int]:
+    """Per row of ``generate``'s new tokens [B, N] (a tensor), how many it generated through its
+    first stop token (all N when it has none): after it, ``generate`` only pads the row while others
+    go on."""
+    import torch
+
     if new_tokens.shape[1] == 0:
         return [0] * new_tokens.shape[0]
     stops = torch.isin(new_tokens, torch.as_tensor(list(stop_ids), device=new_tokens.device))
