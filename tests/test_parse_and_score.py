@@ -37,7 +37,10 @@ def test_substring_pairs_exist_and_parse_exactly(mc2_records):
             assert follows(vision, doc) == "vision", (vision, text)
             assert follows(text, doc) == "text", (vision, text)
             assert follows(f"{text}.", doc) == "text"
-            assert follows(f"It is {text}", doc) == "others"  # no substring matching
+            # whole words, never substrings: the shorter option inside the longer one does not count
+            assert follows(f"It is {text}", doc) == "text", (vision, text)
+            assert follows(f"It is {vision}.", doc) == "vision", (vision, text)
+            assert follows(f"It is {vision} or {text}.", doc) == "others", (vision, text)
 
 
 def test_every_real_pair_parses_letters_and_texts(mc2_records):
