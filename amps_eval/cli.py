@@ -91,7 +91,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _mcs_settings(args: argparse.Namespace):
-    from amps_eval.mcs.score import MCSSettings
+    from amps_eval.mcs.settings import MCSSettings
 
     return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
 
@@ -102,8 +102,8 @@ RECIPES = ("reference", "mse_v1")
 
 def fit_settings(args: argparse.Namespace):
     """The `FitSettings` of a parsed ``fit`` command line."""
-    from amps_eval.fit import FitSettings
-    from amps_eval.steering.module import TrainSettings
+    from amps_eval.fit_settings import FitSettings
+    from amps_eval.steering.train_settings import TrainSettings
 
     given = {"epochs": args.epochs, "lr": args.lr, "loss": args.loss, "batch_size": args.train_batch_size}
     train = getattr(TrainSettings, args.recipe)(**{k: v for k, v in given.items() if v is not None})
@@ -156,13 +156,13 @@ def build_parser() -> argparse.ArgumentParser:
     import inspect
 
     from amps_eval.cli_options import Parser, default_of, numbers, version
-    from amps_eval.fit import FitSettings
+    from amps_eval.fit_settings import FitSettings
     from amps_eval.mc2.download import DownloadSettings
     from amps_eval.mc2.synthetic import write_synthetic_mc2
-    from amps_eval.mcs.score import RATIOS, MCSSettings
+    from amps_eval.mcs.settings import RATIOS, MCSSettings
     from amps_eval.report.cli_parsers import finite_alpha
     from amps_eval.report.sweep import SweepSettings, alphas_type
-    from amps_eval.steering.module import TrainSettings
+    from amps_eval.steering.train_settings import TrainSettings
     from amps_eval.steering.scaling import CONVENTIONS
     from amps_eval.study import StudySettings
     from amps_eval.vocabulary import DTYPES, PAPER_LAYER

@@ -34,7 +34,7 @@ from pathlib import Path
 
 from amps_eval.methods.registry import FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
 
-from amps_eval.steering.module import TrainSettings
+from amps_eval.steering.train_settings import TrainSettings
 from amps_eval.vocabulary import DTYPES, did_you_mean  # noqa: F401 - DTYPES re-exported
 
 
