@@ -134,6 +134,17 @@ def _mcs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from amps_eval.eval_command import help_text, run_eval
+
+    if any(a in ("-h", "--help") for a in args.lmms_args):
+        print(help_text())
+        return 0
+    results_file = run_eval(args.lmms_args)
+    print(f"amps-eval eval: every requested task wrote its results: {results_file}")
+    return 0
+
+
 def _build_organism(args: argparse.Namespace) -> int:
     from amps_eval.organism.train import OrganismSettings, build_organism, read_manifest
 
@@ -336,6 +347,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_build_organism)
 
+    p = sub.add_parser("eval", add_help=False,
+                       help="run lmms-eval with the same arguments and exit non-zero when the run failed or a "
+                       "task wrote no results (`amps-eval eval --help`)")
+    p.add_argument("lmms_args", nargs=argparse.REMAINDER, help="lmms-eval's arguments")
+    p.set_defaults(run=_eval)
+
     from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
 
     add_parsers(sub, batch_help=batch_help, list_help=LIST_HELP)
@@ -351,7 +368,11 @@ def main(argv: list[str] | None = None) -> int:
 
     # input and environment errors; the project's own errors derive from these
     expected = (OSError, ValueError, LookupError, RuntimeError, ImportError, MemoryError)
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["eval"]:  # everything after `eval` is lmms-eval's, its options included
+        args = argparse.Namespace(command="eval", run=_eval, debug=False, lmms_args=argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("AMPS_EVAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     name = f"amps-eval {args.command}"
     try:
