@@ -119,3 +119,24 @@ def test_a_run_through_lmms_eval_exits_0_only_with_every_task_written(tiny_qwen_
                             env=_env(synthetic_mc2_dir), timeout=600)
     assert failed.returncode == 2
     assert "amps-eval eval: error: lmms-eval wrote no results file" in failed.stderr
+
+
+def test_the_study_s_runs_raise_on_these_failures(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
+    """The study runs lmms-eval through `amps_eval.runner` (simple_evaluate, which raises), not the
+    CLI: the same failures stop it with their own message, so `amps-eval study` exits 2."""
+    from amps_eval.mc2.source import MC2SourceError
+    from amps_eval.runner import run_lmms_eval
+    from amps_eval.settings import SettingsError
+
+    out = tmp_path / "out"
+    with pytest.raises(SettingsError, match="alhpa"):
+        run_lmms_eval("amps_qwen", f"pretrained={tiny_qwen_path},alhpa=2", ["mc2_visual"], out, data=synthetic_mc2_dir)
+    with pytest.raises(SettingsError, match="ampz"):
+        run_lmms_eval("amps_qwen", f"pretrained={tiny_qwen_path},method=ampz", ["mc2_visual"], out,
+                      data=synthetic_mc2_dir)
+    with pytest.raises(MC2SourceError, match="does not exist"):
+        run_lmms_eval("amps_qwen", f"pretrained={tiny_qwen_path}", ["mc2_visual"], out, data=tmp_path / "no-data",
+                      limit=1)
+    with pytest.raises(Exception, match="no-such-checkpoint"):
+        run_lmms_eval("amps_qwen", f"pretrained={tmp_path / 'no-such-checkpoint'}", ["mc2_visual"], out,
+                      data=synthetic_mc2_dir, limit=1)
