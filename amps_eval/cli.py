@@ -80,6 +80,7 @@ def study_settings(args: argparse.Namespace):
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
+        synthetic=args.synthetic, methods=split_list(args.methods), targets=split_list(args.targets),
     )
 
 
@@ -249,9 +250,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
                        + (" (the demo: every shipped organism)" if name == "demo" else ""))
         p.add_argument("--pretrained", default=None, help="checkpoint (default: the model's shipped organism)")
-        p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
+        p.add_argument("--data", default=None,
+                       help="prepared MC2 folder (default: as the tasks find it, AMPS_MC2_DATA, else the folder "
+                       "`amps-eval prepare-mc2 --download` fills; the generated set for the shipped organisms)")
+        p.add_argument("--synthetic", action="store_true",
+                       help="run on the generated MC2-format set (written into <out>/data), whatever the checkpoint: "
+                       "a smoke test, not the MC2 benchmark")
+        p.add_argument("--methods", default=",".join(StudySettings.methods),
+                       help=f"the methods to run, {LIST_HELP}; the fits follow (mean_mcs reads the mean file), "
+                       "e.g. none,inst,l2s,amps")
+        p.add_argument("--targets", default=",".join(StudySettings.targets),
+                       help=f"the targets to run, {LIST_HELP}: vision (mc2_visual), text (mc2_text)")
         p.add_argument("--n-per-category", type=int, default=StudySettings.n_per_category,
-                       help="generated items per category")
+                       help="generated items per category (the generated set only)")
         p.add_argument("--layer", type=int, default=StudySettings.layer,
                        help="steering layer (default: the checkpoint's middle decoder layer; `fit` defaults to the "
                        f"paper's layer {PAPER_LAYER}, which a small organism does not have)")
@@ -265,8 +276,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: bfloat16 on a GPU, float32 on the CPU")
         p.add_argument("--epochs", type=int, default=StudySettings.epochs, help="training epochs of the MLPs")
         p.add_argument("--lr", type=float, default=StudySettings.lr,
-                       help=f"Adam learning rate of the MLPs; not fit's {TrainSettings.lr:g} (the papers'), which "
-                       "barely moves a module fitted on ~100 items in 100 epochs")
+                       help=f"Adam learning rate of the MLPs (default: {TrainSettings.lr:g} x 2000 / items, at most "
+                       f"1e-3: the papers' {TrainSettings.lr:g} on the real 2,000 items, 1e-3 on ~100, where "
+                       f"{TrainSettings.lr:g} barely moves a module in 100 epochs)")
         p.add_argument("--limit", type=int, default=StudySettings.limit, help="documents per task (default: all)")
         p.set_defaults(run=_study)
 
@@ -308,8 +320,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("--train-batch-size", "batch_size", "training batch size")):
         kind = type(getattr(TrainSettings(), field))
         values = sorted({f"{getattr(r, field):g}" for r in recipes.values()})
-        note = (f"; `study` and `demo` use {StudySettings.lr:g}: the papers' {TrainSettings.lr:g} barely moves a "
-                "module fitted on ~100 items in 100 epochs" if field == "lr" else "")
+        note = (f"; `study` and `demo` scale it with the data: {TrainSettings.lr:g} x 2000 / items, at most 1e-3, "
+                f"because the papers' {TrainSettings.lr:g} barely moves a module fitted on ~100 items in 100 epochs"
+                if field == "lr" else "")
         p.add_argument(option, type=kind, default=None,
                        help=f"{what} (default: the recipe's, {' / '.join(values)}){note}")
     p.add_argument("--loss", choices=("l2s", "mse"), default=None,

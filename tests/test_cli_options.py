@@ -97,7 +97,10 @@ def test_the_steering_settings_are_defined_once():
     assert FitSettings(model="amps_qwen", pretrained="x", method="amps").fit_beta == steering["beta"]
     assert FitSettings(model="amps_qwen", pretrained="x", method="mean").convention == steering["convention"]
     assert StudySettings().epochs == TrainSettings().epochs
-    assert StudySettings().lr != TrainSettings().lr  # deliberately (see the help of study --lr)
+    assert StudySettings().lr is None  # follows the data size: the papers' rate on the real 2,000 items
+    from amps_eval.study_data import study_lr
+
+    assert study_lr(2000) == TrainSettings().lr and study_lr(100) != TrainSettings().lr  # see study --lr's help
 
 
 def test_lmms_eval_spellings_and_abbreviations():
@@ -221,4 +224,7 @@ def test_readme_table_of_differing_defaults_is_the_code():
     assert layer[1].startswith(f"{FitSettings.layer} ") and StudySettings.layer is None
     (lr,) = readme_rows("Adam lr")
     assert lr[1].startswith(f"{TrainSettings.lr:g} / {TrainSettings.epochs} ")
-    assert lr[3].startswith(f"{StudySettings.lr:g} / {StudySettings.epochs} ")
+    # the study's rate follows the item count (amps_eval.study_data.study_lr): the README gives the ~100-item value
+    from amps_eval.study_data import study_lr
+
+    assert StudySettings.lr is None and f"{study_lr(100):g} / {StudySettings.epochs}" in lr[3]
