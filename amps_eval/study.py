@@ -38,7 +38,7 @@ from pathlib import Path
 from amps_eval.methods.registry import BY_NAME, FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
 
 from amps_eval.steering.train_settings import TrainSettings
-from amps_eval.study_plan import select
+from amps_eval.study_plan import StepClock, select
 from amps_eval.vocabulary import DTYPES, TARGETS, did_you_mean  # noqa: F401 - DTYPES re-exported
 
 
@@ -223,6 +223,9 @@ def run_study(settings: StudySettings) -> dict:
 
         check_pretrained(settings.pretrained, settings.models[0])
     settings = resolve_data_and_lr(settings)  # a real checkpoint without data stops here, before any compute
+    from amps_eval.study_plan import print_plan
+
+    print_plan(settings)  # the steps, items and passes, and for a known size on a GPU the time
     if (final / SETTINGS_NAME).is_file():
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")
     with staged_output(final, OWNED) as out:
@@ -272,10 +275,12 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     mcs_dir = out / "mcs"
     mcs_dir.mkdir(exist_ok=True)
     cache = out / "steering" / f"{stem}.cache"  # the item cache of every step (amps_eval.item_cache)
+    clock = StepClock("mcs", 3)
     for prompt in ("none", "visual", "text"):
         run_mcs(model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
                 batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, limit=settings.limit,
                 cache_dir=cache)
+        print(clock.advance(), flush=True)
     check = mcs_check(mcs_dir, stem) if organism else None
     if check:
         print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "
@@ -312,15 +317,18 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
     device_args = {"dtype": settings.dtype, **({"device": settings.device} if settings.device else {})}
     _step(4, 6, f"{model}: prompt baselines {', '.join(chosen.prompt_methods) or '(none chosen)'} on "
           f"{' and '.join(chosen.tasks)}")
+    clock = StepClock("baselines", len(chosen.prompt_methods) * len(chosen.tasks))
     for method in chosen.prompt_methods:
         args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args}.items())
         run = session.run(model, args, list(chosen.tasks), runs / stem / method,
                           batch_size=settings.batch_size, limit=settings.limit, data=data)
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
                                           for t in chosen.tasks))
+        print(clock.advance(len(chosen.tasks)), flush=True)
 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
+    clock = StepClock("sweeps", len(chosen.steering_methods) * len(alphas) * len(chosen.tasks))
     for method in chosen.steering_methods:
         run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method,
                                 steering=files[info(method).file_method], tasks=chosen.tasks,
@@ -329,6 +337,7 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
                                 extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
                                                   "diagnostics": str(out / "diagnostics" / stem / method)}),
                   session=session)
+        print(clock.advance(len(alphas) * len(chosen.tasks)), flush=True)
 
 
 def write_study_report(out: Path, table_alpha: float | None):
