@@ -49,8 +49,9 @@ def test_first_screen_has_the_newcomer_commands_then_the_gpu_quick_start():
              "amps-eval study"]
     positions = [gpu.find(step) for step in steps]
     assert -1 not in positions and positions == sorted(positions), positions
-    assert "## On a GPU" in first and "docs/cost.md" in first
-    assert "_results.json" in first  # where the results appear
+    assert "## On a GPU" in first and "_results.json" in first  # where the results appear
+    gpu_section = README.split("## On a GPU", 1)[1].split("\n## ", 1)[0]
+    assert "(docs/cost.md)" in gpu_section  # what a run costs, before the first run
 
 
 def test_ci_runs_the_readmes_test_command():
