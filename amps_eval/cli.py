@@ -168,6 +168,16 @@ def build_parser() -> argparse.ArgumentParser:
     import inspect
 
     from amps_eval.cli_options import Parser, default_of, numbers, version
+
+    class TopParser(Parser):
+        """Everything after ``eval`` is lmms-eval's, its options included (argparse's REMAINDER
+        would take an option that comes first for one of ours)."""
+
+        def parse_known_args(self, args=None, namespace=None):
+            args = sys.argv[1:] if args is None else list(args)
+            if args[:1] == ["eval"]:
+                return argparse.Namespace(command="eval", run=_eval, debug=False, lmms_args=args[1:]), []
+            return super().parse_known_args(args, namespace)
     from amps_eval.fit_settings import FitSettings
     from amps_eval.mc2.download import DownloadSettings
     from amps_eval.mc2.synthetic import write_synthetic_mc2
@@ -179,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     from amps_eval.study import StudySettings
     from amps_eval.vocabulary import DTYPES, PAPER_LAYER
 
-    parser = Parser(prog="amps-eval", description=__doc__.splitlines()[0],
+    parser = TopParser(prog="amps-eval", description=__doc__.splitlines()[0],
                     epilog="Every --dashed-option is also accepted in lmms-eval's spelling (--batch_size, "
                     "--model_args). Lists (--alphas, --sigmas, --model, --tasks) are separated by ',' or '/'; "
                     "inside --model_args by '/' only (',' separates the model arguments there).")
@@ -381,11 +391,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # input and environment errors; the project's own errors derive from these
     expected = (OSError, ValueError, LookupError, RuntimeError, ImportError, MemoryError)
-    argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["eval"]:  # everything after `eval` is lmms-eval's, its options included
-        args = argparse.Namespace(command="eval", run=_eval, debug=False, lmms_args=argv[1:])
-    else:
-        args = build_parser().parse_args(argv)
+    args = build_parser().parse_args(argv)
     debug = args.debug or os.environ.get("AMPS_EVAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     name = f"amps-eval {args.command}"
     try:

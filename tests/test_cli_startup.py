@@ -21,6 +21,7 @@ COMMAND_LINES = [
     ["mcs", "--model", "amps_qwen", "--pretrained", "x", "--out", "x.jsonl"],
     ["build-organism", "--out", "/tmp/x"],
     ["report", "/tmp/x"],
+    ["eval", "--model", "amps_qwen", "--model_args", "pretrained=x", "--tasks", "mc2_visual", "--output_path", "o"],
 ]
 
 
@@ -56,6 +57,8 @@ def test_parsing_a_command_line_and_building_its_settings_imports_no_torch(argv)
     (["studdy"], 2, "did you mean"),
     (["study", "--out", "x", "--alhpas", "1"], 2, "unrecognized arguments"),
     (["fit", "--model", "amps_qwen"], 2, "required"),
+    (["eval", "--help"], 0, "exits 0 when an evaluation fails"),
+    (["eval", "--model", "amps_qwen"], 2, "give the tasks"),
 ])
 def test_help_version_and_argument_errors_import_no_torch(argv, rc, shown):
     code = (

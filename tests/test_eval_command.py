@@ -64,6 +64,14 @@ def test_an_output_path_that_takes_no_files_exits_2(base, capsys, tmp_path):
     assert code == 2 and "is a file, not a folder" in shown
 
 
+def test_everything_after_eval_is_lmms_eval_s():
+    from amps_eval.cli import build_parser
+
+    argv = ["--model", "amps_qwen", "--model_args", "pretrained=x,alpha=2", "--tasks", "mc2_visual", "--limit", "3"]
+    args = build_parser().parse_args(["eval", *argv])
+    assert args.command == "eval" and args.lmms_args == argv
+
+
 @pytest.mark.parametrize(("argv", "message"), [
     (["--model", "amps_qwen", "--output_path", "x"], "give the tasks"),
     (["--model", "amps_qwen", "--tasks", "mc2_visual"], "--output_path"),
