@@ -81,7 +81,8 @@ CORPUS: list[tuple[str, tuple[str, str], str | None]] = [
     ("It is unhappy.", HAPPY, "B"), ("The man is not eating.", EATING, "A"), ("The man is eating.", EATING, "B"),
     ("They play table tennis.", TENNIS, "B"), ("They play tennis on a court.", TENNIS, "A"),
     ("The person is happy, not unhappy.", HAPPY, "A"), ("The person looks happy or unhappy.", HAPPY, None),
-    ("The man is eating, or maybe not eating.", EATING, None), ("It is an elephant.", ("elephant", "ant"), "A"),
+    ("The man is eating, or maybe not eating.", EATING, None), ("Both not eating and eating.", EATING, None),
+    ("It is either not eating or eating.", EATING, None), ("The car is not blue but red.", RB, "A"), ("It is an elephant.", ("elephant", "ant"), "A"),
     ("It is an ant.", ("elephant", "ant"), "B"), ("He is windsurfing.", ("surfing", "windsurfing"), "B"),
     # issue 22: answers real models write that older rules left as "others"
     ("### Answer\nA", RB, "A"), ("## Final answer:\n\n(B)", RB, "B"), ("**Answer**\nB. blue", RB, "B"),

@@ -26,7 +26,7 @@ Real instruction-tuned models answer in many shapes ("B", "**B**", "The correct 
    happy." against happy / unhappy, "The man is not eating." against eating / not eating). A mention
    inside the other option's text does not count ("tennis" in "table tennis"), nor does a negated
    one ("not red", "isn't red", "no red", up to three words after the negation within a clause and
-   before a "but"): "The car is not red." names no option, "It is not blue, it is red." names red.
+   before a "but", "and" or "or"): "The car is not red." names no option, "It is not blue, it is red." names red.
    Not a sentence: a run of option words alone ("blue blue blue") or any text with a loop (a word
    or a group of up to three words repeated three times in a row, "big up up up ... big big"):
    that is a collapsed generation;
@@ -82,8 +82,9 @@ _AFTER_STATEMENT = re.compile(r"(?i:answer|option|choice)\s*(?i:is|:|-|–|—)\
 _TRAILING = " \t\n.!?;:,\"'“”‘’()[]"
 _CLAUSE_ENDS = re.compile(r"[.!?;,:\"“”()\[\]]")
 _NEGATIONS = frozenset({"not", "no", "never", "nor", "neither", "without", "t"})  # "t": isn't -> isn t
-_NEGATION_REACH = 3  # words after a negation that it negates (within a clause, up to a "but")
+_NEGATION_REACH = 3  # words after a negation that it negates (within a clause, up to a "but", "and", "or")
 _BOUNDARY = "|"
+_SCOPE_ENDS = frozenset({_BOUNDARY, "but", "and", "or"})
 
 
 def _normalise(text: str) -> str:
@@ -185,7 +186,7 @@ def _spans(tokens: list[str], option: list[str]) -> list[tuple[int, int]]:
 
 def _negated(tokens: list[str], start: int) -> bool:
     for token in reversed(tokens[max(0, start - _NEGATION_REACH) : start]):
-        if token in (_BOUNDARY, "but"):
+        if token in _SCOPE_ENDS:
             return False
         if token in _NEGATIONS or token.endswith("n’t"):
             return True
