@@ -45,7 +45,7 @@ def test_first_screen_has_the_newcomer_commands_then_the_gpu_quick_start():
     assert [line.split("#")[0].strip() for line in blocks[0].splitlines() if not line.startswith(" ")] \
         == ["make demo", "make test"]
     gpu = blocks[1]
-    steps = ["pip install -c constraints.txt -e .", "amps-eval prepare-mc2 --download", "lmms-eval --model",
+    steps = ["pip install -c constraints.txt -e .", "amps-eval prepare-mc2 --download", "amps-eval eval --model",
              "amps-eval study"]
     positions = [gpu.find(step) for step in steps]
     assert -1 not in positions and positions == sorted(positions), positions
