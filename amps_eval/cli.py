@@ -80,6 +80,7 @@ def study_settings(args: argparse.Namespace):
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
+        synthetic=args.synthetic, methods=split_list(args.methods), targets=split_list(args.targets),
     )
 
 
@@ -91,7 +92,7 @@ def _study(args: argparse.Namespace) -> int:
 
 
 def _mcs_settings(args: argparse.Namespace):
-    from amps_eval.mcs.score import MCSSettings
+    from amps_eval.mcs.settings import MCSSettings
 
     return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
 
@@ -102,8 +103,8 @@ RECIPES = ("reference", "mse_v1")
 
 def fit_settings(args: argparse.Namespace):
     """The `FitSettings` of a parsed ``fit`` command line."""
-    from amps_eval.fit import FitSettings
-    from amps_eval.steering.module import TrainSettings
+    from amps_eval.fit_settings import FitSettings
+    from amps_eval.steering.train_settings import TrainSettings
 
     given = {"epochs": args.epochs, "lr": args.lr, "loss": args.loss, "batch_size": args.train_batch_size}
     train = getattr(TrainSettings, args.recipe)(**{k: v for k, v in given.items() if v is not None})
@@ -134,6 +135,17 @@ def _mcs(args: argparse.Namespace) -> int:
     return 0
 
 
+def _eval(args: argparse.Namespace) -> int:
+    from amps_eval.eval_command import help_text, run_eval
+
+    if any(a in ("-h", "--help") for a in args.lmms_args):
+        print(help_text())
+        return 0
+    results_file = run_eval(args.lmms_args)
+    print(f"amps-eval eval: every requested task wrote its results: {results_file}")
+    return 0
+
+
 def _build_organism(args: argparse.Namespace) -> int:
     from amps_eval.organism.train import OrganismSettings, build_organism, read_manifest
 
@@ -156,18 +168,28 @@ def build_parser() -> argparse.ArgumentParser:
     import inspect
 
     from amps_eval.cli_options import Parser, default_of, numbers, version
-    from amps_eval.fit import FitSettings
+
+    class TopParser(Parser):
+        """Everything after ``eval`` is lmms-eval's, its options included (argparse's REMAINDER
+        would take an option that comes first for one of ours)."""
+
+        def parse_known_args(self, args=None, namespace=None):
+            args = sys.argv[1:] if args is None else list(args)
+            if args[:1] == ["eval"]:
+                return argparse.Namespace(command="eval", run=_eval, debug=False, lmms_args=args[1:]), []
+            return super().parse_known_args(args, namespace)
+    from amps_eval.fit_settings import FitSettings
     from amps_eval.mc2.download import DownloadSettings
     from amps_eval.mc2.synthetic import write_synthetic_mc2
-    from amps_eval.mcs.score import RATIOS, MCSSettings
+    from amps_eval.mcs.settings import RATIOS, MCSSettings
     from amps_eval.report.cli_parsers import finite_alpha
     from amps_eval.report.sweep import SweepSettings, alphas_type
-    from amps_eval.steering.module import TrainSettings
+    from amps_eval.steering.train_settings import TrainSettings
     from amps_eval.steering.scaling import CONVENTIONS
     from amps_eval.study import StudySettings
     from amps_eval.vocabulary import DTYPES, PAPER_LAYER
 
-    parser = Parser(prog="amps-eval", description=__doc__.splitlines()[0],
+    parser = TopParser(prog="amps-eval", description=__doc__.splitlines()[0],
                     epilog="Every --dashed-option is also accepted in lmms-eval's spelling (--batch_size, "
                     "--model_args). Lists (--alphas, --sigmas, --model, --tasks) are separated by ',' or '/'; "
                     "inside --model_args by '/' only (',' separates the model arguments there).")
@@ -238,9 +260,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
                        + (" (the demo: every shipped organism)" if name == "demo" else ""))
         p.add_argument("--pretrained", default=None, help="checkpoint (default: the model's shipped organism)")
-        p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
+        p.add_argument("--data", default=None,
+                       help="prepared MC2 folder (default: as the tasks find it, AMPS_MC2_DATA, else the folder "
+                       "`amps-eval prepare-mc2 --download` fills; the generated set for the shipped organisms)")
+        p.add_argument("--synthetic", action="store_true",
+                       help="run on the generated MC2-format set (written into <out>/data), whatever the checkpoint: "
+                       "a smoke test, not the MC2 benchmark")
+        p.add_argument("--methods", default=",".join(StudySettings.methods),
+                       help=f"the methods to run, {LIST_HELP}; the fits follow (mean_mcs reads the mean file), "
+                       "e.g. none,inst,l2s,amps")
+        p.add_argument("--targets", default=",".join(StudySettings.targets),
+                       help=f"the targets to run, {LIST_HELP}: vision (mc2_visual), text (mc2_text)")
         p.add_argument("--n-per-category", type=int, default=StudySettings.n_per_category,
-                       help="generated items per category")
+                       help="generated items per category (the generated set only)")
         p.add_argument("--layer", type=int, default=StudySettings.layer,
                        help="steering layer (default: the checkpoint's middle decoder layer; `fit` defaults to the "
                        f"paper's layer {PAPER_LAYER}, which a small organism does not have)")
@@ -254,8 +286,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help="auto: bfloat16 on a GPU, float32 on the CPU")
         p.add_argument("--epochs", type=int, default=StudySettings.epochs, help="training epochs of the MLPs")
         p.add_argument("--lr", type=float, default=StudySettings.lr,
-                       help=f"Adam learning rate of the MLPs; not fit's {TrainSettings.lr:g} (the papers'), which "
-                       "barely moves a module fitted on ~100 items in 100 epochs")
+                       help=f"Adam learning rate of the MLPs (default: {TrainSettings.lr:g} x 2000 / items, at most "
+                       f"1e-3: the papers' {TrainSettings.lr:g} on the real 2,000 items, 1e-3 on ~100, where "
+                       f"{TrainSettings.lr:g} barely moves a module in 100 epochs)")
         p.add_argument("--limit", type=int, default=StudySettings.limit, help="documents per task (default: all)")
         p.set_defaults(run=_study)
 
@@ -297,8 +330,9 @@ def build_parser() -> argparse.ArgumentParser:
                                 ("--train-batch-size", "batch_size", "training batch size")):
         kind = type(getattr(TrainSettings(), field))
         values = sorted({f"{getattr(r, field):g}" for r in recipes.values()})
-        note = (f"; `study` and `demo` use {StudySettings.lr:g}: the papers' {TrainSettings.lr:g} barely moves a "
-                "module fitted on ~100 items in 100 epochs" if field == "lr" else "")
+        note = (f"; `study` and `demo` scale it with the data: {TrainSettings.lr:g} x 2000 / items, at most 1e-3, "
+                f"because the papers' {TrainSettings.lr:g} barely moves a module fitted on ~100 items in 100 epochs"
+                if field == "lr" else "")
         p.add_argument(option, type=kind, default=None,
                        help=f"{what} (default: the recipe's, {' / '.join(values)}){note}")
     p.add_argument("--loss", choices=("l2s", "mse"), default=None,
@@ -335,6 +369,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped organism's)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_build_organism)
+
+    p = sub.add_parser("eval", add_help=False,
+                       help="run lmms-eval with the same arguments and exit non-zero when the run failed or a "
+                       "task wrote no results (`amps-eval eval --help`)")
+    p.add_argument("lmms_args", nargs=argparse.REMAINDER, help="lmms-eval's arguments")
+    p.set_defaults(run=_eval)
 
     from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
 

@@ -181,4 +181,7 @@ def run_lmms_eval(
     written = sorted(set(output_path.rglob("*_results.json")) - before)
     if not written:
         raise RuntimeError(f"lmms-eval wrote no results file under {output_path}")
+    missing = [t for t in tasks if t not in results.get("results", {}) and t not in results.get("groups", {})]
+    if missing:
+        raise RuntimeError(f"lmms-eval wrote no results for {', '.join(missing)} in {written[-1]}")
     return EvalRun(results, written[-1])

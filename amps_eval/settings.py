@@ -16,8 +16,8 @@ from typing import Any
 
 from amps_eval.mc2.prompt import DEFAULT_INSTRUCTION_STYLE, INSTRUCTION_STYLES
 from amps_eval.methods.registry import METHODS, STEERING_METHODS
-from amps_eval.methods.steering import FLOAT32_MAX, SteeringConfig
-from amps_eval.mcs.score import MCSSettings
+from amps_eval.methods.steering_config import FLOAT32_MAX, SteeringConfig
+from amps_eval.mcs.settings import MCSSettings
 from amps_eval.vocabulary import DTYPES, did_you_mean, join_list, split_numbers
 
 # Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.

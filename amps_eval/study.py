@@ -2,8 +2,11 @@
 
 Steps, each with its own progress output:
 
-1. data: the generated MC2-format set (held out from the organism's training seeds), or the
-   prepared folder ``--data``, passed to every step explicitly;
+1. data: the prepared folder ``--data``, else for a real checkpoint the folder the tasks read
+   (``AMPS_MC2_DATA``, else the default folder; none: the study stops before any compute), for the
+   model organisms (or with ``--synthetic``) the generated MC2-format set (held out from the
+   organism's training seeds); passed to every step explicitly (`amps_eval.study_data`, which also
+   sets the MLPs' learning rate from the item count);
 2. MCS of every item without an instruction and with each instruction (Figures 4 and 5), and the
    check of the MCS against the organism's designed preference;
 3. fitting every kind of steering file (mean, L2S, AMPS and AMPS with beta = 0; 2-fold
@@ -19,9 +22,9 @@ Everything is written into a staging folder next to ``out`` that replaces ``out`
 study has finished (`amps_eval.staged_output`): a killed or failed study leaves the previous
 output whole.
 
-Real checkpoints go through the same code: ``amps-eval study --model amps_qwen --pretrained
-Qwen/Qwen2.5-VL-7B-Instruct --data ~/.cache/amps-eval/mc2 --layer 14 --device cuda --out
-results/qwen7b``.
+Real checkpoints go through the same code: after ``amps-eval prepare-mc2 --download``,
+``amps-eval study --model amps_qwen --pretrained Qwen/Qwen2.5-VL-7B-Instruct --layer 14 --device cuda
+--out results/qwen7b`` (``--methods none,inst,l2s,amps`` for a subset).
 """
 
 from __future__ import annotations
@@ -32,10 +35,11 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amps_eval.methods.registry import FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
+from amps_eval.methods.registry import BY_NAME, FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
 
-from amps_eval.steering.module import TrainSettings
-from amps_eval.vocabulary import DTYPES, did_you_mean  # noqa: F401 - DTYPES re-exported
+from amps_eval.steering.train_settings import TrainSettings
+from amps_eval.study_plan import StepClock, select
+from amps_eval.vocabulary import DTYPES, TARGETS, did_you_mean  # noqa: F401 - DTYPES re-exported
 
 
 @dataclass(frozen=True)
@@ -43,7 +47,7 @@ class StudySettings:
     out: Path = Path("results/demo")
     models: tuple[str, ...] = ("amps_qwen",)  # lmms-eval model names, studied one after the other
     pretrained: str | None = None  # default: each model's shipped organism (only with one model)
-    data: Path | None = None  # default: generate the held-out synthetic set into <out>/data
+    data: Path | None = None  # default: as the tasks resolve it, the generated set for organisms (amps_eval.study_data)
     n_per_category: int = 16
     data_seed: int = 3  # the organism trained on seed 1 and was checked on seed 2
     image_size: int = 84
@@ -54,8 +58,11 @@ class StudySettings:
     device: str | None = None  # default: cuda if available, else cpu
     dtype: str = "auto"  # bfloat16 on GPU, float32 on CPU; or float32, bfloat16, float16
     epochs: int = TrainSettings.epochs
-    lr: float = 1e-3  # not TrainSettings.lr: the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
+    lr: float | None = None  # None: follows the data size (amps_eval.study_data.study_lr: 5e-5 on 2,000 items)
     limit: int | None = None
+    synthetic: bool = False  # the generated set, whatever the checkpoint (amps_eval.study_data)
+    methods: tuple[str, ...] = tuple(BY_NAME)  # which methods' runs (and the fits they need)
+    targets: tuple[str, ...] = TARGETS  # which tasks: vision -> mc2_visual, text -> mc2_text
 
     def __post_init__(self) -> None:
         from amps_eval.plugin import MODEL_CLASSES
@@ -68,6 +75,14 @@ class StudySettings:
             raise ValueError("--pretrained names one checkpoint: give exactly one --model with it")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        for name, chosen, valid in (("methods", self.methods, tuple(BY_NAME)), ("targets", self.targets, TARGETS)):
+            unknown = [m for m in chosen if m not in valid]
+            if not chosen or unknown:
+                hints = "".join(did_you_mean(m, valid) for m in unknown)
+                raise ValueError(f"--{name} must name one or more of {', '.join(valid)}, got {', '.join(chosen) or 'none'}"
+                                 f"{hints}")
+        if self.lr is not None and not self.lr > 0:
+            raise ValueError(f"lr must be > 0, got {self.lr}")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -171,6 +186,26 @@ def mcs_check(mcs_dir: Path, stem: str) -> dict:
     return out
 
 
+def resolve_data_and_lr(settings: StudySettings, environ=None) -> StudySettings:
+    """``settings`` with the data folder chosen as `amps_eval.study_data.choose_data` says (None:
+    the generated set) and the learning rate set (``--lr``, else `study_lr` of the item count);
+    prints both choices. ``environ``: default `os.environ`."""
+    import os
+    from dataclasses import replace
+
+    from amps_eval.organism.train import MANIFEST_NAME
+    from amps_eval.study_data import choose_data, n_items, study_lr
+
+    organisms = settings.pretrained is None or (Path(settings.pretrained) / MANIFEST_NAME).is_file()
+    choice = choose_data(settings.data, settings.synthetic, organisms, os.environ if environ is None else environ)
+    print(f"MC2 data: {choice.how}")
+    items = n_items(choice, settings.n_per_category, settings.limit)
+    lr = settings.lr if settings.lr is not None else study_lr(items)
+    print(f"MLP learning rate: {lr:g}" + (" (--lr)" if settings.lr is not None else
+                                          f" (5e-5 x 2000 / {items} items, at most 1e-3; --lr to set it)"))
+    return replace(settings, data=choice.folder, lr=lr)
+
+
 def run_study(settings: StudySettings) -> dict:
     """Every step for every model of ``settings.models`` into ``settings.out``; returns the summary.
 
@@ -187,6 +222,10 @@ def run_study(settings: StudySettings) -> dict:
         from amps_eval.families import check_pretrained
 
         check_pretrained(settings.pretrained, settings.models[0])
+    settings = resolve_data_and_lr(settings)  # a real checkpoint without data stops here, before any compute
+    from amps_eval.study_plan import print_plan
+
+    print_plan(settings)  # the steps, items and passes, and for a known size on a GPU the time
     if (final / SETTINGS_NAME).is_file():
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")
     with staged_output(final, OWNED) as out:
@@ -236,22 +275,25 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     mcs_dir = out / "mcs"
     mcs_dir.mkdir(exist_ok=True)
     cache = out / "steering" / f"{stem}.cache"  # the item cache of every step (amps_eval.item_cache)
+    clock = StepClock("mcs", 3)
     for prompt in ("none", "visual", "text"):
         run_mcs(model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
                 batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, limit=settings.limit,
                 cache_dir=cache)
+        print(clock.advance(), flush=True)
     check = mcs_check(mcs_dir, stem) if organism else None
     if check:
         print(f"mean r_v: image-leaning {check['none']['image_leaning']:.3f} vs text-leaning "
               f"{check['none']['text_leaning']:.3f}; image instruction {check['visual']['all']:.3f} vs text "
               f"instruction {check['text']['all']:.3f}")
 
-    _step(3, 6, f"{model}: fitting {', '.join(FIT_METHODS)} at layer {layer}")
+    chosen = select(settings.methods, settings.targets)
+    _step(3, 6, f"{model}: fitting {', '.join(chosen.fit_methods) or 'nothing (no steered method chosen)'} at layer {layer}")
     steering_dir = out / "steering"
     steering_dir.mkdir(exist_ok=True)
     files = {}
     train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
-    for method in FIT_METHODS:
+    for method in chosen.fit_methods:
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
         fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
                         batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
@@ -271,25 +313,31 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
 
     stem = model
     runs = out / "runs"
+    chosen = select(settings.methods, settings.targets)
     device_args = {"dtype": settings.dtype, **({"device": settings.device} if settings.device else {})}
-    _step(4, 6, f"{model}: prompt baselines {', '.join(PROMPT_METHODS)} on mc2_visual and mc2_text")
-    for method in PROMPT_METHODS:
+    _step(4, 6, f"{model}: prompt baselines {', '.join(chosen.prompt_methods) or '(none chosen)'} on "
+          f"{' and '.join(chosen.tasks)}")
+    clock = StepClock("baselines", len(chosen.prompt_methods) * len(chosen.tasks))
+    for method in chosen.prompt_methods:
         args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args}.items())
-        run = session.run(model, args, ["mc2_visual", "mc2_text"], runs / stem / method,
+        run = session.run(model, args, list(chosen.tasks), runs / stem / method,
                           batch_size=settings.batch_size, limit=settings.limit, data=data)
         print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
-                                          for t in ("mc2_visual", "mc2_text")))
+                                          for t in chosen.tasks))
+        print(clock.advance(len(chosen.tasks)), flush=True)
 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
-    for method in STEERING_METHODS:
+    clock = StepClock("sweeps", len(chosen.steering_methods) * len(alphas) * len(chosen.tasks))
+    for method in chosen.steering_methods:
         run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method,
-                                steering=files[info(method).file_method],
+                                steering=files[info(method).file_method], tasks=chosen.tasks,
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
                                 limit=settings.limit, device=settings.device, data=data,
                                 extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
                                                   "diagnostics": str(out / "diagnostics" / stem / method)}),
                   session=session)
+        print(clock.advance(len(alphas) * len(chosen.tasks)), flush=True)
 
 
 def write_study_report(out: Path, table_alpha: float | None):

@@ -22,6 +22,7 @@ from collections.abc import Iterable
 TARGETS = ("vision", "text")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 PAPER_LAYER = 14
+POSITIONS = ("all", "generated", "from_last_prompt")  # where a steering shift is added (amps_eval.steering.hooks)
 LIST_SEPARATORS = ("/", ",")
 
 __all__ = ["DTYPES", "LIST_SEPARATORS", "PAPER_LAYER", "TARGETS", "closest", "did_you_mean", "join_list", "split_list",

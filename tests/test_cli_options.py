@@ -97,7 +97,10 @@ def test_the_steering_settings_are_defined_once():
     assert FitSettings(model="amps_qwen", pretrained="x", method="amps").fit_beta == steering["beta"]
     assert FitSettings(model="amps_qwen", pretrained="x", method="mean").convention == steering["convention"]
     assert StudySettings().epochs == TrainSettings().epochs
-    assert StudySettings().lr != TrainSettings().lr  # deliberately (see the help of study --lr)
+    assert StudySettings().lr is None  # follows the data size: the papers' rate on the real 2,000 items
+    from amps_eval.study_data import study_lr
+
+    assert study_lr(2000) == TrainSettings().lr and study_lr(100) != TrainSettings().lr  # see study --lr's help
 
 
 def test_lmms_eval_spellings_and_abbreviations():
@@ -176,22 +179,23 @@ def test_version_prints_the_installed_version(capsys):
     assert capsys.readouterr().out.strip() == f"amps-eval {version('amps-eval')}" == f"amps-eval {declared}"
 
 
-def readme_rows(first: str) -> list[list[str]]:
-    """The cells of README table rows whose first cell starts with ``first``."""
+def doc_rows(first: str, *pages: str) -> list[list[str]]:
+    """The cells of the table rows of the docs ``pages`` whose first cell starts with ``first``."""
     rows = []
-    for line in (ROOT / "README.md").read_text().splitlines():
-        if line.startswith("| " + first):
-            rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
+    for page in pages:
+        for line in (ROOT / "docs" / page).read_text().splitlines():
+            if line.startswith("| " + first):
+                rows.append([cell.strip() for cell in line.strip().strip("|").split(" | ")])
     return rows
 
 
-def test_readme_model_argument_defaults_are_the_code():
+def test_documented_model_argument_defaults_are_the_code():
     from amps_eval.settings import QwenSettings
 
     defaults = {f.name: f.default for f in dataclasses.fields(QwenSettings)}
     unset = {"unset", "model default", "checkpoint's", "cuda if available, else cpu", "required"}
     checked = set()
-    for cells in readme_rows("`"):
+    for cells in doc_rows("`", "models.md", "steering.md"):  # model arguments, steering arguments
         names = re.findall(r"`(\w+)`", cells[0])
         if not names or not set(names) <= set(defaults):
             continue
@@ -212,13 +216,18 @@ def test_readme_model_argument_defaults_are_the_code():
     assert len(checked) >= 20
 
 
-def test_readme_table_of_differing_defaults_is_the_code():
-    (batch,) = readme_rows("batch size")
+def test_documented_table_of_differing_defaults_is_the_code():
+    (batch,) = doc_rows("batch size", "cli.md")
     numbers = [int(re.match(r"\d+", cell).group()) for cell in batch[1:5]]
     assert numbers == [FitSettings.batch_size, inspect.signature(run_mcs).parameters["batch_size"].default,
                        StudySettings.batch_size, SweepSettings.batch_size]
-    (layer,) = readme_rows("layer")
+    (layer,) = doc_rows("layer", "cli.md")
     assert layer[1].startswith(f"{FitSettings.layer} ") and StudySettings.layer is None
-    (lr,) = readme_rows("Adam lr")
+    (lr,) = doc_rows("Adam lr", "cli.md")
     assert lr[1].startswith(f"{TrainSettings.lr:g} / {TrainSettings.epochs} ")
-    assert lr[3].startswith(f"{StudySettings.lr:g} / {StudySettings.epochs} ")
+    # the study's rate follows the item count (amps_eval.study_data.study_lr)
+    from amps_eval.study_data import REFERENCE_ITEMS, SMALL_DATA_LR
+
+    assert StudySettings.lr is None
+    assert lr[3].startswith(f"{TrainSettings.lr:g} x {REFERENCE_ITEMS} / items, at most {SMALL_DATA_LR:g} / "
+                            f"{StudySettings.epochs} ")

@@ -37,7 +37,10 @@ def test_substring_pairs_exist_and_parse_exactly(mc2_records):
             assert follows(vision, doc) == "vision", (vision, text)
             assert follows(text, doc) == "text", (vision, text)
             assert follows(f"{text}.", doc) == "text"
-            assert follows(f"It is {text}", doc) == "others"  # no substring matching
+            # whole words, never substrings: the shorter option inside the longer one does not count
+            assert follows(f"It is {text}", doc) == "text", (vision, text)
+            assert follows(f"It is {vision}.", doc) == "vision", (vision, text)
+            assert follows(f"It is {vision} or {text}.", doc) == "others", (vision, text)
 
 
 def test_every_real_pair_parses_letters_and_texts(mc2_records):
@@ -119,3 +122,25 @@ def test_score_edge_cases():
     assert math.isnan(collapsed.vision_ratio) and collapsed.others == 1.0
     with pytest.raises(ValueError, match="follows must be"):
         metrics.answer_record({"mc2_id": 0, "category": "c", "target": "vision", "order": "x"}, "image", "target_acc")
+
+
+STATING = ["{L}", "{L}. {T}", "({L}) {T}", "{L}, {T}", "{L} ({T})", "### Answer\n{L}", "Answer - {L}",
+           'The answer is "{L}".', "Based on the image, {L}.", "I think it's {L}.", "It's {L}.",
+           "The answer is not {O}, it is {L}.", "It is {T}.", "The answer is {T}.", "{T}", "**{L}. {T}**",
+           "Answer: {L}\nBecause the image shows {T}.", "The correct answer is ({L}) {T}."]
+SILENT = ["I cannot tell.", "Both {T} and {OT}.", "{L} or {O}", "It is either {T} or {OT}.", "{T} {T} {T} {T}",
+          "{T} up up up up {T} {T}", "The answer is not {L}.", "It is a photo."]
+
+
+def test_answers_in_real_shapes_over_every_real_pair(mc2_records):
+    """Issue 22's shapes over all MC2 option pairs, both orders, both letters: every answer that
+    states one gets its letter, none gets a wrong one, and no answer-less one gets a letter."""
+    pairs = sorted({(r["answer_vision"], r["answer_text"]) for r in mc2_records})
+    wrong, silent_letters = [], []
+    for first, second in pairs:
+        for a, b in ((first, second), (second, first)):
+            for letter, text, other, other_text in (("A", a, "B", b), ("B", b, "A", a)):
+                fill = {"L": letter, "T": text, "O": other, "OT": other_text}
+                wrong += [(t, a, b) for t in STATING if parse_letter(t.format(**fill), a, b) != letter]
+                silent_letters += [(t, a, b) for t in SILENT if parse_letter(t.format(**fill), a, b) is not None]
+    assert wrong == [] and silent_letters == []

@@ -100,7 +100,7 @@ def test_a_killed_study_leaves_the_previous_output_whole(tmp_path, tiny_qwen_pat
     before = previous_study(out)
     command = [sys.executable, "-m", "amps_eval.cli", "study", "--model", "amps_qwen", "--pretrained",
                str(tiny_qwen_path), "--out", str(out), "--n-per-category", "1", "--alphas", "0", "--epochs", "1",
-               "--device", "cpu"]
+               "--device", "cpu", "--synthetic"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     staging = staging_path(out.absolute())

@@ -44,7 +44,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-POSITIONS = ("all", "generated", "from_last_prompt")
+from amps_eval.vocabulary import POSITIONS  # re-exported
 
 __all__ = [
     "POSITIONS",

@@ -24,10 +24,12 @@ category whose mean reliance is near 0 turns Monte Carlo noise into huge strengt
 
 from __future__ import annotations
 
-import torch
-from torch import Tensor
+from typing import TYPE_CHECKING
 
 from amps_eval.vocabulary import TARGETS as DIRECTIONS
+
+if TYPE_CHECKING:  # torch is imported where it is used: the command line reads CONVENTIONS without it
+    from torch import Tensor
 
 CONVENTIONS = ("prose", "literal")
 GAMMA_MAX = 4.0
@@ -51,6 +53,8 @@ def gamma(
 ) -> Tensor:
     """Eq. 9 per sample: r_v and mu_v are visual ratios (tensors of the same shape, or mu_v scalar).
     ``cap`` (None: none) bounds gamma above; ``anchor_floor`` bounds the anchor reliance below."""
+    import torch
+
     r_v = torch.as_tensor(r_v, dtype=torch.float64)
     mu_v = torch.as_tensor(mu_v, dtype=torch.float64)
     if not (torch.isfinite(r_v).all() and torch.isfinite(mu_v).all()):
