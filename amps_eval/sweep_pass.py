@@ -21,7 +21,9 @@ Why the files are those of one run per alpha:
   diagnostics counts each row's own tokens only (`amps_eval.steering.hooks.SteeringHandle.generated`);
 * a run whose positions leave the prompt unsteered (``generated``, ``from_last_prompt``) prefills
   the prompt once, unsteered, and every alpha's rows continue from copies of that prefill; a run of
-  one alpha takes the same path, so the two are the same computation.
+  one alpha takes the same path, so the two are the same computation (but for the last-bit
+  rounding of matrix products over more rows, which moves the diagnostics' float measurements by
+  ~1e-8 and no answer of the tests; docs/sweeps.md).
 
 A batch in which some alpha makes the hidden state non-finite is generated again without that
 alpha; its own run then generates it alone and fails as it would have alone (the alphas before it
