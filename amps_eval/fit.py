@@ -183,7 +183,7 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     from amps_eval.encoding import load_encoder
     from amps_eval.fit_data import check_layer, load_items
     from amps_eval.steering.file import Fold, SteeringFile
-    from amps_eval.steering.hooks import decoder_layers, hidden_size
+    from amps_eval.anatomy import decoder_layers, hidden_size
 
     out = Path(out)
     cache = Path(settings.cache_dir) if settings.cache_dir is not None else Path(str(out) + ".cache")

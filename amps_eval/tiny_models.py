@@ -9,7 +9,7 @@ The builders here write a folder laid out like the hub repositories of
 exactly the calls a real checkpoint goes through::
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
-    processor = amps_eval.processors.load_processor(folder, "qwen2_5_vl")
+    processor = amps_eval.families.family("qwen2_5_vl").load_processor(folder)
 
 Folder contents (as in the hub repositories)
     config.json, model.safetensors, generation_config.json   model.save_pretrained (+ greedy config)

@@ -8,11 +8,6 @@ from amps_eval.families.base import FamilyAdapter, OrganismSpec
 
 
 class LlavaAdapter(FamilyAdapter):
-    def processor_class(self) -> type:
-        from transformers import LlavaProcessor
-
-        return LlavaProcessor
-
     def fill_processor_dict(self, path: str, processor_dict: dict[str, Any]) -> None:
         """Older LLaVA folders lack ``processor_config.json``; without ``patch_size`` the processor
         cannot expand ``<image>`` into one placeholder per visual token. Take it from config.json."""

@@ -1,22 +1,13 @@
-"""Qwen2.5-VL (any size) through ``Qwen2_5_VLForConditionalGeneration``: lmms-eval model ``amps_qwen``."""
+"""Qwen2.5-VL (any size) through ``Qwen2_5_VLForConditionalGeneration``: lmms-eval model ``amps_qwen``.
+
+No hook differs from the generic adapter (processor without its video slot, 3-D mrope positions from
+the model's ``get_rope_index``): the file names the lmms-eval model, the L2S width and the organism."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from amps_eval.families.base import FamilyAdapter, OrganismSpec, mrope_position_ids
-
-
-class Qwen2_5_VLAdapter(FamilyAdapter):
-    def processor_class(self) -> type:
-        from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
-
-        from amps_eval.families.no_video import image_only
-
-        return image_only(Qwen2_5_VLProcessor)
-
-    def prompt_position_ids(self, model: Any, inputs: dict[str, Any]):
-        return mrope_position_ids(model, inputs, ("second_per_grid_ts",))
+from amps_eval.families.base import FamilyAdapter, OrganismSpec
 
 
 def _organism_vision(s: Any) -> dict[str, Any]:
@@ -29,7 +20,7 @@ def _organism_vision(s: Any) -> dict[str, Any]:
     }
 
 
-FAMILY = Qwen2_5_VLAdapter(
+FAMILY = FamilyAdapter(
     name="qwen2_5_vl",
     display="Qwen2.5-VL",
     lmms_model="amps_qwen",
