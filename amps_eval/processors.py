@@ -50,7 +50,7 @@ def auto_processor_class(path: str | os.PathLike) -> type[ProcessorMixin]:
     """The processor class ``AutoProcessor`` would build for the checkpoint ``path`` (by its
     ``config.model_type``; ``processor_class`` of its processor files first)."""
     from transformers import AutoConfig
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES, processor_class_from_name
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
     path = os.fspath(path)
     config = AutoConfig.from_pretrained(path)
@@ -63,11 +63,46 @@ def auto_processor_class(path: str | os.PathLike) -> type[ProcessorMixin]:
     names = [n.replace("ImageOnlyProcessor", "Processor") for n in (name,) if isinstance(n, str)]
     names.append(PROCESSOR_MAPPING_NAMES.get(config.model_type))
     for candidate in names:
-        cls = processor_class_from_name(candidate) if candidate else None
+        cls = _processor_class(candidate) if candidate else None
         if isinstance(cls, type) and issubclass(cls, ProcessorMixin):
             return cls
     raise ValueError(f"{path}: transformers registers no processor for model_type {config.model_type!r}; "
                      "is it an image-text-to-text checkpoint?")
+
+
+def _processor_class(name: str) -> type | None:
+    """The processor class called ``name``; a placeholder of a missing backend is refused with the
+    optional extra to install."""
+    from transformers.models.auto.processing_auto import processor_class_from_name
+
+    cls = processor_class_from_name(name)
+    if type(cls).__name__ == "DummyObject":  # transformers' placeholder for a missing optional backend
+        cls = _defining_module_class(name) or cls
+    if type(cls).__name__ == "DummyObject":
+        raise ImportError(f"{name} needs torchvision in this transformers: {TORCHVISION_EXTRA}")
+    return cls
+
+
+def _defining_module_class(name: str) -> type | None:
+    """The processor class ``name`` from the module that defines it. transformers' top-level lazy
+    import hands out a placeholder when an optional backend of the class's declaration is missing
+    (PixtralProcessor declares torchvision in 5.x but does not use it for images); the class itself,
+    imported from its own module, works or fails at use with the real reason."""
+    import importlib
+
+    from transformers.models.auto.configuration_auto import model_type_to_module_name
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    for model_type, names in PROCESSOR_MAPPING_NAMES.items():
+        if name in ((names,) if isinstance(names, str) else tuple(names or ())):
+            module = model_type_to_module_name(model_type)
+            try:
+                found = getattr(importlib.import_module(f"transformers.models.{module}.processing_{module}"), name, None)
+            except ImportError:
+                continue
+            if isinstance(found, type) and type(found).__name__ != "DummyObject":
+                return found
+    return None
 
 
 class _DropMediaSlots(ProcessorMixin):
