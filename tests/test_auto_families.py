@@ -80,7 +80,7 @@ def _wrapper(loaded_model, path, task_dict, **model_args):
 
 @pytest.fixture(scope="session")
 def fitted(loaded, synthetic_mc2_dir, tmp_path_factory):
-    """family -> {method: steering file} of mean, l2s and amps fitted on 8 items (one extraction)."""
+    """family -> {method: steering file} of mean, l2s and amps fitted on 4 items (one extraction)."""
     from amps_eval.fit import FitSettings, fit
     from amps_eval.steering.module import TrainSettings
 
@@ -92,10 +92,10 @@ def fitted(loaded, synthetic_mc2_dir, tmp_path_factory):
             out = tmp_path_factory.mktemp(f"fit-{family}")
             files = {}
             for method in ("mean", "l2s", "amps"):
-                settings = FitSettings(model="amps_auto", pretrained=path, method=method, layer=LAYER, folds=2, hidden=8,
+                settings = FitSettings(model="amps_auto", pretrained=path, method=method, layer=LAYER, folds=1, hidden=8,
                                        train=TrainSettings(epochs=2), mcs=MCSSettings(sigmas=(0.1,), draws=2),
                                        device="cpu", dtype="float32", data=synthetic_mc2_dir, cache_dir=out / "cache",
-                                       limit=8)
+                                       limit=4)
                 files[method] = out / f"{method}.safetensors"
                 fit(settings, files[method], progress=False)
             cache[family] = files
@@ -109,7 +109,7 @@ def test_wrapper_batches_and_steering(family, loaded, fitted, task_dict):
     from wrapper_helpers import requests_for
 
     path, model = loaded(family)
-    requests = requests_for(task_dict, "mc2_visual", n=2, max_new_tokens=4)
+    requests = requests_for(task_dict, "mc2_visual", n=2, max_new_tokens=2)
     one = _wrapper(model, path, task_dict, batch_size=1).generate_until(requests)
     two = _wrapper(model, path, task_dict, batch_size=2).generate_until(requests)
     assert one == two and len(one) == 2 and all(isinstance(a, str) for a in one)
@@ -128,10 +128,17 @@ def _seq_keys(inputs: dict, length: int) -> list[str]:
             and k != "pixel_values"]
 
 
-def direct_mcs(model, single: dict, vision: torch.Tensor, settings: MCSSettings, sample_id: str):
+def direct_mcs(model, single: dict, vision: torch.Tensor, settings: MCSSettings, sample_id: str,
+               prefix_lm: bool = False):
     """(C_V, C_T) of one unpadded sample, computed independently of amps_eval.mcs: the model's own
     forward for the prefill without the last token (its own positions), the documented noise drawn
-    here on a clone of the cut cache, the last token forward and ``torch.autograd.grad``."""
+    here on a clone of the cut cache, the last token forward and ``torch.autograd.grad``.
+
+    ``prefix_lm`` (PaliGemma): the prompt is one bidirectional prefix, so the earlier tokens' K/V saw
+    the last prompt token; the MCS perturbs the cache of the whole prompt cut before its last token,
+    at positions ``cumsum(attention_mask) - 1`` (PaliGemma's own start at 1: the rope is relative, so
+    the logits agree, but the rotated keys the noise is added to are one position apart), and so does
+    this reference (docs/models.md)."""
     from transformers.cache_utils import DynamicCache
 
     ids = single["input_ids"]
@@ -139,16 +146,24 @@ def direct_mcs(model, single: dict, vision: torch.Tensor, settings: MCSSettings,
     seq = _seq_keys(single, t)
     cut = {k: (v[:, :-1] if k in seq else v) for k, v in single.items()}
     inner = getattr(model, "model", model)
+    own = {}
+    if prefix_lm:  # amps-eval's positions (cumsum - 1), where PaliGemma's own are one higher (docs/models.md)
+        own = {"position_ids": torch.arange(t)[None]}
     with torch.no_grad():
-        p_x = torch.softmax(model(**single).logits[0, -1].double(), -1)
+        full = model(**single, use_cache=True, **own)
+        p_x = torch.softmax(full.logits[0, -1].double(), -1)
         if hasattr(inner, "rope_deltas"):
             inner.rope_deltas = None
         pre = model(**cut, use_cache=True)
     clean = [(layer.keys.clone(), layer.values.clone()) for layer in pre.cache.layers]
+    if prefix_lm:  # the prompt attends to itself both ways: the cut cache of the whole prompt is the one
+        clean = [(layer.keys[:, :, :-1].clone(), layer.values[:, :, :-1].clone()) for layer in full.cache.layers]
     last_pos = None
     if getattr(inner, "rope_deltas", None) is not None:  # mrope: the model's own offset of text positions
         last_pos = (torch.full((1, 1), t - 1) + inner.rope_deltas).view(1, 1, 1).expand(3, 1, 1)
         inner.rope_deltas = None
+    if prefix_lm:
+        last_pos = torch.full((1, 1), t - 1)
     last = {k: single[k][:, -1:] for k in seq if k not in ("input_ids", "attention_mask")}
     idx_of = {"vision": vision[0, :-1].nonzero().flatten(), "text": (~vision[0, :-1]).nonzero().flatten()}
     gen = torch.Generator().manual_seed(sample_seed(settings.seed, sample_id))
@@ -213,7 +228,7 @@ def test_mcs_matches_direct_autograd(family, loaded):
     try:
         floats = {k: v.to(torch.float64) if torch.is_tensor(v) and v.is_floating_point() else v for k, v in inputs.items()}
         got = compute_mcs(net, floats, vision, ~vision & floats["attention_mask"].bool(), settings, sample_ids=["s"])
-        c_v, c_t = direct_mcs(net, floats, vision, settings, "s")
+        c_v, c_t = direct_mcs(net, floats, vision, settings, "s", prefix_lm=family == "paligemma")
     finally:
         net.to(dtype)
     assert math.isclose(float(got.c_v[0]), c_v, rel_tol=1e-6), (family, float(got.c_v[0]), c_v)
