@@ -76,7 +76,8 @@ def study_settings(args: argparse.Namespace):
     from amps_eval.vocabulary import split_list
 
     return StudySettings(
-        out=Path(args.out), models=split_list(args.model), pretrained=args.pretrained,
+        out=Path(args.out), models=split_list(args.model),
+        pretrained=tuple(p.strip() for p in args.pretrained.split(",") if p.strip()) if args.pretrained else None,
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
@@ -237,7 +238,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=",".join(organism_models if name == "demo" else StudySettings.models),
                        help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
                        + (" (the demo: every shipped organism)" if name == "demo" else ""))
-        p.add_argument("--pretrained", default=None, help="checkpoint (default: the model's shipped organism)")
+        p.add_argument("--pretrained", default=None,
+                       help="checkpoint(s), one per --model in the same order, comma-separated (default: each model's "
+                       "shipped organism); one leaderboard across them all")
         p.add_argument("--data", default=None, help="prepared MC2 folder (default: generate the held-out synthetic set)")
         p.add_argument("--n-per-category", type=int, default=StudySettings.n_per_category,
                        help="generated items per category")
