@@ -291,7 +291,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the steering file to write (.safetensors)")
     p.add_argument("--folds", type=int, default=FitSettings.folds, help="cross-fitting folds; 1 fits on everything")
     p.add_argument("--hidden", type=int, default=FitSettings.hidden, help="MLP width (default: the family's: "
-                   + ", ".join(f"{f.default_mlp_hidden} for {f.lmms_model}" for f in FAMILIES.values()) + ")")
+                   + ", ".join(f"{f.default_mlp_hidden} for {f.lmms_model}" for f in FAMILIES.values() if f.model_types)
+                   + "; amps_auto: 400 for Qwen-VL checkpoints, else 100)")
     p.add_argument("--recipe", choices=RECIPES, default=RECIPES[0],
                    help="how the MLP is trained: the L2S reference code's recipe (AMPS trains the same "
                    "way on its own targets) or amps-eval 0.1's (plain MSE, last epoch); see docs/method.md")

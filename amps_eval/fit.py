@@ -50,7 +50,7 @@ class FitSettings:
     """Everything that decides a fit; recorded in the steering file (``to_dict``).
 
     beta None -> the method's (``amps``: `SteeringConfig`'s 1, as the paper; ``amps_beta0``: 0, which is also the only
-    value it accepts). hidden None -> the family's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
+    value it accepts). hidden None -> the family's ``mlp_hidden`` (L2S: 100, 400 for the Qwen-VL types; docs/models.md). data None ->
     ``resolve_source()``, as the tasks. cache_dir None -> ``<out>.cache/``. limit: the first N items.
     folds=1 fits on everything (one fold "all" with no held-out items).
     """
@@ -193,7 +193,12 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
                   else "the extraction cache (<out>.cache; --cache-dir moves it)")
     family = check_pretrained(settings.pretrained, settings.model)  # before loading any weights
     check_layer(settings.pretrained, settings.layer)
-    hidden = settings.hidden or family.default_mlp_hidden
+    if settings.hidden is None:
+        from transformers import AutoConfig
+
+        hidden = family.mlp_hidden(AutoConfig.from_pretrained(settings.pretrained).model_type)
+    else:
+        hidden = settings.hidden
     items = load_items(settings.data, settings.limit)
     encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.dtype)
     needs_mcs = implementation(settings.method).needs_mcs_at_fit

@@ -46,3 +46,32 @@ def test_amps_auto_gives_the_same_numbers(measured, model):
     for key in ("input_ids", "vision_mask", "text_mask", "answers"):
         assert got[key] == want[key], f"amps_auto on {model}'s organism: {key} changed"
     assert all(math.isclose(a, b, rel_tol=1e-5) for a, b in zip(got["c_v"], want["c_v"]))
+
+
+def test_mlp_width_rule():
+    """L2S's width: 400 for the Qwen-VL model types under any name, 100 otherwise (docs/models.md)."""
+    from amps_eval.families import family
+
+    auto = family("auto")
+    assert [auto.mlp_hidden(t) for t in ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")] == [400, 400, 400]
+    assert auto.mlp_hidden("gemma3") == auto.mlp_hidden("llava") == 100
+    assert family("qwen2_5_vl").mlp_hidden("qwen2_5_vl") == 400 and family("llava").mlp_hidden("llava") == 100
+
+
+def test_trust_remote_code_refused():
+    from amps_eval.families import family
+
+    with pytest.raises(ValueError, match="trust_remote_code is refused"):
+        family("auto").load_model("any/checkpoint", trust_remote_code=True)
+
+
+def test_a_model_that_is_not_image_text_to_text_is_refused(tmp_path):
+    from transformers import GPT2Config
+
+    from amps_eval.families import WrongFamilyError, check_pretrained
+
+    GPT2Config(n_layer=1, n_embd=8, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(WrongFamilyError, match="'gpt2' is not an image-text-to-text model"):
+        check_pretrained(tmp_path, "amps_auto")
+    with pytest.raises(WrongFamilyError, match="use --model amps_auto"):
+        check_pretrained(tmp_path, "amps_qwen")

@@ -49,6 +49,10 @@ class OrganismSpec:
 DEFAULT_MLP_HIDDEN = 100
 """L2S's MLP width where no family names one (the L2S paper's width for LLaVA; docs/models.md)."""
 
+QWEN_MLP_HIDDEN = 400
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+"""The Qwen-VL model types, which get the L2S paper's width for Qwen (400) under any lmms-eval name."""
+
 
 @dataclass(frozen=True)
 class FamilyAdapter:
@@ -65,6 +69,13 @@ class FamilyAdapter:
     wrapper_class_name: str = ""  # the lmms-eval wrapper's class name (amps_eval.model_wrappers.registered)
     organism: OrganismSpec | None = None
     extra: dict = field(default_factory=dict, compare=False)
+
+    def mlp_hidden(self, model_type: str | None) -> int:
+        """L2S's MLP width for a checkpoint of ``model_type``: the family's ``default_mlp_hidden``; for
+        `amps_auto`, 400 for the Qwen-VL types (the L2S paper's width for Qwen) and 100 otherwise."""
+        if self.model_types:
+            return self.default_mlp_hidden
+        return QWEN_MLP_HIDDEN if model_type in QWEN_MODEL_TYPES else DEFAULT_MLP_HIDDEN
 
     def accepts(self, model_type: str | None) -> bool:
         return not self.model_types or model_type in self.model_types
