@@ -285,3 +285,30 @@ def test_missing_torchvision_names_the_extra(checkpoints, tmp_path):
         pytest.skip("torchvision is installed")
     with pytest.raises(ImportError, match=r"pip install 'amps-eval\[torchvision\]'"):
         build_tiny_vlm("mistral3", tmp_path)
+
+
+@pytest.mark.slow
+def test_as_a_user_runs_it_lmms_eval_and_amps_eval_mcs(checkpoints, synthetic_mc2_dir, tmp_path):
+    """`lmms-eval --model amps_auto` and `amps-eval mcs --model amps_auto` on a tiny Gemma3 folder."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    path = checkpoints("gemma3")
+    env = {**os.environ, "AMPS_MC2_DATA": str(synthetic_mc2_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_auto", "--model_args", f"pretrained={path},device=cpu",
+           "--tasks", "mc2_visual", "--limit", "4", "--output_path", str(out), "--batch_size", "2"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    metrics = json.loads(next(out.rglob("*_results.json")).read_text())["results"]["mc2_visual"]
+    assert metrics["vision_rate,none"] + metrics["text_rate,none"] + metrics["others_rate,none"] == pytest.approx(1.0)
+    mcs = tmp_path / "mcs.jsonl"
+    cmd = [sys.executable, "-m", "amps_eval.cli", "mcs", "--model", "amps_auto", "--pretrained", str(path),
+           "--limit", "2", "--draws", "2", "--device", "cpu", "--out", str(mcs)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in mcs.read_text().splitlines()]
+    assert len(rows) == 2 and all(0 <= r["r_v"] <= 1 for r in rows)

@@ -5,9 +5,30 @@ the model's ``get_rope_index``): the file names the lmms-eval model, the L2S wid
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
 from amps_eval.families.base import FamilyAdapter, OrganismSpec
+
+
+def build_tiny_qwen(
+    out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (), **overrides: Any
+) -> Path:
+    """Write a tiny ``Qwen2_5_VLForConditionalGeneration`` checkpoint to ``out_dir``.
+
+    ``extra_corpus``: more text for the locally trained tokenizer (e.g. whole answer words).
+
+    ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
+    ``vision_config={...}``, and ``min_pixels`` / ``max_pixels`` for the image processor.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+
+    from amps_eval.tiny_models import _QWEN_VISION_DEFAULTS, build_tiny_qwen_family
+
+    return build_tiny_qwen_family(out_dir, seed, extra_corpus, overrides, config_class=Qwen2_5_VLConfig,
+                                  model_class=Qwen2_5_VLForConditionalGeneration, vision_defaults=_QWEN_VISION_DEFAULTS,
+                                  vision_out_key="out_hidden_size", processor_class="Qwen2_5_VLProcessor")
 
 
 def _organism_vision(s: Any) -> dict[str, Any]:
@@ -26,7 +47,7 @@ FAMILY = FamilyAdapter(
     lmms_model="amps_qwen",
     model_types=("qwen2_5_vl",),
     model_class="Qwen2_5_VLForConditionalGeneration",
-    builder="amps_eval.tiny_models:build_tiny_qwen",
+    builder="amps_eval.families.qwen2_5_vl:build_tiny_qwen",
     default_mlp_hidden=400,  # the L2S paper's width for Qwen
     image_kwargs=("min_pixels", "max_pixels"),
     wrapper_class_name="AmpsQwen",
