@@ -16,7 +16,7 @@ from typing import Any
 
 from amps_eval.families.base import FamilyAdapter, OrganismSpec, WrongFamilyError
 
-__all__ = ["FAMILIES", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
+__all__ = ["FAMILIES", "GENERIC", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
            "check_pretrained", "family", "family_of_model", "lmms_models"]
 
 from amps_eval.families import auto, llava, qwen2_5_vl, qwen2_vl  # noqa: E402  (explicit registration)
