@@ -76,7 +76,8 @@ def study_settings(args: argparse.Namespace):
     from amps_eval.vocabulary import split_list
 
     return StudySettings(
-        out=Path(args.out), models=split_list(args.model), pretrained=args.pretrained,
+        out=Path(args.out), models=split_list(args.model),
+        pretrained=tuple(p.strip() for p in args.pretrained.split(",") if p.strip()) if args.pretrained else None,
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
@@ -259,7 +260,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--model", default=",".join(organism_models if name == "demo" else StudySettings.models),
                        help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
                        + (" (the demo: every shipped organism)" if name == "demo" else ""))
-        p.add_argument("--pretrained", default=None, help="checkpoint (default: the model's shipped organism)")
+        p.add_argument("--pretrained", default=None,
+                       help="checkpoint(s), one per --model in the same order, comma-separated (default: each model's "
+                       "shipped organism); one leaderboard across them all")
         p.add_argument("--data", default=None,
                        help="prepared MC2 folder (default: as the tasks find it, AMPS_MC2_DATA, else the folder "
                        "`amps-eval prepare-mc2 --download` fills; the generated set for the shipped organisms)")
@@ -321,7 +324,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the steering file to write (.safetensors)")
     p.add_argument("--folds", type=int, default=FitSettings.folds, help="cross-fitting folds; 1 fits on everything")
     p.add_argument("--hidden", type=int, default=FitSettings.hidden, help="MLP width (default: the family's: "
-                   + ", ".join(f"{f.default_mlp_hidden} for {f.lmms_model}" for f in FAMILIES.values()) + ")")
+                   + ", ".join(f"{f.default_mlp_hidden} for {f.lmms_model}" for f in FAMILIES.values() if f.model_types)
+                   + "; amps_auto: 400 for Qwen-VL checkpoints, else 100)")
     p.add_argument("--recipe", choices=RECIPES, default=RECIPES[0],
                    help="how the MLP is trained: the L2S reference code's recipe (AMPS trains the same "
                    "way on its own targets) or amps-eval 0.1's (plain MSE, last epoch); see docs/method.md")

@@ -10,6 +10,7 @@ wrapper (nor its Accelerator) is built.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -106,35 +107,66 @@ class PromptEncoder:
     def encode_turns(self, conversations: list[list[Turn]]) -> Encoded:
         """Left-padded model inputs for a batch of conversations, with each row's modality masks.
 
-        Vision positions are the image tokens. Text positions are the tokens of the last user turn's
-        text (context, question, options and any instruction), not the chat template: found by
-        character offsets, counted from the end of the prompt, which image-token expansion in the
-        processor does not move.
+        Every processor output but the offsets reaches the model (Gemma3 and PaliGemma need their
+        ``token_type_ids``); images go one list per prompt. Vision positions are the image tokens.
+        Text positions are the tokens of the last user turn's text (context, question, options and any
+        instruction), not the chat template: found by character offsets in the very string the
+        tokenizer received (after the processor's image-token expansion and any prefix it adds).
         """
         texts = [self.render(turns) for turns in conversations]
-        images = [image for turns in conversations for turn in turns for image in turn.images]
-        inputs = self.processor(
-            text=texts, images=images or None, padding=True, return_tensors="pt", return_offsets_mapping=True
-        )
+        images = [[image for turn in turns for image in turn.images] for turns in conversations]
+        received: list = []
+        processor = copy.copy(self.processor)  # this call's own tokenizer recorder, nothing shared changes
+        processor.tokenizer = _Recorder(self.processor.tokenizer, received)
+        inputs = processor(text=texts, images=images if any(images) else None, padding=True, return_tensors="pt",
+                           return_offsets_mapping=True)
         offsets = inputs.pop("offset_mapping")
+        inputs.pop("labels", None)
+        strings = _received_strings(received, len(texts))
         attention = inputs["attention_mask"].bool()
         text_mask = torch.zeros_like(attention)
-        for row, (rendered, turns) in enumerate(zip(texts, conversations)):
+        for row, (string, turns) in enumerate(zip(strings, conversations)):
             user_text = next(t.text for t in reversed(turns) if t.role == "user")
-            start = rendered.rfind(user_text)
+            start = string.rfind(user_text)
             if start < 0:
                 raise RuntimeError(f"the chat template dropped the user text of row {row}; cannot locate text tokens")
-            end_of_prompt = int(offsets[row][attention[row]][:, 1].max())
-            lo = end_of_prompt - (len(rendered) - start)
-            hi = end_of_prompt - (len(rendered) - start - len(user_text))
+            lo, hi = start, start + len(user_text)
             begins, ends = offsets[row][:, 0], offsets[row][:, 1]
             text_mask[row] = attention[row] & (begins >= lo) & (ends <= hi) & (ends > begins)
-        vision_mask = (inputs["input_ids"] == self.family.image_token_id(self.model.config)) & attention
+        vision_mask = (inputs["input_ids"] == self.image_token_id) & attention
         text_mask &= ~vision_mask
         device = self.input_device
         inputs = {k: v.to(device) if torch.is_tensor(v) else v for k, v in inputs.items()}
         return Encoded(inputs, vision_mask.to(device), text_mask.to(device),
                        [self.prompt_digest(turns) for turns in conversations])
+
+    @property
+    def image_token_id(self) -> int:
+        """The image placeholder token (`FamilyAdapter.image_token_id`: config, then processor)."""
+        return self.family.image_token_id(self.model.config, self.processor)
+
+
+class _Recorder:
+    """A tokenizer that records the text it is called with (`PromptEncoder.encode_turns`)."""
+
+    def __init__(self, tokenizer: Any, calls: list) -> None:
+        self._tokenizer, self._calls = tokenizer, calls
+
+    def __call__(self, text=None, *args, **kwargs):
+        self._calls.append(text)
+        return self._tokenizer(text, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._tokenizer, name)
+
+
+def _received_strings(calls: list, rows: int) -> list[str]:
+    """The per-row strings of the tokenizer call that encoded the batch (the last with ``rows`` texts)."""
+    for text in reversed(calls):
+        texts = [text] if isinstance(text, str) else list(text or [])
+        if len(texts) == rows and all(isinstance(t, str) for t in texts):
+            return texts
+    raise RuntimeError("the processor did not call its tokenizer with the batch's texts; cannot locate text tokens")
 
 
 def resolve_device(device: str | None) -> torch.device:

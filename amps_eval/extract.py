@@ -35,7 +35,8 @@ from amps_eval.item_cache import MCSCache, TensorShards, mcs_entry_key, model_ke
 from amps_eval.mc2.prompt import INSTRUCTIONS
 from amps_eval.mcs.kv_cache import Prefill
 from amps_eval.shared_prefix import PrefixPasses, VariantPass, run_variants
-from amps_eval.steering.hooks import capture, hidden_size
+from amps_eval.anatomy import hidden_size
+from amps_eval.steering.hooks import capture
 from amps_eval.mcs.score import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
 
 __all__ = ["Extracted", "extract", "item_batch", "last_token_states", "mcs_batch", "mcs_prefilled"]

@@ -97,7 +97,7 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     from amps_eval.encoding import load_encoder
     from amps_eval.fit_data import check_layer, load_items
     from amps_eval.steering.file import Fold, SteeringFile
-    from amps_eval.steering.hooks import decoder_layers, hidden_size
+    from amps_eval.anatomy import decoder_layers, hidden_size
 
     out = Path(out)
     cache = Path(settings.cache_dir) if settings.cache_dir is not None else Path(str(out) + ".cache")
@@ -107,7 +107,12 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
                   else "the extraction cache (<out>.cache; --cache-dir moves it)")
     family = check_pretrained(settings.pretrained, settings.model)  # before loading any weights
     check_layer(settings.pretrained, settings.layer)
-    hidden = settings.hidden or family.default_mlp_hidden
+    if settings.hidden is None:
+        from transformers import AutoConfig
+
+        hidden = family.mlp_hidden(AutoConfig.from_pretrained(settings.pretrained).model_type)
+    else:
+        hidden = settings.hidden
     items = load_items(settings.data, settings.limit)
     encoder = load_encoder(settings.model, settings.pretrained, settings.device, settings.dtype)
     needs_mcs = implementation(settings.method).needs_mcs_at_fit

@@ -28,7 +28,7 @@ class FitSettings:
     """Everything that decides a fit; recorded in the steering file (``to_dict``).
 
     beta None -> the method's (``amps``: `SteeringConfig`'s 1, as the paper; ``amps_beta0``: 0, which is also the only
-    value it accepts). hidden None -> the family's ``default_mlp_hidden`` (L2S: 100, 400 for Qwen). data None ->
+    value it accepts). hidden None -> the family's ``mlp_hidden`` (L2S: 100, 400 for the Qwen-VL types). data None ->
     ``resolve_source()``, as the tasks. cache_dir None -> ``<out>.cache/``. limit: the first N items.
     folds=1 fits on everything (one fold "all" with no held-out items).
     """

@@ -29,7 +29,8 @@ from pathlib import Path
 
 from amps_eval.families import FAMILIES
 
-# lmms-eval model name -> the wrapper class over its family (one per family in amps_eval.families)
+# lmms-eval model name -> the wrapper class over its family (declared in amps_eval.model_wrappers.registered;
+# tests/test_families.py checks that the two lists agree)
 MODEL_CLASSES = {f.lmms_model: f"amps_eval.model_wrappers.registered.{f.wrapper_class_name}" for f in FAMILIES.values()}
 
 _MARKER = "_amps_eval_task_dir"

@@ -46,7 +46,7 @@ from amps_eval.vocabulary import DTYPES, TARGETS, did_you_mean  # noqa: F401 - D
 class StudySettings:
     out: Path = Path("results/demo")
     models: tuple[str, ...] = ("amps_qwen",)  # lmms-eval model names, studied one after the other
-    pretrained: str | None = None  # default: each model's shipped organism (only with one model)
+    pretrained: tuple[str, ...] | str | None = None  # one checkpoint per model; default: each model's shipped organism
     data: Path | None = None  # default: as the tasks resolve it, the generated set for organisms (amps_eval.study_data)
     n_per_category: int = 16
     data_seed: int = 3  # the organism trained on seed 1 and was checked on seed 2
@@ -71,8 +71,12 @@ class StudySettings:
         if not self.models or unknown:
             hints = "".join(did_you_mean(m, MODEL_CLASSES) for m in unknown)
             raise ValueError(f"models must name one or more of {tuple(MODEL_CLASSES)}, got {self.models!r}{hints}")
-        if self.pretrained is not None and len(self.models) != 1:
-            raise ValueError("--pretrained names one checkpoint: give exactly one --model with it")
+        if isinstance(self.pretrained, str):
+            object.__setattr__(self, "pretrained", (self.pretrained,))
+        if self.pretrained is not None and len(self.pretrained) != len(self.models):
+            raise ValueError(f"--pretrained names {len(self.pretrained)} checkpoint(s) for {len(self.models)} --model "
+                             "name(s): give one checkpoint per model, in the same order (--model amps_auto,amps_qwen "
+                             "--pretrained org/a,org/b)")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
         for name, chosen, valid in (("methods", self.methods, tuple(BY_NAME)), ("targets", self.targets, TARGETS)):
@@ -138,14 +142,22 @@ def _data(settings: StudySettings, out: Path, previous: Path | None = None) -> P
     return folder
 
 
-def _checkpoint(settings: StudySettings, model: str, out: Path) -> tuple[str, bool]:
+def stems(settings: StudySettings) -> list[str]:
+    """Each (model, checkpoint) pair's name in the output folders: the model name, numbered when a
+    model is studied on several checkpoints (``amps_auto-1``, ``amps_auto-2``)."""
+    repeated = {m for m in settings.models if settings.models.count(m) > 1}
+    return [f"{m}-{i + 1}" if m in repeated else m for i, m in enumerate(settings.models)]
+
+
+def _checkpoint(settings: StudySettings, index: int, model: str, out: Path) -> tuple[str, bool]:
     """(checkpoint, whether it is an organism with a known preference: the shipped one, or a folder
     written by ``amps-eval build-organism``). Without a shipped organism the demo falls back to a
     tiny random model, says so loudly, and its steering numbers are noise."""
     if settings.pretrained is not None:
         from amps_eval.organism.train import MANIFEST_NAME
 
-        return settings.pretrained, (Path(settings.pretrained) / MANIFEST_NAME).is_file()
+        pretrained = settings.pretrained[index]
+        return pretrained, (Path(pretrained) / MANIFEST_NAME).is_file()
     from amps_eval.organism import organism_path
 
     try:
@@ -196,7 +208,7 @@ def resolve_data_and_lr(settings: StudySettings, environ=None) -> StudySettings:
     from amps_eval.organism.train import MANIFEST_NAME
     from amps_eval.study_data import choose_data, n_items, study_lr
 
-    organisms = settings.pretrained is None or (Path(settings.pretrained) / MANIFEST_NAME).is_file()
+    organisms = settings.pretrained is None or all((Path(p) / MANIFEST_NAME).is_file() for p in settings.pretrained)
     choice = choose_data(settings.data, settings.synthetic, organisms, os.environ if environ is None else environ)
     print(f"MC2 data: {choice.how}")
     items = n_items(choice, settings.n_per_category, settings.limit)
@@ -221,7 +233,8 @@ def run_study(settings: StudySettings) -> dict:
     if settings.pretrained is not None:  # a wrong family or a missing folder, before any work
         from amps_eval.families import check_pretrained
 
-        check_pretrained(settings.pretrained, settings.models[0])
+        for pretrained, model in zip(settings.pretrained, settings.models):
+            check_pretrained(pretrained, model)
     settings = resolve_data_and_lr(settings)  # a real checkpoint without data stops here, before any compute
     from amps_eval.study_plan import print_plan
 
@@ -237,16 +250,17 @@ def run_study(settings: StudySettings) -> dict:
 
 def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dict:
     started = time.perf_counter()
-    checkpoints = {model: _checkpoint(settings, model, out) for model in settings.models}
+    checkpoints = {stem: (model, *_checkpoint(settings, i, model, out))
+                   for i, (stem, model) in enumerate(zip(stems(settings), settings.models))}
     (out / SETTINGS_NAME).write_text(json.dumps(
-        {**settings.to_dict(), "pretrained": {m: c[0] for m, c in checkpoints.items()}}, indent=2))
+        {**settings.to_dict(), "pretrained": {m: c[1] for m, c in checkpoints.items()}}, indent=2))
 
     _step(1, 6, "data")
     data = _data(settings, out, previous)
     print(f"MC2 data: {data}")
     per_model = {}
-    for model, (pretrained, organism) in checkpoints.items():
-        per_model[model] = study_model(settings, model, pretrained, organism, data, out)
+    for stem, (model, pretrained, organism) in checkpoints.items():
+        per_model[stem] = study_model(settings, model, pretrained, organism, data, out, stem=stem)
     checks = {m: r["mcs_check"] for m, r in per_model.items() if r["mcs_check"] is not None}
     if checks:
         (out / "mcs_check.json").write_text(json.dumps(checks, indent=2))
@@ -260,7 +274,8 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
     return summary
 
 
-def study_model(settings: StudySettings, model: str, pretrained: str, organism: bool, data: Path, out: Path) -> dict:
+def study_model(settings: StudySettings, model: str, pretrained: str, organism: bool, data: Path, out: Path,
+                stem: str | None = None) -> dict:
     """Steps 2-5 for one model: MCS (and its check on an organism), fits, baselines, sweeps."""
     from amps_eval.fit import FitSettings, fit
     from amps_eval.mcs.run import run_mcs
@@ -268,7 +283,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     from amps_eval.steering.module import TrainSettings
 
     layer = _layer(settings, pretrained)
-    stem = model
+    stem = stem or model
     print(f"\n=== {model}: {pretrained}{' (model organism)' if organism else ''}")
 
     _step(2, 6, f"{model}: MCS without instruction and with each instruction (Figures 4, 5)")
@@ -301,17 +316,17 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
             files[method])
 
     with EvalSession() as session:  # one load of the model for the baselines and the sweeps
-        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache)
+        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache, stem)
     return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
 
 
 def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, files: dict, data: Path, out: Path,
-                          session, cache: Path) -> None:
+                          session, cache: Path, stem: str | None = None) -> None:
     """Steps 4-5 for one model, every run over the session's one load of the checkpoint; the
     sweeps read each item's MCS from the item cache ``cache`` the MCS step and the fits filled."""
     from amps_eval.report.sweep import SweepSettings, run_sweep
 
-    stem = model
+    stem = stem or model
     runs = out / "runs"
     chosen = select(settings.methods, settings.targets)
     device_args = {"dtype": settings.dtype, **({"device": settings.device} if settings.device else {})}

@@ -137,11 +137,11 @@ def print_plan(settings, environ=None) -> None:
     for line in the_plan.lines():
         print(line, flush=True)
     sizes = None
-    if settings.pretrained is not None:
+    if settings.pretrained is not None and len(settings.pretrained) == 1:  # several: see each model's bars
         try:
             from transformers import AutoConfig
 
-            config = AutoConfig.from_pretrained(settings.pretrained)
+            config = AutoConfig.from_pretrained(settings.pretrained[0])
             text = config.get_text_config()
             sizes = by_config(config.model_type, text.hidden_size, text.num_hidden_layers)
         except (OSError, ValueError, AttributeError):

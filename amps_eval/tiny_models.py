@@ -9,7 +9,7 @@ The builders here write a folder laid out like the hub repositories of
 exactly the calls a real checkpoint goes through::
 
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(folder)
-    processor = amps_eval.processors.load_processor(folder, "qwen2_5_vl")
+    processor = amps_eval.families.family("qwen2_5_vl").load_processor(folder)
 
 Folder contents (as in the hub repositories)
     config.json, model.safetensors, generation_config.json   model.save_pretrained (+ greedy config)
@@ -55,12 +55,11 @@ from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 from transformers import (
     GenerationConfig,
     LlamaTokenizer,
-    LlavaConfig,
-    LlavaForConditionalGeneration,
-    Qwen2_5_VLConfig,
-    Qwen2_5_VLForConditionalGeneration,
     Qwen2Tokenizer,
 )
+
+from amps_eval.families.llava import build_tiny_llava  # noqa: E402,F401 (each builder sits with its family)
+from amps_eval.families.qwen2_5_vl import build_tiny_qwen  # noqa: E402,F401
 
 __all__ = [
     "LLAVA_CHAT_TEMPLATE",
@@ -344,21 +343,6 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def build_tiny_qwen(
-    out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (), **overrides: Any
-) -> Path:
-    """Write a tiny ``Qwen2_5_VLForConditionalGeneration`` checkpoint to ``out_dir``.
-
-    ``extra_corpus``: more text for the locally trained tokenizer (e.g. whole answer words).
-
-    ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
-    ``vision_config={...}``, and ``min_pixels`` / ``max_pixels`` for the image processor.
-    """
-    return build_tiny_qwen_family(out_dir, seed, extra_corpus, overrides, config_class=Qwen2_5_VLConfig,
-                                  model_class=Qwen2_5_VLForConditionalGeneration, vision_defaults=_QWEN_VISION_DEFAULTS,
-                                  vision_out_key="out_hidden_size", processor_class="Qwen2_5_VLProcessor")
-
-
 def build_tiny_qwen_family(
     out_dir: str | os.PathLike,
     seed: int,
@@ -433,82 +417,6 @@ def build_tiny_qwen_family(
         },
     )
     _write_json(out_dir / "chat_template.json", {"chat_template": QWEN_CHAT_TEMPLATE})
-    return out_dir
-
-
-def build_tiny_llava(
-    out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (), **overrides: Any
-) -> Path:
-    """Write a tiny ``LlavaForConditionalGeneration`` checkpoint (CLIP tower + Llama LM) to ``out_dir``.
-
-    ``extra_corpus``: more text for the locally trained tokenizer (e.g. whole answer words).
-    ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
-    ``vision_config={...}`` (e.g. ``{"image_size": 84}``: the image gives (84/14)^2 = 36 tokens).
-    """
-    out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    text, vision, _ = _split_overrides(overrides, _LLAVA_TEXT_DEFAULTS, ())
-    vision = {**_LLAVA_VISION_DEFAULTS, **vision}
-
-    tokenizer = _llava_tokenizer(extra_corpus)
-    bos, eos, pad = (tokenizer.convert_tokens_to_ids(t) for t in ("<s>", "</s>", "<pad>"))
-    image_token_id = tokenizer.convert_tokens_to_ids("<image>")
-    num_patches = (vision["image_size"] // vision["patch_size"]) ** 2
-
-    config = LlavaConfig(
-        text_config={
-            "model_type": "llama",
-            **text,
-            "vocab_size": _padded_vocab(len(tokenizer)),
-            "bos_token_id": bos,
-            "eos_token_id": eos,
-            "pad_token_id": pad,
-        },
-        vision_config={"model_type": "clip_vision_model", **vision},
-        image_token_index=image_token_id,
-        image_seq_length=num_patches,  # "default" strategy drops CLS: one token per patch
-        vision_feature_select_strategy="default",
-        vision_feature_layer=-2,
-        projector_hidden_act="gelu",
-        tie_word_embeddings=False,
-    )
-    model = _build_model(LlavaForConditionalGeneration, config, seed)
-    model.generation_config = GenerationConfig(do_sample=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
-    model.save_pretrained(out_dir)
-
-    tokenizer.save_pretrained(out_dir)
-    # preprocessor_config.json and processor_config.json as llava-hf/llava-1.5-7b-hf ships them
-    # (there 336 pixels): resize the short side, centre-crop a square.
-    side = vision["image_size"]
-    _write_json(
-        out_dir / "preprocessor_config.json",
-        {
-            "crop_size": {"height": side, "width": side},
-            "do_center_crop": True,
-            "do_convert_rgb": True,
-            "do_normalize": True,
-            "do_rescale": True,
-            "do_resize": True,
-            "image_mean": _CLIP_MEAN,
-            "image_processor_type": "CLIPImageProcessor",
-            "image_std": _CLIP_STD,
-            "processor_class": "LlavaProcessor",
-            "resample": 3,  # bicubic
-            "rescale_factor": 1 / 255,
-            "size": {"shortest_edge": side},
-        },
-    )
-    _write_json(
-        out_dir / "processor_config.json",
-        {
-            "image_token": "<image>",
-            "num_additional_image_tokens": 1,  # CLIP's CLS token
-            "patch_size": vision["patch_size"],
-            "processor_class": "LlavaProcessor",
-            "vision_feature_select_strategy": "default",
-        },
-    )
-    _write_json(out_dir / "chat_template.json", {"chat_template": LLAVA_CHAT_TEMPLATE})
     return out_dir
 
 

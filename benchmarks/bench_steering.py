@@ -63,7 +63,8 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchmarks/common.py, however this is run
 from common import add_runtime_args, build_qwen_model, device_name, qwen_inputs, runtime, sync  # noqa: E402
 
-from amps_eval.steering.hooks import decoder_layers, hidden_size, steer, steer_with_module  # noqa: E402
+from amps_eval.anatomy import decoder_layers, hidden_size  # noqa: E402
+from amps_eval.steering.hooks import steer, steer_with_module  # noqa: E402
 from amps_eval.steering.module import SteeringMLP  # noqa: E402
 
 ARMS = ("none", "ctrl", "mean", "amps")  # ctrl: no steering again, the A/A control
@@ -115,14 +116,14 @@ def build(settings: Settings, device: torch.device, dtype: torch.dtype):
         from transformers import Qwen2_5_VLForConditionalGeneration
         from transformers.utils import logging as hf_logging
 
-        from amps_eval.processors import load_processor
+        from amps_eval.families import family
         from amps_eval.tiny_models import tiny_image, tiny_model
 
         hf_logging.disable_progress_bar()  # no save/load progress bars in the printed output
         with tempfile.TemporaryDirectory(prefix="bench_steering_") as cache:  # built in < 1 s, then removed
             path = tiny_model("qwen2_5_vl", cache, seed=0)
             model = Qwen2_5_VLForConditionalGeneration.from_pretrained(path, dtype=dtype).to(device).eval()
-            processor = load_processor(path, "qwen2_5_vl")
+            processor = family("qwen2_5_vl").load_processor(path)
 
         def make_inputs(batch: int) -> dict:
             if batch > len(QUESTIONS):

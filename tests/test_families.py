@@ -18,9 +18,15 @@ CHECKPOINTS = {"amps_qwen": "tiny_qwen_path", "amps_llava": "tiny_llava_path"}
 
 def test_registry_is_the_one_source():
     assert set(MODEL_CLASSES) == {f.lmms_model for f in FAMILIES.values()}
+    from amps_eval.model_wrappers.registered import WRAPPERS
+    from amps_eval.plugin import wrapper_class
+
+    assert set(WRAPPERS) == set(MODEL_CLASSES)
+    assert all(wrapper_class(name) is cls and cls.family.lmms_model == name for name, cls in WRAPPERS.items())
     for f in FAMILIES.values():
         assert by_lmms_model(f.lmms_model) is f and family(f.name) is f
         assert all(by_model_type(t) is f for t in f.model_types)
+    assert family("auto").model_types == () and by_model_type("gemma3") is None  # amps_auto serves it
     assert by_model_type("gpt2") is None
     with pytest.raises(ValueError, match="valid models"):
         by_lmms_model("amps_nope")

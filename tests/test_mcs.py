@@ -934,16 +934,12 @@ def test_input_validation(case):
 @pytest.mark.parametrize("arch", ["qwen2_5_vl", "llava", "qwen2_vl"])
 def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
     tm = pytest.importorskip("amps_eval.tiny_models")
-    procs = pytest.importorskip("amps_eval.processors")
-    if not all(hasattr(tm, n) for n in ("tiny_model", "tiny_image")) or not all(
-        hasattr(procs, n) for n in ("load_processor", "image_token_id")
-    ):
-        pytest.skip("tiny-model helpers not available")
+    from amps_eval.anatomy import image_token_id
     path = tm.tiny_model(arch, tmp_path_factory.mktemp("tiny-ckpt"))
     from amps_eval.families import family
 
     model = family(arch).load_model_class().from_pretrained(path).eval()
-    processor = procs.load_processor(path, arch)
+    processor = family(arch).load_processor(path)
     texts = [
         "Text context: the dog is black and lies on a red sofa next to a window.\nWhat colour is the dog?",
         "What colour is the sky?",
@@ -957,7 +953,7 @@ def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
         )
         for t in texts
     ]
-    img = procs.image_token_id(model.config)
+    img = image_token_id(model.config)
 
     def encode(idx):
         return dict(processor(text=[prompts[i] for i in idx], images=[images[i] for i in idx], padding=True, return_tensors="pt"))

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from amps_eval.families import family
 from amps_eval.files import sha256_file
 from amps_eval.mc2.docs import TaskSpec, task_docs
 from amps_eval.mc2.prompt import INSTRUCTION_STYLES, doc_prompt, instructed_prompt
@@ -113,11 +114,10 @@ def test_training_prompts_are_the_wrapper_prompts(organism):
 
 def test_batches_keep_every_answer_at_the_end(organism):
     """Answers of different lengths in one batch: left padding keeps each at the end of its row."""
-    from amps_eval.processors import load_processor
 
     arch = architecture_of_model(organism[0])
     model = arch.load_model_class().from_pretrained(organism[1])
-    encoder = PromptEncoder(model, load_processor(organism[1], arch.name))
+    encoder = PromptEncoder(model, arch.family.load_processor(organism[1]))
     examples = [training_example(slot, seed=1, image_sizes=(84,)) for slot in range(0, 40, 3)]
     assert len({len(encoder.answer_ids(e, "text")) for e in examples}) > 1
     inputs, targets = encoder.encode(examples, "text")
@@ -231,7 +231,6 @@ def test_vision_pretraining_trains_the_vision_tower_only(tmp_path):
     reads and the projector) and nothing else; the probe sees only its category's answers."""
     from amps_eval.mc2.synthetic import SPECS
     from amps_eval.organism.vision_pretrain import AnswerClasses, pretrain_vision
-    from amps_eval.processors import load_processor
 
     image_path = {"qwen2_5_vl": ("model.visual.",), "llava": ("model.vision_tower.", "model.multi_modal_projector.")}
     for name, arch in ARCHITECTURES.items():
@@ -239,7 +238,7 @@ def test_vision_pretraining_trains_the_vision_tower_only(tmp_path):
         folder = arch.build_checkpoint(tmp_path / name, settings, extra_corpus=[])
         model = arch.load_model_class().from_pretrained(folder)
         before = {n: p.detach().clone() for n, p in model.named_parameters()}
-        curve = pretrain_vision(model, load_processor(folder, name), settings, progress=False)
+        curve = pretrain_vision(model, family(name).load_processor(folder), settings, progress=False)
         assert [r["step"] for r in curve] == [1, 2]
         changed = {n for n, p in model.named_parameters() if not torch.equal(before[n], p)}
         assert changed and all(n.startswith(image_path[name]) for n in changed), changed

@@ -138,3 +138,24 @@ def test_a_sweep_into_a_folder_below_a_file_stops_before_any_run(tmp_path):
                              alphas=(0.0,), out=tmp_path / "file.txt" / "sweep")
     with pytest.raises(OutputError, match="file.txt"):
         run_sweep(settings, progress=lambda text: None)
+
+
+def test_several_model_checkpoint_pairs_one_study():
+    """`--model a,b,c --pretrained x,y,z`: one checkpoint per model, a distinct output name for each
+    pair (numbered where a model repeats), and a clear error for unequal lists."""
+    from amps_eval.study import stems
+
+    settings = StudySettings(models=("amps_auto", "amps_qwen", "amps_auto"), pretrained=("a/x", "b/y", "c/z"))
+    assert settings.pretrained == ("a/x", "b/y", "c/z")
+    assert stems(settings) == ["amps_auto-1", "amps_qwen", "amps_auto-3"]
+    assert StudySettings(pretrained="one/path").pretrained == ("one/path",)
+    with pytest.raises(ValueError, match="one checkpoint per model"):
+        StudySettings(models=("amps_auto", "amps_qwen"), pretrained=("a/x",))
+
+
+def test_cli_study_takes_pretrained_pairs(tmp_path):
+    from amps_eval.cli import build_parser, study_settings
+
+    args = build_parser().parse_args(["study", "--out", str(tmp_path / "s"), "--model", "amps_auto,amps_auto",
+                                      "--pretrained", "/ckpt/gemma-3,/ckpt/idefics3"])
+    assert study_settings(args).pretrained == ("/ckpt/gemma-3", "/ckpt/idefics3")

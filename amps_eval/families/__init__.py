@@ -1,27 +1,30 @@
 """The model families amps-eval knows, by name, lmms-eval model name and ``config.model_type``.
 
-Adding a family: write ``amps_eval/families/<name>.py`` defining ``FAMILY`` (a `FamilyAdapter`,
-with its tiny test-model builder) and add its module name to ``FAMILY_MODULES`` below.
+``amps_auto`` (`amps_eval.families.auto`) serves any image-text-to-text checkpoint through the
+generic rules; ``amps_qwen``, ``amps_llava`` and ``amps_qwen2`` are the same generic adapter
+restricted to one ``model_type`` (with the organism and L2S width of their family). A family file
+exists only for a model that differs, overriding a hook of `FamilyAdapter` (see docs/models.md,
+"Adding a family"): write ``amps_eval/families/<name>.py`` defining ``FAMILY`` and import it below.
 Import-light (no torch / transformers): `amps_eval.plugin` reads it while lmms-eval starts.
 """
 
 from __future__ import annotations
 
-import importlib
 import os
 from pathlib import Path
 from typing import Any
 
 from amps_eval.families.base import FamilyAdapter, OrganismSpec, WrongFamilyError
 
-__all__ = ["FAMILIES", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
+__all__ = ["FAMILIES", "GENERIC", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
            "check_pretrained", "family", "family_of_model", "lmms_models"]
 
-FAMILY_MODULES = ("qwen2_5_vl", "llava", "qwen2_vl")
+from amps_eval.families import auto, llava, qwen2_5_vl, qwen2_vl  # noqa: E402  (explicit registration)
 
-FAMILIES: dict[str, FamilyAdapter] = {
-    f.name: f for f in (importlib.import_module(f"amps_eval.families.{m}").FAMILY for m in FAMILY_MODULES)
-}
+FAMILIES: dict[str, FamilyAdapter] = {f.name: f for f in (qwen2_5_vl.FAMILY, llava.FAMILY, qwen2_vl.FAMILY, auto.FAMILY)}
+
+GENERIC = auto.FAMILY
+"""The adapter of any model (``amps_auto``)."""
 
 
 def family(name: str) -> FamilyAdapter:
@@ -45,21 +48,16 @@ def by_lmms_model(model: str) -> FamilyAdapter:
 
 
 def by_model_type(model_type: str | None) -> FamilyAdapter | None:
-    """The family accepting ``config.model_type == model_type``, or None."""
+    """The named family accepting ``config.model_type == model_type``, or None (``amps_auto`` serves it)."""
     for f in FAMILIES.values():
-        if model_type in f.model_types:
+        if f.model_types and model_type in f.model_types:
             return f
     return None
 
 
 def family_of_model(model: Any) -> FamilyAdapter:
-    """The family of a loaded model (by its config's ``model_type``)."""
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    found = by_model_type(model_type)
-    if found is None:
-        raise WrongFamilyError(f"unsupported model_type {model_type!r} ({type(model).__name__}); supported: "
-                               f"{', '.join(t for f in FAMILIES.values() for t in f.model_types)}")
-    return found
+    """The adapter of a loaded model: its named family (by ``config.model_type``), else the generic one."""
+    return by_model_type(getattr(getattr(model, "config", None), "model_type", None)) or GENERIC
 
 
 def _looks_local(pretrained: str) -> bool:
@@ -86,12 +84,15 @@ def check_pretrained(pretrained: str | os.PathLike, model: str) -> FamilyAdapter
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the model config (config.json) of pretrained={name}: {error}") from error
     model_type = getattr(config, "model_type", None)
+    if not wanted.model_types:
+        wanted.load_model_class(config)  # refuses a model_type that is not image-text-to-text
+        return wanted
     if model_type in wanted.model_types:
         return wanted
     other = by_model_type(model_type)
     if other is not None:
         raise WrongFamilyError(f"pretrained={name} is a {other.display} checkpoint (model_type {model_type}), not "
                                f"{wanted.display}: use --model {other.lmms_model}")
-    raise WrongFamilyError(f"pretrained={name} has model_type {model_type!r}, which no amps-eval model serves "
-                           f"({model} serves {', '.join(wanted.model_types)}); supported: "
-                           + ", ".join(f"{f.lmms_model} ({'/'.join(f.model_types)})" for f in FAMILIES.values()))
+    raise WrongFamilyError(f"pretrained={name} has model_type {model_type!r}, which {model} does not serve "
+                           f"({model} serves {', '.join(wanted.model_types)}): use --model {GENERIC.lmms_model}, "
+                           "which serves any image-text-to-text model")

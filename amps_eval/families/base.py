@@ -1,12 +1,23 @@
-"""What a model family is to amps-eval: one `FamilyAdapter` per family (Qwen2.5-VL, LLaVA-1.5, ...).
+"""What a model family is to amps-eval: one generic `FamilyAdapter`, which serves any
+image-text-to-text checkpoint transformers loads (`amps_auto`), and the rare family file that
+overrides one of its hooks.
 
-Everything that differs between families lives in its adapter (one file in this package): the
-lmms-eval model name, the ``config.model_type`` values it accepts, the transformers model class, how
-its processor is built, the image token, the decoder layers and hidden size, the position ids of a
-pass against a cache, the L2S MLP width, the tiny test-model builder and the organism's settings.
-The rest of the code (wrappers, steering, MCS, fit, the study, the report) asks the adapter.
+The adapter answers every question about a model: how to load it and its processor, the image
+token, the decoder layers and hidden size, the positions of a pass against a cache and whether the
+MCS applies (K/V support). The model-level answers follow the generic rules of `amps_eval.anatomy`;
+the rest of the code (wrappers, steering, MCS, fit, the study, the report) asks the adapter or
+those rules, never a family name.
 
-This module and the family modules must stay import-light (no torch, no transformers at import):
+Hooks a family may override (each defaults to the generic rule):
+* ``processor_class(path)``: the processor to build (default: the one ``AutoProcessor`` picks,
+  without video / audio slots);
+* ``fill_processor_dict(path, processor_dict)``: complete the processor arguments of old folders;
+* ``image_token_id(config, processor)``: the image placeholder token;
+* ``patch_model(model)``: fix a model after loading (e.g. give it a ``get_rope_index`` for its
+  positions, which `amps_eval.anatomy.position_ids` then uses);
+* ``kv_refusal(model, prompt_length)``: why the MCS cannot run on it.
+
+This module and the family modules stay import-light (no torch, no transformers at import):
 `amps_eval.plugin` reads the registry while lmms-eval loads its entry points.
 """
 
@@ -17,6 +28,8 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
+
+from amps_eval import anatomy
 
 
 class WrongFamilyError(ValueError):
@@ -33,98 +46,106 @@ class OrganismSpec:
     settings_overrides: tuple[tuple[str, Any], ...] = ()  # its organism's defaults that differ
 
 
+DEFAULT_MLP_HIDDEN = 100
+"""L2S's MLP width where no family names one (the L2S paper's width for LLaVA; docs/models.md)."""
+
+QWEN_MLP_HIDDEN = 400
+QWEN_MODEL_TYPES = ("qwen2_vl", "qwen2_5_vl", "qwen3_vl")
+"""The Qwen-VL model types, which get the L2S paper's width for Qwen (400) under any lmms-eval name."""
+
+
 @dataclass(frozen=True)
 class FamilyAdapter:
-    """One model family. Subclass it to override a hook (processor arguments, position ids, layers)."""
+    """One model family, or (``model_types == ()``) any model: `amps_auto`. Subclass it to override a hook."""
 
-    name: str  # the family's name, also the processor kind of amps_eval.processors ("qwen2_5_vl")
+    name: str  # the family's name ("qwen2_5_vl", "auto")
     display: str  # for messages: "Qwen2.5-VL"
     lmms_model: str  # the lmms-eval model name of its wrapper ("amps_qwen")
-    model_types: tuple[str, ...]  # accepted config.model_type values
-    model_class: str  # transformers class name
-    builder: str  # "module:function" writing a tiny checkpoint folder (tests, the offline demo)
-    default_mlp_hidden: int = 100  # L2S's hidden width for this family (amps-eval fit --hidden)
+    model_types: tuple[str, ...] = ()  # accepted config.model_type values; () accepts any
+    model_class: str | None = None  # transformers class name; None: the class transformers registers
+    builder: str | None = None  # "module:function" writing a tiny checkpoint folder (tests, the offline demo)
+    default_mlp_hidden: int = DEFAULT_MLP_HIDDEN  # L2S's hidden width (amps-eval fit --hidden)
     image_kwargs: tuple[str, ...] = ()  # image-processor bounds a run may set (model args of the wrapper)
-    layers_path: str | None = None  # attribute path of the decoder ModuleList when the generic lookup misses it
-    wrapper_class_name: str = ""  # the lmms-eval wrapper's class name (amps_eval.model_wrappers)
+    wrapper_class_name: str = ""  # the lmms-eval wrapper's class name (amps_eval.model_wrappers.registered)
     organism: OrganismSpec | None = None
     extra: dict = field(default_factory=dict, compare=False)
 
-    # --- classes ------------------------------------------------------------------------------
-    def load_model_class(self) -> type:
-        return getattr(importlib.import_module("transformers"), self.model_class)
+    def mlp_hidden(self, model_type: str | None) -> int:
+        """L2S's MLP width for a checkpoint of ``model_type``: the family's ``default_mlp_hidden``; for
+        `amps_auto`, 400 for the Qwen-VL types (the L2S paper's width for Qwen) and 100 otherwise."""
+        if self.model_types:
+            return self.default_mlp_hidden
+        return QWEN_MLP_HIDDEN if model_type in QWEN_MODEL_TYPES else DEFAULT_MLP_HIDDEN
 
-    def processor_class(self) -> type:
-        """The processor class `amps_eval.processors.load_processor` builds."""
-        raise NotImplementedError
+    def accepts(self, model_type: str | None) -> bool:
+        return not self.model_types or model_type in self.model_types
+
+    # --- loading ------------------------------------------------------------------------------
+    def load_model_class(self, config: Any = None) -> type:
+        """The transformers class: ``model_class`` when the family names one, else the class
+        transformers registers for ``config`` as an image-text-to-text model."""
+        transformers = importlib.import_module("transformers")
+        if self.model_class:
+            return getattr(transformers, self.model_class)
+        if config is None:
+            raise ValueError(f"{self.display}: the model class follows the checkpoint's config; pass it")
+        from transformers.models.auto.modeling_auto import MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES
+
+        name = MODEL_FOR_IMAGE_TEXT_TO_TEXT_MAPPING_NAMES.get(config.model_type)
+        if name and hasattr(transformers, name):
+            return getattr(transformers, name)
+        raise WrongFamilyError(f"model_type {config.model_type!r} is not an image-text-to-text model transformers "
+                               "registers (AutoModelForImageTextToText); amps-eval cannot run it")
+
+    def load_model(self, pretrained: str | os.PathLike, **kwargs: Any):
+        """The checkpoint's model (``trust_remote_code`` refused: only code transformers ships runs)."""
+        if kwargs.pop("trust_remote_code", False):
+            raise ValueError("trust_remote_code is refused: amps-eval runs only models whose code transformers "
+                             "ships")
+        from transformers import AutoConfig
+
+        config = AutoConfig.from_pretrained(pretrained)
+        model = self.load_model_class(config).from_pretrained(pretrained, **kwargs)
+        self.patch_model(model)
+        return model
+
+    def patch_model(self, model: Any) -> None:
+        """Fix a loaded model where transformers' own code does not serve amps-eval (default: nothing)."""
+
+    def processor_class(self, path: str | os.PathLike) -> type:
+        """The processor class to build (its media slots are dropped by `amps_eval.processors`)."""
+        from amps_eval.processors import auto_processor_class
+
+        return auto_processor_class(path)
 
     def fill_processor_dict(self, path: str, processor_dict: dict[str, Any]) -> None:
         """Complete the processor arguments read from ``path`` (default: nothing to add)."""
 
-    def load_model(self, pretrained: str | os.PathLike, **kwargs: Any):
-        return self.load_model_class().from_pretrained(pretrained, **kwargs)
-
     def load_processor(self, pretrained: str | os.PathLike, **image_kwargs: Any):
         from amps_eval.processors import load_processor
 
-        return load_processor(pretrained, self.name, **image_kwargs)
+        return load_processor(pretrained, self.processor_class(pretrained),
+                              fill_processor_dict=self.fill_processor_dict, **image_kwargs)
 
-    # --- model structure ----------------------------------------------------------------------
-    def image_token_id(self, config: Any) -> int:
-        for name in ("image_token_id", "image_token_index"):
-            value = getattr(config, name, None)
-            if value is not None:
-                return int(value)
-        raise AttributeError(f"{type(config).__name__} has no image token id")
+    # --- model structure (the generic rules of amps_eval.anatomy) -----------------------------
+    def image_token_id(self, config: Any, processor: Any = None) -> int:
+        return anatomy.image_token_id(config, processor)
+
+    def decoder_layers(self, model: Any):
+        return anatomy.decoder_layers(model)
+
+    def hidden_size(self, model: Any) -> int:
+        return anatomy.hidden_size(model)
 
     def prompt_position_ids(self, model: Any, inputs: dict[str, Any]):
-        """Position ids of a left-padded prompt for a pass against a cache: [B, T] (``generate``'s
-        ``cumsum(attention_mask) - 1``); mrope families override it with their 3-D positions."""
-        import torch
+        return anatomy.position_ids(model, inputs)
 
-        input_ids = inputs["input_ids"]
-        attention_mask = inputs.get("attention_mask")
-        if attention_mask is None:
-            attention_mask = torch.ones_like(input_ids)
-        pos = attention_mask.long().cumsum(-1) - 1
-        return pos.masked_fill(attention_mask == 0, 0)
+    def kv_refusal(self, model: Any, prompt_length: int | None = None) -> str | None:
+        return anatomy.kv_refusal(model, prompt_length)
 
     # --- tiny checkpoints ---------------------------------------------------------------------
     def build_tiny(self, out_dir: str | os.PathLike, seed: int = 0, extra_corpus=(), **overrides: Any) -> Path:
+        if not self.builder:
+            raise ValueError(f"{self.display} has no tiny test-model builder")
         module, name = self.builder.split(":")
         return getattr(importlib.import_module(module), name)(out_dir, seed=seed, extra_corpus=extra_corpus, **overrides)
-
-
-def mrope_position_ids(model: Any, inputs: dict[str, Any], rope_kwargs: tuple[str, ...] = ()):
-    """3-D (temporal, height, width) rope positions [3, B, T] of a left-padded prompt from the
-    model's ``get_rope_index`` (Qwen2-VL, Qwen2.5-VL); ``rope_kwargs``: the further input keys the
-    family's ``get_rope_index`` takes (Qwen2.5-VL: ``second_per_grid_ts``)."""
-    import torch
-
-    input_ids = inputs["input_ids"]
-    attention_mask = inputs.get("attention_mask")
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    cfg = model.config
-    mm = inputs.get("mm_token_type_ids")
-    if mm is None:
-        mm = torch.zeros_like(input_ids, dtype=torch.int)
-        for tok, kind in (("image_token_id", 1), ("video_token_id", 2)):
-            tid = getattr(cfg, tok, None)
-            if tid is not None:
-                mm = mm.masked_fill(input_ids == tid, kind)
-    image_grid_thw = inputs.get("image_grid_thw")
-    video_grid_thw = inputs.get("video_grid_thw")
-    if image_grid_thw is None and video_grid_thw is None:
-        pos = (attention_mask.long().cumsum(-1) - 1).clamp_min(0)
-        return pos.unsqueeze(0).expand(3, -1, -1).contiguous()
-    inner = getattr(model, "model", model)
-    pos, _ = inner.get_rope_index(
-        input_ids,
-        mm_token_type_ids=mm,
-        image_grid_thw=image_grid_thw,
-        video_grid_thw=video_grid_thw,
-        attention_mask=attention_mask,
-        **{k: inputs.get(k) for k in rope_kwargs},
-    )
-    return pos

@@ -1,22 +1,34 @@
-"""Qwen2.5-VL (any size) through ``Qwen2_5_VLForConditionalGeneration``: lmms-eval model ``amps_qwen``."""
+"""Qwen2.5-VL (any size) through ``Qwen2_5_VLForConditionalGeneration``: lmms-eval model ``amps_qwen``.
+
+No hook differs from the generic adapter (processor without its video slot, 3-D mrope positions from
+the model's ``get_rope_index``): the file names the lmms-eval model, the L2S width and the organism."""
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from pathlib import Path
+from typing import Any, Sequence
 
-from amps_eval.families.base import FamilyAdapter, OrganismSpec, mrope_position_ids
+from amps_eval.families.base import FamilyAdapter, OrganismSpec
 
 
-class Qwen2_5_VLAdapter(FamilyAdapter):
-    def processor_class(self) -> type:
-        from transformers.models.qwen2_5_vl.processing_qwen2_5_vl import Qwen2_5_VLProcessor
+def build_tiny_qwen(
+    out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (), **overrides: Any
+) -> Path:
+    """Write a tiny ``Qwen2_5_VLForConditionalGeneration`` checkpoint to ``out_dir``.
 
-        from amps_eval.families.no_video import image_only
+    ``extra_corpus``: more text for the locally trained tokenizer (e.g. whole answer words).
 
-        return image_only(Qwen2_5_VLProcessor)
+    ``overrides``: text-config fields (``num_hidden_layers=6``), ``text_config={...}``,
+    ``vision_config={...}``, and ``min_pixels`` / ``max_pixels`` for the image processor.
+    """
+    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    def prompt_position_ids(self, model: Any, inputs: dict[str, Any]):
-        return mrope_position_ids(model, inputs, ("second_per_grid_ts",))
+    from amps_eval.tiny_models import _QWEN_VISION_DEFAULTS, build_tiny_qwen_family
+
+    return build_tiny_qwen_family(out_dir, seed, extra_corpus, overrides, config_class=Qwen2_5_VLConfig,
+                                  model_class=Qwen2_5_VLForConditionalGeneration, vision_defaults=_QWEN_VISION_DEFAULTS,
+                                  vision_out_key="out_hidden_size", processor_class="Qwen2_5_VLProcessor")
 
 
 def _organism_vision(s: Any) -> dict[str, Any]:
@@ -29,13 +41,13 @@ def _organism_vision(s: Any) -> dict[str, Any]:
     }
 
 
-FAMILY = Qwen2_5_VLAdapter(
+FAMILY = FamilyAdapter(
     name="qwen2_5_vl",
     display="Qwen2.5-VL",
     lmms_model="amps_qwen",
     model_types=("qwen2_5_vl",),
     model_class="Qwen2_5_VLForConditionalGeneration",
-    builder="amps_eval.tiny_models:build_tiny_qwen",
+    builder="amps_eval.families.qwen2_5_vl:build_tiny_qwen",
     default_mlp_hidden=400,  # the L2S paper's width for Qwen
     image_kwargs=("min_pixels", "max_pixels"),
     wrapper_class_name="AmpsQwen",

@@ -12,23 +12,11 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from amps_eval.families.base import FamilyAdapter, mrope_position_ids
+from amps_eval.families.base import FamilyAdapter
 
 # the tiny test model's vision tower (``vision_config`` of Qwen2VLConfig)
 TINY_VISION = {"depth": 2, "embed_dim": 32, "mlp_ratio": 2, "num_heads": 2, "patch_size": 14, "spatial_merge_size": 2,
                "temporal_patch_size": 2}
-
-
-class Qwen2VLAdapter(FamilyAdapter):
-    def processor_class(self) -> type:
-        from transformers.models.qwen2_vl.processing_qwen2_vl import Qwen2VLProcessor
-
-        from amps_eval.families.no_video import image_only
-
-        return image_only(Qwen2VLProcessor)
-
-    def prompt_position_ids(self, model: Any, inputs: dict[str, Any]):
-        return mrope_position_ids(model, inputs)
 
 
 def build_tiny_qwen2_vl(out_dir: str | os.PathLike, seed: int = 0, extra_corpus: Sequence[str] = (),
@@ -44,7 +32,7 @@ def build_tiny_qwen2_vl(out_dir: str | os.PathLike, seed: int = 0, extra_corpus:
                                   vision_out_key="hidden_size", processor_class="Qwen2VLProcessor")
 
 
-FAMILY = Qwen2VLAdapter(
+FAMILY = FamilyAdapter(
     name="qwen2_vl",
     display="Qwen2-VL",
     lmms_model="amps_qwen2",

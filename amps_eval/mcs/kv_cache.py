@@ -2,10 +2,13 @@
 
 Both architectures in transformers 5.x: the cache is a `DynamicCache` whose layers hold
 ``keys``/``values`` [batch, kv_heads, tokens, head_dim]; a forward appends to the cache it is given,
-so every perturbed pass gets a fresh one. Positions are always passed explicitly, as the model's
-family computes them (`amps_eval.families`: 3-D mrope from ``get_rope_index`` for Qwen2/2.5-VL,
-``cumsum(attention_mask) - 1`` otherwise, as ``generate`` does), so a left-padded sample gets the
-positions it has alone. Left padding is required.
+so every perturbed pass gets a fresh one. Positions are always passed explicitly, by the generic
+rule of `amps_eval.anatomy.position_ids` (the model's own ``get_rope_index`` where it has one, 3-D
+mrope for Qwen2/2.5/3-VL, else ``cumsum(attention_mask) - 1`` as ``generate`` does), so a
+left-padded sample gets the positions it has alone. Left padding is required. Before any compute,
+`amps_eval.anatomy.check_kv_support` refuses a model whose layers do not all hold self-attention K/V
+over the whole prompt (hybrid, cross-attention, or a window shorter than the prompt), naming the
+layer and its type.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import torch
 
+from amps_eval import anatomy
+
 # Keys of a processor output that must not reach the prefill forward (set here, or meaningless).
 _DROP_INPUT_KEYS = frozenset(
     {
@@ -26,7 +31,6 @@ _DROP_INPUT_KEYS = frozenset(
         "use_cache",
         "labels",
         "logits_to_keep",
-        "token_type_ids",
         "return_dict",
         "output_hidden_states",
         "output_attentions",
@@ -57,28 +61,15 @@ def frozen_eval(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
             m.training = flag
 
 
-def _inner(model: torch.nn.Module) -> torch.nn.Module:
-    return getattr(model, "model", model)
-
-
 def uses_mrope(model: torch.nn.Module) -> bool:
-    """True for Qwen2/2.5-VL style models (3-D rope positions from ``get_rope_index``)."""
-    return hasattr(_inner(model), "get_rope_index")
+    """True for models with their own rope index (Qwen2/2.5/3-VL style 3-D positions)."""
+    return anatomy._rope_owner(model) is not None
 
 
 def prompt_position_ids(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """Position ids of the (left-padded) prompt, as the model's family computes them
-    (`FamilyAdapter.prompt_position_ids`): [3, B, T] for mrope families, else [B, T]."""
-    from amps_eval.families import FamilyAdapter, by_model_type
-    from amps_eval.families.base import mrope_position_ids
-
-    family = by_model_type(getattr(getattr(model, "config", None), "model_type", None))
-    if family is not None:
-        return family.prompt_position_ids(model, inputs)
-    # a model of no registered family (a test double): 3-D positions if it has a rope index
-    if uses_mrope(model):
-        return mrope_position_ids(model, inputs, ("second_per_grid_ts",))
-    return FamilyAdapter.prompt_position_ids(None, model, inputs)
+    """Position ids of the (left-padded) prompt (`amps_eval.anatomy.position_ids`): [3, B, T] for
+    mrope models, else [B, T]."""
+    return anatomy.position_ids(model, inputs)
 
 
 def _last_position_ids(position_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -118,13 +109,15 @@ def prefill(
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Prefill the whole prompt. Returns (last-token logits [B, V] float32, keys, values), where
     keys/values are per layer [B, kv_heads, T-1, head_dim]: the cache cut before the last token."""
+    anatomy.check_kv_support(model, int(inputs["input_ids"].shape[1]))
     kwargs = {k: v for k, v in inputs.items() if k not in _DROP_INPUT_KEYS}
     out = model(**kwargs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
     cache = out.cache
     keys, values = [], []
     for i, layer in enumerate(cache.layers):
-        if getattr(layer, "is_sliding", False):
-            raise NotImplementedError(f"MCS does not support sliding-window cache layers (layer {i})")
+        if getattr(layer, "keys", None) is None:
+            raise anatomy.KVSupportError(f"{type(model).__name__}: cache layer {i} ({type(layer).__name__}) holds no "
+                                         "keys/values: the MCS does not apply to this model")
         keys.append(layer.keys[:, :, :-1, :].detach())
         values.append(layer.values[:, :, :-1, :].detach())
     logits = out.logits[:, -1, :]

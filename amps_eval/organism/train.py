@@ -387,7 +387,7 @@ def build_organism(
     """Train an organism into ``out_dir`` (new or empty) and return the folder.
 
     The folder loads like a hub checkpoint (``<model class>.from_pretrained``,
-    ``amps_eval.processors.load_processor(folder, settings.architecture)``, ``amps_qwen`` /
+    ``amps_eval.families.family(settings.architecture).load_processor(folder)``, ``amps_qwen`` /
     ``amps_llava`` with ``pretrained=folder``) and holds ``organism_manifest.json``: settings, design, training curve,
     held-out evaluation (unless ``evaluate=False``) and the sha256 of the weights.
     """
@@ -395,8 +395,6 @@ def build_organism(
 
     from amps_eval.mc2.synthetic import SYNTHETIC_VERSION
     from amps_eval.organism.architectures import architecture
-    from amps_eval.processors import load_processor
-
     settings = settings or OrganismSettings()
     arch = architecture(settings.architecture)
     out_dir = Path(out_dir)
@@ -405,7 +403,7 @@ def build_organism(
     arch.build_checkpoint(out_dir, settings, tokenizer_corpus() if settings.word_tokens else [])
     with torch_settings(settings.num_threads, settings.seed):
         model = arch.load_model_class().from_pretrained(out_dir, dtype=torch.float32)
-        processor = load_processor(out_dir, arch.name)
+        processor = arch.family.load_processor(out_dir)
         from amps_eval.organism.vision_pretrain import pretrain_vision
 
         start = time.perf_counter()

@@ -159,16 +159,15 @@ def _model_of_checkpoint(pretrained: str) -> str:
     is a local folder (`amps_eval.families`), else the choices (``amps_qwen|amps_llava|...``)."""
     from pathlib import Path
 
-    from amps_eval.families import by_model_type, lmms_models
+    from amps_eval.families import GENERIC, by_model_type, lmms_models
 
-    found = None
     if (Path(pretrained) / "config.json").is_file():
         try:
             model_type = json.loads((Path(pretrained) / "config.json").read_text()).get("model_type")
-            found = by_model_type(model_type)
+            return (by_model_type(model_type) or GENERIC).lmms_model
         except (OSError, ValueError, AttributeError):
-            found = None
-    return found.lmms_model if found is not None else "|".join(lmms_models())
+            pass
+    return "|".join(lmms_models())
 
 
 def wrapper_defaults() -> dict[str, object]:

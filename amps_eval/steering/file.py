@@ -349,16 +349,14 @@ class SteeringFile:
     def _wrapper_name(self, model_config, architecture: str | None) -> str:
         """The `--model` of `amps-eval fit` for the run's model: the one the file records when the run's
         architecture is the file's, else the model of the family accepting the config's model type."""
-        from amps_eval.families import by_model_type, lmms_models
+        from amps_eval.families import GENERIC, by_model_type, lmms_models
 
         recorded = self.settings.get("model")
         same_family = not architecture or not self.architecture or architecture == self.architecture
         if same_family and recorded in lmms_models():
             return recorded
         found = by_model_type(getattr(model_config, "model_type", None))
-        if found is not None:
-            return found.lmms_model
-        return "<" + "|".join(lmms_models()) + ">"
+        return (found or GENERIC).lmms_model
 
     # ---- storage ---------------------------------------------------------------------------
     def save(self, path: str | os.PathLike) -> str:

@@ -44,6 +44,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
+from amps_eval.anatomy import decoder_layers, hidden_size  # the generic rules (re-exported for callers)
 from amps_eval.vocabulary import POSITIONS  # re-exported
 
 __all__ = [
@@ -259,51 +260,6 @@ class _NormMeter:
         inverse = inverse.reshape(-1, per_row).sum(dim=1)
         count = count.reshape(-1, per_row).sum(dim=1)
         return torch.where(count > 0, inverse / count.clamp(min=1), torch.full_like(inverse, float("nan")))
-
-
-_LAYER_PATHS = ("model.language_model.layers", "language_model.layers", "model.layers")
-
-
-def _at(obj: object, path: str) -> object:
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """The decoder layers of the language model inside an MLLM.
-
-    Found by attribute path, not by model name: the family's own path when its adapter declares one
-    (`FamilyAdapter.layers_path`), else the generic paths of transformers 5.x MLLMs
-    (``model.model.language_model.layers``, as Qwen2-VL, Qwen2.5-VL and LLaVA), and anything else
-    fails here instead of silently steering nothing.
-    """
-    from amps_eval.families import by_model_type
-
-    family = by_model_type(getattr(getattr(model, "config", None), "model_type", None))
-    paths = ((family.layers_path,) if family is not None and family.layers_path else ()) + _LAYER_PATHS
-    for path in paths:
-        obj = _at(model, path)
-        if isinstance(obj, nn.ModuleList) and len(obj) > 0:
-            return obj
-    raise AttributeError(
-        f"cannot find the decoder layers of {type(model).__name__}: looked for "
-        + ", ".join(f"`<model>.{p}`" for p in paths)
-        + " (a non-empty nn.ModuleList). Give the family's adapter a `layers_path` "
-        "(amps_eval/families/)."
-    )
-
-
-def hidden_size(model: nn.Module) -> int:
-    """Hidden size of the language model (the text config of a composite MLLM config)."""
-    config = getattr(model, "config", None)
-    text = config.get_text_config() if hasattr(config, "get_text_config") else config
-    size = getattr(text, "hidden_size", None)
-    if not isinstance(size, int):
-        raise AttributeError(f"{type(model).__name__} has no text-config hidden_size")
-    return size
 
 
 def _layer(model: nn.Module, layer: int) -> nn.Module:

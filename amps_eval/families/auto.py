@@ -1,0 +1,15 @@
+"""Any image-text-to-text checkpoint transformers loads, through the generic rules alone: lmms-eval
+model ``amps_auto`` (docs/models.md lists the families it is tested on)."""
+
+from __future__ import annotations
+
+from amps_eval.families.base import FamilyAdapter
+
+FAMILY = FamilyAdapter(
+    name="auto",
+    display="any image-text-to-text model",
+    lmms_model="amps_auto",
+    model_types=(),  # any model_type transformers registers as image-text-to-text
+    image_kwargs=("min_pixels", "max_pixels"),  # refused with a clear error by processors that lack them
+    wrapper_class_name="AmpsAuto",
+)
