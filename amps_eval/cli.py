@@ -80,6 +80,7 @@ def study_settings(args: argparse.Namespace):
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
+        graded=getattr(args, "graded", False),
     )
 
 
@@ -228,13 +229,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("demo", "the whole study offline on CPU on the shipped model organism (what `make demo` runs)"),
         ("study", "the whole study (MCS, fit, baselines, sweeps, tables, figures, leaderboard) on any checkpoint"),
+        ("validate", "the known-answer tests: the study on the graded organisms (planted per-item preference) "
+                     "with the AMPS oracle; writes known_answer.md and known_answer.json besides the study's outputs"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(graded=name == "validate")
         if name == "demo":
             p.add_argument("--out", default=str(default_of(StudySettings, "out")), help="output folder")
         else:
             p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--model", default=",".join(organism_models if name == "demo" else StudySettings.models),
+        p.add_argument("--model", default=",".join(organism_models if name in ("demo", "validate") else StudySettings.models),
                        help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
                        + (" (the demo: every shipped organism)" if name == "demo" else ""))
         p.add_argument("--pretrained", default=None, help="checkpoint (default: the model's shipped organism)")
