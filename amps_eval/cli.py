@@ -139,7 +139,12 @@ def _build_organism(args: argparse.Namespace) -> int:
     from amps_eval.organism.train import OrganismSettings, build_organism, read_manifest
 
     overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps)) if v is not None}
-    settings = OrganismSettings.for_architecture(args.architecture, **overrides)
+    if args.design == "graded":
+        from amps_eval.organism.graded import graded_settings
+
+        settings = graded_settings(args.architecture, **overrides)
+    else:
+        settings = OrganismSettings.for_architecture(args.architecture, **overrides)
     out = build_organism(Path(args.out), settings, progress=not args.quiet)
     manifest = read_manifest(out)
     print(f"trained the organism in {manifest['training']['seconds']:.0f} s; weights sha256 {manifest['weights_sha256']}")
@@ -337,6 +342,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=", ".join(f"{a.name}: {a.family.display} (served by {a.lmms_model})" for a in ARCHITECTURES.values()))
     p.add_argument("--seed", type=int, default=None, help="weight and data-order seed (default: the shipped organism's)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped organism's)")
+    p.add_argument("--design", default="fixed", choices=("fixed", "graded"),
+                   help="fixed: one modality per category, trained from scratch; graded: a planted per-item "
+                   "probability of following the image (docs/organisms.md), fine-tuned from the shipped fixed organism")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_build_organism)
 

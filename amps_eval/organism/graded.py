@@ -105,9 +105,10 @@ GRADED_SETTINGS: dict[str, Any] = {
     "init": "shipped",
     "vision_pretrain_steps": 0,
     "vision_steps": 0,
-    "steps": 300,
-    "lr": 5e-4,
-    "warmup_steps": 20,
+    "steps": 120,
+    "lr": 7e-4,
+    "warmup_steps": 10,
+    "log_every": 10,
     "n_items": 4000,
 }
 """How the shipped graded organisms are trained (on top of the fixed organism's settings): a
