@@ -153,3 +153,22 @@ def test_validate_end_to_end_on_a_tiny_setting(tiny_qwen_path, tmp_path):
     text = (out / "known_answer.md").read_text()
     assert "MCS validity" in text and "AMPS premise" in text and "Susceptibility" in text
     assert "log-odds" in (out / "tables.md").read_text()
+
+
+def test_the_oracle_runs_only_on_graded_data(synthetic_mc2_dir, tmp_path):
+    from amps_eval.fit import data_reliance
+    from amps_eval.fit_data import load_items
+    from amps_eval.mc2.graded import write_graded_mc2
+    from amps_eval.methods.registry import FIT_METHODS, STEERING_METHODS, usable_on
+
+    assert "amps_oracle" not in usable_on(FIT_METHODS, ["mc2_id", "category"])
+    assert usable_on(STEERING_METHODS, ["planted_p_vision"]) == STEERING_METHODS
+    plain = load_items(synthetic_mc2_dir)
+    with pytest.raises(ValueError, match="planted_p_vision"):
+        data_reliance(plain, plain.ids, "planted_p_vision")
+    write_graded_mc2(tmp_path / "graded", n_per_category=1, seed=3, image_size=56, progress=False)
+    graded = load_items(tmp_path / "graded")
+    r_v = data_reliance(graded, list(reversed(graded.ids)), "planted_p_vision")
+    from amps_eval.mc2.graded import graded_item
+
+    assert r_v.tolist() == [graded_item(int(i), 3, 56)["planted_p_vision"] for i in reversed(graded.ids)]
