@@ -74,16 +74,40 @@ def design_dict() -> dict[str, Any]:
     }
 
 
+SOFT_VARIANTS: tuple[int, ...] = (4, 5)
+"""Variants of a training item (``amps_eval.organism.design``: 0-2 the conflict item under none /
+inst_vision / inst_text, 3 its consistent twin under inst_vision, 4 its consistent twin under none
+or inst_text, 5 its neutral example) that the graded design replaces by the conflict item asked
+without instruction again (the other option order drawn afresh): half of the examples carry a soft
+target, the signal the cue is learned from."""
+
+
 def graded_training_example(slot: int, seed: int, image_sizes: Sequence[int]):
     """Training example ``slot`` of the graded design: the fixed design's example
-    (:func:`amps_eval.organism.design.training_example`) with a cue in its context; a conflict
-    item asked without instruction gets the soft target of its planted p (``Example.target_p``,
-    the answer being the more likely option)."""
+    (:func:`amps_eval.organism.design.training_example`; variants :data:`SOFT_VARIANTS` replaced by
+    the conflict item without instruction) with a cue in its context; a conflict item asked
+    without instruction gets the soft target of its planted p (``Example.target_p``, the answer
+    being the more likely option)."""
     from amps_eval.mc2.prompt import OptionOrder
-    from amps_eval.organism.design import CONDITIONS, NEUTRAL_CONTEXT, VARIANTS_PER_ITEM, training_example
+    from amps_eval.mc2.synthetic import synthetic_item
+    from amps_eval.organism.design import (
+        CONDITIONS,
+        NEUTRAL_CONTEXT,
+        VARIANTS_PER_ITEM,
+        conflict_example,
+        instruction_style,
+        item_image_size,
+        training_example,
+    )
 
-    example = training_example(slot, seed, image_sizes)
     index, variant = divmod(int(slot), VARIANTS_PER_ITEM)
+    if variant in SOFT_VARIANTS:  # more soft examples than the fixed design's one in six
+        vision_first = random.Random(f"amps-graded-order:{seed}:{slot}").random() < 0.5
+        size = item_image_size(index, image_sizes)
+        example = conflict_example(synthetic_item(index, seed, size), CONDITIONS[0], vision_first)
+        example = dataclasses.replace(example, style=instruction_style(slot, seed))
+    else:
+        example = training_example(slot, seed, image_sizes)
     if example.kind == "neutral" or example.context == NEUTRAL_CONTEXT:
         return example
     if example.kind == "consistent":
@@ -105,8 +129,8 @@ GRADED_SETTINGS: dict[str, Any] = {
     "init": "shipped",
     "vision_pretrain_steps": 0,
     "vision_steps": 0,
-    "steps": 120,
-    "lr": 7e-4,
+    "steps": 150,
+    "lr": 1e-3,
     "warmup_steps": 10,
     "log_every": 10,
     "n_items": 4000,
