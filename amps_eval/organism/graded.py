@@ -129,7 +129,7 @@ GRADED_SETTINGS: dict[str, Any] = {
     "init": "shipped",
     "vision_pretrain_steps": 0,
     "vision_steps": 0,
-    "steps": 150,
+    "steps": 250,
     "lr": 1e-3,
     "warmup_steps": 10,
     "log_every": 10,

@@ -263,7 +263,9 @@ def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
     parts = ["# MC2 leaderboard", "",
              "One row per model and method; both targets side by side; shares in % of items. share: answers "
              "that follow the target modality; ± s.e.: its standard error over items; collapse: answers that follow "
-             "neither option; log-odds: mean image_logodds, log p(image option) - log p(text option) at the first answer position (+ favours the image); strength: the effective strength, mean ‖shift‖ / ‖hidden state‖; α: the alpha shown "
+             "neither option; log-odds: mean image_logodds, log p(image option) - log p(text option) at the first "
+             "answer position (+ favours the image); strength: the effective strength, mean ‖shift‖ / ‖hidden "
+             "state‖; α: the alpha shown "
              "(two values: each half of the items scored at the alpha chosen on the other half). Dates are UTC. "
              "`leaderboard.html` (same folder) sorts, filters and charts the sweeps.", "",
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "No runs.", ""]
