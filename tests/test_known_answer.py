@@ -172,3 +172,19 @@ def test_the_oracle_runs_only_on_graded_data(synthetic_mc2_dir, tmp_path):
     from amps_eval.mc2.graded import graded_item
 
     assert r_v.tolist() == [graded_item(int(i), 3, 56)["planted_p_vision"] for i in reversed(graded.ids)]
+
+
+def test_study_writes_graded_data_for_a_graded_organism(tmp_path):
+    from amps_eval.organism.train import MANIFEST_NAME
+    from amps_eval.study import StudySettings, _data, is_graded_organism
+
+    settings = StudySettings(out=tmp_path, n_per_category=1, image_size=56)
+    graded = _data(settings, tmp_path / "a", graded=True)
+    assert json.loads((graded / "mc2_manifest.json").read_text())["source"] == "synthetic_graded"
+    plain = _data(settings, tmp_path / "b", previous=tmp_path / "a")  # not reused: another source
+    assert json.loads((plain / "mc2_manifest.json").read_text())["source"] == "synthetic"
+    folder = tmp_path / "organism"
+    folder.mkdir()
+    assert not is_graded_organism(str(folder))
+    (folder / MANIFEST_NAME).write_text(json.dumps({"settings": {"design": "graded"}}))
+    assert is_graded_organism(str(folder))
