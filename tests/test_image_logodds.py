@@ -190,3 +190,18 @@ def test_steered_value_moves_with_alpha_and_alpha_zero_equals_unsteered(task_dic
                           loaded=plain.loaded)
     moved = [answer_logodds(a)[0] for a in strong.generate_until(requests)]
     assert any(m is None or abs(m - b) > 1e-3 for m, b in zip(moved, base))
+
+
+def test_report_cells_and_tables_show_the_mean_log_odds(tmp_path):
+    from pathlib import Path
+
+    from amps_eval.report.cells import TOTAL, cells_from_records
+    from amps_eval.report.render import LOGODDS_HEADER, RenderOptions, logodds_text
+
+    records = [{"mc2_id": i, "category": "color", "target": "vision", "order": "vision_first", "follows": "vision",
+                "image_logodds": v} for i, v in enumerate([1.0, 2.0, None, 3.0])]
+    total = cells_from_records(records, Path("run.json"), "20260101_000000")[TOTAL]
+    assert total.logodds == pytest.approx(2.0) and total.logodds_stderr == pytest.approx(math.sqrt(1.0 / 3))
+    assert logodds_text(total, RenderOptions()) == "+2.00"
+    assert logodds_text(total, RenderOptions(stderr=True)) == "+2.00 ± 0.58"
+    assert logodds_text(None, RenderOptions()) == "-" and LOGODDS_HEADER == "log-odds"
