@@ -123,6 +123,11 @@ class ScoredAnswer(str):
     def __reduce__(self):  # pickles (multi-process gathering) with its values
         return (ScoredAnswer, (str(self), self.image_logodds, self.image_logodds_kind))
 
+    def strip(self, chars: str | None = None) -> "ScoredAnswer":
+        """``str.strip`` keeping the values: lmms-eval 0.7.3's ``ConfigurableTask.process_results``
+        strips every generated answer before the task's own function sees it."""
+        return ScoredAnswer(str.strip(self, chars), self.image_logodds, self.image_logodds_kind)
+
 
 def answer_logodds(answer: object) -> tuple[float | None, str | None]:
     """``(image_logodds, kind)`` carried by a generated answer (None, None for a plain string)."""

@@ -76,6 +76,7 @@ def test_scored_answer_is_a_string_that_carries_its_values():
     assert answer_logodds(answer) == (1.5, "text")
     assert answer_logodds(pickle.loads(pickle.dumps(answer))) == (1.5, "text")
     assert answer_logodds("blue") == (None, None)
+    assert answer_logodds(ScoredAnswer(" blue ", 1.5, "text").strip()) == (1.5, "text")  # lmms-eval strips answers
 
 
 def test_records_and_aggregation():
