@@ -150,6 +150,9 @@ def test_validate_end_to_end_on_a_tiny_setting(tiny_qwen_path, tmp_path):
     methods = {m for block in tests["premise"].values() for p in block.get("points", []) for m in p["methods"]}
     assert {"amps_oracle", "amps", "amps_beta0", "l2s"} <= methods
     assert {row["method"] for row in tests["susceptibility"]} >= {"amps_oracle", "amps", "l2s"}
+    # image_logodds reached the samples through lmms-eval: the premise has log-odds means
+    point = tests["premise"]["vision"]["points"][-1]
+    assert all(math.isfinite(m["toward_logodds"]) for m in point["methods"].values()), point["methods"]
     text = (out / "known_answer.md").read_text()
     assert "MCS validity" in text and "AMPS premise" in text and "Susceptibility" in text
     assert "log-odds" in (out / "tables.md").read_text()
