@@ -45,6 +45,7 @@ constraints: $(LOCK)
 
 demo: install
 	$(VENV)/bin/amps-eval demo --out $(DEMO_OUT)
+	$(VENV)/bin/amps-eval validate --out $(DEMO_OUT)/known_answer
 
 test: install
 	$(PY) -m pytest -q

@@ -82,6 +82,7 @@ def study_settings(args: argparse.Namespace):
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
         synthetic=args.synthetic, methods=split_list(args.methods), targets=split_list(args.targets),
+        graded=getattr(args, "graded", False),
     )
 
 
@@ -151,7 +152,12 @@ def _build_organism(args: argparse.Namespace) -> int:
     from amps_eval.organism.train import OrganismSettings, build_organism, read_manifest
 
     overrides = {k: v for k, v in (("seed", args.seed), ("steps", args.steps)) if v is not None}
-    settings = OrganismSettings.for_architecture(args.architecture, **overrides)
+    if args.design == "graded":
+        from amps_eval.organism.graded import graded_settings
+
+        settings = graded_settings(args.architecture, **overrides)
+    else:
+        settings = OrganismSettings.for_architecture(args.architecture, **overrides)
     out = build_organism(Path(args.out), settings, progress=not args.quiet)
     manifest = read_manifest(out)
     print(f"trained the organism in {manifest['training']['seconds']:.0f} s; weights sha256 {manifest['weights_sha256']}")
@@ -251,13 +257,16 @@ def build_parser() -> argparse.ArgumentParser:
     for name, help_text in (
         ("demo", "the whole study offline on CPU on the shipped model organism (what `make demo` runs)"),
         ("study", "the whole study (MCS, fit, baselines, sweeps, tables, figures, leaderboard) on any checkpoint"),
+        ("validate", "the known-answer tests: the study on the graded organisms (planted per-item preference) "
+                     "with the AMPS oracle; writes known_answer.md and known_answer.json besides the study's outputs"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
+        p.set_defaults(graded=name == "validate")
         if name == "demo":
             p.add_argument("--out", default=str(default_of(StudySettings, "out")), help="output folder")
         else:
             p.add_argument("--out", required=True, help="output folder")
-        p.add_argument("--model", default=",".join(organism_models if name == "demo" else StudySettings.models),
+        p.add_argument("--model", default=",".join(organism_models if name in ("demo", "validate") else StudySettings.models),
                        help=f"lmms-eval model name(s), {LIST_HELP}: {', '.join(lmms_models())}"
                        + (" (the demo: every shipped organism)" if name == "demo" else ""))
         p.add_argument("--pretrained", default=None,
@@ -371,6 +380,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help=", ".join(f"{a.name}: {a.family.display} (served by {a.lmms_model})" for a in ARCHITECTURES.values()))
     p.add_argument("--seed", type=int, default=None, help="weight and data-order seed (default: the shipped organism's)")
     p.add_argument("--steps", type=int, default=None, help="training steps (default: the shipped organism's)")
+    p.add_argument("--design", default="fixed", choices=("fixed", "graded"),
+                   help="fixed: one modality per category, trained from scratch; graded: a planted per-item "
+                   "probability of following the image (docs/organisms.md), fine-tuned from the shipped fixed organism")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(run=_build_organism)
 

@@ -86,6 +86,17 @@ def fit_fold(
     return result.tensors, result.losses, result.anchors
 
 
+def data_reliance(items, ids: list[str], column: str) -> Tensor:
+    """The items' ``column`` (e.g. ``planted_p_vision``), in the order of ``ids``, as r_v; a clear
+    error for data without it."""
+    names = items.docs.column_names
+    if column not in names:
+        raise ValueError(f"this method fits on the data column {column!r}, which {items.description} lacks: "
+                         "use a graded data folder (amps_eval.mc2.graded.write_graded_mc2, `amps-eval validate`)")
+    by_id = {str(i): float(v) for i, v in zip(items.docs["mc2_id"], items.docs[column])}
+    return torch.tensor([by_id[i] for i in ids], dtype=torch.float64)
+
+
 def fit(settings: FitSettings, out: Path, progress: bool = True):
     """Run a fit and write the steering file to ``out``; returns the SteeringFile (see module doc).
 
@@ -118,6 +129,11 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     needs_mcs = implementation(settings.method).needs_mcs_at_fit
     ex = extract(encoder, items, settings.layer, cache, settings.mcs if needs_mcs else None, settings.batch_size, progress)
 
+    r_v = ex.r_v
+    column = implementation(settings.method).reliance_column
+    if column is not None:  # amps_oracle: a known per-item reliance from the data instead of the MCS
+        r_v = data_reliance(items, ex.ids, column)
+
     model = encoder.model
     train_device = encoder.device if encoder.device.type == "cuda" else torch.device("cpu")
     x_all, d_all = ex.hidden["none"].to(train_device), ex.d.to(train_device)
@@ -127,7 +143,7 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
         rows = [position[i] for i in fit_ids]
         tensors, losses[name], anchors = fit_fold(
             settings.method, x_all[rows], d_all[rows], settings, hidden,
-            None if ex.r_v is None else ex.r_v[rows], [ex.categories[i] for i in rows], progress,
+            None if r_v is None else r_v[rows], [ex.categories[i] for i in rows], progress,
         )
         if anchors:
             fold_anchors[name] = anchors
@@ -139,7 +155,7 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     steering = SteeringFile(
         method=settings.method, layer=settings.layer, hidden_size=hidden_size(model),
         num_layers=len(decoder_layers(model)), model_id=settings.pretrained, architecture=architectures[0],
-        folds=folds, settings=record, anchors=category_anchors(ex.r_v, ex.categories) if ex.r_v is not None else {},
+        folds=folds, settings=record, anchors=category_anchors(r_v, ex.categories) if r_v is not None else {},
         data_hash=items.data_hash,
     )
     try:

@@ -35,7 +35,7 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from amps_eval.methods.registry import BY_NAME, FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
+from amps_eval.methods.registry import BY_NAME, FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info, usable_on
 
 from amps_eval.steering.train_settings import TrainSettings
 from amps_eval.study_plan import StepClock, select
@@ -63,6 +63,7 @@ class StudySettings:
     synthetic: bool = False  # the generated set, whatever the checkpoint (amps_eval.study_data)
     methods: tuple[str, ...] = tuple(BY_NAME)  # which methods' runs (and the fits they need)
     targets: tuple[str, ...] = TARGETS  # which tasks: vision -> mc2_visual, text -> mc2_text
+    graded: bool = False  # the graded organisms on graded data, and the known-answer tests (amps-eval validate)
 
     def __post_init__(self) -> None:
         from amps_eval.plugin import MODEL_CLASSES
@@ -100,7 +101,7 @@ STUDY_OUTPUTS = ("runs", "mcs", "steering", "diagnostics", "figures", "models")
 """The folders a study writes into ``out`` besides ``data``."""
 SETTINGS_NAME = "study_settings.json"
 STUDY_FILES = (SETTINGS_NAME, "tables.md", "tables.tex", "leaderboard.html", "leaderboard.md",
-               "study_summary.json", "mcs_check.json", "susceptibility.md")
+               "study_summary.json", "mcs_check.json", "susceptibility.md", "known_answer.md", "known_answer.json")
 OWNED = frozenset(STUDY_OUTPUTS + STUDY_FILES + ("data",))
 """Everything a study writes at the top of ``out``: replaced by the next study there; other entries
 of ``out`` are kept."""
@@ -115,15 +116,17 @@ def check_output_folder(out: Path) -> None:
                               "give a new folder or an earlier study's --out")
 
 
-def _data(settings: StudySettings, out: Path, previous: Path | None = None) -> Path:
-    """The MC2 folder: ``settings.data``, or the generated set in ``out/data``, copied from
-    ``previous/data`` when that was generated with the same seed, size and image size."""
+def _data(settings: StudySettings, out: Path, previous: Path | None = None, graded: bool = False) -> Path:
+    """The MC2 folder: ``settings.data``, or the generated set in ``out/data`` (the graded set of
+    `amps_eval.mc2.graded` for a graded organism), copied from ``previous/data`` when that was
+    generated with the same source, seed, size and image size."""
+    from amps_eval.mc2.graded import write_graded_mc2
     from amps_eval.mc2.synthetic import write_synthetic_mc2
 
     if settings.data is not None:
         return Path(settings.data).absolute()
     folder = out / "data"
-    wanted = {"source": "synthetic", "seed": settings.data_seed, "n_per_category": settings.n_per_category,
+    wanted = {"source": "synthetic_graded" if graded else "synthetic", "seed": settings.data_seed, "n_per_category": settings.n_per_category,
               "image_size": settings.image_size}
     for candidate in (folder, previous / "data" if previous is not None else None):
         manifest = candidate / "mc2_manifest.json" if candidate is not None else None
@@ -137,8 +140,8 @@ def _data(settings: StudySettings, out: Path, previous: Path | None = None) -> P
         print(f"not reusing {candidate}: it was generated with other settings")
     if folder.exists():
         shutil.rmtree(folder)
-    write_synthetic_mc2(folder, n_per_category=settings.n_per_category, seed=settings.data_seed,
-                        image_size=settings.image_size)
+    write = write_graded_mc2 if graded else write_synthetic_mc2
+    write(folder, n_per_category=settings.n_per_category, seed=settings.data_seed, image_size=settings.image_size)
     return folder
 
 
@@ -161,6 +164,11 @@ def _checkpoint(settings: StudySettings, index: int, model: str, out: Path) -> t
     from amps_eval.organism import organism_path
 
     try:
+        if settings.graded:
+            from amps_eval.organism.architectures import architecture_of_model
+            from amps_eval.organism.graded import graded_organism_path
+
+            return str(graded_organism_path(architecture_of_model(model).name)), True
         return str(organism_path(model)), True
     except FileNotFoundError as error:
         from amps_eval.families import by_lmms_model
@@ -256,7 +264,8 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
         {**settings.to_dict(), "pretrained": {m: c[1] for m, c in checkpoints.items()}}, indent=2))
 
     _step(1, 6, "data")
-    data = _data(settings, out, previous)
+    graded = settings.graded or all(is_graded_organism(c[0]) for c in checkpoints.values())
+    data = _data(settings, out, previous, graded=graded)
     print(f"MC2 data: {data}")
     per_model = {}
     for stem, (model, pretrained, organism) in checkpoints.items():
@@ -267,11 +276,41 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
 
     _step(6, 6, "Tables 1-3, figures and leaderboard")
     report = write_study_report(out, settings.table_alpha)
+    if graded:
+        known_answer_step(out, data)
     minutes = (time.perf_counter() - started) / 60
     summary = {"minutes": round(minutes, 1), "models": per_model, "figures": [str(p) for p in report.figures]}
     (out / "study_summary.json").write_text(json.dumps(summary, indent=2))
     print(report.text)
     return summary
+
+
+def is_graded_organism(pretrained: str) -> bool:
+    """Whether ``pretrained`` is a graded organism (its manifest's design is ``graded``)."""
+    from amps_eval.organism.train import MANIFEST_NAME
+
+    manifest = Path(pretrained) / MANIFEST_NAME
+    if not manifest.is_file():
+        return False
+    return json.loads(manifest.read_text()).get("settings", {}).get("design") == "graded"
+
+
+def data_columns(data: Path) -> list[str]:
+    import datasets
+
+    return list(datasets.load_from_disk(str(data))["test"].column_names)
+
+
+def known_answer_step(out: Path, data: Path) -> None:
+    """The known-answer tests (`amps_eval.known_answer`) on a study of a graded organism."""
+    from amps_eval.known_answer.analysis import analyse_study
+    from amps_eval.known_answer.report import write_known_answer
+
+    if "planted_p_vision" not in data_columns(data):
+        print(f"known-answer tests skipped: {data} has no planted_p_vision (not a graded data folder)")
+        return
+    paths = write_known_answer(out, analyse_study(out, data))
+    print(f"known-answer tests: {', '.join(str(p) for p in paths)}")
 
 
 def study_model(settings: StudySettings, model: str, pretrained: str, organism: bool, data: Path, out: Path,
@@ -303,12 +342,13 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
               f"instruction {check['text']['all']:.3f}")
 
     chosen = select(settings.methods, settings.targets)
-    _step(3, 6, f"{model}: fitting {', '.join(chosen.fit_methods) or 'nothing (no steered method chosen)'} at layer {layer}")
+    fit_methods = usable_on(chosen.fit_methods, data_columns(data))  # amps_oracle only on graded data
+    _step(3, 6, f"{model}: fitting {', '.join(fit_methods) or 'nothing (no steered method chosen)'} at layer {layer}")
     steering_dir = out / "steering"
     steering_dir.mkdir(exist_ok=True)
     files = {}
     train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
-    for method in chosen.fit_methods:
+    for method in fit_methods:
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
         fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
                         batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
@@ -343,8 +383,9 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
-    clock = StepClock("sweeps", len(chosen.steering_methods) * len(alphas) * len(chosen.tasks))
-    for method in chosen.steering_methods:
+    steered = [m for m in chosen.steering_methods if info(m).file_method in files]  # the fitted ones
+    clock = StepClock("sweeps", len(steered) * len(alphas) * len(chosen.tasks))
+    for method in steered:
         run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method,
                                 steering=files[info(method).file_method], tasks=chosen.tasks,
                                 alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,

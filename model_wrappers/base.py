@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from amps_eval.encoding import Encoded
 from amps_eval.families import FamilyAdapter
+from amps_eval.logodds import ScoredAnswer, candidate_pairs, logodds_from_steps
 from amps_eval.mc2.prompt import answer_letter, doc_prompt
 from amps_eval.methods.prompts import PROMPT_METHODS, Example, Turn, build_conversation, choose_examples
 from amps_eval.model_wrappers.diagnostics import DiagnosticsWriter
@@ -241,8 +242,11 @@ class AmpsWrapper(lmms):
                     top_k=None,
                     pad_token_id=tokenizer.pad_token_id,
                     eos_token_id=self.stop_ids,
+                    return_dict_in_generate=True,
+                    output_logits=True,  # the raw logits of each step: image_logodds, no extra forward
                 )
-                batch.generated = generated_lengths(output[:, batch.inputs["input_ids"].shape[1] :], self.stop_ids)
+                prompt_length = batch.inputs["input_ids"].shape[1]
+                batch.generated = generated_lengths(output.sequences[:, prompt_length:], self.stop_ids)
         except SteeringNonFinite as error:  # fail the run (lmms-eval lets it through), naming the documents
             docs = [batch.prompts[r] for r in error.rows if r < len(batch.prompts)]
             where = ", ".join(f"task {p.task} doc {p.doc_id} (item {p.item_id})" for p in docs[:5])
@@ -250,9 +254,29 @@ class AmpsWrapper(lmms):
             run = f"{type(self).__name__} method={self.settings.method} steering={self.settings.steering}"
             alphas = sorted({self.settings.alpha if p.alpha is None else p.alpha for p in docs}) or [self.settings.alpha]
             raise error.naming(f"{where} in the run {run}", alpha=alphas[0] if len(alphas) == 1 else None) from None
-        new_tokens = output[:, batch.inputs["input_ids"].shape[1] :]
+        new_tokens = output.sequences[:, batch.inputs["input_ids"].shape[1] :]
         texts = tokenizer.batch_decode(new_tokens, skip_special_tokens=True)
-        return [truncate(text, p.until).strip() for text, p in zip(texts, batch.prompts)]
+        measured = self._image_logodds(batch, new_tokens, output.logits)
+        return [ScoredAnswer(truncate(text, p.until).strip(), *m) for text, p, m in zip(texts, batch.prompts, measured)]
+
+    def _image_logodds(self, batch: Batch, new_tokens: torch.Tensor, step_logits) -> list[tuple]:
+        """Per row, ``(image_logodds, kind)`` (`amps_eval.logodds`) from the raw logits of the
+        generation's steps: the same prompt and steering as the answer, no extra forward."""
+        tokenizer = self.processor.tokenizer
+
+        def tokenize(text: str) -> list[int]:
+            return tokenizer(text, add_special_tokens=False)["input_ids"]
+
+        out = []
+        for r, prompt in enumerate(batch.prompts):
+            pairs = candidate_pairs(prompt.doc, tokenize, self.stop_ids[0])
+            generated = new_tokens[r].tolist()
+
+            def log_prob(step: int, token: int, r: int = r) -> float:
+                return float(torch.log_softmax(step_logits[step][r].float(), dim=-1)[token])
+
+            out.append(logodds_from_steps(pairs, generated, log_prob))
+        return out
 
     def generate_until(self, requests) -> list[str]:
         prompts = [self._prompt(i, request) for i, request in enumerate(requests)]

@@ -6,6 +6,7 @@ pure code in `amps_eval.mc2`.
 
 from __future__ import annotations
 
+from amps_eval.logodds import answer_logodds
 from amps_eval.mc2 import metrics
 from amps_eval.mc2.docs import MC2TaskError
 from amps_eval.mc2.parse import follows
@@ -35,7 +36,8 @@ def doc_to_target(doc: dict) -> str:
 def process_results(doc: dict, results: list[str]) -> dict:
     """One record per metric; each carries mc2_id, category and which option the answer followed."""
     followed = follows(results[0], doc)
-    return {name: metrics.answer_record(doc, followed, name) for name in metrics.METRICS}
+    logodds, kind = answer_logodds(results[0])
+    return {name: metrics.answer_record(doc, followed, name, logodds, kind) for name in metrics.METRICS}
 
 
 agg_target_acc = metrics.agg_target_acc
@@ -43,3 +45,4 @@ agg_vision_rate = metrics.agg_vision_rate
 agg_text_rate = metrics.agg_text_rate
 agg_others_rate = metrics.agg_others_rate
 agg_vision_ratio = metrics.agg_vision_ratio
+agg_image_logodds = metrics.agg_image_logodds

@@ -178,9 +178,10 @@ def test_page_and_markdown_carry_the_same_rows_with_links_that_resolve(results):
     md_rows = _md_rows(md)
     assert [tuple(r[:2]) for r in md_rows] == expected
     mean = md_rows[2]
-    # model, method, vision: share, s.e., collapse, strength, alpha; text: the same; choice, items, data, date
-    assert mean[2:7] == ["100.0", "0.0", "0.0", "0.1", "1"] and mean[7:12] == ["100.0", "0.0", "0.0", "0.2", "2"]
-    assert mean[12:16] == ["held-out", "8", "not recorded", "2026-01-01T00:02:02Z"]
+    # model, method, vision: share, s.e., collapse, log-odds, strength, alpha; text: the same; choice, items,
+    # data, date (these made-up samples carry no image_logodds: '-')
+    assert mean[2:8] == ["100.0", "0.0", "0.0", "-", "0.1", "1"] and mean[8:14] == ["100.0", "0.0", "0.0", "-", "0.2", "2"]
+    assert mean[14:18] == ["held-out", "8", "not recorded", "2026-01-01T00:02:02Z"]
     hrefs = re.findall(r'href="([^"]+)"', html) + re.findall(r"\]\(([^)]+)\)", md)
     assert len(hrefs) >= 10
     for href in hrefs:  # relative, and resolving from the page's folder

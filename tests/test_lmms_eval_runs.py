@@ -36,7 +36,7 @@ def test_cli_amps_llava_mc2_text_writes_results_and_samples(tiny_llava_path, syn
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, samples = _outputs(out, "mc2_text")
     metrics = results["results"]["mc2_text"]
-    for name in ("target_acc", "vision_rate", "text_rate", "others_rate", "vision_ratio"):
+    for name in ("target_acc", "vision_rate", "text_rate", "others_rate", "vision_ratio", "image_logodds"):
         assert f"{name},none" in metrics
     assert metrics["vision_rate,none"] + metrics["text_rate,none"] + metrics["others_rate,none"] == pytest.approx(1.0)
     assert len(samples) == 8
@@ -45,6 +45,9 @@ def test_cli_amps_llava_mc2_text_writes_results_and_samples(tiny_llava_path, syn
     for sample in samples:
         assert SAMPLE_KEYS <= set(sample["target_acc"]), sample
         assert sample["target_acc"]["target"] == "text"
+        assert "image_logodds" in sample["target_acc"] and "image_logodds_kind" in sample["target_acc"]
+    measured = [s["image_logodds"]["score"] for s in samples if "score" in s["image_logodds"]]
+    assert measured and metrics["image_logodds,none"] == pytest.approx(sum(measured) / len(measured))
 
 
 def test_accelerate_two_processes_match_one(tiny_qwen_path, synthetic_mc2_dir, tmp_path):

@@ -21,7 +21,7 @@ def test_every_steered_method_has_its_implementation_and_file_kind():
         impl = implementation(method.name)
         assert impl.name == method.name and impl.info is method
         assert method.file_method in FIT_METHODS, f"{method.name} reads a file no fit writes"
-    assert set(FIT_METHODS) == {"mean", "l2s", "amps", "amps_beta0"}
+    assert set(FIT_METHODS) == {"mean", "l2s", "amps", "amps_beta0", "amps_oracle"}
     assert info("mean_mcs").file_method == "mean" and not info("mean_mcs").fits
 
 

@@ -21,11 +21,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 FOLLOWS = ("vision", "text", "others")
-METRICS = ("target_acc", "vision_rate", "text_rate", "others_rate", "vision_ratio")
+METRICS = ("target_acc", "vision_rate", "text_rate", "others_rate", "vision_ratio", "image_logodds")
 
 
-def answer_record(doc: dict, follows: str, metric: str) -> dict:
-    """The record of one answer, as filed under one metric."""
+def answer_record(doc: dict, follows: str, metric: str, image_logodds: float | None = None,
+                  image_logodds_kind: str | None = None) -> dict:
+    """The record of one answer, as filed under one metric. Every record carries the answer's
+    ``image_logodds`` (:mod:`amps_eval.logodds`; None where it could not be measured) and its kind;
+    under the metric ``image_logodds`` its ``score`` is that value (absent when None, so that
+    lmms-eval's standard error counts only measured answers)."""
     if follows not in FOLLOWS:
         raise ValueError(f"follows must be one of {FOLLOWS}, got {follows!r}")
     hit = {
@@ -40,9 +44,13 @@ def answer_record(doc: dict, follows: str, metric: str) -> dict:
         "target": doc["target"],
         "order": doc["order"],
         "follows": follows,
+        "image_logodds": None if image_logodds is None else float(image_logodds),
+        "image_logodds_kind": image_logodds_kind,
     }
     if metric in hit:
         record["score"] = int(hit[metric])
+    elif metric == "image_logodds" and image_logodds is not None:
+        record["score"] = float(image_logodds)
     return record
 
 
@@ -107,3 +115,10 @@ def agg_others_rate(records: list[dict]) -> float:
 
 def agg_vision_ratio(records: list[dict]) -> float:
     return score(records).vision_ratio
+
+
+def agg_image_logodds(records: list[dict]) -> float:
+    """Mean ``image_logodds`` over the measured answers (NaN if none was measured); its standard
+    error is lmms-eval's CLT one over the records' ``score`` (clustered by ``mc2_id``)."""
+    values = [r["image_logodds"] for r in records if r.get("image_logodds") is not None]
+    return sum(values) / len(values) if values else float("nan")

@@ -45,4 +45,16 @@ class AMPSBeta0(AMPS):
     name = "amps_beta0"
 
 
-METHODS = {"amps": AMPS(), "amps_beta0": AMPSBeta0()}
+class AMPSOracle(AMPS):
+    """AMPS with gamma computed from a known per-item reliance instead of the MCS: the items'
+    ``planted_p_vision`` (a graded data folder, `amps_eval.mc2.graded`) takes the place of r_v in
+    Eq. 9-11 (anchors included). The positive control of the known-answer tests (``amps-eval
+    validate``): if it beats ``amps_beta0`` at matched strength, per-item scaling can help on the
+    model; if AMPS does not follow it, the MCS is the bottleneck."""
+
+    name = "amps_oracle"
+    needs_mcs_at_fit = False
+    reliance_column = "planted_p_vision"  # read from the data instead of the MCS (amps_eval.fit)
+
+
+METHODS = {"amps": AMPS(), "amps_beta0": AMPSBeta0(), "amps_oracle": AMPSOracle()}

@@ -39,6 +39,7 @@ class SteeringMethod:
     name: str = ""
     needs_mcs_at_fit: bool = False  # the fit extracts each item's MCS on [I, T]
     prefills_at_inference: bool = False  # row_scales prefills the prompt (the MCS): it takes ``prefilled``
+    reliance_column: str | None = None  # fit with this data column as r_v instead of the MCS (amps_oracle)
 
     @property
     def info(self) -> MethodInfo:

@@ -26,7 +26,9 @@ class MethodInfo:
     module: the file under ``amps_eval.methods`` that implements it (steered methods);
     fit_beta: AMPS's scaling exponent fixed by the method (None: the fit's ``beta`` setting);
     ablation: a row of the ablation table (Table 3) only, not of the paper's method table (Table 1)
-    unless it ran.
+    unless it ran;
+    needs_column: a column of the data its fit reads (``amps_oracle``: ``planted_p_vision`` of a
+    graded folder); a study fits and runs it only on data that has it.
     """
 
     name: str
@@ -36,6 +38,7 @@ class MethodInfo:
     module: str | None = None
     fit_beta: float | None = None
     ablation: bool = False
+    needs_column: str | None = None  # a data column the fit needs (only data that has it can be fitted)
 
     @property
     def fits(self) -> bool:
@@ -54,6 +57,8 @@ METHODS: tuple[MethodInfo, ...] = (
     MethodInfo("amps_beta0", "AMPS β=0 (γ≡1)", steered=True, file_method="amps_beta0", module="amps", fit_beta=0.0,
                ablation=True),
     MethodInfo("amps", "AMPS", steered=True, file_method="amps", module="amps"),
+    MethodInfo("amps_oracle", "AMPS oracle (γ from planted p)", steered=True, file_method="amps_oracle",
+               module="amps", ablation=True, needs_column="planted_p_vision"),
 )
 """In the tables' row order."""
 
@@ -63,6 +68,12 @@ STEERING_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS if m.steered)
 FIT_METHODS: tuple[str, ...] = tuple(m.name for m in METHODS if m.fits)
 """The kinds of steering file `amps-eval fit` writes."""
 LABELS: dict[str, str] = {m.name: m.label for m in METHODS}
+
+
+def usable_on(methods, columns) -> tuple[str, ...]:
+    """The methods of ``methods`` whose fit can run on data with ``columns`` (``needs_column``)."""
+    columns = set(columns)
+    return tuple(m for m in methods if info(m).needs_column is None or info(m).needs_column in columns)
 
 
 def info(name: str) -> MethodInfo:

@@ -174,6 +174,11 @@ class Example:
     answer: str  # "A" or "B"
     image_png: bytes = field(default=b"", repr=False)
     style: str = DEFAULT_INSTRUCTION_STYLE  # where an instruction goes (INSTRUCTION_STYLES)
+    target_p: float = 1.0  # probability the target puts on `answer` (the rest on the other option)
+
+    def flipped(self) -> "Example":
+        """The same question answered with the other option (the soft target's second row)."""
+        return dataclasses.replace(self, answer="B" if self.answer == "A" else "A", target_p=1.0 - self.target_p)
 
     @property
     def answer_text(self) -> str:

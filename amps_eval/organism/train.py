@@ -69,6 +69,8 @@ from amps_eval.organism.design import (
 )
 
 MANIFEST_NAME = "organism_manifest.json"
+DESIGNS: tuple[str, ...] = ("fixed", "graded")
+INITS: tuple[str, ...] = ("scratch", "shipped")
 WEIGHTS_NAME = "model.safetensors"
 
 
@@ -109,6 +111,8 @@ class OrganismSettings:
     vision_pretrain_batch_size: int = 64
     vision_pretrain_lr: float = 2e-3
     vision_steps: int = 100  # stage 2 curriculum: its first steps use only the neutral examples
+    design: str = "fixed"  # "fixed" (organism.design) or "graded" (organism.graded: planted per-item p)
+    init: str = "scratch"  # "scratch", or "shipped": fine-tune the shipped fixed organism of the architecture
     # runtime
     num_threads: int = 1
     log_every: int = 50
@@ -125,6 +129,10 @@ class OrganismSettings:
             raise ValueError(f"pixels must be a multiple of 28 (patch 14 x merge 2), got {self.pixels}")
         if self.answer_format not in ANSWER_FORMATS:
             raise ValueError(f"answer_format must be one of {tuple(ANSWER_FORMATS)}, got {self.answer_format!r}")
+        if self.design not in DESIGNS:
+            raise ValueError(f"design must be one of {DESIGNS}, got {self.design!r}")
+        if self.init not in INITS:
+            raise ValueError(f"init must be one of {INITS}, got {self.init!r}")
         if self.steps < 1 or self.batch_size < 1 or self.n_items < 1:
             raise ValueError("steps, batch_size and n_items must be >= 1")
         if self.hidden_size % self.num_attention_heads or self.vision_hidden_size % self.vision_num_heads:
@@ -305,9 +313,35 @@ class _Window:
         }
 
 
+def soft_target_loss(answer_logits: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy with soft targets over whole answers: row ``r`` is one answer of a question,
+    weighted by the probability ``weights[r]`` the target gives it (a question with a soft target
+    appears twice, once per option, with weights p and 1 - p). The token losses are summed per row,
+    weighted, and divided by the weighted number of answer tokens, so with all weights 1 this is the
+    plain mean token cross-entropy. Its minimum over the model is reached when the model gives each
+    whole answer the target's probability, i.e. log-odds of the two answers = logit(p)."""
+    per_token = torch.nn.functional.cross_entropy(
+        answer_logits.transpose(1, 2), targets, ignore_index=-100, reduction="none"
+    )  # [rows, keep]
+    counted = (targets != -100).float()
+    return (weights[:, None] * per_token * counted).sum() / (weights[:, None] * counted).sum()
+
+
+def example_maker(design: str):
+    """The training example function of a design: ``fixed`` (:mod:`amps_eval.organism.design`) or
+    ``graded`` (:mod:`amps_eval.organism.graded`)."""
+    if design == "graded":
+        from amps_eval.organism.graded import graded_training_example
+
+        return graded_training_example
+    return training_example
+
+
 def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, progress: bool = True) -> TrainingLog:
     """Train ``model`` in place (call inside :func:`torch_settings`)."""
     from tqdm import tqdm
+
+    make_example = example_maker(settings.design)
 
     encoder = PromptEncoder(model, processor)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "norm" not in n]
@@ -322,17 +356,23 @@ def train(model: torch.nn.Module, processor: Any, settings: OrganismSettings, pr
     model.train()
     bar = tqdm(batches(settings), total=settings.steps, desc="organism", disable=not progress, dynamic_ncols=True)
     for step, slots in enumerate(bar):
-        examples = [training_example(s, settings.data_seed, settings.train_image_sizes) for s in slots]
-        inputs, targets = encoder.encode(examples, settings.answer_format)
+        examples = [make_example(s, settings.data_seed, settings.train_image_sizes) for s in slots]
+        soft = [e.flipped() for e in examples if e.target_p < 1.0]  # the soft targets' other option
+        inputs, targets = encoder.encode(examples + soft, settings.answer_format)
         lr = lr_at(step, settings)
         for group in optimizer.param_groups:
             group["lr"] = lr
         keep = targets.shape[1]
         logits = model(**inputs, logits_to_keep=keep, use_cache=False).logits.float()
         answer_logits = logits[:, -keep:]  # [B, keep, V]: the answer tokens, then <|im_end|>
-        loss = torch.nn.functional.cross_entropy(
-            answer_logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
-        )
+        if soft:
+            weights = torch.tensor([e.target_p for e in examples + soft])
+            loss = soft_target_loss(answer_logits, targets, weights)
+        else:
+            loss = torch.nn.functional.cross_entropy(
+                answer_logits.reshape(-1, logits.shape[-1]), targets.reshape(-1), ignore_index=-100
+            )
+        answer_logits, targets = answer_logits[: len(examples)], targets[: len(examples)]
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), settings.grad_clip)
@@ -400,7 +440,11 @@ def build_organism(
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()):
         raise FileExistsError(f"{out_dir} exists and is not empty; give a new or empty folder")
-    arch.build_checkpoint(out_dir, settings, tokenizer_corpus() if settings.word_tokens else [])
+    base = None
+    if settings.init == "shipped":
+        base = start_from_shipped(out_dir, arch)
+    else:
+        arch.build_checkpoint(out_dir, settings, tokenizer_corpus() if settings.word_tokens else [])
     with torch_settings(settings.num_threads, settings.seed):
         model = arch.load_model_class().from_pretrained(out_dir, dtype=torch.float32)
         processor = arch.family.load_processor(out_dir)
@@ -417,7 +461,7 @@ def build_organism(
         "synthetic MC2 items to follow a known modality preference",
         "lmms_model": arch.lmms_model,
         "settings": settings.to_dict(),
-        "design": design_dict(settings.answer_format),
+        "design": design_dict(settings.answer_format) if settings.design == "fixed" else graded_design(),
         "n_parameters": sum(p.numel() for p in model.parameters()),
         "training": {
             **log.summary(),
@@ -432,7 +476,17 @@ def build_organism(
             "synthetic": SYNTHETIC_VERSION,
         },
     }
-    if evaluate:
+    if base is not None:
+        manifest["what"] = (f"amps-eval graded model organism: the shipped {arch.model_class} organism fine-tuned "
+                            "on the synthetic MC2 items to follow the image with a planted per-item probability")
+        manifest["init"] = base
+    if evaluate and settings.design == "graded":
+        from amps_eval.organism.graded_evaluate import evaluate_graded
+
+        with torch_settings(settings.num_threads, settings.seed):
+            manifest["evaluation"] = evaluate_graded(out_dir, arch.name, settings.eval_per_category, settings.eval_seed,
+                                                     settings.image_size, settings.eval_batch_size).to_dict()
+    elif evaluate:
         from amps_eval.organism.evaluate import evaluate_organism
 
         with torch_settings(settings.num_threads, settings.seed):
@@ -447,6 +501,30 @@ def build_organism(
         manifest["evaluation"] = result.to_dict()
     (out_dir / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     return out_dir
+
+
+def graded_design() -> dict[str, Any]:
+    from amps_eval.organism.graded import design_dict as graded_design_dict
+
+    return graded_design_dict()
+
+
+def start_from_shipped(out_dir: Path, arch: Any) -> dict[str, Any]:
+    """Copy the shipped fixed organism of ``arch`` (config, tokenizer, processor, weights; not its
+    manifest) into ``out_dir``, the starting point of a fine-tuned organism; returns what the
+    manifest records about it."""
+    import shutil
+
+    from amps_eval.organism import PACKAGE_DIR
+
+    source = PACKAGE_DIR / arch.folder
+    if not (source / WEIGHTS_NAME).is_file():
+        raise FileNotFoundError(f"init='shipped' needs the shipped organism at {source}; build it first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    for path in source.iterdir():
+        if path.is_file() and path.name != MANIFEST_NAME:
+            shutil.copy2(path, out_dir / path.name)
+    return {"from": arch.folder, "weights_sha256": sha256_file(source / WEIGHTS_NAME)}
 
 
 def read_manifest(folder: str | Path) -> dict[str, Any]:

@@ -36,6 +36,8 @@ class Cell:
     run: Path
     date: str
     strength: float | None = None  # mean effective strength of the items (steered runs with diagnostics)
+    logodds: float | None = None  # mean image_logodds of the answers that have one (amps_eval.logodds)
+    logodds_stderr: float | None = None  # its standard error over those answers
 
 
 def _number(value) -> float | None:
@@ -50,10 +52,23 @@ def mean_strength(records) -> float | None:
     return sum(values) / len(values)
 
 
+def logodds_summary(records) -> tuple[float | None, float | None]:
+    """(mean, standard error) of the records' ``image_logodds`` (answers without one left out)."""
+    values = [float(r["image_logodds"]) for r in records if _number(r.get("image_logodds")) is not None]
+    if not values:
+        return None, None
+    mean = sum(values) / len(values)
+    if len(values) < 2:
+        return mean, None
+    variance = sum((v - mean) ** 2 for v in values) / (len(values) - 1)
+    return mean, math.sqrt(variance / len(values))
+
+
 def _scored(records, run: Path, date: str) -> Cell:
     scores = score(records)
     p, n = scores.target_acc, scores.n_items
-    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run, date, mean_strength(records))
+    return Cell(p, scores.others, math.sqrt(p * (1 - p) / n), n, "samples", run, date, mean_strength(records),
+                *logodds_summary(records))
 
 
 def _from_records(records, run: Run) -> Cell:
@@ -65,8 +80,11 @@ def _from_results(task: TaskData, run: Run) -> Cell | None:
     if p is None or math.isnan(p):
         return None
     n = task.n_docs // (2 if task.orders == "both" else 1) if task.n_docs else None
+    logodds = _number(task.metrics.get("image_logodds,none"))
     return Cell(p, _number(task.metrics.get("others_rate,none")), _number(task.metrics.get("target_acc_stderr_clt,none")),
-                n, "results", run.path, run.date)
+                n, "results", run.path, run.date, None,
+                None if logodds is None or math.isnan(logodds) else logodds,
+                _number(task.metrics.get("image_logodds_stderr_clt,none")))
 
 
 def cells_from_records(records, run: Path, date: str) -> dict[str, Cell]:

@@ -206,6 +206,8 @@ class Column:
 TARGET_COLUMNS = (("share", "share", "target share: answers that follow the target modality (%)"),
                   ("se", "± s.e.", "standard error of the target share over items (%)"),
                   ("collapse", "collapse", "answers that follow neither option (%)"),
+                  ("logodds", "log-odds", "mean image_logodds: log p(image option) - log p(text option) at the first "
+                                          "answer position (+ favours the image; amps_eval.logodds)"),
                   ("strength", "strength", "effective strength: mean ‖shift‖ / ‖hidden state‖ over the steered "
                                            "positions and items"),
                   ("alpha", "α", "the steering strength shown (two values: one per half of the items)"))
@@ -234,6 +236,7 @@ def _target_values(side: Side | None) -> list[tuple[str, float | None]]:
     return [(_pct(cell.target_acc), 100 * cell.target_acc),
             (_pct(cell.stderr), None if cell.stderr is None else 100 * cell.stderr),
             (_pct(cell.others), None if cell.others is None else 100 * cell.others),
+            ("-" if cell.logodds is None else f"{cell.logodds:+.2f}", cell.logodds),
             (_strength(cell.strength), cell.strength),
             (side.alpha_text or "-", sum(side.alphas) / len(side.alphas) if side.alphas else None)]
 
@@ -260,7 +263,9 @@ def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
     parts = ["# MC2 leaderboard", "",
              "One row per model and method; both targets side by side; shares in % of items. share: answers "
              "that follow the target modality; ± s.e.: its standard error over items; collapse: answers that follow "
-             "neither option; strength: the effective strength, mean ‖shift‖ / ‖hidden state‖; α: the alpha shown "
+             "neither option; log-odds: mean image_logodds, log p(image option) - log p(text option) at the first "
+             "answer position (+ favours the image); strength: the effective strength, mean ‖shift‖ / ‖hidden "
+             "state‖; α: the alpha shown "
              "(two values: each half of the items scored at the alpha chosen on the other half). Dates are UTC. "
              "`leaderboard.html` (same folder) sorts, filters and charts the sweeps.", "",
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "No runs.", ""]

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 
 from tabulate import tabulate
 
-from amps_eval.report.cells import COLUMNS, HEADERS, Cell
+from amps_eval.report.cells import COLUMNS, HEADERS, TOTAL, Cell
 from amps_eval.report.paper import PaperEntry, PaperNumbers, format_value
 from amps_eval.report.tables import Row, Table
 
@@ -60,7 +60,9 @@ def legend(options: RenderOptions) -> str:
     if options.paper is not None:
         text += "; [paper: published value, Δ = ours - paper]"
     return text + ("; '-': no run (or no item of that category in it); s: a steered row's effective strength, "
-                   "‖shift‖/‖hidden state‖ averaged over its items")
+                   "‖shift‖/‖hidden state‖ averaged over its items; log-odds: mean image_logodds of the Total "
+                   "column's answers, log p(image option) - log p(text option) at the first answer position "
+                   "(+ favours the image)" + (" ± standard error" if options.stderr else ""))
 
 
 def paper_value(options: RenderOptions, table: Table, row: Row, target: str, column: str, metric: str = "target_acc"):
@@ -116,15 +118,28 @@ def cell_text(cell: Cell | None, options: RenderOptions, published=None, publish
     return text
 
 
+LOGODDS_HEADER = "log-odds"
+
+
+def logodds_text(cell: Cell | None, options: RenderOptions) -> str:
+    """The Total cell's mean image_logodds (two decimals), with its standard error if asked."""
+    if cell is None or cell.logodds is None:
+        return "-"
+    text = f"{cell.logodds:+.2f}"
+    if options.stderr:
+        text += f" ± {cell.logodds_stderr:.2f}" if cell.logodds_stderr is not None else " ± ?"
+    return text
+
+
 def _rows(table: Table, options: RenderOptions, block) -> list[list[str]]:
     return [[row.label] + [cell_text(row.cells.get(c), options, *published_pair(options, table, row, block.target, c))
-                           for c in COLUMNS] for row in block.rows]
+                           for c in COLUMNS] + [logodds_text(row.cells.get(TOTAL), options)] for row in block.rows]
 
 
 def render_table(table: Table, options: RenderOptions) -> str:
     if options.format == "csv":
         return render_csv([table], options)
-    headers = [ROW_HEADERS.get(table.number, "Row")] + [HEADERS[c] for c in COLUMNS]
+    headers = [ROW_HEADERS.get(table.number, "Row")] + [HEADERS[c] for c in COLUMNS] + [LOGODDS_HEADER]
     if options.format == "latex":
         return _latex(table, options, headers)
     fmt = "github" if options.format == "github" else "pipe"
@@ -159,7 +174,8 @@ def _latex(table: Table, options: RenderOptions, headers: list[str]) -> str:
 
 
 CSV_HEADER = ["table", "target", "row", "method", "alpha", "column", "target_acc", "others_rate", "stderr", "n_items",
-              "source_file", "paper", "paper_diff", "data", "data_key", "data_items", "data_limit"]
+              "source_file", "paper", "paper_diff", "data", "data_key", "data_items", "data_limit", "image_logodds",
+              "image_logodds_stderr"]
 
 
 def render_csv(tables: list[Table], options: RenderOptions) -> str:
@@ -186,8 +202,13 @@ def render_csv(tables: list[Table], options: RenderOptions) -> str:
                     writer.writerow([table.number, block.target, row.label, row.method, alpha, column,
                                      pct(cell and cell.target_acc), pct(cell and cell.others),
                                      pct(cell and cell.stderr), "" if cell is None else cell.n_items,
-                                     "" if cell is None else str(cell.run), paper, diff, *about])
+                                     "" if cell is None else str(cell.run), paper, diff, *about,
+                                     _plain(cell and cell.logodds), _plain(cell and cell.logodds_stderr)])
     return out.getvalue()
+
+
+def _plain(x) -> str:
+    return "" if x is None else f"{x:.4f}"
 
 
 def write_text_atomic(path: Path, text: str) -> None:
