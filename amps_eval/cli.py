@@ -339,6 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
 
     add_parsers(sub, batch_help=batch_help, list_help=LIST_HELP)
+    from amps_eval.output_lock import add_lock_option
+
+    add_lock_option(sub)  # last: every command with an output option gets --wait-for-lock
     return parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -355,7 +358,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("AMPS_EVAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     name = f"amps-eval {args.command}"
     try:
-        return args.run(args)
+        from amps_eval.output_lock import command_locks
+
+        with command_locks(args, " ".join(["amps-eval", *(sys.argv[1:] if argv is None else argv)])):
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
