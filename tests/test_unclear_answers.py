@@ -123,3 +123,46 @@ def test_a_build_folder_left_by_a_killed_prepare_is_removed_by_the_next_run(fake
     prepare_mc2(questions, root, out, progress=False)
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".mc2")) == []
     assert (out / "mc2_manifest.json").is_file()
+
+
+def test_a_task_of_a_category_the_data_lacks_says_why_on_lmms_evals_last_line():
+    """lmms-eval 0.7.3 builds the documents inside tenacity's @retry and its CLI's last line is
+    ``Error during evaluation: {error}``: with a RetryError, that line must still say the reason."""
+    import datasets
+    from tenacity import RetryError, retry, stop_after_attempt
+
+    from amps_eval.mc2.docs import REQUIRED_COLUMNS, MC2TaskError, TaskSpec, task_docs
+
+    data = datasets.Dataset.from_dict({c: (["color", "size"] if c == "category" else [1, 2] if c == "mc2_id" else ["x", "y"])
+                                       for c in REQUIRED_COLUMNS})
+
+    @retry(stop=stop_after_attempt(2))  # as lmms-eval's ConfigurableTask.download, without its 2 s waits
+    def download():
+        return task_docs(data, TaskSpec("vision", "counting"))
+
+    with pytest.raises(RetryError) as caught:
+        download()
+    last_line = f"Error during evaluation: {caught.value}. Please set `--verbosity=DEBUG` to get more information."
+    assert "no items of category 'counting' (it has color, size)" in last_line
+    error = caught.value.last_attempt.exception()
+    assert isinstance(error, MC2TaskError) and isinstance(error, ValueError)
+    assert str(error).startswith("the MC2 data has no items of category 'counting'")
+
+
+def test_the_report_says_which_run_it_left_out_for_a_nan_share_and_why(tmp_path, capsys):
+    from test_leaderboard import ALPHA, write_run
+
+    runs = tmp_path / "runs"
+    write_run(runs / "none", "20260101_080000", {"pretrained": ALPHA, "method": "none"}, {"vision": "half", "text": "half"})
+    bad = write_run(runs / "inst", "20260101_080100", {"pretrained": ALPHA, "method": "inst"},
+                    {"vision": "all", "text": "all"})
+    for samples in bad.parent.glob("*_samples_*.jsonl"):  # results only, as a run without --log_samples
+        samples.unlink()
+    results = json.loads(bad.read_text())
+    results["results"]["mc2_visual"]["target_acc,none"] = float("nan")
+    bad.write_text(json.dumps(results))  # json writes NaN, as lmms-eval does
+    assert cli.main(["report", str(runs)]) == 0
+    text = capsys.readouterr().out
+    problems = text[text.index("## Problems"):]
+    assert str(bad) in problems and "mc2_visual: target_acc is NaN in the results file" in problems
+    assert "left out of the tables" in problems
