@@ -129,10 +129,24 @@ def output_lock(out: str | os.PathLike, command: str, *, wait: bool = False, wha
     ("cannot write ...") when the lock cannot be created (a read-only or missing location): before
     any work, as the commands check their outputs."""
     out = Path(out).absolute()
+    created = [folder for folder in (out.parent, *out.parent.parents) if not folder.exists()]
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
         raise OutputError(f"cannot write {what} {out}: {_reason(error)}") from error
+    try:
+        with _held(out, command, wait):
+            yield out
+    finally:
+        for folder in created:  # the folders made for the lock alone (the command wrote nothing there)
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+
+
+@contextlib.contextmanager
+def _held(out: Path, command: str, wait: bool) -> Iterator[None]:
     me = Owner.me(command)
     lock = _new_lock(lock_path(out), soft=False)
     try:
@@ -164,7 +178,7 @@ def output_lock(out: str | os.PathLike, command: str, *, wait: bool = False, wha
         except OSError as error:
             raise output_error(owner_path(out), "the lock's owner file of", error) from error
         try:
-            yield out
+            yield
         finally:
             owner_path(out).unlink(missing_ok=True)
             # removed while still held: a waiter that opened it finds it unlinked once it gets the

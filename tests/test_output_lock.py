@@ -157,3 +157,11 @@ def test_a_lock_that_cannot_be_made_is_the_usual_cannot_write_and_the_cli_leaves
     # through the CLI, the command's own check before any work names the output in its words
     assert cli.main(["synth-mc2", "--out", str(out / "data"), "--n-per-category", "1"]) == 2
     assert "cannot" in capsys.readouterr().err
+
+
+def test_a_command_that_fails_leaves_no_folder_made_for_its_lock(tmp_path, capsys):
+    out = tmp_path / "new" / "deeper" / "steer.safetensors"
+    assert cli.main(["fit", "--model", "amps_qwen", "--pretrained", str(tmp_path / "no-such-model"), "--method",
+                     "mean", "--out", str(out)]) == 2
+    assert "no-such-model" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
