@@ -190,17 +190,30 @@ def test_a_study_interrupted_at_several_points_resumes_and_publishes_what_an_uni
     assert _published(tmp_path / "b" / "study") == reference
     assert not (tmp_path / "b" / "study" / RECORDS).exists() and not staging.exists()
 
-    # a study with another setting, over the staging folder of an interrupted one: reuses nothing
-    state = record_units(stop_in=everything[2])
-    with pytest.raises(Stop):
-        run_study(_settings(out, tiny_qwen_path))
-    state = record_units(stop_in=everything[3])
-    with pytest.raises(Stop):
-        run_study(_settings(out, tiny_qwen_path, epochs=2))
-    assert state["reused"] == [] and state["computed"] == everything[:3]
+
+def test_a_staging_folder_of_other_settings_is_not_resumed_but_emptied(tmp_path, capsys):
+    from amps_eval.staged_output import staged_output
+    from amps_eval.study import CONTEXT_NAME, OWNED, StudySettings, resumable, resume_context
+
+    out = tmp_path / "study"
+    staging = staging_path(out.absolute())
+    (staging / RECORDS).mkdir(parents=True)
+    (staging / "tables.md").write_text("from the interrupted study")
+    interrupted = resume_context(StudySettings(out=out, epochs=1))
+    (staging / RECORDS / CONTEXT_NAME).write_text(json.dumps(interrupted))
+    assert resumable(staging, json.loads(json.dumps(interrupted)))  # the same settings (read back from JSON)
+    assert "resuming the interrupted study" in capsys.readouterr().out
+    other = resume_context(StudySettings(out=out, epochs=2))
+    assert not resumable(staging, other)
     assert "not resuming" in capsys.readouterr().out
-    assert json.loads((staging / RECORDS / "study.context").read_text())["settings"]["epochs"] == 2
-    assert os.listdir(tmp_path / "b" / "study")  # the published study is untouched by both
+    with pytest.raises(RuntimeError):
+        with staged_output(out, OWNED, resume=lambda folder: resumable(folder, other)) as folder:
+            assert not any(folder.iterdir())  # emptied: nothing of the other settings is reused
+            raise RuntimeError("stop")
+    assert staging.is_dir()  # a resumable study's failure keeps its staging folder for the next run
+    assert "finished parts are kept" in capsys.readouterr().out
+    with staged_output(out, OWNED) as folder:  # without resume (a sweep): a stale staging folder goes
+        assert not any(folder.iterdir())
 
 
 @pytest.mark.slow
