@@ -221,7 +221,7 @@ def resumable(staging: Path, context: dict) -> bool:
         recorded = json.loads((staging / RECORDS / CONTEXT_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         recorded = None
-    if recorded != context:
+    if recorded != json.loads(json.dumps(context)):  # as written (tuples become lists)
         print(f"not resuming from {staging}: it was started with other settings or by another version; starting afresh")
         return False
     print(f"resuming the interrupted study in {staging}: {Units(staging, context).found()} finished units found "

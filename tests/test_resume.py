@@ -144,13 +144,128 @@ def _published(out: Path) -> dict[str, bytes]:
         rel = str(path.relative_to(out))
         if not path.is_file() or rel.endswith("_results.json") or rel == "study_summary.json" or "diagnostics" in rel:
             continue
-        data = path.read_bytes()
+        data = _content(path)
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file
 
             data = repr(sorted((k, v.tolist()) for k, v in load_file(path).items())).encode()
         keep[stamp.sub(b"STAMP", rel.encode()).decode()] = stamp.sub(b"STAMP", data)
     return keep
+
+
+@pytest.fixture
+def cheap_study(monkeypatch):
+    """The study's steps with every model computation replaced by a fake that writes deterministic
+    files from its arguments (the orchestration, the data and the resume logic stay real): fast."""
+    import amps_eval.families
+    import amps_eval.fit
+    import amps_eval.mcs.run
+    import amps_eval.report.sweep
+    import amps_eval.runner
+    import amps_eval.study as study
+
+    def run_mcs(model, pretrained, out, **kwargs):
+        for path in (out, Path(f"{out}.meta.json"), out.with_name(f"{out.stem}.summary.json")):
+            path.write_text(f"{model} {kwargs['prompt']} {path.name}")
+
+    def fit(settings, out, progress=True):
+        Path(out).write_text(f"{settings.method} {settings.train}")
+
+    class Session:
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            pass
+
+        def run(self, model, args, tasks, output, **kwargs):
+            output.mkdir(parents=True)
+            (output / "results.json").write_text(f"{args} {tasks}")
+            return type("Run", (), {"results": {"results": {t: {"target_acc,none": 0.5} for t in tasks}}})()
+
+    def run_sweep(settings, session=None):
+        for alpha in settings.alphas:
+            (settings.out / f"alpha_{alpha}").mkdir(parents=True)
+            (settings.out / f"alpha_{alpha}" / "results.json").write_text(f"{settings.method} {alpha}")
+        folder = Path(settings.extra_model_args["diagnostics"])
+        folder.mkdir(parents=True)
+        (folder / "d.jsonl").write_text(Path(settings.steering).read_text())
+
+    def report(out, table_alpha):
+        files = sorted(str(p.relative_to(out)) for p in (out / "runs").rglob("*") if p.is_file())
+        (out / "tables.md").write_text("\n".join(files))
+        return type("Report", (), {"text": "tables", "figures": []})()
+
+    monkeypatch.setattr(amps_eval.mcs.run, "run_mcs", run_mcs)
+    monkeypatch.setattr(amps_eval.fit, "fit", fit)
+    monkeypatch.setattr(amps_eval.runner, "EvalSession", Session)
+    monkeypatch.setattr(amps_eval.report.sweep, "run_sweep", run_sweep)
+    monkeypatch.setattr(study, "write_study_report", report)
+    monkeypatch.setattr(study, "_layer", lambda settings, pretrained: 1)
+    monkeypatch.setattr(amps_eval.families, "check_pretrained", lambda pretrained, model: None)
+
+
+def _content(path: Path) -> bytes:
+    """A file's bytes; a data manifest without its creation time (two identical studies differ there)."""
+    if path.name == "mc2_manifest.json":
+        return json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "created"}).encode()
+    return path.read_bytes()
+
+
+def _tree(out: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(out)): _content(p) for p in sorted(out.rglob("*"))
+            if p.is_file() and p.name != "study_summary.json"}
+
+
+def test_the_study_interrupted_in_each_kind_of_unit_resumes_and_publishes_the_same(
+        tmp_path, cheap_study, record_units, monkeypatch, capsys):
+    from amps_eval.study import run_study
+
+    checkpoint = tmp_path / "model"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+    monkeypatch.chdir(tmp_path / "a")
+    state = record_units()
+    run_study(_settings(Path("study"), checkpoint))
+    everything = list(state["computed"])
+    assert everything[0] == "data" and len(everything) == len(set(everything)) > 10
+    reference = _tree(tmp_path / "a" / "study")
+
+    monkeypatch.chdir(tmp_path / "b")
+    out = Path("study")
+    cuts = [next(u for u in everything if u.startswith(kind)) for kind in ("data", "mcs ", "fit ", "run ", "sweep ")]
+    cuts.append(everything[-1])
+    done = 0
+    for cut in cuts:
+        state = record_units(stop_in=cut)
+        with pytest.raises(Stop):
+            run_study(_settings(out, checkpoint))
+        at = everything.index(cut)
+        assert state["reused"] == everything[:done] and state["computed"] == everything[done:at], cut
+        assert not out.exists()
+        done = at
+    capsys.readouterr()
+    state = record_units()
+    run_study(_settings(out, checkpoint))
+    printed = capsys.readouterr().out
+    assert state["reused"] == everything[:done] and state["computed"] == everything[done:]
+    assert f"{done} of {len(everything)} units reused" in printed and "reusing fit " in printed
+    assert _tree(tmp_path / "b" / "study") == reference  # no record, no partial output of a killed unit
+
+    # a changed input (the checkpoint) or another setting: nothing is reused
+    state = record_units(stop_in=everything[3])
+    with pytest.raises(Stop):
+        run_study(_settings(out, checkpoint))
+    (checkpoint / "config.json").write_text('{"changed": 1}')
+    state = record_units(stop_in=everything[4])
+    with pytest.raises(Stop):
+        run_study(_settings(out, checkpoint))
+    assert state["reused"] == ["data"] and state["computed"] == everything[1:4]  # the data does not read it
+    state = record_units()
+    run_study(_settings(out, checkpoint, epochs=3))
+    assert state["reused"] == [] and state["computed"] == everything
 
 
 @pytest.mark.slow
@@ -201,7 +316,7 @@ def test_a_staging_folder_of_other_settings_is_not_resumed_but_emptied(tmp_path,
     (staging / "tables.md").write_text("from the interrupted study")
     interrupted = resume_context(StudySettings(out=out, epochs=1))
     (staging / RECORDS / CONTEXT_NAME).write_text(json.dumps(interrupted))
-    assert resumable(staging, json.loads(json.dumps(interrupted)))  # the same settings (read back from JSON)
+    assert resumable(staging, resume_context(StudySettings(out=out, epochs=1)))  # the same settings
     assert "resuming the interrupted study" in capsys.readouterr().out
     other = resume_context(StudySettings(out=out, epochs=2))
     assert not resumable(staging, other)
