@@ -206,9 +206,12 @@ def cheap_study(monkeypatch):
 
 
 def _content(path: Path) -> bytes:
-    """A file's bytes; a data manifest without its creation time (two identical studies differ there)."""
+    """A file's bytes, without the creation times two identical studies differ in: the data
+    manifest's ``created`` and a PDF figure's ``/CreationDate``."""
     if path.name == "mc2_manifest.json":
         return json.dumps({k: v for k, v in json.loads(path.read_text()).items() if k != "created"}).encode()
+    if path.suffix == ".pdf":
+        return re.sub(rb"/CreationDate \(D:[^)]*\)", b"", path.read_bytes())
     return path.read_bytes()
 
 
