@@ -46,11 +46,12 @@ def _prepare_mc2(args: argparse.Namespace) -> int:
             questions, _ = dl.download_questions(settings, cache)
         print(f"downloaded files are kept in {cache} (a rerun reuses them; delete it to free the space)")
 
-    report = prepare_mc2(questions, images, out, skip_missing=args.skip_missing)
+    report = prepare_mc2(questions, images, out, skip_missing=args.skip_missing, skip_invalid=args.skip_invalid)
     counts = ", ".join(f"{category} {n}" for category, n in report.per_category.items())
     print(f"wrote {report.n_items} MC2 items to {out} ({counts})")
     if report.n_skipped:
-        print(f"skipped {report.n_skipped} items without a readable image: listed in {out / 'skipped.json'}")
+        print(f"skipped {report.n_skipped} items (without a readable image, or invalid with --skip-invalid): "
+              f"listed with the reason in {out / 'skipped.json'}")
     if out.resolve() == default_data_dir().resolve():
         print("this is the default MC2 folder: the tasks find it without any environment variable")
         set_to = os.environ.get(ENV_VAR, "").strip()
@@ -228,6 +229,9 @@ def build_parser() -> argparse.ArgumentParser:
                    "look without AMPS_MC2_DATA)")
     p.add_argument("--skip-missing", action="store_true",
                    help="drop items whose image is missing or could not be fetched; listed in <out>/skipped.json")
+    p.add_argument("--skip-invalid", action="store_true",
+                   help="drop questions every later command would refuse (exact repeats, two equal options); "
+                   "listed in <out>/skipped.json (default: refuse the question file, naming them)")
     p.add_argument("--cache", default=None, help="folder for the downloaded files (default: <out>.download next to --out)")
     p.add_argument("--questions-url", default=None,
                    help=f"address of the question file (default: {downloads.questions_url})")
@@ -395,6 +399,9 @@ def build_parser() -> argparse.ArgumentParser:
     from amps_eval.report.cli_parsers import add_parsers  # report, leaderboard, sweep
 
     add_parsers(sub, batch_help=batch_help, list_help=LIST_HELP)
+    from amps_eval.output_lock import add_lock_option
+
+    add_lock_option(sub)  # last: every command with an output option gets --wait-for-lock
     return parser
 
 def main(argv: list[str] | None = None) -> int:
@@ -411,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
     debug = args.debug or os.environ.get("AMPS_EVAL_DEBUG", "").strip().lower() not in ("", "0", "false", "no")
     name = f"amps-eval {args.command}"
     try:
-        return args.run(args)
+        from amps_eval.output_lock import command_locks
+
+        with command_locks(args, " ".join(["amps-eval", *(sys.argv[1:] if argv is None else argv)])):
+            return args.run(args)
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130

@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 TEXT_SUFFIXES = frozenset({".json", ".jsonl", ".md", ".html", ".tex", ".csv", ".txt"})
@@ -84,24 +84,98 @@ def publish(staging: Path, out: Path, owned: frozenset[str], shown: Path | None 
 
 
 @contextlib.contextmanager
-def staged_output(out: Path, owned: frozenset[str]) -> Iterator[Path]:
+def staged_output(out: Path, owned: frozenset[str], resume: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a fresh staging folder for ``out``; publish it when the block succeeds.
 
     ``owned``: the top-level names this kind of output writes; entries of the old ``out`` with other
-    names are kept. A stale staging folder from a killed run is removed first.
+    names are kept. A stale staging folder from a killed run is removed first, unless ``resume``
+    (given the staging folder) says the caller can resume it (`amps_eval.resume`): then it is
+    yielded as it is, and a block that fails or is interrupted leaves it for the next run.
     """
     shown = Path(out)
     out = shown.absolute()
     out.parent.mkdir(parents=True, exist_ok=True)
     recover(out)
     staging = staging_path(out)
-    if staging.exists():
+    if staging.exists() and not (resume is not None and resume(staging)):
         shutil.rmtree(staging)
+    staging.mkdir(exist_ok=True)
+    try:
+        yield staging
+    except BaseException:
+        if resume is None:
+            shutil.rmtree(staging, ignore_errors=True)
+            print(f"the run did not finish: {out} is unchanged (its partial output in {staging} was removed)",
+                  flush=True)
+        else:
+            print(f"the run did not finish: {out} is unchanged; its finished parts are kept in {staging}: the same "
+                  "command resumes from them (other settings start afresh)", flush=True)
+        raise
+    publish(staging, out, owned, shown)
+
+COMMIT_NAME = ".commit"
+"""In a `staged_files` staging folder: written once every file is complete, before the first one
+moves; a staging folder that has it is rolled forward by the next run, one without it removed."""
+
+
+def _move_files(staging: Path, folder: Path) -> list[Path]:
+    """Move every file under ``staging`` (except the commit record) to the same place under
+    ``folder``, replacing what is there; return the final paths."""
+    moved = []
+    for path in sorted(staging.rglob("*")):
+        if path.is_file() and path.name != COMMIT_NAME:
+            final = folder / path.relative_to(staging)
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(path, final)
+            moved.append(final)
+    return moved
+
+
+def recover_files(folder: Path) -> None:
+    """Finish or undo the `staged_files` block a killed run left for ``folder``: with its commit
+    record, the remaining files move in (the set is completed); without it, the staging folder goes."""
+    staging = staging_path(Path(folder).absolute())
+    if not staging.exists():
+        return
+    if (staging / COMMIT_NAME).is_file():
+        _move_files(staging, Path(folder).absolute())
+    shutil.rmtree(staging, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_files(folder: Path) -> Iterator[Path]:
+    """Yield a fresh staging folder beside ``folder`` (``.<name>.staging``); when the block succeeds,
+    every file written there replaces the file of the same name in ``folder``, as one set.
+
+    Unlike `staged_output`, the folder itself is not replaced: its other files stay (a figures
+    folder may hold a user's own). A file never appears at its final name half-written (each is a
+    rename of a complete file), and the set never stays half-replaced: the moves start only once a
+    commit record is in the staging folder, and a run killed during them is completed by the next
+    run (`recover_files`); Ctrl-C during them is held until they are done. A block that fails or is
+    interrupted replaces nothing. Text files have the staging folder's path replaced by ``folder``
+    (as spelled) before they move, as in `publish`.
+    """
+    shown = Path(folder)
+    folder = shown.absolute()
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    recover_files(folder)
+    staging = staging_path(folder)
     staging.mkdir()
     try:
         yield staging
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
-        print(f"the run did not finish: {out} is unchanged (its partial output in {staging} was removed)", flush=True)
+        print(f"did not finish: nothing in {shown} was replaced", flush=True)
         raise
-    publish(staging, out, owned, shown)
+    rebase_text_paths(staging, staging, shown)
+    (staging / COMMIT_NAME).write_text("", encoding="utf-8")
+    interrupted = None
+    while True:  # a Ctrl-C here must not leave the set half-moved: finish, then raise it
+        try:
+            _move_files(staging, folder)
+            shutil.rmtree(staging, ignore_errors=True)
+            break
+        except KeyboardInterrupt as error:
+            interrupted = error
+    if interrupted is not None:
+        raise interrupted

@@ -20,7 +20,10 @@ Steps, each with its own progress output:
 
 Everything is written into a staging folder next to ``out`` that replaces ``out`` only when the
 study has finished (`amps_eval.staged_output`): a killed or failed study leaves the previous
-output whole.
+output whole. Each unit of work (the data, each MCS file, each fit, each baseline run, each sweep)
+is recorded as finished in the staging folder (`amps_eval.resume`): the same study started again
+after a kill or a failure reuses every finished unit whose settings and inputs are unchanged and
+recomputes the rest; a study with other settings starts from an empty staging folder.
 
 Real checkpoints go through the same code: after ``amps-eval prepare-mc2 --download``,
 ``amps-eval study --model amps_qwen --pretrained Qwen/Qwen2.5-VL-7B-Instruct --layer 14 --device cuda
@@ -249,27 +252,65 @@ def run_study(settings: StudySettings) -> dict:
     print_plan(settings)  # the steps, items and passes, and for a known size on a GPU the time
     if (final / SETTINGS_NAME).is_file():
         print(f"{final} holds an earlier study: it is replaced when this one finishes, not before")
-    with staged_output(final, OWNED) as out:
+    context = resume_context(settings)
+    with staged_output(final, OWNED, resume=lambda staging: resumable(staging, context)) as out:
         summary = _run_study(settings, out, previous=final if final.is_dir() else None)
     print(f"\n[study] done in {summary['minutes']:.1f} min: {final}/tables.md, tables.tex, figures/, leaderboard.html, "
           "susceptibility.md")
     return summary
 
 
+CONTEXT_NAME = "study.context"
+"""In the staging folder's unit records: the settings the interrupted study ran with."""
+
+
+def resume_context(settings: StudySettings) -> dict:
+    """What every unit of a study depends on besides its own arguments and inputs: every setting
+    (new settings are included without a change here) and the amps-eval version."""
+    from amps_eval import __version__
+
+    return {"settings": settings.to_dict(), "amps_eval": __version__}
+
+
+def resumable(staging: Path, context: dict) -> bool:
+    """Whether the staging folder a killed or failed study left was started with ``context`` (then
+    its finished units are reused, each checked again); says which it is."""
+    from amps_eval.resume import RECORDS, Units
+
+    try:
+        recorded = json.loads((staging / RECORDS / CONTEXT_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        recorded = None
+    if recorded != json.loads(json.dumps(context)):  # as written (tuples become lists)
+        print(f"not resuming from {staging}: it was started with other settings or by another version; starting afresh")
+        return False
+    print(f"resuming the interrupted study in {staging}: {Units(staging, context).found()} finished units found "
+          "(each is reused only if its settings, inputs and outputs check out)")
+    return True
+
+
 def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dict:
+    from amps_eval.resume import RECORDS, Units
+
     started = time.perf_counter()
+    context = resume_context(settings)
+    units = Units(out, context)
+    (out / RECORDS).mkdir(exist_ok=True)
+    (out / RECORDS / CONTEXT_NAME).write_text(json.dumps(context), encoding="utf-8")
     checkpoints = {stem: (model, *_checkpoint(settings, i, model, out))
                    for i, (stem, model) in enumerate(zip(stems(settings), settings.models))}
     (out / SETTINGS_NAME).write_text(json.dumps(
         {**settings.to_dict(), "pretrained": {m: c[1] for m, c in checkpoints.items()}}, indent=2))
 
     _step(1, 6, "data")
-    graded = settings.graded or all(is_graded_organism(c[0]) for c in checkpoints.values())
-    data = _data(settings, out, previous, graded=graded)
+    graded = settings.graded or all(is_graded_organism(c[1]) for c in checkpoints.values())
+    if settings.data is None:
+        units.run("data", [out / "data"], lambda: _data(settings, out, previous, graded=graded))
+    data = _data(settings, out, previous, graded=graded) if settings.data is not None else out / "data"
     print(f"MC2 data: {data}")
     per_model = {}
     for stem, (model, pretrained, organism) in checkpoints.items():
-        per_model[stem] = study_model(settings, model, pretrained, organism, data, out, stem=stem)
+        per_model[stem] = study_model(settings, model, pretrained, organism, data, out, stem=stem, units=units)
     checks = {m: r["mcs_check"] for m, r in per_model.items() if r["mcs_check"] is not None}
     if checks:
         (out / "mcs_check.json").write_text(json.dumps(checks, indent=2))
@@ -282,6 +323,8 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
     summary = {"minutes": round(minutes, 1), "models": per_model, "figures": [str(p) for p in report.figures]}
     (out / "study_summary.json").write_text(json.dumps(summary, indent=2))
     print(report.text)
+    print(f"[study] {units.summary()}")
+    units.discard()
     return summary
 
 
@@ -313,8 +356,14 @@ def known_answer_step(out: Path, data: Path) -> None:
     print(f"known-answer tests: {', '.join(str(p) for p in paths)}")
 
 
+def _unit(units, name: str, outputs: list[Path], compute, **keys):
+    """``compute()`` as the unit ``name`` of ``units`` (`amps_eval.resume.Units.run`), or directly
+    without units."""
+    return compute() if units is None else units.run(name, outputs, compute, **keys)
+
+
 def study_model(settings: StudySettings, model: str, pretrained: str, organism: bool, data: Path, out: Path,
-                stem: str | None = None) -> dict:
+                stem: str | None = None, units=None) -> dict:
     """Steps 2-5 for one model: MCS (and its check on an organism), fits, baselines, sweeps."""
     from amps_eval.fit import FitSettings, fit
     from amps_eval.mcs.run import run_mcs
@@ -329,11 +378,14 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     mcs_dir = out / "mcs"
     mcs_dir.mkdir(exist_ok=True)
     cache = out / "steering" / f"{stem}.cache"  # the item cache of every step (amps_eval.item_cache)
+    inputs = {"data": data, "checkpoint": pretrained}
     clock = StepClock("mcs", 3)
     for prompt in ("none", "visual", "text"):
-        run_mcs(model, pretrained, mcs_dir / f"{stem}_{prompt}.jsonl", data=data, prompt=prompt,
-                batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, limit=settings.limit,
-                cache_dir=cache)
+        path = mcs_dir / f"{stem}_{prompt}.jsonl"
+        _unit(units, f"mcs {stem} {prompt}", [path, Path(f"{path}.meta.json"), path.with_name(f"{path.stem}.summary.json")],
+              lambda: run_mcs(model, pretrained, path, data=data, prompt=prompt, batch_size=settings.batch_size,
+                              device=settings.device, dtype=settings.dtype, limit=settings.limit, cache_dir=cache),
+              arguments={"model": model, "pretrained": pretrained, "prompt": prompt}, inputs=inputs)
         print(clock.advance(), flush=True)
     check = mcs_check(mcs_dir, stem) if organism else None
     if check:
@@ -350,18 +402,19 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
     for method in fit_methods:
         files[method] = steering_dir / f"{stem}_{method}.safetensors"
-        fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
-                        batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
-                        limit=settings.limit, cache_dir=cache),
-            files[method])
+        fit_settings = FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
+                                   batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
+                                   data=data, limit=settings.limit, cache_dir=cache)
+        _unit(units, f"fit {stem} {method}", [files[method]], lambda: fit(fit_settings, files[method]),
+              arguments={"fit": repr(fit_settings)}, inputs=inputs)
 
     with EvalSession() as session:  # one load of the model for the baselines and the sweeps
-        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache, stem)
+        _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache, stem, units)
     return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
 
 
 def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, files: dict, data: Path, out: Path,
-                          session, cache: Path, stem: str | None = None) -> None:
+                          session, cache: Path, stem: str | None = None, units=None) -> None:
     """Steps 4-5 for one model, every run over the session's one load of the checkpoint; the
     sweeps read each item's MCS from the item cache ``cache`` the MCS step and the fits filled."""
     from amps_eval.report.sweep import SweepSettings, run_sweep
@@ -375,10 +428,14 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
     clock = StepClock("baselines", len(chosen.prompt_methods) * len(chosen.tasks))
     for method in chosen.prompt_methods:
         args = ",".join(f"{k}={v}" for k, v in {"pretrained": pretrained, "method": method, **device_args}.items())
-        run = session.run(model, args, list(chosen.tasks), runs / stem / method,
-                          batch_size=settings.batch_size, limit=settings.limit, data=data)
-        print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
-                                          for t in chosen.tasks))
+        run = _unit(units, f"run {stem} {method}", [runs / stem / method],
+                    lambda: session.run(model, args, list(chosen.tasks), runs / stem / method,
+                                        batch_size=settings.batch_size, limit=settings.limit, data=data),
+                    arguments={"model_args": args, "tasks": list(chosen.tasks)},
+                    inputs={"data": data, "checkpoint": pretrained})
+        if run is not None:
+            print(f"  {method}: " + ", ".join(f"{t} {100 * run.results['results'][t]['target_acc,none']:.1f}%"
+                                              for t in chosen.tasks))
         print(clock.advance(len(chosen.tasks)), flush=True)
 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
@@ -386,13 +443,15 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
     steered = [m for m in chosen.steering_methods if info(m).file_method in files]  # the fitted ones
     clock = StepClock("sweeps", len(steered) * len(alphas) * len(chosen.tasks))
     for method in steered:
-        run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method,
-                                steering=files[info(method).file_method], tasks=chosen.tasks,
-                                alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
-                                limit=settings.limit, device=settings.device, data=data,
-                                extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
-                                                  "diagnostics": str(out / "diagnostics" / stem / method)}),
-                  session=session)
+        sweep = SweepSettings(model=model, pretrained=pretrained, method=method,
+                              steering=files[info(method).file_method], tasks=chosen.tasks,
+                              alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
+                              limit=settings.limit, device=settings.device, data=data,
+                              extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
+                                                "diagnostics": str(out / "diagnostics" / stem / method)})
+        _unit(units, f"sweep {stem} {method}", [sweep.out, out / "diagnostics" / stem / method],
+              lambda: run_sweep(sweep, session=session), arguments={"sweep": repr(sweep)},
+              inputs={"data": data, "checkpoint": pretrained, "steering": sweep.steering})
         print(clock.advance(len(alphas) * len(chosen.tasks)), flush=True)
 
 

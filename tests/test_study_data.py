@@ -96,7 +96,9 @@ def test_methods_and_targets_choose_the_runs_and_the_fits():
     assert select(("mean_mcs",), ("text",)).fit_methods == ("mean",)  # mean_mcs reads the mean file
     assert select(("none",), ("vision",)) .tasks == ("mc2_visual",)
     everything = select(StudySettings().methods, StudySettings().targets)
-    assert everything.fit_methods == ("mean", "l2s", "amps_beta0", "amps") and len(everything.steering_methods) == 5
+    # amps_oracle is chosen by default and fitted only on graded data (the study filters it by the data's columns)
+    assert everything.fit_methods == ("mean", "l2s", "amps_beta0", "amps", "amps_oracle")
+    assert len(everything.steering_methods) == 6
 
 
 def test_the_command_line_chooses_methods_and_targets():

@@ -19,6 +19,16 @@ class MC2TaskError(ValueError):
     """A task cannot be built from the data it was given."""
 
 
+def shown_error(message: str) -> MC2TaskError:
+    """An `MC2TaskError` whose class name carries ``message``: lmms-eval 0.7.3 builds a task's
+    documents inside a tenacity ``@retry`` (``ConfigurableTask.download``), so its CLI ends with
+    ``Error during evaluation: RetryError[<Future ... raised CLASSNAME>]``, which names only the
+    class of the error. With the reason in the class name, that last line says it. The error is
+    still an `MC2TaskError` (and a ValueError) for every ``except``."""
+    named = type(f"MC2TaskError: {message}", (MC2TaskError,), {"__module__": MC2TaskError.__module__})
+    return named(message)
+
+
 @dataclass(frozen=True)
 class TaskSpec:
     """What an MC2 task asks: the target modality, one category or all, and the option orders."""
@@ -63,7 +73,7 @@ def task_docs(dataset, spec: TaskSpec):
 
     missing = [c for c in REQUIRED_COLUMNS if c not in dataset.column_names]
     if missing:
-        raise MC2TaskError(
+        raise shown_error(
             f"the MC2 data lacks column(s) {missing} (has {dataset.column_names}); "
             "write it with `amps-eval prepare-mc2` or `amps-eval synth-mc2` and point AMPS_MC2_DATA at it"
         )
@@ -74,7 +84,10 @@ def task_docs(dataset, spec: TaskSpec):
     if spec.category is not None:
         rows = [i for i, c in enumerate(dataset["category"]) if c == spec.category]
         if not rows:
-            raise MC2TaskError(f"the MC2 data has no items of category {spec.category!r}")
+            present = sorted(set(dataset["category"]))
+            raise shown_error(f"the MC2 data has no items of category {spec.category!r} (it has "
+                              f"{', '.join(present) or 'no items'}): run a task of a category it has, or "
+                              "prepare the data with that category")
     n_orders = len(orders_for(0, spec.orders))
     text = dataset.select_columns(["mc2_id", "answer_vision", "answer_text"]).to_dict()
     parts = []

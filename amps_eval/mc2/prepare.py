@@ -23,7 +23,6 @@ import datetime as _dt
 import json
 import os
 import shutil
-import tempfile
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -149,8 +148,15 @@ def is_prepared_dir(path: Path) -> bool:
 
 
 def check_output_dir(out: Path) -> None:
-    """Refuse an output path that exists and is neither empty nor an earlier prepared folder."""
+    """Refuse an output path that cannot be written (a read-only or missing location: the usual
+    "cannot write ..." before any work) or that exists and is neither empty nor an earlier prepared
+    folder."""
+    from amps_eval.files import ensure_folder
+
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise OutputDirError(f"Output path {out} exists and is not a folder. Choose a new folder for the MC2 data.")
+    ensure_folder(out.parent, f"the MC2 folder (--out) {out} into")
     if not out.exists():
         return
     if not out.is_dir():
@@ -179,6 +185,31 @@ def base_manifest(source: str, n_items: int, per_category: Mapping[str, int], n_
     }
 
 
+def new_folder(parent: Path, prefix: str) -> Path:
+    """A new folder ``parent/<prefix><unique>`` whose mode follows the umask (``tempfile.mkdtemp``
+    makes ``drwx------``, which a prepared folder keeps once renamed into place: a group sharing
+    the data on a cluster could not read it)."""
+    import secrets
+
+    while True:
+        path = Path(parent) / f"{prefix}{os.getpid()}-{secrets.token_hex(4)}"
+        try:
+            path.mkdir()  # mode 0o777 minus the umask
+        except FileExistsError:
+            continue
+        return path
+
+
+def build_folder(out: Path) -> Path:
+    """A fresh build folder for the `datasets` cache of a prepare run, beside ``out`` (same file
+    system as the result, and found again: the build folders a killed run left are removed here)."""
+    out = Path(out).absolute()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.build-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    return new_folder(out.parent, f".{out.name}.build-")
+
+
 def write_prepared_dir(dataset, out: Path, manifest: Mapping[str, Any], skipped: Sequence[SkippedItem] = ()) -> Path:
     """Write `dataset` as `DatasetDict({"test": dataset})` + manifest + skipped.json into `out`.
 
@@ -198,7 +229,7 @@ def write_prepared_dir(dataset, out: Path, manifest: Mapping[str, Any], skipped:
     recover(out)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         shutil.rmtree(stale, ignore_errors=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    staging = new_folder(out.parent, f".{out.name}.partial-")
     try:
         datasets.DatasetDict({"test": dataset}).save_to_disk(str(staging))
         (staging / SKIPPED_NAME).write_text(
@@ -256,12 +287,32 @@ def _prepared_rows(items: Sequence[tuple[int, Mapping[str, str], str]]) -> Itera
         }
 
 
+def invalid_records(records: Sequence[Mapping[str, str]]) -> list[tuple[int, str, str]]:
+    """The questions every later command would refuse (`amps_eval.mc2.folder_check`), as (index in
+    the question file, image id, reason): an exact repeat of an earlier question (same image,
+    question, context and answers: it would count twice), and a question whose two options are the
+    same answer after strip and casefold (it cannot show which modality the model followed)."""
+    first: dict[tuple, int] = {}
+    found = []
+    for index, record in enumerate(records):
+        image_id = coco_image_id(record["image_id"])
+        key = (image_id, record["question"], record["context"], record["answer_vision"], record["answer_text"])
+        if key in first:
+            found.append((index, image_id, f"repeats question {first[key]} (same image, question, context and answers)"))
+            continue
+        first[key] = index
+        if record["answer_vision"].strip().casefold() == record["answer_text"].strip().casefold():
+            found.append((index, image_id, f"its two options are the same answer ({record['answer_vision']!r})"))
+    return found
+
+
 def prepare_mc2(
     questions: Path,
     images: Path,
     out: Path,
     skip_missing: bool = False,
     progress: bool = True,
+    skip_invalid: bool = False,
 ) -> PrepareReport:
     """Join the MC2 question file with COCO 2014 images and write a prepared dataset folder.
 
@@ -270,6 +321,8 @@ def prepare_mc2(
     Every record is validated first (`MC2FormatError` names the index and field). A missing or
     unreadable image raises `MissingImagesError` unless `skip_missing`, which drops those questions
     and lists them in out/skipped.json. `mc2_id` stays the index in the question file either way.
+    Questions that every later command would refuse (`invalid_records`: repeats, equal options)
+    raise `MC2FormatError` naming them, unless `skip_invalid`, which drops and lists them the same way.
     """
     import datasets
     from tqdm.auto import tqdm
@@ -277,6 +330,16 @@ def prepare_mc2(
     questions, images, out = Path(questions), Path(images), Path(out)
     check_output_dir(out)
     records = load_question_records(questions)
+    invalid = invalid_records(records)
+    if invalid and not skip_invalid:
+        shown = "; ".join(f"question {index} (image {image_id}): {reason}" for index, image_id, reason in invalid[:10])
+        more = f"; and {len(invalid) - 10} more" if len(invalid) > 10 else ""
+        raise MC2FormatError(
+            f"MC2 question file {questions} has {len(invalid)} question(s) every later command would refuse: "
+            f"{shown}{more}. Fix the file, or pass --skip-invalid (skip_invalid=True) to leave them out "
+            f"(listed in <out>/{SKIPPED_NAME})."
+        )
+    dropped = {index: (image_id, reason) for index, image_id, reason in invalid}
     if not images.is_dir():
         raise MissingImagesError(
             f"COCO image folder {images} does not exist. Download the COCO 2014 train and val images "
@@ -293,6 +356,8 @@ def prepare_mc2(
     for mc2_id, record in enumerate(
         tqdm(records, desc="Checking COCO images", unit="img", disable=not progress)
     ):
+        if mc2_id in dropped:
+            continue
         path = find_coco_image(images, record["image_id"])
         reason = check_image(path)
         if reason is None:
@@ -315,26 +380,32 @@ def prepare_mc2(
             problems,
         )
 
-    with tempfile.TemporaryDirectory(prefix="amps-mc2-build-") as cache_dir, datasets_progress(progress):
-        dataset = datasets.Dataset.from_generator(
-            _prepared_rows,
-            features=prepared_features(),
-            cache_dir=cache_dir,
-            gen_kwargs={"items": kept},
-            split=datasets.Split.TEST,
-        )
-        per_category = dict(Counter(record["task"] for _, record, _ in kept))
-        skipped = [SkippedItem(mc2_id, image_id, reason) for mc2_id, image_id, reason in problems]
-        manifest = base_manifest("questions", len(kept), per_category, len(skipped))
-        manifest.update(
-            {
-                "questions_file": questions.name,
-                "questions_sha256": sha256_file(questions),
-                "n_questions": len(records),
-            }
-        )
-        write_prepared_dir(dataset, out, manifest, skipped)
-        del dataset  # release the cache files before the temporary folder is removed
+    per_category = dict(Counter(record["task"] for _, record, _ in kept))
+    skipped = sorted([SkippedItem(mc2_id, image_id, reason) for mc2_id, image_id, reason in problems]
+                     + [SkippedItem(index, image_id, reason) for index, (image_id, reason) in dropped.items()],
+                     key=lambda item: item.mc2_id)
+    manifest = base_manifest("questions", len(kept), per_category, len(skipped))
+    manifest.update(
+        {
+            "questions_file": questions.name,
+            "questions_sha256": sha256_file(questions),
+            "n_questions": len(records),
+        }
+    )
+    cache_dir = build_folder(out)  # beside out, removed by the next run if this one is killed
+    try:
+        with datasets_progress(progress):
+            dataset = datasets.Dataset.from_generator(
+                _prepared_rows,
+                features=prepared_features(),
+                cache_dir=str(cache_dir),
+                gen_kwargs={"items": kept},
+                split=datasets.Split.TEST,
+            )
+            write_prepared_dir(dataset, out, manifest, skipped)
+            del dataset  # release the cache files before the build folder is removed
+    finally:
+        shutil.rmtree(cache_dir, ignore_errors=True)
     return PrepareReport(
         out=out,
         n_items=len(kept),

@@ -75,8 +75,14 @@ def _from_records(records, run: Run) -> Cell:
     return _scored(records, run.path, run.date)
 
 
-def _from_results(task: TaskData, run: Run) -> Cell | None:
+def _from_results(task: TaskData, run: Run, problems: list[Problem] | None = None) -> Cell | None:
+    """The cell of a task without a samples file, from its results file; None when the share is
+    missing or NaN (then, with ``problems``, a note says that the cell was left out and why)."""
     p = _number(task.metrics.get("target_acc,none"))
+    if p is not None and math.isnan(p) and problems is not None:
+        problems.append(Problem(run.path, f"{task.name}: target_acc is NaN in the results file and there is no "
+                                          "samples file to score it from: left out of the tables (rerun it with "
+                                          "--log_samples, or look for the failure that produced no answers)"))
     if p is None or math.isnan(p):
         return None
     n = task.n_docs // (2 if task.orders == "both" else 1) if task.n_docs else None
@@ -112,10 +118,10 @@ def run_cells(run: Run, problems: list[Problem]) -> dict[tuple[str, str], dict[s
                     else:
                         cells.setdefault(column, cell)  # a dedicated per-category task wins
                 _check(task, cells[TOTAL], run, problems)
-            elif (cell := _from_results(task, run)) is not None:
+            elif (cell := _from_results(task, run, problems)) is not None:
                 cells[TOTAL] = cell
         else:
-            cell = _from_records(task.records, run) if task.records else _from_results(task, run)
+            cell = _from_records(task.records, run) if task.records else _from_results(task, run, problems)
             if cell is not None:
                 cells[task.category] = cell  # the dedicated task wins over a slice of the full one
                 by_category[key].append(task)

@@ -26,38 +26,62 @@ def finite_alpha(text: str) -> float:
 
 
 def _report(args: argparse.Namespace) -> int:
+    """The tables (to --out or stdout), the figures (--figures) or the susceptibility (--susceptibility).
+
+    Every output is checked before any work; figures are written into a staging folder beside
+    their folder and moved in as one set when the report is complete (`staged_files`): a killed
+    or failed report leaves the previous set, never a half-written file at a final name."""
+    import contextlib
+
+    from amps_eval.files import ensure_folder, ensure_writable
     from amps_eval.report.build import TABLES, ReportOptions, build_report
     from amps_eval.report.render import write_text_atomic
+    from amps_eval.staged_output import staged_files
 
+    if args.out:
+        ensure_writable(args.out, "the report (--out)")
+    for option, folder in (("--figures", args.figures), ("--susceptibility", args.susceptibility)):
+        if folder:
+            ensure_folder(folder, f"the {option[2:]} folder ({option})")
     if args.susceptibility:
         from amps_eval.report.susceptibility_report import write_susceptibility
 
         mcs = [Path(p) for p in args.mcs] or [Path(args.results_dir)]
-        for path in write_susceptibility(Path(args.results_dir), mcs, Path(args.susceptibility)):
-            print(f"wrote {path}", file=sys.stderr)
+        with staged_files(Path(args.susceptibility)) as staging:
+            written = write_susceptibility(Path(args.results_dir), mcs, staging)
+        for path in written:
+            print(f"wrote {Path(args.susceptibility) / path.relative_to(staging)}", file=sys.stderr)
         return 0
-    options = ReportOptions(
-        results_dir=Path(args.results_dir), tables=TABLES if args.table == "all" else (args.table,), format=args.format,
-        collapse=args.collapse, stderr=args.stderr, paper=args.paper, model=args.model, alpha=args.alpha,
-        alpha_choice=args.alpha_choice,
-        orders="both" if args.both_orders else "one", figures=Path(args.figures) if args.figures else None,
-        mcs=tuple(Path(p) for p in args.mcs),
-    )
-    report = build_report(options)
+    with contextlib.ExitStack() as stack:
+        figures = stack.enter_context(staged_files(Path(args.figures))) if args.figures else None
+        options = ReportOptions(
+            results_dir=Path(args.results_dir), tables=TABLES if args.table == "all" else (args.table,),
+            format=args.format, collapse=args.collapse, stderr=args.stderr, paper=args.paper, model=args.model,
+            alpha=args.alpha, alpha_choice=args.alpha_choice, orders="both" if args.both_orders else "one",
+            figures=figures, mcs=tuple(Path(p) for p in args.mcs),
+        )
+        report = build_report(options)
+    text, notes = report.text, report.notes
+    if figures is not None:  # the files are in place now: name them there
+        text = text.replace(str(figures), str(args.figures))
+        notes = [line.replace(str(figures), str(args.figures)) for line in notes]
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(Path(args.out), report.text)
+        write_text_atomic(Path(args.out), text)
         print(f"wrote {args.out}", file=sys.stderr)
     else:
-        sys.stdout.write(report.text)
+        sys.stdout.write(text)
     if args.format == "csv":  # the other formats carry the notes in the text itself
-        print("\n".join(report.notes), file=sys.stderr)
+        print("\n".join(notes), file=sys.stderr)
     return 0
 
 
 def _leaderboard(args: argparse.Namespace) -> int:
+    from amps_eval.files import ensure_folder
     from amps_eval.report.leaderboard import write_leaderboard
 
+    if args.out:
+        ensure_folder(args.out, "the leaderboard folder (--out)")
     html_path, md_path = write_leaderboard(Path(args.results_dir), Path(args.out) if args.out else None)
     print(f"wrote {html_path} and {md_path}")
     return 0
