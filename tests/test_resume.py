@@ -131,7 +131,8 @@ def _settings(out: Path, pretrained: Path, **changes):
     from amps_eval.study import StudySettings
 
     given = {"out": out, "models": ("amps_qwen",), "pretrained": str(pretrained), "n_per_category": 1,
-             "alphas": (0.0,), "epochs": 1, "device": "cpu", "image_size": 56, "limit": 4}
+             "alphas": (0.0,), "epochs": 1, "device": "cpu", "image_size": 56, "limit": 4,
+             "synthetic": True}
     return StudySettings(**{**given, **changes})
 
 
