@@ -89,7 +89,7 @@ def add_parsers(sub, batch_help: str = "prompts per forward pass", list_help: st
     from amps_eval.families import lmms_models
     from amps_eval.report.build import ReportOptions
     from amps_eval.report.sweep import SweepSettings, alphas_type
-    from amps_eval.steering.hooks import POSITIONS
+    from amps_eval.vocabulary import POSITIONS
 
     p = sub.add_parser("report", help="the AMPS paper's tables (and figures) from lmms-eval result files")
     p.add_argument("results_dir", metavar="RESULTS_DIR", help="folder of lmms-eval outputs (searched recursively)")

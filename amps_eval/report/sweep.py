@@ -99,7 +99,7 @@ def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print, 
     one opened for this sweep."""
     from amps_eval.files import ensure_folder
     from amps_eval.runner import EvalSession
-    from amps_eval.steering.file import sha256
+    from amps_eval.files import sha256_file as sha256
 
     ensure_folder(settings.out, "the sweep's results folder (--out)")  # before any model loads
     if session is None:

@@ -43,7 +43,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-POSITIONS = ("all", "generated", "from_last_prompt")
+from amps_eval.vocabulary import POSITIONS  # re-exported: defined with the other shared words
 
 __all__ = [
     "POSITIONS",
