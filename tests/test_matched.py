@@ -3,6 +3,7 @@ held-out summary and paired differences, on hand-made sweeps whose answers are k
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -118,3 +119,26 @@ def test_a_method_without_recorded_strength_is_skipped_with_a_reason():
     table = matched_table(index_of(sweeps), "org", "vision", n_boot=50)
     assert {r.method for r in table.rows} == {"l2s", "amps"}
     assert table.skipped and table.skipped[0].startswith("mean:")
+
+
+DEMO = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="no committed demo")
+def test_the_report_has_a_matched_strength_table_per_model_and_target_with_l2s_as_baseline():
+    from amps_eval.report.build import ReportOptions, build_report
+
+    text = build_report(ReportOptions(DEMO)).text
+    section = text[text.index("## At matched strength"):text.index("## Rows and alphas")]
+    tables = [part for part in section.split("#### ")[1:]]
+    assert len(tables) == 4  # two organisms x two targets
+    for part in tables:
+        rows = [line for line in part.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+        assert len(rows) == 5  # the five steered methods
+        l2s = next(r for r in rows if r.startswith("| L2S |"))
+        assert "(baseline)" in l2s
+        assert sum(1 for r in rows if r.rstrip().endswith("| best |")) == 1
+        others = [r for r in rows if not r.startswith("| L2S |")]
+        assert all(re.search(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", r) for r in others)
+    fixed = build_report(ReportOptions(DEMO, alpha=1.0)).text
+    assert "## At matched strength" not in fixed
