@@ -157,7 +157,7 @@ def _html_rows(html: str) -> list[tuple[str, str]]:
     bodies = re.findall(r'<tbody class="entry".*?</tbody>', html, re.S)
     out = []
     for body in bodies:
-        model = re.search(r'<td data-k="model"[^>]*>(?:<button[^>]*>[^<]*</button>)?([^<]+)</td>', body).group(1)
+        model = re.search(r'<td data-k="model"[^>]*>(?:<button[^>]*>[^<]*</button>)?([^<]+)', body).group(1)
         method = re.search(r'<td data-k="method"[^>]*>(?:<span[^>]*></span>)?([^<]+)</td>', body).group(1)
         out.append((model, method))
     return out
@@ -178,9 +178,11 @@ def test_page_and_markdown_carry_the_same_rows_with_links_that_resolve(results):
     md_rows = _md_rows(md)
     assert [tuple(r[:2]) for r in md_rows] == expected
     mean = md_rows[2]
-    # model, method, vision: share, s.e., collapse, strength, alpha; text: the same; choice, items, data, date
-    assert mean[2:7] == ["100.0", "0.0", "0.0", "0.1", "1"] and mean[7:12] == ["100.0", "0.0", "0.0", "0.2", "2"]
-    assert mean[12:16] == ["held-out", "8", "not recorded", "2026-01-01T00:02:02Z"]
+    # model, method, vision: share, s.e., collapse, strength, alpha, then at matched strength: best, vs L2S,
+    # rank (one method with a strength-recorded sweep: nothing to match); text: the same; choice, items, data, date
+    assert mean[2:7] == ["100.0", "0.0", "0.0", "0.1", "1"] and mean[10:15] == ["100.0", "0.0", "0.0", "0.2", "2"]
+    assert mean[7:10] == mean[15:18] == ["-", "-", "-"]
+    assert mean[18:22] == ["held-out", "8", "not recorded", "2026-01-01T00:02:02Z"]
     hrefs = re.findall(r'href="([^"]+)"', html) + re.findall(r"\]\(([^)]+)\)", md)
     assert len(hrefs) >= 10
     for href in hrefs:  # relative, and resolving from the page's folder
