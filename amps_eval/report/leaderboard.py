@@ -443,12 +443,13 @@ def filter_keeps(query: str, rows: list[tuple[list[str], list[str]]]) -> list[bo
     Qwen models, although every organism's name contains "amps")."""
     method_vocabulary = {w for _, method in rows for w in method}
     terms = []
-    for term in query.lower().split():
-        field, _, rest = term.partition(":")
+    for token in query.lower().split():  # a token's parts are words too: "Mean+MCS" is "mean" and "mcs"
+        field, _, rest = token.partition(":")
         if rest and field in ("model", "method"):
-            terms.append((field, rest))
+            terms += [(field, part) for part in words(rest)]
         else:
-            terms.append(("method" if any(w.startswith(term) for w in method_vocabulary) else "model", term))
+            terms += [("method" if any(w.startswith(part) for w in method_vocabulary) else "model", part)
+                      for part in words(token)]
     return [all(any(w.startswith(t) for w in (method if field == "method" else model)) for field, t in terms)
             for model, method in rows]
 
