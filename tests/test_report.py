@@ -315,9 +315,9 @@ def test_missing_rows_name_the_command_that_makes_them(labelled, pipeline):
     assert f"pretrained={pipeline.qwen},method=cot --tasks mc2_visual,mc2_text" in text1
     text3 = report(labelled, tables=("3",), model=q)
     table3 = table_rows(text3, "target: vision")
-    assert list(table3) == ["w/o steering (MLLM-only)", "w/o scaling (L2S) (α=1)", "constant γ (AMPS, β=0)",
+    assert list(table3) == ["w/o steering (MLLM-only)", "w/o scaling (L2S) (α=1)", "AMPS β=0 (added ablation)",
                             "full (AMPS) (α=1)"]
-    assert table3["constant γ (AMPS, β=0)"] == ["-"] * len(COLUMNS)  # not run: a missing row with its command
+    assert table3["AMPS β=0 (added ablation)"] == ["-"] * len(COLUMNS)  # not run: a missing row with its command
     assert f"--pretrained {pipeline.qwen} --method amps_beta0 --out STEERING_FILE" in text3
 
 

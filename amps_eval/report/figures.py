@@ -7,7 +7,7 @@
 * Figure 5: the same with the instruction toward the image and toward the text, one panel per model;
 * Figure 6: AMPS against L2S and AMPS with beta = 0, target share and collapse against the
   effective strength, one panel per target, one file per model: methods compared at matched
-  strength, not at matched alpha (AMPS's targets average twice L2S's).
+  strength, not at matched alpha (AMPS's targets are up to twice L2S's on average).
 
 Figures 1 and 6 read the Total cells of the index (the newest run per alpha); Figures 4 and 5 read
 ``amps-eval mcs`` outputs or wrapper diagnostics (``mcs_data``). A figure without data is skipped

@@ -2,7 +2,9 @@
 
 * Table 1 (one model): one row per method, MLLM-only ... AMPS, then any other method that ran;
 * Table 2 (every model): base, L2S and AMPS rows per model;
-* Table 3 (one model, ablation): w/o steering (none), w/o scaling (L2S), full (AMPS).
+* Table 3 (one model, ablation): w/o steering (none), w/o scaling (L2S), full (AMPS): the paper's
+  three rows; plus "AMPS β=0 (added ablation)", this project's ablation (every gamma 1), which
+  the paper's Table 3 does not have.
 
 Each table has one block per target (vision, text); columns are the eight MC2 categories in the
 paper's order and Total. Which variant fills a row is ``ResultIndex.choose`` (newest run per cell,
@@ -124,7 +126,7 @@ def table2(index: ResultIndex, models: list[str], options: TableOptions) -> Tabl
 
 def table3(index: ResultIndex, pretrained: str, options: TableOptions) -> Table:
     specs = [(pretrained, "none", "w/o steering (MLLM-only)"), (pretrained, "l2s", "w/o scaling (L2S)"),
-             (pretrained, "amps_beta0", "constant γ (AMPS, β=0)"),
+             (pretrained, "amps_beta0", "AMPS β=0 (added ablation)"),
              (pretrained, "amps", "full (AMPS)")]
     return build_table("3", f"Table 3: ablation on {model_display_name(pretrained)} (target share, %)", index,
                        specs, options)
