@@ -280,7 +280,7 @@ def test_table1_cells_equal_the_samples_files(labelled, pipeline):
     text = report(labelled, tables=("1",), model=Path(pipeline.qwen).name, collapse=True, stderr=True,
                   alpha_choice="optimistic")
     held_out = report(labelled, tables=("1",), model=Path(pipeline.qwen).name)
-    assert re.search(r"\| Mean steering \(α [\d.]+(/[\d.]+)?, chosen on held-out halves of 4\+4 items\)", held_out)
+    assert re.search(r"\| Mean steering \(α ([\d.]+( / [\d.]+)?ᵃ|tiedᵇ)\)", held_out)
     qwen = labelled / "qwen"
     for target, task in (("vision", "mc2_visual"), ("text", "mc2_text")):
         rows = table_rows(text, f"target: {target}")
