@@ -81,7 +81,7 @@ STUDY_OUTPUTS = ("runs", "mcs", "steering", "diagnostics", "figures", "models")
 """The folders a study writes into ``out`` besides ``data``."""
 SETTINGS_NAME = "study_settings.json"
 STUDY_FILES = (SETTINGS_NAME, "tables.md", "tables.tex", "leaderboard.html", "leaderboard.md",
-               "study_summary.json", "mcs_check.json", "susceptibility.md")
+               "study_summary.json", "mcs_check.json", "susceptibility.md", "provenance.json")
 OWNED = frozenset(STUDY_OUTPUTS + STUDY_FILES + ("data",))
 """Everything a study writes at the top of ``out``: replaced by the next study there; other entries
 of ``out`` are kept."""
@@ -201,6 +201,9 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
     checkpoints = {model: _checkpoint(settings, model, out) for model in settings.models}
     (out / SETTINGS_NAME).write_text(json.dumps(
         {**settings.to_dict(), "pretrained": {m: c[0] for m, c in checkpoints.items()}}, indent=2))
+    from amps_eval.provenance import write_provenance
+
+    write_provenance(out, settings.to_dict())  # what made this output (checked against the code by a test)
 
     _step(1, 6, "data")
     data = _data(settings, out, previous)
