@@ -79,7 +79,7 @@ def study_settings(args: argparse.Namespace):
         out=Path(args.out), models=split_list(args.model), pretrained=args.pretrained,
         data=Path(args.data) if args.data else None, n_per_category=args.n_per_category, layer=args.layer,
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
-        device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
+        device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit, seeds=args.seeds,
     )
 
 
@@ -257,6 +257,9 @@ def build_parser() -> argparse.ArgumentParser:
                        help=f"Adam learning rate of the MLPs; not fit's {TrainSettings.lr:g} (the papers'), which "
                        "barely moves a module fitted on ~100 items in 100 epochs")
         p.add_argument("--limit", type=int, default=StudySettings.limit, help="documents per task (default: all)")
+        p.add_argument("--seeds", type=int, default=StudySettings.seeds,
+                       help="training seeds of each trained method (L2S, AMPS, AMPS beta=0): each seed is fitted "
+                       "and swept, and the report compares the methods over the seeds' mean, with their spread")
         p.set_defaults(run=_study)
 
     from amps_eval.methods.registry import FIT_METHODS

@@ -56,6 +56,7 @@ class StudySettings:
     epochs: int = TrainSettings.epochs
     lr: float = 1e-3  # not TrainSettings.lr: the papers' 5e-5 barely moves a module fitted on ~100 items in 100 epochs
     limit: int | None = None
+    seeds: int = 3  # training seeds of each trained method (TRAINED): one steering file and sweep per seed
 
     def __post_init__(self) -> None:
         from amps_eval.plugin import MODEL_CLASSES
@@ -68,9 +69,22 @@ class StudySettings:
             raise ValueError("--pretrained names one checkpoint: give exactly one --model with it")
         if self.dtype not in DTYPES:
             raise ValueError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise ValueError(f"seeds must be an int >= 1 (training seeds per trained method), got {self.seeds!r}")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+TRAINED = ("l2s", "amps_beta0", "amps")
+"""The fitted methods whose fit trains an MLP from a random start (the mean fit is a plain average):
+with ``seeds`` > 1 each is fitted once per training seed (`TrainSettings.seed` 0, 1, ...; the
+cross-fit folds stay the same), and every steered method that reads it is swept once per file."""
+
+
+def seed_suffix(seed: int) -> str:
+    """The file / folder suffix of a training seed: "" for seed 0 (the single-seed names), "_seed<k>"."""
+    return "" if seed == 0 else f"_seed{seed}"
 
 
 def _step(i: int, n: int, text: str) -> None:
@@ -252,14 +266,16 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     _step(3, 6, f"{model}: fitting {', '.join(FIT_METHODS)} at layer {layer}")
     steering_dir = out / "steering"
     steering_dir.mkdir(exist_ok=True)
-    files = {}
-    train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
+    files: dict[str, list[Path]] = {}
     for method in FIT_METHODS:
-        files[method] = steering_dir / f"{stem}_{method}.safetensors"
-        fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
-                        batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
-                        limit=settings.limit, cache_dir=cache),
-            files[method])
+        for seed in range(settings.seeds if method in TRAINED else 1):
+            train = TrainSettings(epochs=settings.epochs, lr=settings.lr, seed=seed)
+            path = steering_dir / f"{stem}_{method}{seed_suffix(seed)}.safetensors"
+            fit(FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
+                            batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype, data=data,
+                            limit=settings.limit, cache_dir=cache),
+                path)
+            files.setdefault(method, []).append(path)
 
     with EvalSession() as session:  # one load of the model for the baselines and the sweeps
         _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache)
@@ -286,13 +302,14 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
     for method in STEERING_METHODS:
-        run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method,
-                                steering=files[info(method).file_method],
-                                alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
-                                limit=settings.limit, device=settings.device, data=data,
-                                extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
-                                                  "diagnostics": str(out / "diagnostics" / stem / method)}),
-                  session=session)
+        for seed, steering in enumerate(files[info(method).file_method]):  # one sweep per training seed
+            name = f"{method}{seed_suffix(seed)}"
+            run_sweep(SweepSettings(model=model, pretrained=pretrained, method=method, steering=steering,
+                                    alphas=alphas, out=runs / stem / f"sweep_{name}", batch_size=settings.batch_size,
+                                    limit=settings.limit, device=settings.device, data=data,
+                                    extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
+                                                      "diagnostics": str(out / "diagnostics" / stem / name)}),
+                      session=session)
 
 
 def write_study_report(out: Path, table_alpha: float | None):

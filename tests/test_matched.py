@@ -29,11 +29,14 @@ def records(follows: list[str], strength: float | None = None, target: str = "vi
     return out
 
 
-def index_of(sweeps: dict[str, list[tuple[float, list[dict]]]], target: str = "vision") -> ResultIndex:
+def index_of(sweeps: dict[str, list[tuple[float, list[dict]]]], target: str = "vision",
+             steering: dict[str, str] | None = None) -> ResultIndex:
     index = ResultIndex()
     for method, points in sweeps.items():
+        key = method.split("@")[0]
+        settings = (("steering", (steering or {}).get(method, "")),) if steering else ()
         for alpha, recs in points:
-            v = Variant("amps_qwen", "org", method, alpha, (), "one")
+            v = Variant("amps_qwen", "org", key, alpha, settings, "one")
             index.records[(v, target)] = tuple(recs)
             index.cells[(v, target)] = cells_from_records(recs, Path(f"{method}_{alpha}"), "20260101_000000")
     return index
@@ -142,3 +145,32 @@ def test_the_report_has_a_matched_strength_table_per_model_and_target_with_l2s_a
         assert all(re.search(r"[+-]\d+\.\d \[[+-]\d+\.\d, [+-]\d+\.\d\]", r) for r in others)
     fixed = build_report(ReportOptions(DEMO, alpha=1.0)).text
     assert "## At matched strength" not in fixed
+
+
+def test_several_training_seeds_are_averaged_item_by_item_with_their_spread():
+    n = 64
+    half = ["vision"] * 32 + ["text"] * 32
+    sweeps = {"l2s": [(0.0, records(["text"] * n, 0.0)), (1.0, records(half, 0.5))],
+              "amps@0": [(0.0, records(["text"] * n, 0.0)), (1.0, records(["vision"] * n, 0.5))],
+              "amps@1": [(0.0, records(["text"] * n, 0.0)), (1.0, records(["text"] * n, 0.5))],
+              "amps@2": [(0.0, records(["text"] * n, 0.0)), (1.0, records(half, 0.5))]}
+    steering = {"l2s": "sha:l", "amps@0": "sha:a0", "amps@1": "sha:a1", "amps@2": "sha:a2"}
+    table = matched_table(index_of(sweeps, steering=steering), "org", "vision", k=2, n_boot=300)
+    amps = next(r for r in table.rows if r.method == "amps")
+    # at s = 0.5 the three seeds give shares 1, 0 and 0.5: the method's is their mean, item by item
+    assert amps.at[table.grid[-1]]["share"] == pytest.approx(0.5)
+    assert amps.summary.seed_range() == (0.0, 1.0) and len(amps.summary.per_seed) == 3
+    assert amps.vs_baseline["share"].difference == pytest.approx(amps.summary.mean("share") - 0.5)
+    l2s = next(r for r in table.rows if r.method == "l2s")
+    assert l2s.summary.seed_range() is None
+
+
+def test_the_sweep_series_keep_training_seeds_apart():
+    from amps_eval.report.series import alpha_series
+
+    sweeps = {"amps@0": [(0.0, records(["text"] * 4, 0.0)), (1.0, records(["vision"] * 4, 0.5))],
+              "amps@1": [(0.0, records(["text"] * 4, 0.0)), (1.0, records(["text"] * 4, 0.4))]}
+    series = alpha_series(index_of(sweeps, steering={"amps@0": "sha:a", "amps@1": "sha:b"}), "org", "amps", "vision")
+    assert sorted(series) == ["AMPS (seed 0)", "AMPS (seed 1)"]
+    assert [p.share for p in series["AMPS (seed 0)"]] == [0.0, 100.0]
+    assert [p.share for p in series["AMPS (seed 1)"]] == [0.0, 0.0]

@@ -298,7 +298,9 @@ def _matched_values(row: "Row", target: str) -> list[tuple[str, float | None]]:
         vs = (versus.describe(), 100 * versus.difference)
     rank = row.ranks.get(target)
     mark = "" if matched.best or not matched.indistinguishable_from_best else " ≈"
-    return [(_pct(share), 100 * share), vs, (f"{rank}{mark}" if rank else "-", rank)]
+    spread = matched.summary.seed_range("share")
+    text = _pct(share) + ("" if spread is None else f" ({_pct(spread[0])}–{_pct(spread[1])})")
+    return [(text, 100 * share), vs, (f"{rank}{mark}" if rank else "-", rank)]
 
 
 # ---- Markdown ------------------------------------------------------------------------------------

@@ -18,11 +18,16 @@ AMPS moves the hidden state more than one of L2S), so methods are compared at th
    smallest of their largest: the range every method reaches. The grid is ``S_lo + (S_hi - S_lo) k / K``
    for k = 1..K (default K = 4): k = 0 is left out because it is the unsteered model when every sweep
    has alpha 0.
+   With several training seeds of a method (one sweep per steering file of the same settings),
+   every seed has its own curve; a method's value at a strength is the item-by-item mean over its
+   seeds' interpolated values.
 4. **Summary per method** ("best target share with collapse <= 5 %"): the items are split into the
    two halves of ``alpha_choice.halves``; for each half, the grid strength is chosen on the *other*
    half (highest share among the strengths whose collapse is at most 5 %, ties: the smaller
    strength; none qualifies: the lowest collapse), and the half is scored at it, as the alpha is
-   chosen today. Every item is scored once, at a strength chosen without it.
+   chosen today. Every item is scored once, at a strength chosen without it. With several seeds
+   the choice is made per seed, on that seed's curve; the summary is the item-by-item mean over
+   the seeds, and the seeds' own summaries give its spread (`Summary.seed_range`).
 5. **Differences.** Each method's summary is compared with L2S's (the paper's baseline) and with the
    best summary share, item by item (`paired.paired_difference`: paired bootstrap over items, 95 %,
    fixed seed); a row whose interval against the best contains 0 is "not distinguishable from the
@@ -133,11 +138,37 @@ class Summary:
     """A method's best share with collapse <= the rule's limit, strengths chosen on held-out halves."""
 
     values: dict[str, Values]  # quantity -> item values, each half at the strength chosen on the other
-    strengths: tuple[float, float]  # the strength each half is scored at
+    strengths: tuple[float, float]  # the strength each half is scored at (the first seed's with several)
     equal_choice: bool  # every candidate strength gave the same share and collapse on both choosing halves
+    per_seed: tuple["Summary", ...] = ()  # with several training seeds: each seed's own summary
 
     def mean(self, quantity: str) -> float:
         return _mean(self.values[quantity], self.values[quantity])
+
+    def seed_range(self, quantity: str = "share") -> tuple[float, float] | None:
+        """(lowest, highest) of the seeds' own means; None with one seed."""
+        if len(self.per_seed) < 2:
+            return None
+        means = [s.mean(quantity) for s in self.per_seed]
+        return min(means), max(means)
+
+
+def mean_values(parts: list[Values]) -> Values:
+    """Item by item, the mean over ``parts`` (items every part has)."""
+    shared = set.intersection(*(set(p) for p in parts)) if parts else set()
+    return {i: sum(p[i] for p in parts) / len(parts) for i in shared}
+
+
+def seed_summary(summaries: list[Summary]) -> Summary | None:
+    """The summary of several training seeds: item values averaged over the seeds, each seed's
+    strengths chosen on held-out halves of its own curve (step 4 per seed)."""
+    if not summaries:
+        return None
+    if len(summaries) == 1:
+        return summaries[0]
+    values = {q: mean_values([s.values[q] for s in summaries]) for q in summaries[0].values
+              if all(q in s.values for s in summaries)}
+    return Summary(values, summaries[0].strengths, all(s.equal_choice for s in summaries), tuple(summaries))
 
 
 def held_out_summary(curve: Curve, grid: tuple[float, ...], rule: AlphaRule | None = None) -> Summary | None:
@@ -188,9 +219,13 @@ class MatchedTable:
     skipped: tuple[str, ...]  # "method: why" for steered methods without a curve
 
 
-def sweep_points(index: ResultIndex, pretrained: str, method: str, target: str, orders: str = "one"):
-    """(alpha, strength, records) of a method's sweep: the settings group with the most alphas."""
-    groups: dict[tuple, list] = defaultdict(list)
+def seed_sweeps(index: ResultIndex, pretrained: str, method: str, target: str, orders: str = "one"):
+    """The sweeps of a method, one per training seed: [(alpha, strength, records), ...] each.
+
+    Variants are grouped by their settings without the steering file; the group with the most runs
+    is used, and within it every steering file is one sweep (the files of one method and settings
+    fitted with different seeds: ``amps-eval study --seeds``)."""
+    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
     for variant in index.candidates(pretrained, method, target, orders):
         if variant.alpha is None or (variant, target) not in index.records:
             continue
@@ -198,10 +233,19 @@ def sweep_points(index: ResultIndex, pretrained: str, method: str, target: str, 
         strength = _record_strength(records)
         if strength is None and variant.alpha == 0:
             strength = 0.0  # the unsteered model: no shift, whatever the diagnostics say
-        groups[variant.settings].append((variant.alpha, strength, records))
+        settings = dict(variant.settings)
+        steering = settings.pop("steering", "")
+        groups[tuple(sorted(settings.items()))][steering].append((variant.alpha, strength, records))
     if not groups:
         return []
-    return max(groups.values(), key=len)
+    chosen = max(groups.values(), key=lambda g: sum(len(v) for v in g.values()))
+    return [chosen[k] for k in sorted(chosen)]
+
+
+def sweep_points(index: ResultIndex, pretrained: str, method: str, target: str, orders: str = "one"):
+    """(alpha, strength, records) of a method's sweep with the most alphas (one seed)."""
+    sweeps = seed_sweeps(index, pretrained, method, target, orders)
+    return max(sweeps, key=len) if sweeps else []
 
 
 def _record_strength(records) -> float | None:
@@ -217,19 +261,24 @@ def matched_table(index: ResultIndex, pretrained: str, target: str, orders: str 
     """The matched-strength comparison of one model and target; None with fewer than two curves."""
     methods = methods if methods is not None else tuple(m for m in STEERED if index.candidates(
         pretrained, m, target, orders))
-    curves, skipped = [], []
+    seeds, skipped = {}, []
     for method in methods:
-        curve = make_curve(method, target, sweep_points(index, pretrained, method, target, orders), fields)
-        if curve is None:
+        found = [c for sweep in seed_sweeps(index, pretrained, method, target, orders)
+                 if (c := make_curve(method, target, sweep, fields)) is not None]
+        if not found:
             skipped.append(f"{method}: fewer than two sweep points with per-item answers and a recorded strength")
         else:
-            curves.append(curve)
-    if len(curves) < 2:
+            seeds[method] = found
+    if len(seeds) < 2:
         return None
-    grid = common_grid(curves, k)
-    quantities = tuple(q for q in curves[0].quantities if all(q in c.quantities for c in curves))
-    summaries = {c.method: held_out_summary(c, grid) for c in curves}
-    at = {c.method: {s: {q: interpolate(c, s, q) for q in quantities} for s in grid} for c in curves}
+    every = [c for found in seeds.values() for c in found]
+    grid = common_grid(every, k)
+    quantities = tuple(q for q in every[0].quantities if all(q in c.quantities for c in every))
+    curves = [found[0] for found in seeds.values()]  # one per method, for the order below
+    summaries = {m: (seed_summary([s for s in (held_out_summary(c, grid) for c in found) if s is not None])
+                     if grid else None) for m, found in seeds.items()}
+    at = {m: {s: {q: mean_values([interpolate(c, s, q) for c in found]) for q in quantities} for s in grid}
+          for m, found in seeds.items()}
     ranked = sorted(curves, key=lambda c: -(summaries[c.method].mean("share") if summaries[c.method] else -1))
     best = ranked[0].method if grid else None
     base = BASELINE if BASELINE in summaries else None

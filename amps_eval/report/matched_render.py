@@ -22,7 +22,8 @@ EXPLANATION = (
     "**best ≤5%**: the highest target share whose collapse is at most 5 %, each half of the items scored at "
     "the common strength chosen on the other half (s chosen: one value per half). **Δ vs L2S**: the method's "
     "difference to L2S on the same items, in percentage points, with a paired 95 % bootstrap interval over "
-    "items (2000 resamples, seed 0). **≈**: not distinguishable from the best row (the interval of the "
+    "items (2000 resamples, seed 0); with several training seeds, a method's curve is the item-by-item mean over "
+    "its seeds, and \"seeds a–b\" is the range of the seeds' own summaries. **≈**: not distinguishable from the best row (the interval of the "
     "difference to it contains 0); **best**: the best row. Procedure: docs/comparison.md.")
 
 
@@ -51,7 +52,11 @@ def matched_lines(table: MatchedTable) -> list[str]:
             chosen = f"{a:.3g}" if a == b else f"{a:.3g} / {b:.3g}"
             if summary.equal_choice:
                 chosen += " (all equal)"
-            cells += [_pp(summary.mean("share")), _pp(summary.mean("collapse")), chosen]
+            spread = summary.seed_range("share")
+            best = _pp(summary.mean("share"))
+            if spread is not None:  # several training seeds: their own summaries' range beside the mean
+                best += f" (seeds {_pp(spread[0])}–{_pp(spread[1])}, n={len(summary.per_seed)})"
+            cells += [best, _pp(summary.mean("collapse")), chosen]
         if row.method == BASELINE:
             cells += ["(baseline)", "(baseline)"] + ["(baseline)"] * len(extras)
         else:
