@@ -20,6 +20,19 @@ calls it with that default. The results file does not record the zone, so a run'
 is read as UTC+8 and shown in UTC (ISO 8601). A run made with lmms-eval's CLI and another
 ``--timezone`` would be off by the difference.
 
+Comparison (``matched.py``). Per target, three more columns compare the steered methods at matched
+effective strength: "best ≤5%" (the highest target share whose collapse stays at most 5 %, strength
+chosen on held-out halves), "Δ L2S" (the paired difference to L2S with its 95 % bootstrap interval)
+and "rank" (ties share a rank; "≈": not distinguishable from the best). Per model, the unsteered and
+prompt rows come first, then the steered rows ranked by the sum of their two ranks (`rank_steered`).
+
+Filter and layout. The filter keeps a row when every word of the query starts a word of its model
+or of its method (`filter_keeps`; ``model:x`` / ``method:x`` say which, a bare word is a method word
+when it starts one on the page), so "qwen amps" is the AMPS rows of the Qwen models. On a phone the
+method moves under the model in the first column, which stays in view when the table scrolls.
+Paths: links and file names are relative to the page's folder, and a setting that is an absolute
+path is shown relative to it, or by its last component (`shown_value`): no machine path is written.
+
 The HTML also has, per model, a small chart of every sweep point (``series.alpha_series``, the
 points of Figures 1 and 6): target share and collapse against effective strength (against alpha
 when the runs recorded no strength), in the methods' fixed colours (``style.py``).
