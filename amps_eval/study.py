@@ -82,6 +82,18 @@ with ``seeds`` > 1 each is fitted once per training seed (`TrainSettings.seed` 0
 cross-fit folds stay the same), and every steered method that reads it is swept once per file."""
 
 
+def recorded_path(path: str) -> str:
+    """A checkpoint as the study's JSON records it: a folder inside this repository (a shipped
+    organism) relative to the repository's root, so that no machine path is committed; else as given."""
+    root = Path(__file__).resolve().parent.parent
+    if not Path(path).is_dir():  # a hub id: as given
+        return path
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
 def seed_suffix(seed: int) -> str:
     """The file / folder suffix of a training seed: "" for seed 0 (the single-seed names), "_seed<k>"."""
     return "" if seed == 0 else f"_seed{seed}"
@@ -214,7 +226,7 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
     started = time.perf_counter()
     checkpoints = {model: _checkpoint(settings, model, out) for model in settings.models}
     (out / SETTINGS_NAME).write_text(json.dumps(
-        {**settings.to_dict(), "pretrained": {m: c[0] for m, c in checkpoints.items()}}, indent=2))
+        {**settings.to_dict(), "pretrained": {m: recorded_path(c[0]) for m, c in checkpoints.items()}}, indent=2))
     from amps_eval.provenance import write_provenance
 
     write_provenance(out, settings.to_dict())  # what made this output (checked against the code by a test)
@@ -279,7 +291,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
 
     with EvalSession() as session:  # one load of the model for the baselines and the sweeps
         _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache)
-    return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
+    return {"pretrained": recorded_path(pretrained), "organism": organism, "layer": layer, "mcs_check": check}
 
 
 def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, files: dict, data: Path, out: Path,
