@@ -108,6 +108,13 @@ LAYOUT = """
       b.querySelector('td[data-k="method"]').textContent; });
   f.value = ""; f.dispatchEvent(new win.Event("input"));
   wrap.scrollLeft = 0;
+  out.sorted = {};
+  ["vision_matched", "text_vs_l2s", "vision_rank"].forEach(function (key) {
+    table.querySelector('th[data-k="' + key + '"] button').click();
+    out.sorted[key] = Array.prototype.map.call(table.tBodies, function (b) {
+      var c = b.querySelector('td[data-k="' + key + '"]');
+      return c.hasAttribute("data-v") ? Number(c.getAttribute("data-v")) : null; });
+  });
 """
 
 
@@ -174,6 +181,10 @@ def test_the_page_keeps_model_and_method_in_view_at(width, tmp_path):
         assert out["method_shown"] and not out["stacked_shown"]
     assert out["stacked_text"] == "MLLM-only"
     assert out["filtered"] and all("qwen" in line and "AMPS" in line for line in out["filtered"]), out["filtered"]
+    for key, values in out["sorted"].items():  # the comparison columns sort, rows without a value last
+        shown = [v for v in values if v is not None]
+        assert len(shown) == 10 and values[:10] == shown, (key, values)
+        assert shown == sorted(shown, reverse=True), (key, shown)  # numbers sort descending on the first click
 
 
 def test_screenshots_at_390_and_1400_px(tmp_path):
