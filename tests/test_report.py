@@ -365,7 +365,7 @@ def test_figures_are_written(labelled, pipeline, tmp_path):
                                         mcs=(labelled / "mcs", mcs)))
     names = {p.name for p in result.figures}
     q = Path(pipeline.qwen).name
-    for stem in (f"figure1_mean_strength_{q}", f"figure6_amps_vs_l2s_{q}", "figure4_mcs_ratio", "figure5_mcs_ratio_instructed"):
+    for stem in (f"figure1_mean_alpha_{q}", f"figure6_amps_vs_l2s_{q}", "figure4_mcs_ratio", "figure5_mcs_ratio_instructed"):
         for suffix in (".png", ".pdf"):
             assert stem + suffix in names
             assert (out / (stem + suffix)).stat().st_size > 1000
