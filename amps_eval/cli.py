@@ -83,7 +83,7 @@ def study_settings(args: argparse.Namespace):
         alphas=args.alphas, table_alpha=args.table_alpha, batch_size=args.batch_size,
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
         synthetic=args.synthetic, methods=split_list(args.methods), targets=split_list(args.targets),
-        graded=getattr(args, "graded", False),
+        graded=getattr(args, "graded", False), seeds=args.seeds,
     )
 
 
@@ -306,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
                        f"1e-3: the papers' {TrainSettings.lr:g} on the real 2,000 items, 1e-3 on ~100, where "
                        f"{TrainSettings.lr:g} barely moves a module in 100 epochs)")
         p.add_argument("--limit", type=int, default=StudySettings.limit, help="documents per task (default: all)")
+        p.add_argument("--seeds", type=int, default=StudySettings.seeds,
+                       help="training seeds of each trained method (L2S, AMPS, AMPS beta=0): each seed is fitted "
+                       "and swept, and the report compares the methods over the seeds' mean, with their spread")
         p.set_defaults(run=_study)
 
     from amps_eval.methods.registry import FIT_METHODS

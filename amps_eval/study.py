@@ -67,6 +67,7 @@ class StudySettings:
     methods: tuple[str, ...] = tuple(BY_NAME)  # which methods' runs (and the fits they need)
     targets: tuple[str, ...] = TARGETS  # which tasks: vision -> mc2_visual, text -> mc2_text
     graded: bool = False  # the graded organisms on graded data, and the known-answer tests (amps-eval validate)
+    seeds: int = 3  # training seeds of each trained method (TRAINED): one steering file and sweep per seed
 
     def __post_init__(self) -> None:
         from amps_eval.plugin import MODEL_CLASSES
@@ -91,9 +92,34 @@ class StudySettings:
                                  f"{hints}")
         if self.lr is not None and not self.lr > 0:
             raise ValueError(f"lr must be > 0, got {self.lr}")
+        if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
+            raise ValueError(f"seeds must be an int >= 1 (training seeds per trained method), got {self.seeds!r}")
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
+
+
+TRAINED = ("l2s", "amps_beta0", "amps", "amps_oracle")
+"""The fitted methods whose fit trains an MLP from a random start (the mean fit is a plain average):
+with ``seeds`` > 1 each is fitted once per training seed (`TrainSettings.seed` 0, 1, ...; the
+cross-fit folds stay the same), and every steered method that reads it is swept once per file."""
+
+
+def recorded_path(path: str) -> str:
+    """A checkpoint as the study's JSON records it: a folder inside this repository (a shipped
+    organism) relative to the repository's root, so that no machine path is committed; else as given."""
+    root = Path(__file__).resolve().parent.parent
+    if not Path(path).is_dir():  # a hub id: as given
+        return path
+    try:
+        return Path(path).resolve().relative_to(root).as_posix()
+    except ValueError:
+        return path
+
+
+def seed_suffix(seed: int) -> str:
+    """The file / folder suffix of a training seed: "" for seed 0 (the single-seed names), "_seed<k>"."""
+    return "" if seed == 0 else f"_seed{seed}"
 
 
 def _step(i: int, n: int, text: str) -> None:
@@ -104,7 +130,8 @@ STUDY_OUTPUTS = ("runs", "mcs", "steering", "diagnostics", "figures", "models")
 """The folders a study writes into ``out`` besides ``data``."""
 SETTINGS_NAME = "study_settings.json"
 STUDY_FILES = (SETTINGS_NAME, "tables.md", "tables.tex", "leaderboard.html", "leaderboard.md",
-               "study_summary.json", "mcs_check.json", "susceptibility.md", "known_answer.md", "known_answer.json")
+               "study_summary.json", "mcs_check.json", "susceptibility.md", "known_answer.md", "known_answer.json",
+               "provenance.json")
 OWNED = frozenset(STUDY_OUTPUTS + STUDY_FILES + ("data",))
 """Everything a study writes at the top of ``out``: replaced by the next study there; other entries
 of ``out`` are kept."""
@@ -300,7 +327,10 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
     checkpoints = {stem: (model, *_checkpoint(settings, i, model, out))
                    for i, (stem, model) in enumerate(zip(stems(settings), settings.models))}
     (out / SETTINGS_NAME).write_text(json.dumps(
-        {**settings.to_dict(), "pretrained": {m: c[1] for m, c in checkpoints.items()}}, indent=2))
+        {**settings.to_dict(), "pretrained": {m: recorded_path(c[1]) for m, c in checkpoints.items()}}, indent=2))
+    from amps_eval.provenance import write_provenance
+
+    write_provenance(out, settings.to_dict())  # what made this output (checked against the code by a test)
 
     _step(1, 6, "data")
     graded = settings.graded or all(is_graded_organism(c[1]) for c in checkpoints.values())
@@ -398,19 +428,21 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
     _step(3, 6, f"{model}: fitting {', '.join(fit_methods) or 'nothing (no steered method chosen)'} at layer {layer}")
     steering_dir = out / "steering"
     steering_dir.mkdir(exist_ok=True)
-    files = {}
-    train = TrainSettings(epochs=settings.epochs, lr=settings.lr)
+    files: dict[str, list[Path]] = {}
     for method in fit_methods:
-        files[method] = steering_dir / f"{stem}_{method}.safetensors"
-        fit_settings = FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
-                                   batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
-                                   data=data, limit=settings.limit, cache_dir=cache)
-        _unit(units, f"fit {stem} {method}", [files[method]], lambda: fit(fit_settings, files[method]),
-              arguments={"fit": repr(fit_settings)}, inputs=inputs)
+        for seed in range(settings.seeds if method in TRAINED else 1):
+            train = TrainSettings(epochs=settings.epochs, lr=settings.lr, seed=seed)
+            path = steering_dir / f"{stem}_{method}{seed_suffix(seed)}.safetensors"
+            fit_settings = FitSettings(model=model, pretrained=pretrained, method=method, layer=layer, train=train,
+                                       batch_size=settings.batch_size, device=settings.device, dtype=settings.dtype,
+                                       data=data, limit=settings.limit, cache_dir=cache)
+            _unit(units, f"fit {stem} {method}{seed_suffix(seed)}", [path], lambda: fit(fit_settings, path),
+                  arguments={"fit": repr(fit_settings)}, inputs=inputs)
+            files.setdefault(method, []).append(path)
 
     with EvalSession() as session:  # one load of the model for the baselines and the sweeps
         _baselines_and_sweeps(settings, model, pretrained, files, data, out, session, cache, stem, units)
-    return {"pretrained": pretrained, "organism": organism, "layer": layer, "mcs_check": check}
+    return {"pretrained": recorded_path(pretrained), "organism": organism, "layer": layer, "mcs_check": check}
 
 
 def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, files: dict, data: Path, out: Path,
@@ -441,18 +473,19 @@ def _baselines_and_sweeps(settings: StudySettings, model: str, pretrained: str, 
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
     _step(5, 6, f"{model}: steering sweeps over alpha in {alphas}")
     steered = [m for m in chosen.steering_methods if info(m).file_method in files]  # the fitted ones
-    clock = StepClock("sweeps", len(steered) * len(alphas) * len(chosen.tasks))
+    clock = StepClock("sweeps", sum(len(files[info(m).file_method]) for m in steered) * len(alphas) * len(chosen.tasks))
     for method in steered:
-        sweep = SweepSettings(model=model, pretrained=pretrained, method=method,
-                              steering=files[info(method).file_method], tasks=chosen.tasks,
-                              alphas=alphas, out=runs / stem / f"sweep_{method}", batch_size=settings.batch_size,
-                              limit=settings.limit, device=settings.device, data=data,
-                              extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
-                                                "diagnostics": str(out / "diagnostics" / stem / method)})
-        _unit(units, f"sweep {stem} {method}", [sweep.out, out / "diagnostics" / stem / method],
-              lambda: run_sweep(sweep, session=session), arguments={"sweep": repr(sweep)},
-              inputs={"data": data, "checkpoint": pretrained, "steering": sweep.steering})
-        print(clock.advance(len(alphas) * len(chosen.tasks)), flush=True)
+        for seed, steering in enumerate(files[info(method).file_method]):  # one sweep per training seed
+            name = f"{method}{seed_suffix(seed)}"
+            sweep = SweepSettings(model=model, pretrained=pretrained, method=method, steering=steering,
+                                  tasks=chosen.tasks, alphas=alphas, out=runs / stem / f"sweep_{name}",
+                                  batch_size=settings.batch_size, limit=settings.limit, device=settings.device,
+                                  data=data, extra_model_args={"dtype": settings.dtype, "item_cache": str(cache),
+                                                               "diagnostics": str(out / "diagnostics" / stem / name)})
+            _unit(units, f"sweep {stem} {name}", [sweep.out, out / "diagnostics" / stem / name],
+                  lambda: run_sweep(sweep, session=session), arguments={"sweep": repr(sweep)},
+                  inputs={"data": data, "checkpoint": pretrained, "steering": sweep.steering})
+            print(clock.advance(len(alphas) * len(chosen.tasks)), flush=True)
 
 
 def write_study_report(out: Path, table_alpha: float | None):

@@ -4,6 +4,7 @@ Defined once here so that the commands, the model arguments and the settings cla
 
 * ``TARGETS``: the two modalities a run is steered toward (a task document's ``target``);
 * ``DTYPES``: the ``dtype`` choices of every command and wrapper;
+* ``POSITIONS``: where a steering shift is added (``positions=``; `amps_eval.steering.hooks` applies it);
 * ``PAPER_LAYER``: the decoder layer the AMPS paper steers (``amps-eval fit``'s default; the study
   defaults to each checkpoint's middle layer instead, see `amps_eval.study`);
 * lists: ``/`` separates the items of a list everywhere (model arguments, where ``,`` already
@@ -25,7 +26,7 @@ PAPER_LAYER = 14
 POSITIONS = ("all", "generated", "from_last_prompt")  # where a steering shift is added (amps_eval.steering.hooks)
 LIST_SEPARATORS = ("/", ",")
 
-__all__ = ["DTYPES", "LIST_SEPARATORS", "PAPER_LAYER", "TARGETS", "closest", "did_you_mean", "join_list", "split_list",
+__all__ = ["DTYPES", "LIST_SEPARATORS", "PAPER_LAYER", "POSITIONS", "TARGETS", "closest", "did_you_mean", "join_list", "split_list",
            "split_numbers"]
 
 

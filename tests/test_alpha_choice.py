@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 from collections import Counter
 
 import pytest
@@ -61,6 +63,21 @@ def test_when_every_alpha_collapses_the_least_collapsing_is_chosen():
     assert held_out_choice(sweep(answers)).alphas == (1.0, 1.0)
 
 
+def test_a_choice_among_alphas_that_all_score_the_same_says_so():
+    ids = range(8)
+    same = {a: {i: ("vision" if i < 4 else "text") for i in ids} for a in (0.5, 1.0, 2.0)}
+    choice = held_out_choice(sweep(same))
+    assert choice.tied == (True, True) and choice.alphas == (0.5, 0.5)
+    assert "no real choice" in choice.describe()
+    from amps_eval.report.tables import short_choice
+
+    assert short_choice(choice.describe()) == ("α tiedᵇ", "ᵇ")
+    different = {**same, 2.0: {i: "vision" for i in ids}}
+    choice = held_out_choice(sweep(different))
+    assert choice.tied == (False, False) and "no real choice" not in choice.describe()
+    assert short_choice(choice.describe()) == ("α 2ᵃ", "ᵃ")
+
+
 def test_too_few_items_or_no_steered_alpha_is_an_error():
     with pytest.raises(ValueError, match="two items"):
         held_out_choice({1.0: [record(0, "vision")], 2.0: [record(0, "text")]})
@@ -76,8 +93,11 @@ def test_the_report_rows_of_a_sweep_say_their_alpha_was_chosen_on_held_out_items
     runs = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs" / "amps_qwen"
     assert main(["report", str(runs), "--table", "1"]) == 0
     honest = capsys.readouterr().out
-    steered = [line for line in honest.splitlines() if line.startswith(("| L2S", "| AMPS", "| Mean steering"))]
-    assert steered and all("chosen on held-out halves" in line for line in steered), steered
+    tables = honest.split("## At matched strength")[0]
+    steered = [line for line in tables.splitlines() if line.startswith(("| L2S", "| AMPS", "| Mean steering"))]
+    assert steered and all(re.search(r"\(α ([\d.]+( / [\d.]+)?ᵃ|tiedᵇ), s=", line) for line in steered), steered
+    assert all(len(line.split("|")[1].strip()) <= 40 for line in steered)  # short labels, the rest in a footnote
+    assert "ᵃ α chosen on held-out halves" in tables and '"α 2 / 4": the first half at alpha 2' in tables
     assert "(α=0" not in honest
     assert main(["report", str(runs), "--table", "1", "--alpha-choice", "optimistic"]) == 0
     optimistic = capsys.readouterr().out

@@ -4,6 +4,8 @@ effective strength on the x axis with alpha at each point, PNG and PDF."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.colors import to_hex
@@ -96,7 +98,38 @@ def test_write_figures_writes_png_and_pdf(tmp_path):
     index = _index(tmp_path)
     written, notes = write_figures(index, tmp_path / "figures", None, [])
     names = sorted(p.name for p in written)
-    assert names == ["figure1_mean_alpha_alpha-vl.pdf", "figure1_mean_alpha_alpha-vl.png",
+    assert names == ["figure1_mean_strength_alpha-vl.pdf", "figure1_mean_strength_alpha-vl.png",
                      "figure6_amps_vs_l2s_alpha-vl.pdf", "figure6_amps_vs_l2s_alpha-vl.png"]
     assert all(p.stat().st_size > 1000 for p in written)
     assert any("Figure 1 for beta-vl" in n for n in notes) and any("Figure 4" in n for n in notes)
+
+
+DEMO = Path(__file__).resolve().parents[1] / "results" / "demo" / "runs"
+
+
+@pytest.mark.skipif(not DEMO.is_dir(), reason="no committed demo")
+def test_figure6_on_the_demo_is_readable_no_two_labels_overlap_bands_differ_and_the_title_names_the_methods():
+    from amps_eval.report.figures import figure6_title
+
+    runs, problems = discover(DEMO)
+    index = build_index(runs, problems)
+    methods = ("l2s", "amps_beta0", "amps")
+    for pretrained in index.models():
+        fig = figure_alpha(index, pretrained, methods, figure6_title(methods))
+        renderer = _drawn(fig)
+        labels = [t for ax in fig.axes for t in ax.texts if t.get_text().startswith("α=")]
+        assert len(labels) >= 10  # most points keep their label
+        boxes = [t.get_window_extent(renderer) for t in labels]
+        for a in range(len(boxes)):
+            for b in range(a + 1, len(boxes)):
+                assert not boxes[a].overlaps(boxes[b]), (labels[a].get_text(), labels[b].get_text())
+        for ax in fig.axes:  # every label inside its panel
+            panel = ax.get_window_extent(renderer)
+            assert all(panel.contains(bx.x0, bx.y0) and panel.contains(bx.x1, bx.y1)
+                       for t, bx in zip(labels, boxes) if t.axes is ax)
+        title = fig._suptitle.get_text()
+        assert all(LABELS[m] in title for m in methods) and "AMPS vs L2S" not in title
+        hatches = {c.get_hatch() for ax in fig.axes for c in ax.collections if c.get_hatch()}
+        assert len(hatches) == 2  # L2S plain, the other two hatched apart
+        legend = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert any(t.startswith("marker size") for t in legend)

@@ -157,7 +157,7 @@ def _html_rows(html: str) -> list[tuple[str, str]]:
     bodies = re.findall(r'<tbody class="entry".*?</tbody>', html, re.S)
     out = []
     for body in bodies:
-        model = re.search(r'<td data-k="model"[^>]*>(?:<button[^>]*>[^<]*</button>)?([^<]+)</td>', body).group(1)
+        model = re.search(r'<td data-k="model"[^>]*>(?:<button[^>]*>[^<]*</button>)?([^<]+)', body).group(1)
         method = re.search(r'<td data-k="method"[^>]*>(?:<span[^>]*></span>)?([^<]+)</td>', body).group(1)
         out.append((model, method))
     return out
@@ -178,10 +178,12 @@ def test_page_and_markdown_carry_the_same_rows_with_links_that_resolve(results):
     md_rows = _md_rows(md)
     assert [tuple(r[:2]) for r in md_rows] == expected
     mean = md_rows[2]
-    # model, method, vision: share, s.e., collapse, log-odds, strength, alpha; text: the same; choice, items,
+    # model, method, vision: share, s.e., collapse, log-odds, strength, alpha, then at matched strength: best,
+    # vs L2S, rank (one method with a strength-recorded sweep: nothing to match); text: the same; choice, items,
     # data, date (these made-up samples carry no image_logodds: '-')
-    assert mean[2:8] == ["100.0", "0.0", "0.0", "-", "0.1", "1"] and mean[8:14] == ["100.0", "0.0", "0.0", "-", "0.2", "2"]
-    assert mean[14:18] == ["held-out", "8", "not recorded", "2026-01-01T00:02:02Z"]
+    assert mean[2:8] == ["100.0", "0.0", "0.0", "-", "0.1", "1"] and mean[11:17] == ["100.0", "0.0", "0.0", "-", "0.2", "2"]
+    assert mean[8:11] == mean[17:20] == ["-", "-", "-"]
+    assert mean[20:24] == ["held-out", "8", "not recorded", "2026-01-01T00:02:02Z"]
     hrefs = re.findall(r'href="([^"]+)"', html) + re.findall(r"\]\(([^)]+)\)", md)
     assert len(hrefs) >= 10
     for href in hrefs:  # relative, and resolving from the page's folder

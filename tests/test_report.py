@@ -280,7 +280,7 @@ def test_table1_cells_equal_the_samples_files(labelled, pipeline):
     text = report(labelled, tables=("1",), model=Path(pipeline.qwen).name, collapse=True, stderr=True,
                   alpha_choice="optimistic")
     held_out = report(labelled, tables=("1",), model=Path(pipeline.qwen).name)
-    assert re.search(r"\| Mean steering \(α [\d.]+(/[\d.]+)?, chosen on held-out halves of 4\+4 items\)", held_out)
+    assert re.search(r"\| Mean steering \(α ([\d.]+( / [\d.]+)?ᵃ|tiedᵇ)\)", held_out)
     qwen = labelled / "qwen"
     for target, task in (("vision", "mc2_visual"), ("text", "mc2_text")):
         rows = table_rows(text, f"target: {target}")
@@ -315,9 +315,9 @@ def test_missing_rows_name_the_command_that_makes_them(labelled, pipeline):
     assert f"pretrained={pipeline.qwen},method=cot --tasks mc2_visual,mc2_text" in text1
     text3 = report(labelled, tables=("3",), model=q)
     table3 = table_rows(text3, "target: vision")
-    assert list(table3) == ["w/o steering (MLLM-only)", "w/o scaling (L2S) (α=1)", "constant γ (AMPS, β=0)",
+    assert list(table3) == ["w/o steering (MLLM-only)", "w/o scaling (L2S) (α=1)", "AMPS β=0 (added ablation)",
                             "full (AMPS) (α=1)"]
-    assert table3["constant γ (AMPS, β=0)"] == ["-"] * len(COLUMNS)  # not run: a missing row with its command
+    assert table3["AMPS β=0 (added ablation)"] == ["-"] * len(COLUMNS)  # not run: a missing row with its command
     assert f"--pretrained {pipeline.qwen} --method amps_beta0 --out STEERING_FILE" in text3
 
 

@@ -159,3 +159,18 @@ def test_cli_study_takes_pretrained_pairs(tmp_path):
     args = build_parser().parse_args(["study", "--out", str(tmp_path / "s"), "--model", "amps_auto,amps_auto",
                                       "--pretrained", "/ckpt/gemma-3,/ckpt/idefics3"])
     assert study_settings(args).pretrained == ("/ckpt/gemma-3", "/ckpt/idefics3")
+
+
+def test_the_study_records_a_shipped_organism_relative_to_the_repository_and_hub_ids_as_given(tmp_path):
+    from amps_eval.organism import organism_path
+    from amps_eval.study import recorded_path
+
+    assert recorded_path(str(organism_path("amps_qwen"))) == "amps_eval/organism/amps-organism-qwen2.5-vl"
+    assert recorded_path("Qwen/Qwen2.5-VL-7B-Instruct") == "Qwen/Qwen2.5-VL-7B-Instruct"
+    assert recorded_path(str(tmp_path)) == str(tmp_path)  # a folder elsewhere: its own path
+
+
+def test_seeds_must_be_a_positive_int():
+    with pytest.raises(ValueError, match="seeds must be an int >= 1"):
+        StudySettings(seeds=0)
+    assert StudySettings().seeds == 3

@@ -277,6 +277,27 @@ def test_write_susceptibility_end_to_end(tmp_path, with_strength):
     cells = [c.strip() for c in row.strip("|").split("|")]
     assert cells[4] == a.sweep.scale and cells[5:9] == ["8", "1", "6", "2"]
     assert cells[9].startswith(f"{expected:+.2f}")
+    paragraphs = text.split("\n\n")
+    assert paragraphs[1].startswith("**Answer.** Over the 1 (sweep, target) pairs") and "flip point" in paragraphs[1]
+
+    from matplotlib.collections import PathCollection
+
+    from amps_eval.report.susceptibility_report import figure
+
+    fig = figure(analyses, "tiny")
+    ax = next(ax for ax in fig.axes if ax.collections)
+    rho = a.rows["collapse"][0].correlations["mcs"]
+    assert "ρ(item MCS, collapse point) = " in ax.get_title() and f"{rho.rho:+.2f}" in ax.get_title()
+    drawn = [c for c in ax.collections if isinstance(c, PathCollection) and len(c.get_offsets())]
+    open_ys = [y for c in drawn if len(c.get_facecolor()) == 0 for _, y in c.get_offsets()]
+    filled_ys = [y for c in drawn if len(c.get_facecolor()) for _, y in c.get_offsets()]
+    assert len(open_ys) == sum(p.censored for p in collapse.values())
+    assert min(open_ys) > max(filled_ys)  # censored items apart, above every observed collapse point
+    if with_strength:  # in a band of their own, not at their largest strength (which differs between items)
+        top = max(filled_ys)
+        assert 1.08 * top <= min(open_ys) and max(open_ys) <= 1.24 * top
+        censoring = {round(scale(i, 4.0), 6) for i, p in collapse.items() if p.censored}
+        assert not censoring & {round(float(y), 6) for y in open_ys}
 
 
 def test_cli_and_a_folder_without_sweeps(tmp_path):

@@ -4,10 +4,16 @@ Each item's target is Eq. 11, ``(1 + gamma_i) * d_i`` toward the image and ``(1 
 toward the text, gamma_i from Eq. 9 with the per-category anchors of the fold's own fit items
 (`amps_eval.steering.scaling`). The training recipe is L2S's, so the two differ only in the targets.
 
-``amps_beta0`` is the ablation that isolates the per-sample idea: beta = 0 makes every gamma 1, so
-its targets are L2S's doubled. Since the anchor is the fit items' mean reliance, the mean of
-(1 + gamma) is 2 for AMPS too: compare AMPS with ``amps_beta0`` (same average strength), and
-AMPS at alpha with L2S at 2 alpha, or read both at matched effective strength.
+``amps_beta0`` is this project's added ablation (not a row of the paper's Table 3, which has
+without steering, L2S without scaling and full AMPS): beta = 0 makes every gamma 1, so its targets
+are L2S's doubled. AMPS's gamma is linear in the item's reliance r with the category's mean
+reliance as anchor mu, so over a category's fit items gamma averages 1, and (1 + gamma) 2, *only
+while no bound binds*: gamma is clipped at 0 and at ``gamma_max``, and mu is raised to
+``anchor_floor`` (0.01) where the category's mean reliance is smaller. Where the anchor floor
+binds (tiny anchors, e.g. toward the text on the organisms) every gamma of the category is
+smaller and the mean of (1 + gamma) is below 2, so AMPS and ``amps_beta0`` at the same alpha are
+not at the same average strength. Compare them (and AMPS with L2S) at matched effective strength:
+``amps_eval.report.matched``.
 """
 
 from __future__ import annotations
@@ -40,7 +46,8 @@ class AMPS(SteeringMethod):
 
 
 class AMPSBeta0(AMPS):
-    """AMPS with beta fixed at 0 (every gamma = 1): the ablation row of Table 3."""
+    """AMPS with beta fixed at 0 (every gamma = 1): this project's added ablation (shown in Table 3,
+    but not one of the paper's three Table 3 rows)."""
 
     name = "amps_beta0"
 

@@ -25,8 +25,8 @@ class MethodInfo:
     file_method: the kind of steering file it reads (``amps-eval fit --method <file_method>``);
     module: the file under ``amps_eval.methods`` that implements it (steered methods);
     fit_beta: AMPS's scaling exponent fixed by the method (None: the fit's ``beta`` setting);
-    ablation: a row of the ablation table (Table 3) only, not of the paper's method table (Table 1)
-    unless it ran;
+    ablation: an ablation this project adds (``amps_beta0``; the paper has no such row): shown in
+    the ablation table (Table 3), and in the method table (Table 1) only when it ran.
     needs_column: a column of the data its fit reads (``amps_oracle``: ``planted_p_vision`` of a
     graded folder); a study fits and runs it only on data that has it.
     """

@@ -10,7 +10,9 @@ unsteered model.
 
 The rule: among the alphas whose collapse rate (answers that follow neither option) on the
 choosing half is at most ``max_collapse``, the one with the highest target share (ties: the smaller
-alpha); when none qualifies, the one with the lowest collapse (ties: the smaller alpha).
+alpha); when none qualifies, the one with the lowest collapse (ties: the smaller alpha). When every
+alpha gives the same share and collapse on both choosing halves, the "choice" is only the tie rule:
+`HeldOutChoice.describe` says so (``TIED``) and the tables print "α tied" instead of an alpha.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from dataclasses import dataclass
 from amps_eval.mc2.metrics import score
 
 CHOICES = ("held-out", "optimistic")
+TIED = "every alpha gave the same share and collapse on both choosing halves: no real choice"
 
 
 @dataclass(frozen=True)
@@ -35,11 +38,13 @@ class HeldOutChoice:
     records: tuple[dict, ...]  # every item's answer records, at the alpha chosen on the other half
     alphas: tuple[float, float]  # the alpha each half is scored with
     n_choosing: tuple[int, int]  # how many items each choice was made on
+    tied: tuple[bool, bool] = (False, False)  # every candidate alpha gave the same share and collapse there
 
     def describe(self) -> str:
         a, b = (f"{x:g}" for x in self.alphas)
         how = a if a == b else f"{a} / {b}"
-        return f"α {how}, chosen on held-out halves of {self.n_choosing[0]}+{self.n_choosing[1]} items"
+        text = f"α {how}, chosen on held-out halves of {self.n_choosing[0]}+{self.n_choosing[1]} items"
+        return text + (f"; {TIED}" if all(self.tied) else "")
 
 
 def halves(records: Iterable[dict]) -> dict[str, int]:
@@ -57,7 +62,8 @@ def halves(records: Iterable[dict]) -> dict[str, int]:
     return half
 
 
-def _pick(records_by_alpha: dict[float, list[dict]], items: set[str], rule: AlphaRule) -> float:
+def _pick(records_by_alpha: dict[float, list[dict]], items: set[str], rule: AlphaRule) -> tuple[float, bool]:
+    """The alpha the rule chooses on ``items``, and whether every candidate scored the same there."""
     candidates = []
     for alpha, records in records_by_alpha.items():
         mine = [r for r in records if str(r["mc2_id"]) in items]
@@ -66,10 +72,11 @@ def _pick(records_by_alpha: dict[float, list[dict]], items: set[str], rule: Alph
             candidates.append((alpha, s.target_acc, s.others))
     if not candidates:
         raise ValueError("no non-zero alpha has answers on the items to choose on")
+    tied = len(candidates) > 1 and len({(c[1], c[2]) for c in candidates}) == 1
     allowed = [c for c in candidates if c[2] <= rule.max_collapse]
     if allowed:
-        return min(allowed, key=lambda c: (-c[1], abs(c[0])))[0]
-    return min(candidates, key=lambda c: (c[2], abs(c[0])))[0]
+        return min(allowed, key=lambda c: (-c[1], abs(c[0])))[0], tied
+    return min(candidates, key=lambda c: (c[2], abs(c[0])))[0], tied
 
 
 def held_out_choice(records_by_alpha: dict[float, list[dict]], rule: AlphaRule | None = None) -> HeldOutChoice:
@@ -82,9 +89,10 @@ def held_out_choice(records_by_alpha: dict[float, list[dict]], rule: AlphaRule |
     members = [{i for i, h in split.items() if h == k} for k in (0, 1)]
     if not all(members):
         raise ValueError("held-out alpha choice needs two items or more")
-    chosen, out = [], []
+    chosen, out, tied = [], [], []
     for k in (0, 1):
-        alpha = _pick(steered, members[1 - k], rule)
+        alpha, flat = _pick(steered, members[1 - k], rule)
         chosen.append(alpha)
+        tied.append(flat)
         out += [r for r in steered[alpha] if str(r["mc2_id"]) in members[k]]
-    return HeldOutChoice(tuple(out), (chosen[0], chosen[1]), (len(members[1]), len(members[0])))
+    return HeldOutChoice(tuple(out), (chosen[0], chosen[1]), (len(members[1]), len(members[0])), (tied[0], tied[1]))

@@ -189,6 +189,11 @@ def build_report(options: ReportOptions) -> Report:
     else:
         figure_notes = []
     notes = notes_for(index, tables, options, paper)
+    if options.alpha is None:  # with --alpha every row is at a fixed alpha, not at matched strength
+        from amps_eval.report.matched_render import matched_section, matched_tables
+
+        matched = matched_section(matched_tables(index, pick_models(index, options.model), options.orders))
+        notes = (matched + [""] + notes) if matched else notes
     if figure_notes or figures:
         notes += ["", "## Figures", ""] + [f"- wrote {p}" for p in figures] + [f"- {n}" for n in figure_notes]
     if options.format == "csv":

@@ -2,12 +2,13 @@
 
 * Figure 1: mean steering, target share and collapse rate (answers following neither option)
   against the effective strength (each point labelled with its alpha), one panel per target, one
-  file per model;
+  file per model (``figure1_mean_strength_<model>``; ``..._alpha_...`` when the runs recorded no
+  strength and the axis is alpha);
 * Figure 4: the distribution of the visual MCS ratio r_v per category and model (plain prompt);
 * Figure 5: the same with the instruction toward the image and toward the text, one panel per model;
-* Figure 6: AMPS against L2S and AMPS with beta = 0, target share and collapse against the
+* Figure 6: L2S, AMPS with beta = 0 (this project's ablation) and AMPS, target share and collapse against the
   effective strength, one panel per target, one file per model: methods compared at matched
-  strength, not at matched alpha (AMPS's targets average twice L2S's).
+  strength, not at matched alpha (AMPS's targets are up to twice L2S's on average).
 
 Figures 1 and 6 read the Total cells of the index (the newest run per alpha); Figures 4 and 5 read
 ``amps-eval mcs`` outputs or wrapper diagnostics (``mcs_data``). A figure without data is skipped
@@ -16,7 +17,9 @@ objects, not pyplot, so nothing global (backend, current figure) is touched.
 
 Style, the same in every figure: a method's name is its row name in the tables and its colour is
 fixed by the registry's order (``style.py``; the leaderboard's charts use the same); shaded bands
-are plus or minus one standard error over items (binomial, sqrt(p(1-p)/n)); every figure uses
+are plus or minus one standard error over items (binomial, sqrt(p(1-p)/n)), hatched differently per
+method where several methods share a panel; alpha labels never overlap (`place_labels`); marker
+sizes differ by method only (a legend entry says so); every figure uses
 constrained layout with one legend outside the axes (below them), so neither titles nor legends
 cover data.
 """
@@ -55,10 +58,45 @@ def _save(fig: Figure, out: Path, stem: str) -> list[Path]:
     return paths
 
 
-def _band(ax, xs, ys, errors, color) -> None:
+HATCHES = ("", "////", "\\\\\\\\", "....", "xxxx")  # one per method of a figure: overlapping bands stay apart
+LABEL_OFFSETS = ((3, 4), (3, -10), (-16, 4), (-16, -10), (3, 12), (-16, 12), (3, -18))  # points, tried in order
+
+
+def _band(ax, xs, ys, errors, color, hatch: str = "") -> None:
     if all(e is not None for e in errors):
-        ax.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)], color=color,
-                        alpha=0.15, linewidth=0)
+        ax.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)],
+                        facecolor=color, alpha=0.12 if not hatch else 0.08, linewidth=0)
+        if hatch:  # the hatch in the method's colour, over a paler fill: three bands do not blend into one
+            ax.fill_between(xs, [y - e for y, e in zip(ys, errors)], [y + e for y, e in zip(ys, errors)],
+                            facecolor="none", edgecolor=color, hatch=hatch, alpha=0.35, linewidth=0)
+
+
+def place_labels(fig: Figure, labels: list[tuple]) -> None:
+    """Add the alpha labels (ax, x, y, text, colour) so that no two overlap: each label takes the first
+    of `LABEL_OFFSETS` where it overlaps no label already placed, else it is left out (its point's
+    alpha is in the legend's order and in the leaderboard's tooltips). Labels are placed after the
+    layout is drawn and kept out of the layout, so the positions checked are the saved ones."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    if not labels:
+        return
+    if fig.canvas is None or not hasattr(fig.canvas, "get_renderer"):
+        FigureCanvasAgg(fig)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    for ax, x, y, text, color in labels:
+        for offset in LABEL_OFFSETS:
+            note = ax.annotate(text, (x, y), textcoords="offset points", xytext=offset, fontsize=6, color=color,
+                               annotation_clip=True)
+            note.set_in_layout(False)
+            box = note.get_window_extent(renderer)
+            inside = ax.get_window_extent(renderer).contains(box.x0, box.y0) and \
+                ax.get_window_extent(renderer).contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in placed):
+                placed.append(box)
+                break
+            note.remove()
 
 
 def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], title: str) -> Figure | None:
@@ -73,9 +111,11 @@ def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], 
     fig = Figure(figsize=(10, 4.8), layout="constrained")
     axes = fig.subplots(1, 2, sharey=True)
     legend: dict[str, Line2D] = {}
+    labels: list[tuple] = []
     for ax, target in zip(axes, TARGETS):
         for position, method in enumerate(methods):
             size = max(3.5, 7.5 - 1.5 * position)  # later methods' markers are smaller: coinciding points stay visible
+            hatch = HATCHES[position % len(HATCHES)] if len(methods) > 1 else ""
             for number, (label, points) in enumerate(drawn[(method, target)].items()):
                 points = sorted(points, key=lambda p: (p.strength if measured else p.alpha, p.alpha))
                 xs = [p.strength if measured else p.alpha for p in points]
@@ -83,16 +123,14 @@ def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], 
                 name = method_label(method) + ("" if label == method_label(method) else f" [{label}]")
                 shares = [p.share for p in points]
                 ax.plot(xs, shares, marker=marker, color=color, markersize=size)
-                _band(ax, xs, shares, [p.stderr for p in points], color)
+                _band(ax, xs, shares, [p.stderr for p in points], color, hatch)
                 if all(p.collapse is not None for p in points):
                     collapse = [p.collapse for p in points]
                     ax.plot(xs, collapse, marker=marker, markerfacecolor="white", linestyle="--", color=color,
                             markersize=size - 1)
-                    _band(ax, xs, collapse, [p.collapse_stderr for p in points], color)
+                    _band(ax, xs, collapse, [p.collapse_stderr for p in points], color, hatch)
                 if measured:
-                    for x, p in zip(xs, points):
-                        ax.annotate(f"α={p.alpha:g}", (x, p.share), textcoords="offset points", xytext=(3, 4),
-                                    fontsize=6, color=color)
+                    labels += [(ax, x, p.share, f"α={p.alpha:g}", color) for x, p in zip(xs, points)]
                 legend.setdefault(name, Line2D([], [], color=color, marker=marker, linewidth=2, label=name))
         ax.set_title(f"target: {target}")
         ax.set_xmargin(0.08)  # room for the α labels of the last points
@@ -104,10 +142,21 @@ def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], 
     styles = [Line2D([], [], color="0.35", marker="o", label="target share (band: ± 1 s.e.)"),
               Line2D([], [], color="0.35", marker="o", markerfacecolor="white", linestyle="--",
                      label="collapse: neither option")]
+    if len(methods) > 1:
+        styles.append(Line2D([], [], color="0.35", marker="o", markersize=7.5, linestyle="none",
+                             label="marker size: by method only (coinciding points stay visible)"))
     handles = list(legend.values()) + styles
-    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 5), fontsize=8, frameon=False)
+    fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 3), fontsize=8, frameon=False)
     fig.suptitle(f"{title}: {model_display_name(pretrained)}")
+    place_labels(fig, labels)
     return fig
+
+
+def figure6_title(methods: tuple[str, ...]) -> str:
+    """Figure 6's title, naming the methods it draws."""
+    names = [method_label(m) for m in methods]
+    listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+    return f"Figure 6: {listed} against effective strength"
 
 
 def figure_boxes(points, groups: list[str], group_of, title: str, panels: list[str], panel_of,
@@ -159,9 +208,11 @@ def write_figures(index: ResultIndex, out: Path, model: str | None, mcs_paths: l
         fig = figure_alpha(index, pretrained, ("mean",), "Figure 1: mean steering")
         if fig is None:
             notes.append(f"Figure 1 for {name}: no method=mean runs (try `amps-eval sweep --method mean`)")
-        else:
-            written += _save(fig, out, f"figure1_mean_alpha_{name}")
-        fig = figure_alpha(index, pretrained, ("l2s", "amps_beta0", "amps"), "Figure 6: AMPS vs L2S")
+        else:  # the file name says what the x axis is
+            axis = "strength" if fig.axes[0].get_xlabel() == STRENGTH_LABEL else "alpha"
+            written += _save(fig, out, f"figure1_mean_{axis}_{name}")
+        six = ("l2s", "amps_beta0", "amps")
+        fig = figure_alpha(index, pretrained, six, figure6_title(six))
         if fig is None:
             notes.append(f"Figure 6 for {name}: no method=l2s or method=amps runs (`amps-eval sweep`)")
         else:

@@ -20,6 +20,19 @@ calls it with that default. The results file does not record the zone, so a run'
 is read as UTC+8 and shown in UTC (ISO 8601). A run made with lmms-eval's CLI and another
 ``--timezone`` would be off by the difference.
 
+Comparison (``matched.py``). Per target, three more columns compare the steered methods at matched
+effective strength: "best ≤5%" (the highest target share whose collapse stays at most 5 %, strength
+chosen on held-out halves), "Δ L2S" (the paired difference to L2S with its 95 % bootstrap interval)
+and "rank" (ties share a rank; "≈": not distinguishable from the best). Per model, the unsteered and
+prompt rows come first, then the steered rows ranked by the sum of their two ranks (`rank_steered`).
+
+Filter and layout. The filter keeps a row when every word of the query starts a word of its model
+or of its method (`filter_keeps`; ``model:x`` / ``method:x`` say which, a bare word is a method word
+when it starts one on the page), so "qwen amps" is the AMPS rows of the Qwen models. On a phone the
+method moves under the model in the first column, which stays in view when the table scrolls.
+Paths: links and file names are relative to the page's folder, and a setting that is an absolute
+path is shown relative to it, or by its last component (`shown_value`): no machine path is written.
+
 The HTML also has, per model, a small chart of every sweep point (``series.alpha_series``, the
 points of Figures 1 and 6): target share and collapse against effective strength (against alpha
 when the runs recorded no strength), in the methods' fixed colours (``style.py``).
@@ -33,12 +46,13 @@ import re
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 from tabulate import tabulate
 
 from amps_eval.report import STEERED
 from amps_eval.report.cells import TOTAL, Cell
+from amps_eval.report.matched import MatchedRow, MatchedTable, matched_table
 from amps_eval.report.render import write_text_atomic
 from amps_eval.report.runs import DataId, Run, discover, model_display_name
 from amps_eval.report.select import ResultIndex, Variant, build_index, require_usable
@@ -85,6 +99,8 @@ class Row:
     method: str
     orders: str  # "one" | "both"
     sides: dict[str, Side] = field(default_factory=dict)  # target -> Side (a target without a run is absent)
+    matched: dict[str, MatchedRow] = field(default_factory=dict)  # target -> the row at matched strength (matched.py)
+    ranks: dict[str, int] = field(default_factory=dict)  # target -> rank among the steered rows by the summary
 
     @property
     def model(self) -> str:
@@ -146,16 +162,44 @@ def leaderboard_rows(index: ResultIndex) -> list[Row]:
     for data in index.data_groups():
         part = index.only(data)  # choose() adds its composite cells to this copy, not to ``index``
         for pretrained in part.models():
-            for method in methods_of(part, pretrained):
-                for orders in ("one", "both"):
+            for orders in ("one", "both"):
+                tables = {t: matched_table(part, pretrained, t, orders) for t in TARGETS}
+                rows = []
+                for method in methods_of(part, pretrained):
                     sides = {}
                     for target in TARGETS:
                         variant = part.choose(pretrained, method, target, orders)
                         if variant is not None and TOTAL in part.cells[(variant, target)]:
                             sides[target] = _side(part, variant, target)
                     if sides:
-                        out.append(Row(data, pretrained, method, orders, sides))
+                        matched, ranks = _matched_of(tables, method)
+                        rows.append(Row(data, pretrained, method, orders, sides, matched, ranks))
+                out += rank_steered(rows)
     return out
+
+
+def _matched_of(tables: dict[str, MatchedTable | None], method: str) -> tuple[dict, dict]:
+    matched, ranks = {}, {}
+    for target, table in tables.items():
+        if table is None or not table.grid:
+            continue
+        shares = {r.method: r.summary.mean("share") for r in table.rows if r.summary is not None}
+        for row in table.rows:
+            if row.method == method and method in shares:  # ties share a rank
+                matched[target] = row
+                ranks[target] = 1 + sum(1 for v in shares.values() if v > shares[method] + 1e-12)
+    return matched, ranks
+
+
+def rank_steered(rows: list[Row]) -> list[Row]:
+    """The rows of one model: the unsteered and prompt rows first (the tables' order), then the
+    steered rows ranked by their summary at matched strength (the sum of their ranks over the
+    targets, ties in the tables' order); steered rows without a matched-strength rank come last."""
+    steered = [r for r in rows if r.method in STEERED]
+    rest = [r for r in rows if r.method not in STEERED]
+    order = {id(r): n for n, r in enumerate(steered)}
+    ranked = sorted(steered, key=lambda r: (not r.ranks, sum(r.ranks.values()) if r.ranks else 0, order[id(r)]))
+    return rest + ranked
 
 
 # ---- shared by the Markdown and the HTML ---------------------------------------------------------
@@ -211,6 +255,19 @@ TARGET_COLUMNS = (("share", "share", "target share: answers that follow the targ
                   ("strength", "strength", "effective strength: mean ‖shift‖ / ‖hidden state‖ over the steered "
                                            "positions and items"),
                   ("alpha", "α", "the steering strength shown (two values: one per half of the items)"))
+MATCHED_COLUMNS = (("matched", "best ≤5%", "at matched strength: the highest target share whose collapse stays at most "
+                                         "5 %, the common strength chosen on held-out halves of the items (%)"),
+                   ("vs_l2s", "Δ L2S", "difference to L2S at matched strength, percentage points, with the paired 95 % "
+                                       "bootstrap interval over items"),
+                   ("rank", "rank", "rank of the steered methods by 'best ≤5%' (ties share a rank); ≈: not "
+                                    "distinguishable from the best, the interval of the difference contains 0"))
+"""Per target, after `TARGET_COLUMNS`: the comparison at matched strength (``matched.py``)."""
+MATCHED_NOTE = ("Steered methods are compared at matched effective strength (their alphas differ in strength): "
+                "best ≤5%: the highest target share whose collapse stays at most 5 %, on the share-vs-strength curve "
+                "interpolated at strengths every method reaches, chosen on held-out halves of the items; Δ L2S: the "
+                "difference to L2S on the same items with a paired 95 % bootstrap interval; rank: by best ≤5% "
+                "(≈: not distinguishable from the best). Per model the steered rows are in the order of these ranks "
+                "(the sum over the two targets).")
 TAIL_COLUMNS = (("choice", "α choice", "text", "how the alpha was chosen"),
                 ("items", "items", "num", "items scored"),
                 ("data", "data", "text", "the MC2 data the runs read"),
@@ -223,6 +280,7 @@ def columns() -> list[Column]:
     for target in TARGETS:
         out += [Column(f"{target}_{key}", header, "num", f"target {target}: {title}", number == 0)
                 for number, (key, header, title) in enumerate(TARGET_COLUMNS)]
+        out += [Column(f"{target}_{key}", header, "num", f"target {target}: {title}") for key, header, title in MATCHED_COLUMNS]
     out += [Column(key, header, kind, title, number == 0)
             for number, (key, header, kind, title) in enumerate(TAIL_COLUMNS)]
     return out
@@ -241,18 +299,40 @@ def _target_values(side: Side | None) -> list[tuple[str, float | None]]:
             (side.alpha_text or "-", sum(side.alphas) / len(side.alphas) if side.alphas else None)]
 
 
+def _matched_values(row: "Row", target: str) -> list[tuple[str, float | None]]:
+    """(text, sort value) of the `MATCHED_COLUMNS` of one target."""
+    matched = row.matched.get(target)
+    if matched is None or matched.summary is None:
+        return [("-", None)] * len(MATCHED_COLUMNS)
+    share = matched.summary.mean("share")
+    versus = matched.vs_baseline.get("share")
+    if matched.method == "l2s":
+        vs = ("baseline", 0.0)
+    elif versus is None:
+        vs = ("-", None)
+    else:
+        vs = (versus.describe(), 100 * versus.difference)
+    rank = row.ranks.get(target)
+    mark = "" if matched.best or not matched.indistinguishable_from_best else " ≈"
+    spread = matched.summary.seed_range("share")
+    text = _pct(share) + ("" if spread is None else f" ({_pct(spread[0])}–{_pct(spread[1])})")
+    return [(text, 100 * share), vs, (f"{rank}{mark}" if rank else "-", rank)]
+
+
 # ---- Markdown ------------------------------------------------------------------------------------
 def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
     """The leaderboard as GitHub Markdown: the HTML's rows, in the same order; links relative to ``folder``."""
     headers = ["model", "method"]
     for target in TARGETS:
         headers += [f"{target} {h}" if n == 0 else h for n, (_, h, _) in enumerate(TARGET_COLUMNS)]
+        headers += [h for _, h, _ in MATCHED_COLUMNS]
     headers += [h for _, h, _, _ in TAIL_COLUMNS] + ["results"]
     table = []
     for row in rows:
         line = [row.model, row.label]
         for target in TARGETS:
             line += [text for text, _ in _target_values(row.sides.get(target))]
+            line += [text for text, _ in _matched_values(row, target)]
         used: dict[Path, list[str]] = {}  # results file -> the targets it gives
         for target, side in row.sides.items():
             for run in side.runs:
@@ -266,39 +346,53 @@ def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
              "neither option; log-odds: mean image_logodds, log p(image option) - log p(text option) at the first "
              "answer position (+ favours the image); strength: the effective strength, mean ‖shift‖ / ‖hidden "
              "state‖; α: the alpha shown "
-             "(two values: each half of the items scored at the alpha chosen on the other half). Dates are UTC. "
+             "(two values: each half of the items scored at the alpha chosen on the other half). "
+             f"{MATCHED_NOTE} Dates are UTC. "
              "`leaderboard.html` (same folder) sorts, filters and charts the sweeps.", "",
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "No runs.", ""]
-    parts += ["## Data", ""] + [f"- {line}" for line in _data_lines(index)] + [""]
-    notes = _notes(index)
+    parts += ["## Data", ""] + [f"- {line}" for line in _data_lines(index, folder)] + [""]
+    notes = _notes(index, folder)
     if notes:
         parts += ["## Notes", ""] + [f"- {n}" for n in notes] + [""]
     return "\n".join(parts)
 
 
-def _data_lines(index: ResultIndex) -> list[str]:
+def _data_lines(index: ResultIndex, folder: Path) -> list[str]:
     lines = []
     for data in index.data_groups():
         runs = sum(1 for r in index.runs if r.data == data)
-        lines.append(f"{data.describe()}{f' (folder {data.folder})' if data.folder else ''}: {runs} run(s)")
+        where = f" (folder {shown_value(str(data.folder), folder)})" if data.folder else ""
+        lines.append(f"{data.describe()}{where}: {runs} run(s)")
     return lines
 
 
-def _notes(index: ResultIndex) -> list[str]:
-    notes = [f"Superseded by a newer run of the same settings: {d.dropped}" for d in index.dropped]
-    notes += [f"Problem: {p}" for p in index.problems]
+def _notes(index: ResultIndex, folder: Path) -> list[str]:
+    """Superseded runs and unreadable files, named relative to the page's folder. A problem's text
+    may quote a path a run recorded (a diagnostics folder): absolute ones are cut to their last part."""
+    notes = [f"Superseded by a newer run of the same settings: {_href_text(d.dropped, folder)}" for d in index.dropped]
+    notes += [f"Problem: {_href_text(p.path, folder)}: {_no_absolute_paths(p.what, folder)}" for p in index.problems]
     return notes
 
 
+def _no_absolute_paths(text: str, folder: Path) -> str:
+    return re.sub(r"(?<![\w.])/[^\s,;:'\"()]+", lambda m: shown_value(m.group(0), folder), text)
+
+
 # ---- HTML ----------------------------------------------------------------------------------------
-def _settings_text(run: Run | None, path: Path) -> str:
+def _settings_text(run: Run | None, path: Path, folder: Path) -> str:
     if run is None:
-        return str(path)
-    return ", ".join(f"{k}={v}" for k, v in run.settings.items())
+        return _href_text(path, folder)
+    return ", ".join(f"{k}={shown_value(v, folder)}" for k, v in run.settings.items())
+
+
+def _href_text(path: Path, folder: Path) -> str:
+    """A results file as the page names it: relative to the page's folder (never an absolute path)."""
+    return unquote(_href(path, folder))
 
 
 def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dict:
-    cells = [dict(key="model", text=row.model, sort=row.model, css="model", title=row.pretrained, color=None),
+    cells = [dict(key="model", text=row.model, sort=row.model, css="model", title=shown_value(row.pretrained, folder),
+                  color=None, sub=row.label),
              dict(key="method", text=row.label, sort=row.label, css="method", title=f"method={row.method}",
                   color=method_color(row.method))]
     for target in TARGETS:
@@ -308,6 +402,9 @@ def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dic
             title = side.choice_note if side is not None and key == "alpha" and side.alphas else None
             cells.append(dict(key=f"{target}_{key}", text=text, css=css, title=title, color=None,
                               sort=None if value is None or math.isnan(value) else f"{value:.6g}"))
+        for (key, _, title), (text, value) in zip(MATCHED_COLUMNS, _matched_values(row, target)):
+            cells.append(dict(key=f"{target}_{key}", text=text, css="num", title=None, color=None,
+                              sort=None if value is None or math.isnan(value) else f"{value:.6g}"))
     date = row.date
     cells += [dict(key="choice", text=row.choice or "-", sort=row.choice or None, css="first", color=None,
                    title="; ".join(f"{t}: {s.choice_note}" for t, s in row.sides.items())),
@@ -316,8 +413,9 @@ def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dic
               dict(key="data", text=short_data(row.data), sort=short_data(row.data), css="data", color=None,
                    title=row.data.describe()),
               dict(key="date", text=f"{date[:16]}Z" if date else "-", sort=date, css="date", color=None, title=date)]
-    details = [("model", row.pretrained), ("method", f"{row.label} (method={row.method})"),
-               ("data", row.data.describe() + (f" (folder {row.data.folder})" if row.data.folder else ""))]
+    details = [("model", shown_value(row.pretrained, folder)), ("method", f"{row.label} (method={row.method})"),
+               ("data", row.data.describe() + (f" (folder {shown_value(str(row.data.folder), folder)})"
+                                             if row.data.folder else ""))]
     for target, side in row.sides.items():
         cell = side.cell
         details.append((f"target {target}",
@@ -331,12 +429,64 @@ def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dic
     for target, side in row.sides.items():
         for run in side.runs:
             used.setdefault(run, []).append(target)
-    links = [(", ".join(targets), [dict(href=_href(run, folder), text=str(run))]) for run, targets in used.items()]
+    links = [(", ".join(targets), [dict(href=_href(run, folder), text=_href_text(run, folder))])
+             for run, targets in used.items()]
     settings = [(", ".join(targets) + (f", α={runs[run].alpha:g}" if run in runs and runs[run].alpha is not None
-                                       and len(used) > 1 else ""), _settings_text(runs.get(run), run))
+                                       and len(used) > 1 else ""), _settings_text(runs.get(run), run, folder))
                 for run, targets in used.items()]
-    search = " ".join([row.model, row.pretrained, row.method, row.label]).lower()
-    return dict(id=number, cells=cells, details=details, links=links, settings=settings, search=search)
+    search = " ".join([row.model, shown_value(row.pretrained, folder), row.method, row.label]).lower()
+    model_words, method_words = row_words(row, folder)
+    return dict(id=number, cells=cells, details=details, links=links, settings=settings, search=search,
+                model_words=" ".join(model_words), method_words=" ".join(method_words))
+
+
+# ---- the filter (the page's script applies the same rule: keep the two in step) ----------------------
+WORD_SPLIT = r"[\s_\-/,()=+:]+"
+"""What separates the words of a model or method name, for the filter (also in the page's script)."""
+
+
+def words(text: str) -> list[str]:
+    return [w for w in re.split(WORD_SPLIT, text.lower()) if w]
+
+
+def row_words(row: "Row", folder: Path) -> tuple[list[str], list[str]]:
+    """(model words, method words) the filter matches a row by."""
+    model = list(dict.fromkeys(words(row.model) + words(shown_value(row.pretrained, folder))))
+    method = list(dict.fromkeys(words(row.method) + words(row.label)))
+    return model, method
+
+
+def filter_keeps(query: str, rows: list[tuple[list[str], list[str]]]) -> list[bool]:
+    """Which rows the filter keeps: every word of the query must start a word of the row's model or
+    of its method. ``model:x`` / ``method:x`` say which; a bare word is a method word when it starts a
+    method word of any row on the page, else a model word (so "qwen amps" is the AMPS rows of the
+    Qwen models, although every organism's name contains "amps")."""
+    method_vocabulary = {w for _, method in rows for w in method}
+    terms = []
+    for token in query.lower().split():  # a token's parts are words too: "Mean+MCS" is "mean" and "mcs"
+        field, _, rest = token.partition(":")
+        if rest and field in ("model", "method"):
+            terms += [(field, part) for part in words(rest)]
+        else:
+            terms += [("method" if any(w.startswith(part) for w in method_vocabulary) else "model", part)
+                      for part in words(token)]
+    return [all(any(w.startswith(t) for w in (method if field == "method" else model)) for field, t in terms)
+            for model, method in rows]
+
+
+# ---- no absolute machine paths in what is written ----------------------------------------------------
+def shown_value(value: str, folder: Path) -> str:
+    """A setting as the page shows it: an absolute path becomes relative to the page's folder when it
+    is inside that folder, else its last component (a checkpoint's name); other values unchanged."""
+    if not isinstance(value, str) or not os.path.isabs(value):
+        return value
+    try:
+        relative = os.path.relpath(os.path.abspath(value), os.path.abspath(folder))
+    except ValueError:
+        relative = ".."
+    if not relative.startswith(".."):
+        return Path(relative).as_posix()
+    return Path(value).name or value
 
 
 # ---- charts ----------------------------------------------------------------------------------------
@@ -432,9 +582,10 @@ def to_html(rows: list[Row], index: ResultIndex, folder: Path, source: str = "")
     drawn = charts(index)
     return env.get_template("leaderboard.html.j2").render(
         rows=[_html_row(n, row, runs, folder) for n, row in enumerate(rows)], columns=columns(), targets=TARGETS,
-        target_columns=TARGET_COLUMNS, tail_columns=TAIL_COLUMNS, charts=drawn,
+        target_columns=TARGET_COLUMNS + MATCHED_COLUMNS, tail_columns=TAIL_COLUMNS, charts=drawn,
         all_measured=all(c["measured"] for c in drawn), several_data=len(index.data_groups()) > 1,
-        data_lines=_data_lines(index), notes=_notes(index), source=source)
+        data_lines=_data_lines(index, folder), notes=_notes(index, folder), source=source,
+        matched_note=MATCHED_NOTE)
 
 
 def write_leaderboard(results_dir: Path, out: Path | None = None) -> tuple[Path, Path]:

@@ -149,6 +149,7 @@ def render_table(table: Table, options: RenderOptions) -> str:
                                                      disable_numparse=True), ""]
         if block.data is not None:
             parts += [f"data: {block.data.describe()}", ""]
+        parts += [f"{note}  " for note in block.footnotes] + ([""] if block.footnotes else [])
     notes = table_notes(table, options.paper)
     if notes:
         parts += ["Published cells that cannot be compared cell for cell:", ""] + [f"- {n}" for n in notes] + [""]
@@ -166,6 +167,8 @@ def _latex(table: Table, options: RenderOptions, headers: list[str]) -> str:
         if block.data is not None:
             data = latex_escape(block.data.describe())
             lines.append(rf"\multicolumn{{{width}}}{{l}}{{\footnotesize data: {data}}} \\")
+        for note in block.footnotes:
+            lines.append(rf"\multicolumn{{{width}}}{{p{{0.95\linewidth}}}}{{\footnotesize {latex_escape(note)}}} \\")
         lines.append(r"\hline")
     lines.append(r"\end{tabular}")
     lines += [f"% published cells that cannot be compared cell for cell: {n}"

@@ -38,15 +38,29 @@ class SweepPoint:
 
 
 def alpha_series(index: ResultIndex, pretrained: str, method: str, target: str) -> dict[str, list[SweepPoint]]:
-    """label -> points sorted by alpha, of one method; one series per steering setup."""
+    """label -> points sorted by alpha, of one method; one series per steering setup (and per steering
+    file when several share the other settings: training seeds, numbered in the order they ran)."""
     series: dict[str, list[SweepPoint]] = {}
     several_data = len(index.data_groups()) > 1  # runs on different data are separate series
-    for (variant, t), cells in index.cells.items():
+    steering: dict[str, list[str]] = {}  # label -> its steering files (several: training seeds), in order seen
+    for (variant, t), cells in sorted(index.cells.items(), key=lambda kv: min(c.date for c in kv[1].values())):
         if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
             continue
         if variant.alpha is None:  # a composite row (alpha chosen on held-out items), not a sweep point
             continue
+        base = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method_label(method)
+        steering.setdefault(base, [])
+        if dict(variant.settings).get("steering", "") not in steering[base]:
+            steering[base].append(dict(variant.settings).get("steering", ""))
+    for (variant, t), cells in index.cells.items():
+        if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
+            continue
+        if variant.alpha is None:
+            continue
         label = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method_label(method)
+        files = steering[label]
+        if len(files) > 1:  # one series per steering file: the training seeds of a method, in the order fitted
+            label += f" (seed {files.index(dict(variant.settings).get('steering', ''))})"
         if variant.orders == "both":
             label += " (both orders)"
         if several_data:

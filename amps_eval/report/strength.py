@@ -1,7 +1,8 @@
 """The effective strength of a steered run, read from the wrappers' diagnostics files.
 
 Alpha does not say how hard a run steered: a unit of alpha moves a model with small hidden states
-more than one with large states, and AMPS's targets are on average twice L2S's (Eq. 11). The
+more than one with large states, and AMPS's targets are (1 + gamma) times L2S's (Eq. 11), on average up to twice (less where a bound
+on gamma binds, `amps_eval.methods.amps`). The
 wrappers therefore record, per steered document, ``relative_shift`` = ||alpha gamma v|| / ||h||
 averaged over the positions the shift was added to (``diagnostics=DIR``; `amps_eval.steering.hooks`),
 and this module brings it to the report: every answer record of a steered run gets its item's

@@ -5,7 +5,9 @@ grouped here by model, method, the other settings and the data, as `select` grou
 and the ``amps-eval mcs --prompt none`` outputs of the same models, runs `susceptibility.analyse`
 on every (sweep, target), and writes ``susceptibility.md`` (the table) and one figure per model
 (``susceptibility_<model>.png/.pdf``: collapse point against r_v, one row of panels per method, one
-panel per target, points coloured by category, censored points as open triangles).
+panel per target, points coloured by category, censored points as open triangles drawn apart from
+the observed ones, in a band or row of their own, and each panel's ρ of the item MCS with the
+collapse point). ``susceptibility.md`` starts with its answer in one paragraph (`answer`).
 
 MCS files: every ``*.jsonl`` under the given paths that is not an lmms-eval samples file, read with
 its sidecar ``<file>.meta.json`` (``pretrained``, else ``model``) to name the model; only lines with
@@ -182,8 +184,32 @@ def _label(a: Analysis) -> str:
     return f"{_method(a.sweep.method)}{dagger}" + (f" ({a.sweep.setup})" if a.sweep.setup else "")
 
 
+def answer(analyses: list[Analysis]) -> str:
+    """The file's answer in one paragraph (counts over the sweeps that test the claim: every sweep
+    but the MCS-scaled methods on the alpha scale, the positive control)."""
+    tests = [a for a in analyses if not (a.sweep.method in MCS_SCALED and a.sweep.scale == "alpha")]
+    if not tests:
+        return "**Answer.** No sweep that tests the claim (every sweep is an MCS-scaled method on the alpha scale)."
+    parts = []
+    for event in EVENTS:
+        rows = [a.rows[event][0] for a in tests]
+        item = [r.correlations["mcs"] for r in rows]
+        above = sum(_excludes_zero(c) > 0 for c in item)
+        below = sum(_excludes_zero(c) < 0 for c in item)
+        beats = sum(1 for r in rows if r.correlations["mcs"].rho is not None and all(
+            r.correlations[p].rho is None or r.correlations["mcs"].rho > r.correlations[p].rho
+            for p in ("category", "category_mcs")))
+        parts.append(f"for the {event} point, ρ > 0 (interval above 0) in {above}, ρ < 0 in {below}, and the item "
+                     f"MCS beats both category predictors in {beats}")
+    return (f"**Answer.** Over the {len(tests)} (sweep, target) pairs that test the paper's claim (the item's MCS "
+            f"predicts where steering moves or breaks it): {'; '.join(parts)}. Only beating both category predictors "
+            "shows that the item's own MCS adds something beyond its category (which AMPS's anchors already use). "
+            "The counts, also within categories, are under \"Reading\"; the numbers in the tables below.")
+
+
 def render_markdown(analyses: list[Analysis], notes: list[str], draws: int, seed: int) -> str:
     out = ["# Does the MCS predict which items steering moves and which it breaks?", "",
+           *([answer(analyses), ""] if analyses else []),
            "Per item, from a sweep of one steered method (every item at every alpha): the **flip point**, the "
            "smallest strength at which its answer follows the target (an item that flips and later un-flips keeps "
            "the first one; an item already at the target unsteered has 0), and the **collapse point**, the "
@@ -287,7 +313,9 @@ def verdict(analyses: list[Analysis]) -> list[str]:
 def figure(analyses: list[Analysis], model: str):
     """Collapse point against r_v: one row per method setup, one column per target. On the alpha scale
     the sweep's alphas are evenly spaced rows (points jittered within a row) and censored items get a
-    row of their own above them; on the strength scale censored items sit at their largest strength."""
+    row of their own above them; on the strength scale censored items are drawn in a grey band above
+    the observed points, not at their largest strength (which, for the MCS-scaled methods, depends on
+    r_v through gamma: drawn there, they would make a trend by construction). Each panel shows its ρ."""
     from matplotlib.figure import Figure
 
     rows = list(dict.fromkeys(_label(a) for a in analyses))
@@ -304,12 +332,16 @@ def figure(analyses: list[Analysis], model: str):
         by_alpha = a.sweep.scale == "alpha"
         levels = {alpha: k for k, alpha in enumerate(a.sweep.alphas)}
 
+        observed = [p.value for p in points.values() if not p.censored]
+        top = max(observed, default=0.0) or 1.0
+        band = (1.08 * top, 1.24 * top)  # strength scale: censored items in a band of their own above the data
+
         def y_of(i: int) -> float:
             p = points[i]
-            if not by_alpha:
-                return p.value
-            jitter = 0.3 * (((i * 2654435761) % 1000) / 1000 - 0.5)
-            return (len(levels) if p.censored else levels[p.value]) + jitter
+            jitter = (((i * 2654435761) % 1000) / 1000 - 0.5)
+            if not by_alpha:  # not at their censoring strength: for MCS-scaled methods it depends on r_v
+                return (band[0] + band[1]) / 2 + 0.8 * (band[1] - band[0]) * jitter / 2 if p.censored else p.value
+            return (len(levels) if p.censored else levels[p.value]) + 0.3 * jitter
 
         for category in CATEGORIES:
             for censored in (False, True):
@@ -323,7 +355,13 @@ def figure(analyses: list[Analysis], model: str):
             ax.set_ylabel("collapse point (alpha; jittered)", fontsize=8)
         else:
             ax.set_ylabel("collapse point, effective strength ‖shift‖/‖h‖", fontsize=8)
-        ax.set_title(f"{titles[_label(a)]}: steered toward {a.sweep.target}", fontsize=9)
+            ax.axhspan(*band, color="0.5", alpha=0.12, linewidth=0)
+            ax.text(1.02, (band[0] + band[1]) / 2, "no collapse\nin the sweep", fontsize=6, va="center", ha="right",
+                    color="0.3")
+            ax.set_ylim(min(0.0, min(observed, default=0.0)) - 0.03 * top, band[1] + 0.02 * top)
+        rho = a.rows["collapse"][0].correlations.get("mcs")
+        ax.set_title(f"{titles[_label(a)]}: steered toward {a.sweep.target}\n"
+                     f"ρ(item MCS, collapse point) = {_rho(rho)}", fontsize=9)
         ax.set_xlabel("visual MCS ratio r_v (plain prompt)")
         ax.set_xlim(-0.03, 1.03)
         ax.grid(alpha=0.3)
@@ -334,7 +372,7 @@ def figure(analyses: list[Analysis], model: str):
     for category in CATEGORIES:
         legend_ax.scatter([], [], color=colours[category], s=18, label=CATEGORY_ABBREV[category])
     legend_ax.scatter([], [], marker="^", facecolors="none", edgecolors="grey", s=18,
-                      label="censored: no collapse within the sweep")
+                      label="censored: no collapse within the sweep (drawn apart, grey band)")
     fig.legend(*legend_ax.get_legend_handles_labels(), loc="outside lower center", ncols=5, fontsize=7)
     fig.suptitle(f"Collapse point against the MCS: {model}")
     return fig

@@ -124,9 +124,9 @@ def run_sweep(settings: SweepSettings, progress: Callable[[str], None] = print, 
 
 
 def _run_alphas(settings: SweepSettings, progress: Callable[[str], None], session) -> list[Path]:
-    from amps_eval.steering.file import sha256
+    from amps_eval.files import sha256_file
 
-    sha = sha256(settings.steering)
+    sha = sha256_file(settings.steering)
     files = []
     for i, alpha in enumerate(settings.alphas, 1):
         progress(f"[sweep] {i}/{len(settings.alphas)} alpha={alpha:g}: {settings.method} on {','.join(settings.tasks)}")

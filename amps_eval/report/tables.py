@@ -2,7 +2,9 @@
 
 * Table 1 (one model): one row per method, MLLM-only ... AMPS, then any other method that ran;
 * Table 2 (every model): base, L2S and AMPS rows per model;
-* Table 3 (one model, ablation): w/o steering (none), w/o scaling (L2S), full (AMPS).
+* Table 3 (one model, ablation): w/o steering (none), w/o scaling (L2S), full (AMPS): the paper's
+  three rows; plus "AMPS β=0 (added ablation)", this project's ablation (every gamma 1), which
+  the paper's Table 3 does not have.
 
 Each table has one block per target (vision, text); columns are the eight MC2 categories in the
 paper's order and Total. Which variant fills a row is ``ResultIndex.choose`` (newest run per cell,
@@ -15,6 +17,7 @@ builds one set of tables per data identity (``build.py``) and every block says w
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 from amps_eval.methods.registry import METHODS
@@ -44,7 +47,17 @@ class Block:
     title: str
     rows: tuple[Row, ...]
     data: DataId | None = None  # the data every row of the block was evaluated on
+    footnotes: tuple[str, ...] = ()  # what the marks in the row labels mean (FOOTNOTES)
 
+
+HELD_OUT = re.compile(r"^α (\S+)(?: / (\S+))?, chosen on held-out halves of (\d+)\+(\d+) items")
+FOOTNOTES = {
+    "ᵃ": "ᵃ α chosen on held-out halves: the items are split into two halves (stratified by category) and each half "
+         "is scored at the alpha chosen on the other half (highest target share with at most 5% collapse); "
+         "\"α 2 / 4\": the first half at alpha 2, the second at 4; one value: both halves chose it.",
+    "ᵇ": "ᵇ α tied: every alpha of the sweep gave the same target share and collapse on both choosing halves, so no "
+         "alpha was really chosen (the row shows the smallest).",
+}
 
 @dataclass(frozen=True)
 class Table:
@@ -63,12 +76,31 @@ class TableOptions:
     alpha_choice: str = "held-out"  # how a sweep's alpha is chosen without --alpha (alpha_choice.py)
 
 
-def row_label(base: str, index: ResultIndex, variant: Variant | None, target: str) -> str:
-    """``base``, plus the alpha of a steered row and the settings that set its variant apart."""
+def short_choice(description: str) -> tuple[str, str | None]:
+    """A held-out choice's row-label text and footnote mark: "α 2 / 4ᵃ", "α tiedᵇ" (else unchanged)."""
+    match = HELD_OUT.match(description)
+    if match is None:
+        return description, None
+    if "no real choice" in description:
+        return "α tiedᵇ", "ᵇ"
+    a, b = match.group(1), match.group(2)
+    return f"α {a}{'' if b is None else f' / {b}'}ᵃ", "ᵃ"
+
+
+def row_label(base: str, index: ResultIndex, variant: Variant | None, target: str,
+              marks: set[str] | None = None) -> str:
+    """``base``, plus the alpha of a steered row and the settings that set its variant apart (a held-out
+    choice short, with a footnote mark added to ``marks``)."""
     if variant is None:
         return base
+    marks = set() if marks is None else marks
     extras = [f"α={variant.alpha:g}"] if variant.method in STEERED and variant.alpha is not None else []
-    extras += [value for key, value in variant.settings if key == "alpha_choice"]
+    for key, value in variant.settings:
+        if key == "alpha_choice":
+            text, mark = short_choice(value)
+            extras.append(text)
+            if mark:
+                marks.add(mark)
     total = index.cells.get((variant, target), {}).get(TOTAL)
     if total is not None and total.strength is not None:
         extras.append(f"s={total.strength:.3g}")
@@ -86,14 +118,15 @@ def build_table(number: str, title: str, index: ResultIndex, specs: list[tuple[s
     """``specs``: (pretrained, method, label) per row, in order."""
     blocks, missing = [], {}
     for target in TARGETS:
-        rows = []
+        rows, marks = [], set()
         for pretrained, method, label in specs:
             variant = index.choose(pretrained, method, target, options.orders, options.alpha, options.alpha_choice)
             cells = dict(index.cells[(variant, target)]) if variant else {}
-            rows.append(Row(row_label(label, index, variant, target), pretrained, method, variant, cells))
+            rows.append(Row(row_label(label, index, variant, target, marks), pretrained, method, variant, cells))
             if variant is None:
                 missing.setdefault((pretrained, method), []).append(target)
-        blocks.append(Block(target, BLOCK_TITLES[target], tuple(rows), options.data))
+        footnotes = tuple(text for mark, text in FOOTNOTES.items() if mark in marks)
+        blocks.append(Block(target, BLOCK_TITLES[target], tuple(rows), options.data, footnotes))
     commands = tuple(missing_run(index.runs, index.lmms_model(p), p, m, tuple(targets), options.orders, options.alpha,
                                  options.output_path, options.data) for (p, m), targets in missing.items())
     return Table(number, title, tuple(blocks), commands)
@@ -124,7 +157,7 @@ def table2(index: ResultIndex, models: list[str], options: TableOptions) -> Tabl
 
 def table3(index: ResultIndex, pretrained: str, options: TableOptions) -> Table:
     specs = [(pretrained, "none", "w/o steering (MLLM-only)"), (pretrained, "l2s", "w/o scaling (L2S)"),
-             (pretrained, "amps_beta0", "constant γ (AMPS, β=0)"),
+             (pretrained, "amps_beta0", "AMPS β=0 (added ablation)"),
              (pretrained, "amps", "full (AMPS)")]
     return build_table("3", f"Table 3: ablation on {model_display_name(pretrained)} (target share, %)", index,
                        specs, options)

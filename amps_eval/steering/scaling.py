@@ -17,7 +17,8 @@ scaled strength gamma * alpha of mean steering can flip sign.
 
 Bounds (decisions, recorded in every steering file; `amps-eval fit --gamma-max --anchor-floor`): the
 anchor reliance mu is at least ``ANCHOR_FLOOR`` (0.01), and gamma at most ``GAMMA_MAX`` (4, i.e.
-four times the average strength, since gamma averages 1 over the fit items). Without them a
+four times the strength of an item at its category's anchor; gamma averages 1 over a category's fit
+items only while no bound binds). Without them a
 category whose mean reliance is near 0 turns Monte Carlo noise into huge strengths: an anchor of
 0.0059 and an item's r_v of 0.135 gave gamma 22.7 and a collapsed answer.
 """
