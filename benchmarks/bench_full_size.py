@@ -282,6 +282,7 @@ def size_table(ck: Checkpoint, s: dict, dtype_name: str, mcs_copies: int) -> lis
 def main() -> None:
     from tabulate import tabulate
 
+    from amps_eval.encoding import LoadedModel
     from amps_eval.extract import extract, mcs_batch
     from amps_eval.plugin import wrapper_class
     from amps_eval.mcs.score import MCSSettings
@@ -307,6 +308,9 @@ def main() -> None:
         with meter.phase("load (wrapper)"):
             wrapper = wrapper_class(family["model"])(pretrained=str(tmp / "checkpoint"), device=str(device),
                                                      dtype=dtype_name, batch_size=1)
+        # the core commands' view of the wrapper's loaded model (extract and the MCS take a LoadedModel)
+        encoder = LoadedModel(wrapper.family, wrapper.model, wrapper.processor, wrapper.settings.pretrained,
+                              wrapper.device, wrapper.torch_dtype)
         items, request = mc2_item()
         wrapper.task_dict = {TASK: {SPLIT: items.docs}}
         encoded = wrapper.encode_turns(items.conversations([0], "none"))
@@ -314,9 +318,9 @@ def main() -> None:
         size = sizes(ck, wrapper.model, dtype, prompt_tokens, copies)
         layer = min(STEER_LAYER, size["lm_layers"] - 1)
         with meter.phase("extract [I,T] [I,T,P_v] [I,T,P_t]"):
-            ex = extract(wrapper, items, layer, tmp / "cache", None, batch_size=1, progress=False)
+            ex = extract(encoder, items, layer, tmp / "cache", None, batch_size=1, progress=False)
         with meter.phase(f"mcs ({copies} perturbations)"):
-            mcs = mcs_batch(wrapper, items.conversations([0], "none"), items.ids, mcs_settings)
+            mcs = mcs_batch(encoder, items.conversations([0], "none"), items.ids, mcs_settings)
         with meter.phase("fit mean + amps (one item)"):
             files = {m: fit_steering(wrapper, family["model"], m, ex, mcs, layer, tmp / f"{m}.safetensors")
                      for m in ("mean", "amps")}

@@ -16,7 +16,7 @@ import pytest
 from amps_eval.cli import build_parser, fit_settings, main, study_settings
 from amps_eval.cli_options import show_default
 from amps_eval.fit import FitSettings
-from amps_eval.mcs.run import run_mcs
+from amps_eval.mcs_run import run_mcs
 from amps_eval.mcs.score import MCSSettings
 from amps_eval.methods.steering import SteeringConfig
 from amps_eval.organism.architectures import ARCHITECTURES

@@ -87,7 +87,7 @@ def test_mcs_run_then_fit_then_sweep_compute_each_mcs_once(tiny_qwen_path, synth
                                                            monkeypatch):
     """The study's order: `amps-eval mcs` (none prompt), a fit, a mean_mcs run, all on one cache."""
     from amps_eval.fit import FitSettings, fit
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
 
     cache = tmp_path / "cache"
     records = run_mcs("amps_qwen", str(tiny_qwen_path), tmp_path / "m.jsonl", data=synthetic_mc2_dir, settings=MCS,

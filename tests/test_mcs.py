@@ -866,7 +866,8 @@ def test_noise_independent_of_batch_composition_and_chunking(relative):
 def test_chunking_never_changes_results(case, monkeypatch):
     """1, 7 or all copies per pass, or the memory-derived default (here forced below all copies):
     the same scores, to float64 rounding; the default makes ceil(copies / copies_per_pass) passes."""
-    from amps_eval.mcs import score as score_module
+    from amps_eval.mcs import copies as copies_module
+    from amps_eval.mcs import memory as memory_module
 
     settings = MCSSettings(sigmas=(0.1, 0.3), draws=4)
     with as_dtype(case, torch.float64):
@@ -874,10 +875,10 @@ def test_chunking_never_changes_results(case, monkeypatch):
         per_copy = plan.footprint(case.model, pre.logits.shape[-1])
         budget = per_copy.fixed_bytes() + 5 * per_copy.bytes_per_copy() + 1
         assert copies_per_pass(per_copy, budget, len(plan.copies)) == 5
-        monkeypatch.setattr(score_module, "HOST_MEMORY_BUDGET", budget)
+        monkeypatch.setattr(memory_module, "HOST_MEMORY_BUDGET", budget)
         passes = []
-        real_forward = score_module.forward_last_token
-        monkeypatch.setattr(score_module, "forward_last_token",
+        real_forward = copies_module.forward_last_token
+        monkeypatch.setattr(copies_module, "forward_last_token",
                             lambda model, ids, *a: passes.append(ids.shape[0]) or real_forward(model, ids, *a))
         derived = run(case, settings)
         assert passes == [5] * (len(plan.copies) // 5) + ([len(plan.copies) % 5] if len(plan.copies) % 5 else [])

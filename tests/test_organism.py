@@ -274,7 +274,7 @@ def test_mcs_of_the_shipped_organism_agrees_with_its_design(organism, tmp_path):
     the image-leaning categories than on the text-leaning ones, and under the image instruction than
     under the text instruction."""
     from amps_eval.mc2.synthetic import write_synthetic_mc2
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
     from amps_eval.study import mcs_check
 
     data = write_synthetic_mc2(tmp_path / "data", n_per_category=4, seed=7, image_size=84, progress=False).out
