@@ -40,6 +40,18 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   three levels equally and agreed better at every draw count. It has the same limit as the pooled
   ratio when both modalities scale alike with sigma. ``ratio="sums"`` is Eq. 7 as written.
   ``c_v`` / ``c_t`` are the plain means in every case.
+* **Sequential draws** (``tolerance`` not None): a sample's draws come in rounds, ``min_draws``
+  per (sigma, modality) first, then ``round_draws`` more per round (`MCSSettings.rounds`, the last
+  cut to reach ``draws``). After each round the sample's r_v standard error (`mcs_stderr` over all
+  its draws so far, the estimator's own formula) is compared with ``tolerance``: at most it, the
+  sample stops; otherwise it takes the next round, up to ``draws``. So a sample takes between
+  ``min_draws`` and ``draws`` draws (``MCSResult.draws``; ``MCSResult.perturbations`` = sigmas x 2 x
+  draws), and its c_v, c_t, r_v and standard errors are those of its own draws. Each round draws
+  its normals from the sample's generator in the order above (per round: for sigma, for modality,
+  ``[round draws, ...]``), so a sample's noise, its rounds and its r_v depend on the settings,
+  the seed and its sample id only, never on the other samples of the batch. A sample with
+  non-finite scores stops and is refused as below. ``tolerance=None`` is one round of ``draws``,
+  the fixed estimator, bit for bit as before.
 * **Cache positions**: the prompt is prefilled once (full prompt, with explicit position ids) and the
   cache is cut to the first ``T-1`` positions; ``p_x`` is the prefill's distribution at the last
   prompt token, which is exactly the distribution the single-token pass yields on the unperturbed

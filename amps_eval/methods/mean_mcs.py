@@ -60,7 +60,7 @@ class MeanMCS(SteeringMethod):
         recorded = file.settings
         fold_anchors = recorded.get("fold_anchors") or {}
         scales = []
-        for row, (c_v, c_t, r_v, r_v_se) in zip(rows, mcs):
+        for row, (c_v, c_t, r_v, r_v_se, perturbations) in zip(rows, mcs):
             # the anchors of the fold that steers the row (fitted without it); files from before
             # per-fold anchors fall back to the file's, which saw every item
             anchors = fold_anchors.get(file.folds[row["fold"]].name) or file.anchors
@@ -69,14 +69,14 @@ class MeanMCS(SteeringMethod):
                 raise ValueError(f"no MCS anchor for category {row['category']!r} in {file.source}")
             g = float(gamma(torch.tensor(r_v), mu_v, config.beta, row["target"], config.convention,
                             cap=recorded.get("gamma_max"), anchor_floor=recorded.get("anchor_floor", 0.0)))
-            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se,
+            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se, perturbations=perturbations,
                        anchor=mu_v, gamma=g)
             scales.append(g)
         return scales
 
 
 def _row_mcs(model, encoded, mc2_ids: list[str], config, prefilled=None) -> list[tuple]:
-    """(c_v, c_t, r_v, r_v_stderr or None) per row (`amps_eval.mcs.item.item_mcs`): from the item
+    """(c_v, c_t, r_v, r_v_stderr or None, perturbations) per row (`amps_eval.mcs.item.item_mcs`): from the item
     cache (``config.item_cache``) where the row's prompt is there, else computed for the batch (the
     batch's inputs are scored together) and stored. A sweep over alpha thus scores each prompt once;
     a fit's or `amps-eval mcs`'s entries for the same prompt are reused. ``prefilled``: the batch's
@@ -97,7 +97,7 @@ def _row_mcs(model, encoded, mc2_ids: list[str], config, prefilled=None) -> list
         return batch[0].select(rows)
 
     records = item_mcs(mc2_ids, compute, cache, keys)
-    return [(r["c_v"], r["c_t"], r["r_v"], r["r_v_stderr"]) for r in records]
+    return [(r["c_v"], r["c_t"], r["r_v"], r["r_v_stderr"], r["perturbations"]) for r in records]
 
 
 METHODS = {"mean_mcs": MeanMCS()}
