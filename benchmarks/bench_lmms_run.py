@@ -7,7 +7,7 @@ Runs ``mc2_visual`` on ``--limit`` generated MC2 items (`amps_eval.mc2.synthetic
 temporary folder) through `amps_eval.runner.EvalSession` (lmms-eval's ``simple_evaluate``, the files
 its CLI writes), once with ``method=none`` and once with ``--method`` and its steering file, the
 model loaded once for both. Reports per method the wall time of the run, the generated tokens
-(each logged answer re-tokenised with the checkpoint's tokenizer) and tokens/s = tokens / wall time
+(what ``generate`` returned beyond the prompt, padding excluded: `TokenCounter`) and tokens/s = tokens / wall time
 (prefill, steering and lmms-eval's own work included), and the steered/none ratio.
 
 ``--pretrained`` defaults to a tiny Qwen2.5-VL checkpoint (`amps_eval.tiny_models`) and
@@ -19,6 +19,7 @@ and the AMPS file that `bench_full_size.py --keep` leaves.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import platform
 import sys
@@ -46,6 +47,37 @@ def answers(output: Path) -> list[str]:
     return out
 
 
+class TokenCounter:
+    """Counts the tokens ``generate`` returns beyond the prompt (padding excluded), by wrapping
+    ``transformers.GenerationMixin.generate`` for the block: the random full-size model draws from
+    the real vocabulary, which the tiny tokenizer cannot decode, so the answers' text says nothing."""
+
+    def __init__(self) -> None:
+        self.tokens = 0
+
+    @contextlib.contextmanager
+    def counting(self):
+        from transformers.generation.utils import GenerationMixin
+
+        real = GenerationMixin.generate
+
+        def generate(model, *args, **kwargs):
+            out = real(model, *args, **kwargs)
+            ids = out if isinstance(out, torch.Tensor) else out.sequences
+            prompt = kwargs.get("input_ids", args[0] if args else None)
+            new = ids[:, prompt.shape[1]:] if prompt is not None else ids
+            pad = model.generation_config.pad_token_id
+            pad = pad[0] if isinstance(pad, list) else pad
+            self.tokens += int((new != pad).sum()) if pad is not None else new.numel()
+            return out
+
+        GenerationMixin.generate = generate
+        try:
+            yield self
+        finally:
+            GenerationMixin.generate = real
+
+
 def main(argv: list[str] | None = None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--model", default="amps_qwen")
@@ -61,8 +93,6 @@ def main(argv: list[str] | None = None) -> dict:
     args = ap.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-
-    from transformers import AutoTokenizer
 
     from amps_eval.mc2.synthetic import write_synthetic_mc2
     from amps_eval.runner import EvalSession
@@ -85,19 +115,20 @@ def main(argv: list[str] | None = None) -> dict:
             fit(FitSettings(model=args.model, pretrained=str(pretrained), method=args.method, layer=1, folds=1,
                             data=str(data), device=args.device, dtype=args.dtype, cache_dir=str(tmp / "cache"),
                             limit=args.limit, mcs=MCSSettings(draws=4, min_draws=2)), steering, progress=False)
-        tokenizer = AutoTokenizer.from_pretrained(str(pretrained))
         rows = {}
         with EvalSession() as session:
             base = f"pretrained={pretrained},dtype={args.dtype}"
             runs = {"none": base, args.method: f"{base},method={args.method},steering={steering}"}
             for method, model_args in runs.items():
                 out = tmp / "runs" / method
+                counter = TokenCounter()
                 t0 = time.perf_counter()
-                session.run(args.model, model_args, [TASK], out, data=data, batch_size=args.batch_size,
-                            device=args.device, limit=args.limit)
+                with counter.counting():
+                    session.run(args.model, model_args, [TASK], out, data=data, batch_size=args.batch_size,
+                                device=args.device, limit=args.limit)
                 wall = time.perf_counter() - t0
                 texts = answers(out)
-                tokens = sum(len(tokenizer(t, add_special_tokens=False).input_ids) for t in texts)
+                tokens = counter.tokens
                 rows[method] = {"wall_s": wall, "items": len(texts), "tokens": tokens,
                                 "tokens_per_s": tokens / wall if wall > 0 else float("nan")}
                 print(f"  {method}: {len(texts)} items, {tokens} tokens in {wall:.1f} s", file=sys.stderr, flush=True)
