@@ -24,6 +24,12 @@ from amps_eval.vocabulary import DTYPES, did_you_mean, join_list, split_numbers
 LMMS_EVAL_ARGS = ("max_batch_size",)
 
 _STEERING = {f.name: f.default for f in dataclasses.fields(SteeringConfig)}
+
+MCS_ARGS = {"mcs_sigmas": "sigmas", "mcs_draws": "draws", "mcs_relative": "relative", "mcs_ratio": "ratio",
+            "mcs_tolerance": "tolerance", "mcs_min_draws": "min_draws", "mcs_round_draws": "round_draws",
+            "seed": "seed"}
+"""The model arguments that make the run's `MCSSettings`: argument -> MCSSettings field (their
+defaults are MCSSettings'; `tests/test_settings_once.py` checks both)."""
 """SteeringConfig's defaults: those of the model arguments of the same names."""
 
 __all__ = ["DTYPES", "FLOAT32_MAX", "LMMS_EVAL_ARGS", "QwenSettings", "SettingsError", "WrapperSettings",
@@ -129,13 +135,14 @@ class WrapperSettings:
         return getattr(self, "_steering_file", None)
 
     def mcs_settings(self) -> MCSSettings:
+        """The `MCSSettings` of the ``MCS_ARGS`` arguments (the wrapper's ``seed`` seeds the MCS noise too)."""
+        values = {field: getattr(self, arg) for arg, field in MCS_ARGS.items()}
         try:
-            sigmas = split_numbers(self.mcs_sigmas, "mcs_sigmas")
-            return MCSSettings(sigmas=sigmas, draws=self.mcs_draws, relative=self.mcs_relative, seed=self.seed,
-                               ratio=self.mcs_ratio, tolerance=self.mcs_tolerance, min_draws=self.mcs_min_draws,
-                               round_draws=self.mcs_round_draws)
+            values["sigmas"] = split_numbers(self.mcs_sigmas, "mcs_sigmas")
+            return MCSSettings(**values)
         except ValueError as error:
-            raise SettingsError(f"bad MCS settings (mcs_sigmas={self.mcs_sigmas!r}, mcs_draws={self.mcs_draws}): {error}") from None
+            shown = ", ".join(f"{arg}={getattr(self, arg)!r}" for arg in MCS_ARGS)
+            raise SettingsError(f"bad MCS settings ({shown}): {error}") from None
 
     def steering_config(self) -> SteeringConfig:
         """The run's `SteeringConfig` (method None for a method that does not steer)."""

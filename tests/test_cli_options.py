@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from amps_eval.cli import build_parser, fit_settings, main, study_settings
+from amps_eval.cli import _mcs_settings, build_parser, fit_settings, main, study_settings
 from amps_eval.cli_options import show_default
 from amps_eval.fit import FitSettings
 from amps_eval.mcs_run import run_mcs
@@ -82,7 +82,7 @@ def test_option_defaults_are_the_settings_defaults(tmp_path):
     assert sweep_settings(parser.parse_args(sweep)) == SweepSettings("amps_qwen", "p", "mean", steering, (0.0, 1.0),
                                                                      out=tmp_path / "out")
     mcs = parser.parse_args(["mcs", *FIT[1:5], "--out", "m.jsonl"])
-    assert MCSSettings(sigmas=mcs.sigmas, draws=mcs.draws, seed=mcs.mcs_seed, ratio=mcs.mcs_ratio) == MCSSettings()
+    assert _mcs_settings(mcs) == MCSSettings()  # every MCS option's default, sequential ones included
     defaults = inspect.signature(run_mcs).parameters
     assert (mcs.batch_size, mcs.dtype, mcs.prompt) == tuple(defaults[k].default for k in ("batch_size", "dtype", "prompt"))
 
@@ -222,3 +222,15 @@ def test_readme_table_of_differing_defaults_is_the_code():
     (lr,) = readme_rows("Adam lr")
     assert lr[1].startswith(f"{TrainSettings.lr:g} / {TrainSettings.epochs} ")
     assert lr[3].startswith(f"{StudySettings.lr:g} / {StudySettings.epochs} ")
+
+
+def test_the_sequential_mcs_options_reach_the_settings():
+    args = build_parser().parse_args(["mcs", *FIT[1:5], "--out", "m.jsonl", "--mcs-tolerance", "0.04",
+                                      "--mcs-min-draws", "3", "--mcs-round-draws", "1", "--draws", "9",
+                                      "--mcs-seed", "5"])
+    got = _mcs_settings(args)
+    assert (got.tolerance, got.min_draws, got.round_draws, got.draws, got.seed) == (0.04, 3, 1, 9, 5)
+    assert _mcs_settings(build_parser().parse_args(["mcs", *FIT[1:5], "--out", "m", "--mcs-tolerance", "none"])
+                         ).tolerance is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mcs", *FIT[1:5], "--out", "m", "--mcs-tolerance", "0"])

@@ -25,6 +25,23 @@ def test_the_wrappers_mcs_settings_carry_every_argument_seed_included():
     assert settings.steering_config().mcs == expected  # what mean_mcs's MCS call is given
 
 
+def test_every_mcs_argument_is_an_mcs_setting_with_its_default():
+    from amps_eval.settings import MCS_ARGS
+
+    fields = {f.name: f.default for f in dataclasses.fields(MCSSettings)}
+    wrapper = WrapperSettings(pretrained="x")
+    assert set(MCS_ARGS.values()) <= set(fields) and "seed" in MCS_ARGS
+    for arg, field in MCS_ARGS.items():
+        default = fields[field]
+        got = getattr(wrapper, arg)
+        assert (got == "/".join(map(str, default)) if field == "sigmas" else got == default), arg
+    # every MCS setting that changes a value is an argument, but eps and the variance-reduction options
+    # (Python only, documented in docs/method.md)
+    from amps_eval.mcs.settings import MCS_KEYS
+
+    assert set(MCS_KEYS) - set(MCS_ARGS.values()) == {"eps", "antithetic", "common_sigmas", "common_modalities"}
+
+
 def test_a_steered_wrapper_loads_and_hashes_its_steering_file_once(tmp_path, monkeypatch):
     from test_bad_inputs_steering import build
 
