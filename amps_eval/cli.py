@@ -278,7 +278,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "item takes)")
         p.add_argument("--mcs-tolerance", type=optional_float("--mcs-tolerance"), default=MCSSettings.tolerance,
                        help="sequential MCS: draw per item until its r_v standard error is at most this ('none': "
-                       f"always --draws draws); default {MCSSettings.tolerance}, see docs/method.md")
+                       "always --draws draws; see docs/method.md)"
+                       + (" (default: none)" if MCSSettings.tolerance is None else ""))
         p.add_argument("--mcs-min-draws", type=int, default=MCSSettings.min_draws,
                        help="sequential MCS: draws of an item's first round")
         p.add_argument("--mcs-round-draws", type=int, default=MCSSettings.round_draws,

@@ -47,9 +47,10 @@ def test_rounds_and_validation():
     assert MCSSettings(tolerance=0.1, min_draws=4, round_draws=3, draws=12).rounds() == [4, 3, 3, 2]
     assert MCSSettings(draws=7).rounds() == [7]  # fixed: one round of every draw
     assert MCSSettings(tolerance=0.1, min_draws=4, draws=4).rounds() == [4]
+    assert MCSSettings(tolerance=0.1, min_draws=4, draws=2).rounds() == [2]  # draws is the most: the fixed estimator
+    assert MCSSettings(tolerance=None, draws=16).rounds() == [16]
     for bad in (dict(tolerance=0.0), dict(tolerance=-1.0), dict(tolerance=float("inf")), dict(tolerance=True),
-                dict(tolerance=0.1, min_draws=1), dict(tolerance=0.1, min_draws=20, draws=16),
-                dict(round_draws=0), dict(antithetic=True, round_draws=3)):
+                dict(min_draws=0), dict(round_draws=0), dict(antithetic=True, round_draws=3)):
         with pytest.raises(ValueError):
             MCSSettings(**bad)
 

@@ -42,13 +42,15 @@ class MCSSettings:
         (`amps_eval.mcs.score`, "Sequential draws"): an item takes ``min_draws`` draws, then
         ``round_draws`` more per round until its r_v standard error (`mcs_stderr`) is at most
         ``tolerance``, or it has ``draws``.
-    min_draws: the draws of an item's first round (sequential only).
+    min_draws: the draws of an item's first round (sequential only; at most ``draws``: with
+        ``draws <= min_draws`` the sequential estimator is the fixed one). A standard error needs two
+        draws, so a sample with one draw always takes the next round.
     round_draws: the draws each later round adds (sequential only; the last round stops at ``draws``).
     """
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
     relative: bool = True
-    draws: int = 16
+    draws: int = 8
     seed: int = 0
     eps: float = 1e-8
     batched: bool = True
@@ -57,7 +59,7 @@ class MCSSettings:
     common_sigmas: bool = False
     common_modalities: bool = False
     ratio: str = "per_sigma"
-    tolerance: float | None = None
+    tolerance: float | None = 0.05
     min_draws: int = 4
     round_draws: int = 2
 
@@ -108,11 +110,6 @@ class MCSSettings:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
             if self.antithetic and value % 2:
                 raise ValueError(f"antithetic draws come in pairs: {name} must be even, got {value!r}")
-        if t is not None and self.min_draws < 2:
-            raise ValueError(f"the sequential MCS needs min_draws >= 2 (a standard error needs two draws), "
-                             f"got {self.min_draws!r}")
-        if t is not None and self.min_draws > self.draws:
-            raise ValueError(f"min_draws ({self.min_draws}) must not exceed draws ({self.draws}), the most an item takes")
 
     @property
     def perturbations_per_sample(self) -> int:
@@ -128,7 +125,8 @@ class MCSSettings:
         ``min_draws``, then ``round_draws`` each, the last cut to reach ``draws`` exactly."""
         if not self.sequential:
             return [self.draws]
-        out, total = [self.min_draws], self.min_draws
+        first = min(self.min_draws, self.draws)  # draws is the most an item takes
+        out, total = [first], first
         while total < self.draws:
             out.append(min(self.round_draws, self.draws - total))
             total += out[-1]
