@@ -63,7 +63,8 @@ def test_help_of_every_subcommand_shows_every_default():
 def test_help_shows_the_default_values_themselves():
     text = flat(subparsers(build_parser())["fit"].format_help())
     assert "--layer LAYER decoder layer to read and steer" in text and "(default: 14)" in text
-    assert "(default: 0.05,0.1,0.2)" in text and "(default: 16)" in text and "(default: per_sigma)" in text
+    assert "(default: 0.05,0.1,0.2)" in text and "(default: 8)" in text and "(default: per_sigma)" in text
+    assert "(default: 0.05)" in text  # --mcs-tolerance
     assert "(default: the recipe's, 5e-05)" in text and "--batch_size" not in text  # the alias is not listed twice
 
 

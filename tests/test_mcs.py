@@ -53,7 +53,7 @@ from amps_eval.mcs.score import (
 )
 
 VOCAB = 200
-FIXED = MCSSettings(tolerance=None, draws=16)  # the fixed estimator (the sequential one: tests/test_mcs_sequential.py)
+FIXED = dataclasses.replace(FIXED, draws=16)  # the fixed estimator (the sequential one: tests/test_mcs_sequential.py)
 IMG = 190  # image placeholder token id in both tiny models
 PAD = 0
 
@@ -337,9 +337,9 @@ def test_batched_equals_loop(case, dtype, rtol):
     # float64 shows that the two modes compute the same thing (same noise, same gradients); float32
     # only adds kernel rounding (squared gradients of a random tiny model: ~1e-4 relative).
     with as_dtype(case, dtype):
-        batched = run(case, MCSSettings(tolerance=None, batched=True))
-        loop = run(case, MCSSettings(tolerance=None, batched=False))
-        chunked = run(case, MCSSettings(tolerance=None, batched=True, max_copies_per_pass=5))
+        batched = run(case, dataclasses.replace(FIXED, batched=True))
+        loop = run(case, dataclasses.replace(FIXED, batched=False))
+        chunked = run(case, dataclasses.replace(FIXED, batched=True, max_copies_per_pass=5))
     for other, name in ((loop, "loop"), (chunked, "chunked")):
         assert_close(batched.scores, other.scores, rtol, f"scores batched vs {name}")
         assert_close(batched.ce, other.ce, rtol, f"ce batched vs {name}")
@@ -350,7 +350,7 @@ def test_batched_equals_loop(case, dtype, rtol):
         return
     # a different seed gives different noise, hence different scores
     with as_dtype(case, dtype):
-        other_seed = run(case, MCSSettings(tolerance=None, seed=1))
+        other_seed = run(case, dataclasses.replace(FIXED, seed=1))
     assert not torch.allclose(other_seed.scores, batched.scores, rtol=1e-3)
 
 
@@ -433,7 +433,7 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
 
 @pytest.mark.parametrize("relative", [True, False])
 def test_matches_direct_autograd(case, relative):
-    settings = MCSSettings(tolerance=None, relative=relative, sigmas=(0.1, 0.3) if relative else (0.02,), seed=3)
+    settings = dataclasses.replace(FIXED, relative=relative, sigmas=(0.1, 0.3) if relative else (0.02,), seed=3)
     with as_dtype(case, torch.float64):
         res = run(case, settings)  # padded batch: sample "doc-b" is the shorter, left-padded one
         for k in (0, 1):
@@ -467,7 +467,7 @@ def _direct_ratio(table: torch.Tensor, ratio: str) -> float:
 def test_options_match_direct_autograd(case, options):
     """Each variance-reduction option, batched and padded, equals the independent reference that
     draws the documented noise itself (scores draw by draw, C_V, C_T and r_v)."""
-    settings = MCSSettings(tolerance=None, sigmas=(0.1, 0.3), draws=4, seed=5, **options)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.3), draws=4, seed=5, **options)
     with as_dtype(case, torch.float64):
         res = run(case, settings)
         loop = run(case, dataclasses.replace(settings, batched=False))
@@ -629,7 +629,7 @@ def test_dropout_does_not_leak_in(case):
 def test_bf16(case):
     with as_dtype(case, torch.bfloat16):
         b = run(case, FIXED)
-        loop = run(case, MCSSettings(tolerance=None, batched=False))
+        loop = run(case, dataclasses.replace(FIXED, batched=False))
     for t in (b.scores, b.c_v, b.c_t, b.r_v):
         assert t.dtype == torch.float64 and torch.isfinite(t).all()
     assert ((b.r_v >= 0) & (b.r_v <= 1)).all()
@@ -651,7 +651,7 @@ def test_given_prefill_gives_the_same_result(case):
     gives exactly the result of `compute_mcs` prefilling itself; a prefill of other inputs is refused."""
     from amps_eval.mcs.kv_cache import prefill_prompt
 
-    settings = MCSSettings(tolerance=None, draws=2)
+    settings = dataclasses.replace(FIXED, draws=2)
     ref = run(case, settings)
     v, t = masks(case.inputs)
     with torch.inference_mode():
@@ -725,7 +725,7 @@ def count_syncs(monkeypatch):
 def test_building_copies_makes_no_host_sync(case, monkeypatch):
     """The per-pass path (noise, perturbed entries, cache copies, squared gradient norms) never
     copies a value to the host; the counter does see a sync (the former per-entry std's float())."""
-    settings = MCSSettings(tolerance=None, sigmas=(0.1, 0.3), draws=4, antithetic=True, common_modalities=True)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.3), draws=4, antithetic=True, common_modalities=True)
     plan, pre = _plan(case, settings)
     n = len(plan.copies)
     with count_syncs(monkeypatch) as counter:
@@ -744,7 +744,7 @@ def test_building_copies_makes_no_host_sync(case, monkeypatch):
 def test_gradients_only_at_perturbed_entries(case):
     """The autograd leaves are exactly the perturbed entries: one [entries, kv_heads, head_dim]
     tensor per layer and K/V, placed at each copy's modality positions of its own cache copy."""
-    settings = MCSSettings(tolerance=None, sigmas=(0.1,), draws=2)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1,), draws=2)
     plan, pre = _plan(case, settings)
     built = plan.build(0, len(plan.copies))
     n_layers, (_, kv, _, dim) = len(pre.keys), pre.keys[0].shape
@@ -772,7 +772,7 @@ def test_noise_is_one_draw_per_sample_sigma_and_modality(heads, dim, positions):
     [kv_heads, n_m, head_dim] when kv_heads * n_m * head_dim is a multiple of 16 (torch fills
     normals in blocks of 16), and not otherwise."""
     layers, tokens, draws, seed = 3, 10, 3, 11
-    settings = MCSSettings(tolerance=None, sigmas=(0.1, 0.2), draws=draws, relative=False)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.2), draws=draws, relative=False)
     zeros = [torch.zeros(1, heads, tokens, dim) for _ in range(layers)]
     pos = (torch.arange(1, 1 + positions[0]), torch.tensor([0, 8, 9])[: positions[1]])
     smp = _Sample(row=0, sample_id="x", positions=pos, generator=torch.Generator().manual_seed(seed))
@@ -829,7 +829,7 @@ def test_noise_independent_of_batch_composition_and_chunking(relative):
     """A sample's perturbed entries do not depend on the other samples of its batch, its row, its
     padding or how the copies are split into passes (a cache made of the same entries at other
     positions)."""
-    settings = MCSSettings(tolerance=None, sigmas=(0.1, 0.2), draws=3, relative=relative, antithetic=False, common_sigmas=True)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.2), draws=3, relative=relative, antithetic=False, common_sigmas=True)
     g = torch.Generator().manual_seed(0)
     alone = [torch.randn(1, 2, 12, 16, generator=g) * 3 for _ in range(4)]
     pos = (torch.arange(2, 8), torch.tensor([0, 1, 8, 9, 10, 11]))
@@ -872,7 +872,7 @@ def test_chunking_never_changes_results(case, monkeypatch):
     from amps_eval.mcs import copies as copies_module
     from amps_eval.mcs import memory as memory_module
 
-    settings = MCSSettings(tolerance=None, sigmas=(0.1, 0.3), draws=4)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.3), draws=4)
     with as_dtype(case, torch.float64):
         plan, pre = _plan(case, settings)
         per_copy = plan.footprint(case.model, pre.logits.shape[-1])
@@ -971,7 +971,7 @@ def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
     vision = batch["input_ids"] == img
     ids = ["long", "short"]
     res = compute_mcs(model, batch, vision, ~vision, FIXED, sample_ids=ids)
-    loop = compute_mcs(model, batch, vision, ~vision, MCSSettings(tolerance=None, batched=False), sample_ids=ids)
+    loop = compute_mcs(model, batch, vision, ~vision, dataclasses.replace(FIXED, batched=False), sample_ids=ids)
     assert_close(res.scores, loop.scores, 1e-3, "processor batch: batched vs loop")
     assert ((res.r_v >= 0) & (res.r_v <= 1)).all() and (res.c_v > 0).all() and (res.c_t > 0).all()
     alone = encode([1])

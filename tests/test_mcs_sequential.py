@@ -45,7 +45,8 @@ def per_sigma_ratio(scores: np.ndarray) -> float:
 
 def test_rounds_and_validation():
     assert MCSSettings(tolerance=0.1, min_draws=4, round_draws=3, draws=12).rounds() == [4, 3, 3, 2]
-    assert MCSSettings(draws=7).rounds() == [7]  # fixed: one round of every draw
+    assert MCSSettings(tolerance=None, draws=7).rounds() == [7]  # fixed: one round of every draw
+    assert MCSSettings(draws=7).rounds() == [4, 2, 1]  # the default: sequential
     assert MCSSettings(tolerance=0.1, min_draws=4, draws=4).rounds() == [4]
     assert MCSSettings(tolerance=0.1, min_draws=4, draws=2).rounds() == [2]  # draws is the most: the fixed estimator
     assert MCSSettings(tolerance=None, draws=16).rounds() == [16]
