@@ -53,7 +53,7 @@ from amps_eval.mcs.score import (
 )
 
 VOCAB = 200
-FIXED = dataclasses.replace(FIXED, draws=16)  # the fixed estimator (the sequential one: tests/test_mcs_sequential.py)
+FIXED = MCSSettings(tolerance=None, draws=16)  # the fixed estimator (the sequential one: tests/test_mcs_sequential.py)
 IMG = 190  # image placeholder token id in both tiny models
 PAD = 0
 
