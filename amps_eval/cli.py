@@ -97,7 +97,8 @@ def _study(args: argparse.Namespace) -> int:
 def _mcs_settings(args: argparse.Namespace):
     from amps_eval.mcs.settings import MCSSettings
 
-    return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio)
+    return MCSSettings(sigmas=args.sigmas, draws=args.draws, seed=args.mcs_seed, ratio=args.mcs_ratio,
+                       tolerance=args.mcs_tolerance, min_draws=args.mcs_min_draws, round_draws=args.mcs_round_draws)
 
 
 RECIPES = ("reference", "mse_v1")
@@ -128,7 +129,7 @@ def _fit(args: argparse.Namespace) -> int:
 
 
 def _mcs(args: argparse.Namespace) -> int:
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
 
     out = Path(args.out)
     records = run_mcs(args.model, args.pretrained, out, data=args.data, prompt=args.prompt, settings=_mcs_settings(args),
@@ -175,7 +176,7 @@ LIST_HELP = "separated by ',' or '/'"
 def build_parser() -> argparse.ArgumentParser:
     import inspect
 
-    from amps_eval.cli_options import Parser, default_of, numbers, version
+    from amps_eval.cli_options import Parser, default_of, numbers, optional_float, version
 
     class TopParser(Parser):
         """Everything after ``eval`` is lmms-eval's, its options included (argparse's REMAINDER
@@ -325,7 +326,16 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--sigmas", type=numbers("--sigmas"), default=MCSSettings.sigmas,
                        help=f"MCS noise levels (relative), {LIST_HELP}")
         p.add_argument("--draws", type=int, default=MCSSettings.draws,
-                       help="MCS Monte Carlo draws per noise level and modality")
+                       help="MCS Monte Carlo draws per noise level and modality (with --mcs-tolerance: the most an "
+                       "item takes)")
+        p.add_argument("--mcs-tolerance", type=optional_float("--mcs-tolerance"), default=MCSSettings.tolerance,
+                       help="sequential MCS: draw per item until its r_v standard error is at most this ('none': "
+                       "always --draws draws; see docs/method.md)"
+                       + (" (default: none)" if MCSSettings.tolerance is None else ""))
+        p.add_argument("--mcs-min-draws", type=int, default=MCSSettings.min_draws,
+                       help="sequential MCS: draws of an item's first round")
+        p.add_argument("--mcs-round-draws", type=int, default=MCSSettings.round_draws,
+                       help="sequential MCS: draws each later round adds")
         p.add_argument("--mcs-seed", type=int, default=MCSSettings.seed, help="seed of the MCS noise")
         p.add_argument("--mcs-ratio", choices=RATIOS, default=MCSSettings.ratio,
                        help="how r_v is formed: per_sigma, the mean of per-sigma ratios; sums, C_V/(C_V+C_T) (Eq. 7 "

@@ -18,7 +18,7 @@ from typing import Any
 
 from amps_eval.vocabulary import closest, did_you_mean, split_numbers
 
-__all__ = ["HelpFormatter", "Parser", "default_of", "numbers", "show_default", "version"]
+__all__ = ["HelpFormatter", "Parser", "default_of", "numbers", "optional_float", "show_default", "version"]
 
 
 def default_of(cls: type, name: str) -> Any:
@@ -55,6 +55,24 @@ def numbers(what: str, example: str = "0.05,0.1,0.2"):
         return values
 
     parse.__name__ = "numbers"  # argparse's "invalid numbers value" message
+    return parse
+
+
+def optional_float(what: str):
+    """An argparse ``type``: a finite number > 0, or ``none``."""
+
+    def parse(text: str) -> float | None:
+        if text.strip().lower() == "none":
+            return None
+        try:
+            value = float(text)
+        except ValueError:
+            value = float("nan")
+        if not (value > 0 and value != float("inf")):
+            raise argparse.ArgumentTypeError(f"{what} takes a finite number > 0 or 'none', got {text!r}")
+        return value
+
+    parse.__name__ = "optional_float"
     return parse
 
 

@@ -31,7 +31,8 @@ from tqdm.auto import tqdm
 
 from amps_eval.files import ensure_folder
 from amps_eval.fit_data import FIT_INSTRUCTION_STYLE, PROMPTS, ItemSet
-from amps_eval.item_cache import MCSCache, TensorShards, mcs_entry_key, model_key, namespace
+from amps_eval.item_cache import MCSCache, TensorShards, model_key, namespace
+from amps_eval.mcs.item import entry_key, item_mcs
 from amps_eval.mc2.prompt import INSTRUCTIONS
 from amps_eval.mcs.kv_cache import Prefill
 from amps_eval.shared_prefix import PrefixPasses, VariantPass, run_variants
@@ -163,7 +164,7 @@ def extract(
     records, keys = None, []
     if mcs is not None:
         records = MCSCache(Path(cache_root), model, mcs)
-        keys = [mcs_entry_key(encoder.prompt_digest(turns), noise_key(item, "none"))
+        keys = [entry_key(encoder.prompt_digest(turns), item, "none")
                 for item, turns in zip(items.ids, items.conversations(list(range(len(items))), "none"))]
     need_mcs = {i for i, key in enumerate(keys) if records.get(key) is None}
     todo = sorted(need_hidden | need_mcs)
@@ -183,8 +184,8 @@ def extract(
             for j in fresh:
                 done[ids[j]] = (items.hashes[rows[j]], {kind: values[j] for kind, values in states.items()})
         if scored:
-            result = mcs_prefilled(encoder, passes.variants["none"], [ids[j] for j in scored], mcs, "none", scored)
-            records.put([keys[rows[j]] for j in scored], [ids[j] for j in scored], result)
+            item_mcs(ids, lambda sub: mcs_prefilled(encoder, passes.variants["none"], [ids[j] for j in sub], mcs,
+                                                    "none", sub), records, [keys[i] for i in rows])
         bar.update(len(rows))
     bar.close()
     hidden = {kind: torch.stack([done[item][1][kind] for item in items.ids]) for kind in KINDS}

@@ -8,9 +8,10 @@ hashes, readable) and its entries:
 * ``hidden-<key>/shard-*.safetensors`` (`TensorShards`): the fit's last-token hidden states of
   [I,T], [I,T,P_v], [I,T,P_t]; the namespace key: the model (`model_key`), the layer, the prompt
   kinds and the instruction texts; an entry: the item's content hash (`amps_eval.fit_data`);
-* ``mcs-<key>/records.jsonl`` (`MCSCache`): c_v, c_t, r_v and their standard errors; the namespace
+* ``mcs-<key>/records.jsonl`` (`MCSCache`): c_v, c_t, r_v, their standard errors and the item's
+  number of perturbations; the namespace
   key: the model and the MCS settings that change the values (`mcs_values_key`: every
-  `MCSSettings` field but the batching ones, as `amps_eval.methods.mean_mcs.MCS_KEYS`); an entry:
+  `MCSSettings` field but the batching ones, as `amps_eval.mcs.settings.MCS_KEYS`); an entry:
   `mcs_entry_key` = the prompt's content digest (`PromptEncoder.prompt_digest`: processor settings,
   the rendered chat prompt, the images' pixels) and the noise's sample id (`noise_key`: mc2_id and
   prompt variant). So an MCS is shared wherever the model sees the very same prompt with the
@@ -80,8 +81,8 @@ def model_key(model, pretrained: str | os.PathLike | None = None) -> dict:
 def mcs_values_key(settings) -> dict:
     """The MCS settings that change the values (every field but the batching ones) and how each
     item's noise is seeded (a cache made with another seeding scheme is not reused)."""
-    from amps_eval.mcs.score import noise_key
-    from amps_eval.methods.mean_mcs import MCS_KEYS
+    from amps_eval.mcs.seeding import noise_key
+    from amps_eval.mcs.settings import MCS_KEYS
 
     values = settings.to_dict()
     return {**{k: values[k] for k in MCS_KEYS}, "seeding": noise_key("ID", "none")}
@@ -181,7 +182,10 @@ def _number(value) -> bool:
 def _valid_record(record) -> bool:
     return (isinstance(record, dict) and isinstance(record.get("key"), str)
             and all(_number(record.get(k)) for k in MCS_VALUES)
-            and all(record.get(k) is None or _number(record.get(k)) for k in MCS_STDERRS))
+            and all(record.get(k) is None or _number(record.get(k)) for k in MCS_STDERRS)
+            and (record.get("perturbations") is None or (isinstance(record["perturbations"], int)
+                                                         and not isinstance(record["perturbations"], bool)
+                                                         and record["perturbations"] > 0)))
 
 
 class MCSCache:
@@ -214,15 +218,13 @@ class MCSCache:
     def get(self, key: str) -> dict | None:
         return self.records.get(key)
 
-    def put(self, keys: list[str], mc2_ids: list[str], result) -> list[dict]:
-        """Append one record per row of an `MCSResult` (flushed); returns the records."""
-        def value(tensor, j):
-            x = float(tensor[j])
-            return x if math.isfinite(x) else None
-
-        records = [{"key": key, "mc2_id": item, **{k: float(getattr(result, k)[j]) for k in MCS_VALUES},
-                    **{k: value(getattr(result, k), j) for k in MCS_STDERRS}}
-                   for j, (key, item) in enumerate(zip(keys, mc2_ids))]
+    def put(self, keys: list[str], mc2_ids: list[str], values: list[dict]) -> list[dict]:
+        """Append one record per item (``values``: its MCS values, `amps_eval.mcs.item.result_records`),
+        flushed; returns the records."""
+        records = [{"key": key, "mc2_id": item, **value} for key, item, value in zip(keys, mc2_ids, values, strict=True)]
+        for record in records:
+            if not _valid_record(record):
+                raise ValueError(f"not a valid MCS record (finite c_v, c_t, r_v; standard errors finite or None): {record}")
         try:
             with self.path.open("ab") as handle:
                 if handle.tell() > 0:

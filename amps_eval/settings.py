@@ -24,6 +24,12 @@ from amps_eval.vocabulary import DTYPES, did_you_mean, join_list, split_numbers
 LMMS_EVAL_ARGS = ("max_batch_size",)
 
 _STEERING = {f.name: f.default for f in dataclasses.fields(SteeringConfig)}
+
+MCS_ARGS = {"mcs_sigmas": "sigmas", "mcs_draws": "draws", "mcs_relative": "relative", "mcs_ratio": "ratio",
+            "mcs_tolerance": "tolerance", "mcs_min_draws": "min_draws", "mcs_round_draws": "round_draws",
+            "seed": "seed"}
+"""The model arguments that make the run's `MCSSettings`: argument -> MCSSettings field (their
+defaults are MCSSettings'; `tests/test_settings_once.py` checks both)."""
 """SteeringConfig's defaults: those of the model arguments of the same names."""
 
 __all__ = ["DTYPES", "FLOAT32_MAX", "LMMS_EVAL_ARGS", "QwenSettings", "SettingsError", "WrapperSettings",
@@ -65,6 +71,9 @@ class WrapperSettings:
     mcs_draws: int = MCSSettings.draws
     mcs_relative: bool = MCSSettings.relative
     mcs_ratio: str = MCSSettings.ratio
+    mcs_tolerance: float | None = MCSSettings.tolerance  # the sequential MCS's r_v standard error target
+    mcs_min_draws: int = MCSSettings.min_draws
+    mcs_round_draws: int = MCSSettings.round_draws
     # mean_mcs: item cache folder (amps_eval.item_cache) to reuse and store each prompt's MCS; None: none
     item_cache: str | None = None
     diagnostics: str | None = None  # folder for per-sample steering diagnostics (JSONL)
@@ -102,8 +111,8 @@ class WrapperSettings:
 
     def check_steering_file(self) -> None:
         """Refuse a missing, changed (``steering_sha256``) or invalid steering file now, before any
-        weights load (the wrapper builds its settings first); `load_steering` then checks it against
-        the loaded model."""
+        weights load (the wrapper builds its settings first); `load_steering` then checks the file
+        loaded here (its one load and one sha256, `steering_file`) against the loaded model."""
         from pathlib import Path
 
         from amps_eval.steering.file import SteeringFile, SteeringFileError
@@ -113,19 +122,27 @@ class WrapperSettings:
             what = "is a folder, not a file" if path.is_dir() else "does not exist"
             raise SettingsError(f"steering={self.steering}: the steering file {what}; pass the file written by "
                                 "`amps-eval fit --out ...` (checked before the model loads)")
-        _pinned_digest(self)
+        digest = _pinned_digest(self)
         try:
-            SteeringFile.load(path)
+            file = SteeringFile.load(path)
         except SteeringFileError as error:
             raise SettingsError(f"steering= argument refused: {error}") from None
+        object.__setattr__(self, "_steering_file", (digest, file))  # not a field: no part of eq, repr, to_dict
+
+    def steering_file(self) -> tuple[str, Any] | None:
+        """(sha256, `SteeringFile`) of the steering file, read once when the settings were built; None
+        for a method that does not steer."""
+        return getattr(self, "_steering_file", None)
 
     def mcs_settings(self) -> MCSSettings:
+        """The `MCSSettings` of the ``MCS_ARGS`` arguments (the wrapper's ``seed`` seeds the MCS noise too)."""
+        values = {field: getattr(self, arg) for arg, field in MCS_ARGS.items()}
         try:
-            sigmas = split_numbers(self.mcs_sigmas, "mcs_sigmas")
-            return MCSSettings(sigmas=sigmas, draws=self.mcs_draws, relative=self.mcs_relative, seed=self.seed,
-                               ratio=self.mcs_ratio)
+            values["sigmas"] = split_numbers(self.mcs_sigmas, "mcs_sigmas")
+            return MCSSettings(**values)
         except ValueError as error:
-            raise SettingsError(f"bad MCS settings (mcs_sigmas={self.mcs_sigmas!r}, mcs_draws={self.mcs_draws}): {error}") from None
+            shown = ", ".join(f"{arg}={getattr(self, arg)!r}" for arg in MCS_ARGS)
+            raise SettingsError(f"bad MCS settings ({shown}): {error}") from None
 
     def steering_config(self) -> SteeringConfig:
         """The run's `SteeringConfig` (method None for a method that does not steer)."""
@@ -236,13 +253,11 @@ def load_steering(settings: WrapperSettings, model):
 
     from amps_eval.methods.registry import info
     from amps_eval.methods.steering import Steering
-    from amps_eval.steering.file import SteeringFile
 
     if settings.method not in STEERING_METHODS:
         return None
-    digest = _pinned_digest(settings)
+    digest, file = settings.steering_file()
     if not settings.steering_sha256:
         logger.info(f"steering file {settings.steering} sha256={digest} (pass steering_sha256= to pin it)")
-    file = SteeringFile.load(settings.steering)
     file.check_compatible(model.config, settings.pretrained, info(settings.method).file_method)
     return Steering(file, settings.steering_config(), model)

@@ -396,7 +396,7 @@ def study_model(settings: StudySettings, model: str, pretrained: str, organism: 
                 stem: str | None = None, units=None) -> dict:
     """Steps 2-5 for one model: MCS (and its check on an organism), fits, baselines, sweeps."""
     from amps_eval.fit import FitSettings, fit
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
     from amps_eval.runner import EvalSession
     from amps_eval.steering.module import TrainSettings
 

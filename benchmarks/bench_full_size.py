@@ -43,6 +43,7 @@ import hashlib
 import io
 import json
 import resource
+import shutil
 import sys
 import tempfile
 import time
@@ -88,6 +89,12 @@ CHECKPOINTS = {
                                 vision={**QWEN_VISION, "out_hidden_size": 3584}),
     "llava-1.5-7b": Checkpoint("llava-hf/llava-1.5-7b-hf", "llava", hidden=4096, layers=32, heads=32, kv_heads=32,
                                intermediate=11008, vocab=32064, tied=False, rope=LLAMA_ROPE, vision=CLIP_L14_336),
+    # not a released checkpoint: the dry run's (gpu_check.sh --dry-run, tests) tiny widths; vocab 0 = the tiny tokenizer's
+    "tiny-qwen2.5-vl": Checkpoint("(dry run: tiny widths)", "qwen2_5_vl", hidden=64, layers=2, heads=4, kv_heads=2,
+                                  intermediate=128, vocab=0, tied=False,
+                                  rope={**QWEN_ROPE, "mrope_section": [2, 3, 3]},
+                                  vision={**QWEN_VISION, "depth": 2, "hidden_size": 32, "num_heads": 2,
+                                          "intermediate_size": 64, "fullatt_block_indexes": [1], "out_hidden_size": 64}),
     "llava-1.5-13b": Checkpoint("llava-hf/llava-1.5-13b-hf", "llava", hidden=5120, layers=40, heads=40, kv_heads=40,
                                 intermediate=13824, vocab=32064, tied=False, rope=LLAMA_ROPE, vision=CLIP_L14_336),
 }
@@ -135,7 +142,7 @@ def write_checkpoint(ck: Checkpoint, n: int | None, folder: Path, device: torch.
     text = config["text_config"]
     text.pop("layer_types", None)  # one entry per layer: rebuilt for the new depth
     text.update(family["text"], hidden_size=ck.hidden, intermediate_size=ck.intermediate, num_hidden_layers=layers,
-                num_attention_heads=ck.heads, num_key_value_heads=ck.kv_heads, vocab_size=ck.vocab,
+                num_attention_heads=ck.heads, num_key_value_heads=ck.kv_heads, vocab_size=ck.vocab or text["vocab_size"],
                 rope_parameters=ck.rope, tie_word_embeddings=ck.tied)
     if "head_dim" in text:
         text["head_dim"] = ck.hidden // ck.heads
@@ -181,7 +188,7 @@ def fit_steering(wrapper, model_name: str, method: str, ex, mcs, layer: int, pat
 
     model, pretrained = wrapper.model, wrapper.settings.pretrained
     settings = FitSettings(model=model_name, pretrained=pretrained, method=method, layer=layer, folds=1,
-                           hidden=wrapper.default_mlp_hidden, batch_size=1)
+                           hidden=wrapper.family.default_mlp_hidden, batch_size=1)
     device = wrapper.device if wrapper.device.type == "cuda" else torch.device("cpu")
     tensors, _, _ = fit_fold(method, ex.hidden["none"].to(device), ex.d.to(device), settings, settings.hidden,
                              mcs.r_v, ex.categories)
@@ -282,6 +289,7 @@ def size_table(ck: Checkpoint, s: dict, dtype_name: str, mcs_copies: int) -> lis
 def main() -> None:
     from tabulate import tabulate
 
+    from amps_eval.encoding import LoadedModel
     from amps_eval.extract import extract, mcs_batch
     from amps_eval.plugin import wrapper_class
     from amps_eval.mcs.score import MCSSettings
@@ -290,6 +298,9 @@ def main() -> None:
     ap.add_argument("--config", choices=list(CHECKPOINTS), required=True)
     ap.add_argument("--layers", type=int, default=None, help="decoder layers and vision blocks (default: full depth)")
     ap.add_argument("--workdir", type=Path, default=None, help="where the checkpoint is written (default: system temp)")
+    ap.add_argument("--keep", type=Path, default=None,
+                    help="move the random checkpoint and the fitted steering files (mean, amps) into this new folder "
+                    "(gpu_check.sh runs lmms-eval on them)")
     add_runtime_args(ap, dtype_choices=("float32", "bfloat16", "float16"))
     args = ap.parse_args()
     if args.layers is not None and args.layers < 1:
@@ -307,6 +318,9 @@ def main() -> None:
         with meter.phase("load (wrapper)"):
             wrapper = wrapper_class(family["model"])(pretrained=str(tmp / "checkpoint"), device=str(device),
                                                      dtype=dtype_name, batch_size=1)
+        # the core commands' view of the wrapper's loaded model (extract and the MCS take a LoadedModel)
+        encoder = LoadedModel(wrapper.family, wrapper.model, wrapper.processor, wrapper.settings.pretrained,
+                              wrapper.device, wrapper.torch_dtype)
         items, request = mc2_item()
         wrapper.task_dict = {TASK: {SPLIT: items.docs}}
         encoded = wrapper.encode_turns(items.conversations([0], "none"))
@@ -314,9 +328,9 @@ def main() -> None:
         size = sizes(ck, wrapper.model, dtype, prompt_tokens, copies)
         layer = min(STEER_LAYER, size["lm_layers"] - 1)
         with meter.phase("extract [I,T] [I,T,P_v] [I,T,P_t]"):
-            ex = extract(wrapper, items, layer, tmp / "cache", None, batch_size=1, progress=False)
+            ex = extract(encoder, items, layer, tmp / "cache", None, batch_size=1, progress=False)
         with meter.phase(f"mcs ({copies} perturbations)"):
-            mcs = mcs_batch(wrapper, items.conversations([0], "none"), items.ids, mcs_settings)
+            mcs = mcs_batch(encoder, items.conversations([0], "none"), items.ids, mcs_settings)
         with meter.phase("fit mean + amps (one item)"):
             files = {m: fit_steering(wrapper, family["model"], m, ex, mcs, layer, tmp / f"{m}.safetensors")
                      for m in ("mean", "amps")}
@@ -328,6 +342,10 @@ def main() -> None:
                 answers[method] = wrapper.generate_until([request])[0]
             if method != "none":
                 shifts[method] = json.loads(wrapper.diagnostics.path.read_text().splitlines()[-1])["shift_norm"]
+        if args.keep:
+            args.keep.mkdir(parents=True)
+            for name in ("checkpoint", "mean.safetensors", "amps.safetensors"):
+                shutil.move(str(tmp / name), str(args.keep / name))
 
     print(f"\n{args.config}: LM {size['lm_layers']}/{ck.layers} layers, vision {size['vision_blocks']}/"
           f"{size['full_vision_blocks']} blocks, {image_tokens} image tokens of {prompt_tokens} prompt tokens, "

@@ -1,7 +1,7 @@
 """Benchmark: batched vs looped Modality Contribution Score (amps_eval.mcs.score).
 
 Both modes run in one process on the same model and the same left-padded batch, with the default
-MCS settings (`MCSSettings()`: 96 perturbations per sample, 3 sigmas x 2 modalities x 16 draws). Reports the median time per
+MCS settings (`MCSSettings()`: the sequential estimator, 24 to 48 perturbations per sample). Reports the median time per
 sample over a few repeats (after one warm-up each; the two modes interleaved) and the speed ratio, plus the largest r_v
 difference between the modes (they use the same noise, so it should be at rounding level).
 

@@ -23,6 +23,12 @@ Target: Spearman >= 0.95 and mean |d| <= 0.05 on both organisms.
 
     python benchmarks/bench_mcs_retest.py                   # both organisms, ~10-15 min on 2 CPU cores
     python benchmarks/bench_mcs_retest.py --limit 16 --draws 2,4 --option-draws 2   # quick check
+    python benchmarks/bench_mcs_retest.py --options '' --draws 16 --tolerances 0.03,0.04   # sequential vs fixed
+
+Sequential rows (``--tolerances``, noise ``seqT``): the sequential estimator (`MCSSettings.tolerance`
+= T, at most ``--max-draws`` draws), r_v and its standard error as `compute_mcs` returns them;
+``pert`` is then the mean perturbations per item over both seeds. The run ends with the curve of
+reliability (Spearman / mean |d|) against mean perturbations per item.
 """
 
 from __future__ import annotations
@@ -85,15 +91,24 @@ def spearman(a: list[float], b: list[float]) -> float:
 
 def score_run(wrapper, items, settings, batch_size: int) -> tuple[torch.Tensor, float]:
     """Scores [n, S, 2, N] of every item (as `amps-eval mcs` computes them) and the wall seconds."""
+    results, seconds = result_run(wrapper, items, settings, batch_size)
+    return torch.cat([r.scores for r in results]), seconds
+
+
+def result_run(wrapper, items, settings, batch_size: int) -> tuple[list, float]:
+    """The `MCSResult` of every batch of items (as `amps-eval mcs` computes them) and the wall seconds."""
     from amps_eval.extract import mcs_batch
 
     parts = []
     t0 = time.perf_counter()
     for start in range(0, len(items), batch_size):
         rows = list(range(start, min(start + batch_size, len(items))))
-        result = mcs_batch(wrapper, items.conversations(rows, "none"), [items.ids[i] for i in rows], settings, "none")
-        parts.append(result.scores)
-    return torch.cat(parts), time.perf_counter() - t0
+        parts.append(mcs_batch(wrapper, items.conversations(rows, "none"), [items.ids[i] for i in rows], settings, "none"))
+    return parts, time.perf_counter() - t0
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x.strip()]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -105,6 +120,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--draws", type=_ints, default=[2, 4, 8, 16, 32], help="draws of the plain-noise rows")
     ap.add_argument("--option-draws", type=_ints, default=[2, 4, 8, 16], help="draws of the anti / crn rows")
     ap.add_argument("--options", default="anti,crn-s,crn-m", help="noise options besides plain ('' for none)")
+    ap.add_argument("--tolerances", type=_floats, default=[],
+                    help="r_v standard-error tolerances of sequential rows (noise 'seq', per_sigma ratio), e.g. 0.03,0.04")
+    ap.add_argument("--min-draws", type=int, default=None, help="sequential rows: draws of the first round "
+                    "(default: MCSSettings')")
+    ap.add_argument("--round-draws", type=int, default=None, help="sequential rows: draws per later round")
+    ap.add_argument("--max-draws", type=int, default=16, help="sequential rows: the most draws an item takes")
     ap.add_argument("--sigmas", default="0.05,0.1,0.2")
     ap.add_argument("--batch-size", type=int, default=8, help="items per compute_mcs call")
     ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
@@ -124,6 +145,7 @@ def main(argv: list[str] | None = None) -> dict:
         if o not in NOISES or o == "plain":
             ap.error(f"unknown option {o!r}; choose from {', '.join(k for k in NOISES if k != 'plain')}")
     plan = [("plain", d) for d in args.draws] + [(o, d) for o in options for d in args.option_draws]
+    sequential = {k: v for k, v in (("min_draws", args.min_draws), ("round_draws", args.round_draws)) if v is not None}
     if ("plain", 2) not in plan:
         plan.insert(0, ("plain", 2))  # the cost reference
     items = load_items(args.data, args.limit)
@@ -132,10 +154,10 @@ def main(argv: list[str] | None = None) -> dict:
     for org in args.organisms.split(","):
         model, pretrained = ORGANISMS[org]
         wrapper = load_encoder(model, str(pretrained), "cpu", "auto")
-        score_run(wrapper, items, MCSSettings(sigmas=sigmas, draws=2), args.batch_size)  # warm-up
+        score_run(wrapper, items, MCSSettings(sigmas=sigmas, draws=2, tolerance=None), args.batch_size)  # warm-up
         org_rows = []
         for noise, draws in plan:
-            base = MCSSettings(sigmas=sigmas, draws=draws, **NOISES[noise])
+            base = MCSSettings(sigmas=sigmas, draws=draws, tolerance=None, **NOISES[noise])  # fixed draws
             runs = [score_run(wrapper, items, dataclasses.replace(base, seed=seed), args.batch_size) for seed in args.seeds]
             s_per_item = statistics.fmean(t for _, t in runs) / len(items)
             print(f"  {org} {noise} {draws} draws: {s_per_item:.4f} s/item", file=sys.stderr, flush=True)
@@ -154,6 +176,26 @@ def main(argv: list[str] | None = None) -> dict:
                     "s_per_item": s_per_item, "seconds": [t for _, t in runs], "meets_target": rho >= TARGET_RHO and mad <= TARGET_MAD,
                     "settings": settings.to_dict(), "r_v": r,
                 })
+        for tol in args.tolerances:
+            base = MCSSettings(sigmas=sigmas, draws=args.max_draws, tolerance=tol, **sequential)
+            runs = [result_run(wrapper, items, dataclasses.replace(base, seed=seed), args.batch_size)
+                    for seed in args.seeds]
+            s_per_item = statistics.fmean(t for _, t in runs) / len(items)
+            r = [torch.cat([x.r_v for x in results]).tolist() for results, _ in runs]
+            se = torch.cat([x.r_v_stderr for results, _ in runs for x in results])
+            pert = [p for results, _ in runs for x in results for p in x.perturbations]
+            diffs = [abs(x - y) for x, y in zip(*r)]
+            rho, mad = spearman(*r), statistics.fmean(diffs)
+            print(f"  {org} seq tol {tol}: {statistics.fmean(pert):.1f} perturbations/item, {s_per_item:.4f} s/item",
+                  file=sys.stderr, flush=True)
+            org_rows.append({
+                "organism": org, "noise": f"seq{tol:g}", "ratio": base.ratio, "draws": args.max_draws,
+                "perturbations": statistics.fmean(pert), "perturbations_range": [min(pert), max(pert)],
+                "spearman": rho, "mean_abs_diff": mad, "max_abs_diff": max(diffs), "mean_stderr": float(se.nanmean()),
+                "s_per_item": s_per_item, "seconds": [t for _, t in runs],
+                "meets_target": rho >= TARGET_RHO and mad <= TARGET_MAD, "settings": base.to_dict(), "r_v": r,
+                "per_item_perturbations": pert,
+            })
         ref = next(x["s_per_item"] for x in org_rows if x["noise"] == "plain" and x["draws"] == 2)
         for x in org_rows:
             x["cost_vs_default"] = x["s_per_item"] / ref
@@ -171,12 +213,19 @@ def main(argv: list[str] | None = None) -> dict:
     print(header)
     print("-" * len(header))
     for x in rows:
-        print(f"{x['organism']:<8} {x['noise'] + '/' + x['ratio']:<16} {x['draws']:>5} {x['perturbations']:>5} "
+        print(f"{x['organism']:<8} {x['noise'] + '/' + x['ratio']:<16} {x['draws']:>5} {x['perturbations']:>5.4g} "
               f"{x['spearman']:>8.3f} {x['mean_abs_diff']:>8.3f} {x['max_abs_diff']:>7.3f} {x['mean_stderr']:>8.3f} "
               f"{x['s_per_item']:>7.4f} {x['cost_vs_default']:>5.1f}x  {'met' if x['meets_target'] else '-'}")
     print(f"target: spearman >= {TARGET_RHO} and mean |d| <= {TARGET_MAD} (d = r_v seed {args.seeds[0]} - r_v seed "
           f"{args.seeds[1]}); cost = s/item / plain/sums 2-draw s/item of the same organism")
     orgs = args.organisms.split(",")
+    print("reliability against mean perturbations per item (per_sigma ratio; plain = fixed draws, seqT = sequential "
+          "with tolerance T, max " f"{args.max_draws} draws):")
+    for org in orgs:
+        curve = sorted((x for x in rows if x["organism"] == org and x["ratio"] == "per_sigma"
+                        and (x["noise"] == "plain" or x["noise"].startswith("seq"))), key=lambda x: x["perturbations"])
+        print(f"  {org:<6} " + "  ".join(f"{x['noise']}:{x['perturbations']:.1f}->{x['spearman']:.3f}/{x['mean_abs_diff']:.3f}"
+                                     for x in curve))
     best = {}
     for x in rows:
         key = (x["noise"], x["ratio"], x["draws"])

@@ -196,7 +196,7 @@ def measure_batch(model, inputs, settings: Settings, layer, vector, mlp, device)
     for r in range(settings.repeats):
         order = ARMS[r % len(ARMS) :] + ARMS[: r % len(ARMS)]
         for arm in order:
-            seconds, _, _ = generate(model, inputs, settings, arm, layer, vector, mlp, device)
+            seconds, tokens[arm], calls[arm] = generate(model, inputs, settings, arm, layer, vector, mlp, device)
             times[arm].append(seconds)
     return {"times": times, "tokens": tokens, "calls": calls}
 

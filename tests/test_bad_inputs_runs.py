@@ -398,7 +398,7 @@ def _digest(path: Path) -> str:
 
 
 def test_mcs_killed_midway_leaves_the_previous_outputs_whole(tmp_path, tiny_llava_path):
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
     from amps_eval.mcs.score import MCSSettings
 
     out = tmp_path / "m.jsonl"

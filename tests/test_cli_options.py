@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from amps_eval.cli import build_parser, fit_settings, main, study_settings
+from amps_eval.cli import _mcs_settings, build_parser, fit_settings, main, study_settings
 from amps_eval.cli_options import show_default
 from amps_eval.fit import FitSettings
-from amps_eval.mcs.run import run_mcs
+from amps_eval.mcs_run import run_mcs
 from amps_eval.mcs.score import MCSSettings
 from amps_eval.methods.steering import SteeringConfig
 from amps_eval.organism.architectures import ARCHITECTURES
@@ -63,7 +63,8 @@ def test_help_of_every_subcommand_shows_every_default():
 def test_help_shows_the_default_values_themselves():
     text = flat(subparsers(build_parser())["fit"].format_help())
     assert "--layer LAYER decoder layer to read and steer" in text and "(default: 14)" in text
-    assert "(default: 0.05,0.1,0.2)" in text and "(default: 16)" in text and "(default: per_sigma)" in text
+    assert "(default: 0.05,0.1,0.2)" in text and "(default: 8)" in text and "(default: per_sigma)" in text
+    assert "(default: 0.05)" in text  # --mcs-tolerance
     assert "(default: the recipe's, 5e-05)" in text and "--batch_size" not in text  # the alias is not listed twice
 
 
@@ -82,7 +83,7 @@ def test_option_defaults_are_the_settings_defaults(tmp_path):
     assert sweep_settings(parser.parse_args(sweep)) == SweepSettings("amps_qwen", "p", "mean", steering, (0.0, 1.0),
                                                                      out=tmp_path / "out")
     mcs = parser.parse_args(["mcs", *FIT[1:5], "--out", "m.jsonl"])
-    assert MCSSettings(sigmas=mcs.sigmas, draws=mcs.draws, seed=mcs.mcs_seed, ratio=mcs.mcs_ratio) == MCSSettings()
+    assert _mcs_settings(mcs) == MCSSettings()  # every MCS option's default, sequential ones included
     defaults = inspect.signature(run_mcs).parameters
     assert (mcs.batch_size, mcs.dtype, mcs.prompt) == tuple(defaults[k].default for k in ("batch_size", "dtype", "prompt"))
 
@@ -231,3 +232,15 @@ def test_documented_table_of_differing_defaults_is_the_code():
     assert StudySettings.lr is None
     assert lr[3].startswith(f"{TrainSettings.lr:g} x {REFERENCE_ITEMS} / items, at most {SMALL_DATA_LR:g} / "
                             f"{StudySettings.epochs} ")
+
+
+def test_the_sequential_mcs_options_reach_the_settings():
+    args = build_parser().parse_args(["mcs", *FIT[1:5], "--out", "m.jsonl", "--mcs-tolerance", "0.04",
+                                      "--mcs-min-draws", "3", "--mcs-round-draws", "1", "--draws", "9",
+                                      "--mcs-seed", "5"])
+    got = _mcs_settings(args)
+    assert (got.tolerance, got.min_draws, got.round_draws, got.draws, got.seed) == (0.04, 3, 1, 9, 5)
+    assert _mcs_settings(build_parser().parse_args(["mcs", *FIT[1:5], "--out", "m", "--mcs-tolerance", "none"])
+                         ).tolerance is None
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["mcs", *FIT[1:5], "--out", "m", "--mcs-tolerance", "0"])

@@ -15,7 +15,7 @@ import amps_eval.fit as fit_module
 import amps_eval.fit_data as fit_data
 from amps_eval.cli import main
 from amps_eval.fit import FitSettings, amps_targets, category_anchors, fit, split_folds
-from amps_eval.mcs.run import run_mcs
+from amps_eval.mcs_run import run_mcs
 from amps_eval.plugin import wrapper_class
 from amps_eval.steering.file import SteeringFile
 from amps_eval.steering.hooks import capture

@@ -87,7 +87,7 @@ def test_mcs_run_then_fit_then_sweep_compute_each_mcs_once(tiny_qwen_path, synth
                                                            monkeypatch):
     """The study's order: `amps-eval mcs` (none prompt), a fit, a mean_mcs run, all on one cache."""
     from amps_eval.fit import FitSettings, fit
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
 
     cache = tmp_path / "cache"
     records = run_mcs("amps_qwen", str(tiny_qwen_path), tmp_path / "m.jsonl", data=synthetic_mc2_dir, settings=MCS,
@@ -95,6 +95,7 @@ def test_mcs_run_then_fit_then_sweep_compute_each_mcs_once(tiny_qwen_path, synth
     again = run_mcs("amps_qwen", str(tiny_qwen_path), tmp_path / "m2.jsonl", data=synthetic_mc2_dir, settings=MCS,
                     batch_size=3, device="cpu", limit=N, progress=False, cache_dir=cache)
     assert again == records and json.loads((tmp_path / "m2.jsonl.meta.json").read_text())["n_from_cache"] == N
+    assert [r["perturbations"] for r in records] == [MCS.perturbations_per_sample] * N  # each row says its cost
     uncached = run_mcs("amps_qwen", str(tiny_qwen_path), tmp_path / "m3.jsonl", data=synthetic_mc2_dir, settings=MCS,
                        batch_size=2, device="cpu", limit=N, progress=False)
     assert uncached == records, "the cache holds exactly what was computed (same batches: same bits)"
@@ -118,6 +119,7 @@ def test_mcs_run_then_fit_then_sweep_compute_each_mcs_once(tiny_qwen_path, synth
     assert wrapper_calls == [], "the wrapper's prompts are the fit's none prompts: all from the cache"
     for item, row in result[1.0][1].items():
         assert row["r_v"] == by_id[item]["r_v"] and row["r_v_stderr"] == by_id[item]["r_v_stderr"]
+        assert row["perturbations"] == by_id[item]["perturbations"]  # in the diagnostics too
 
 
 def test_model_key_changes_with_the_checkpoint_files(tmp_path):

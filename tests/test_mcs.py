@@ -53,6 +53,7 @@ from amps_eval.mcs.score import (
 )
 
 VOCAB = 200
+FIXED = MCSSettings(tolerance=None, draws=16)  # the fixed estimator (the sequential one: tests/test_mcs_sequential.py)
 IMG = 190  # image placeholder token id in both tiny models
 PAD = 0
 
@@ -252,12 +253,14 @@ def assert_close(a: torch.Tensor, b: torch.Tensor, rtol: float, what: str) -> No
 def test_settings_defaults_and_dict():
     # defaults chosen by benchmarks/bench_mcs_retest.py (benchmarks/README.md, "MCS reliability")
     s = MCSSettings()
-    assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 16 and s.relative and s.batched
+    assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 8 and s.relative and s.batched
     assert s.ratio == "per_sigma" and not (s.antithetic or s.common_sigmas or s.common_modalities)
-    assert s.perturbations_per_sample == 96
+    assert (s.tolerance, s.min_draws, s.round_draws) == (0.05, 4, 2) and s.rounds() == [4, 2, 2]
+    assert s.perturbations_per_sample == 48  # the most an item takes; 24 the least
     d = s.to_dict()
     json.dumps(d)
-    assert d["sigmas"] == [0.05, 0.1, 0.2] and d["draws"] == 16 and d["seed"] == 0 and d["ratio"] == "per_sigma"
+    assert d["sigmas"] == [0.05, 0.1, 0.2] and d["draws"] == 8 and d["seed"] == 0 and d["ratio"] == "per_sigma"
+    assert d["tolerance"] == 0.05
     assert MCSSettings(sigmas=[0.1, 1]).sigmas == (0.1, 1.0)
 
 
@@ -334,9 +337,9 @@ def test_batched_equals_loop(case, dtype, rtol):
     # float64 shows that the two modes compute the same thing (same noise, same gradients); float32
     # only adds kernel rounding (squared gradients of a random tiny model: ~1e-4 relative).
     with as_dtype(case, dtype):
-        batched = run(case, MCSSettings(batched=True))
-        loop = run(case, MCSSettings(batched=False))
-        chunked = run(case, MCSSettings(batched=True, max_copies_per_pass=5))
+        batched = run(case, dataclasses.replace(FIXED, batched=True))
+        loop = run(case, dataclasses.replace(FIXED, batched=False))
+        chunked = run(case, dataclasses.replace(FIXED, batched=True, max_copies_per_pass=5))
     for other, name in ((loop, "loop"), (chunked, "chunked")):
         assert_close(batched.scores, other.scores, rtol, f"scores batched vs {name}")
         assert_close(batched.ce, other.ce, rtol, f"ce batched vs {name}")
@@ -347,7 +350,7 @@ def test_batched_equals_loop(case, dtype, rtol):
         return
     # a different seed gives different noise, hence different scores
     with as_dtype(case, dtype):
-        other_seed = run(case, MCSSettings(seed=1))
+        other_seed = run(case, dataclasses.replace(FIXED, seed=1))
     assert not torch.allclose(other_seed.scores, batched.scores, rtol=1e-3)
 
 
@@ -430,7 +433,7 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
 
 @pytest.mark.parametrize("relative", [True, False])
 def test_matches_direct_autograd(case, relative):
-    settings = MCSSettings(relative=relative, sigmas=(0.1, 0.3) if relative else (0.02,), seed=3)
+    settings = dataclasses.replace(FIXED, relative=relative, sigmas=(0.1, 0.3) if relative else (0.02,), seed=3)
     with as_dtype(case, torch.float64):
         res = run(case, settings)  # padded batch: sample "doc-b" is the shorter, left-padded one
         for k in (0, 1):
@@ -464,7 +467,7 @@ def _direct_ratio(table: torch.Tensor, ratio: str) -> float:
 def test_options_match_direct_autograd(case, options):
     """Each variance-reduction option, batched and padded, equals the independent reference that
     draws the documented noise itself (scores draw by draw, C_V, C_T and r_v)."""
-    settings = MCSSettings(sigmas=(0.1, 0.3), draws=4, seed=5, **options)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.3), draws=4, seed=5, **options)
     with as_dtype(case, torch.float64):
         res = run(case, settings)
         loop = run(case, dataclasses.replace(settings, batched=False))
@@ -479,7 +482,7 @@ def test_options_match_direct_autograd(case, options):
 
 
 def test_ranges_and_record(case):
-    res = run(case, MCSSettings())
+    res = run(case, FIXED)
     assert res.sample_ids == case.ids
     assert res.scores.shape == (2, 3, 2, 16) and res.ce.shape == (2, 3, 2, 16)
     assert (res.c_v > 0).all() and (res.c_t > 0).all()
@@ -498,9 +501,9 @@ def test_ranges_and_record(case):
 @pytest.mark.parametrize("dtype, rtol", [(torch.float64, 1e-9), (torch.float32, 1e-3)])
 def test_padding_invariance(case, dtype, rtol):
     with as_dtype(case, dtype):
-        batch = run(case, MCSSettings())
+        batch = run(case, FIXED)
         for k, single in enumerate(case.singles):
-            alone = run(case, MCSSettings(), inputs=single, ids=[case.ids[k]])
+            alone = run(case, FIXED, inputs=single, ids=[case.ids[k]])
             assert_close(alone.scores, batch.scores[k : k + 1], rtol, f"scores sample {k}")
             assert_close(alone.c_v, batch.c_v[k : k + 1], rtol, f"c_v sample {k}")
             assert_close(alone.c_t, batch.c_t[k : k + 1], rtol, f"c_t sample {k}")
@@ -511,7 +514,7 @@ def test_padding_invariance(case, dtype, rtol):
     if case.arch == "llava":
         with as_dtype(case, dtype):
             rev = {k: v.flip(0) for k, v in case.inputs.items()}
-            res = run(case, MCSSettings(), inputs=rev, ids=case.ids[::-1])
+            res = run(case, FIXED, inputs=rev, ids=case.ids[::-1])
         assert_close(res.c_v.flip(0), batch.c_v, rtol, "c_v reversed batch")
 
 
@@ -525,7 +528,7 @@ def test_near_one_hot_is_finite(case):
         for factor in (10.0, 2.0, 2.0, 2.0):
             with torch.no_grad():
                 w.mul_(factor)
-            res = run(case, MCSSettings())
+            res = run(case, FIXED)
             if float(res.ce.min()) < 1e-8:
                 break
         assert float(res.ce.min()) < 1e-8, "the test should exercise the eps guard"
@@ -546,7 +549,7 @@ def test_one_hot_to_working_precision_raises(case):
         with torch.no_grad():
             w.mul_(1000.0)
         with pytest.raises(NonFiniteMCSError) as info:
-            run(case, MCSSettings())
+            run(case, FIXED)
         assert set(info.value.sample_ids) <= set(case.ids) and info.value.sample_ids
         assert info.value.sample_ids[0] in str(info.value)
     finally:
@@ -562,7 +565,7 @@ def test_nan_raises_naming_the_sample(case):
         with torch.no_grad():
             emb[21] = float("nan")  # token 21 occurs only in the second prompt ("doc-b")
         with pytest.raises(NonFiniteMCSError) as info:
-            run(case, MCSSettings())
+            run(case, FIXED)
         assert info.value.sample_ids == ["doc-b"]
         assert "doc-b" in str(info.value) and "doc-a" not in str(info.value)
         assert isinstance(info.value, ValueError)
@@ -584,7 +587,7 @@ def test_model_state_restored_and_no_param_grads(case):
     req_before = [p.requires_grad for p in params]
     train_before = [m.training for m in model.modules()]
     try:
-        run(case, MCSSettings())
+        run(case, FIXED)
         assert [p.requires_grad for p in params] == req_before
         assert [m.training for m in model.modules()] == train_before
         assert all(p.grad is None for p in params)
@@ -594,7 +597,7 @@ def test_model_state_restored_and_no_param_grads(case):
         with torch.no_grad():
             emb[21] = float("nan")
         with pytest.raises(NonFiniteMCSError):
-            run(case, MCSSettings())
+            run(case, FIXED)
         with torch.no_grad():
             emb.copy_(saved)
         assert [p.requires_grad for p in params] == req_before
@@ -609,13 +612,13 @@ def test_model_state_restored_and_no_param_grads(case):
 def test_dropout_does_not_leak_in(case):
     """MCS runs in eval mode even when the model is in training mode (dropout off)."""
     model = case.model
-    ref = run(case, MCSSettings())
+    ref = run(case, FIXED)
     attns = [layer.self_attn for layer in model.model.language_model.layers]
     model.train()
     for a in attns:
         a.attention_dropout = 0.5
     try:
-        again = run(case, MCSSettings())
+        again = run(case, FIXED)
     finally:
         model.eval()
         for a in attns:
@@ -625,8 +628,8 @@ def test_dropout_does_not_leak_in(case):
 
 def test_bf16(case):
     with as_dtype(case, torch.bfloat16):
-        b = run(case, MCSSettings())
-        loop = run(case, MCSSettings(batched=False))
+        b = run(case, FIXED)
+        loop = run(case, dataclasses.replace(FIXED, batched=False))
     for t in (b.scores, b.c_v, b.c_t, b.r_v):
         assert t.dtype == torch.float64 and torch.isfinite(t).all()
     assert ((b.r_v >= 0) & (b.r_v <= 1)).all()
@@ -634,12 +637,12 @@ def test_bf16(case):
 
 
 def test_inference_mode_caller(case):
-    ref = run(case, MCSSettings())
+    ref = run(case, FIXED)
     with torch.inference_mode():
-        res = run(case, MCSSettings())
+        res = run(case, FIXED)
     assert_close(res.c_v, ref.c_v, 1e-6, "inside inference_mode")
     with torch.no_grad():  # as a steered generation calls it
-        res = run(case, MCSSettings())
+        res = run(case, FIXED)
     assert torch.equal(res.scores, ref.scores)
 
 
@@ -648,7 +651,7 @@ def test_given_prefill_gives_the_same_result(case):
     gives exactly the result of `compute_mcs` prefilling itself; a prefill of other inputs is refused."""
     from amps_eval.mcs.kv_cache import prefill_prompt
 
-    settings = MCSSettings(draws=2)
+    settings = dataclasses.replace(FIXED, draws=2)
     ref = run(case, settings)
     v, t = masks(case.inputs)
     with torch.inference_mode():
@@ -722,7 +725,7 @@ def count_syncs(monkeypatch):
 def test_building_copies_makes_no_host_sync(case, monkeypatch):
     """The per-pass path (noise, perturbed entries, cache copies, squared gradient norms) never
     copies a value to the host; the counter does see a sync (the former per-entry std's float())."""
-    settings = MCSSettings(sigmas=(0.1, 0.3), draws=4, antithetic=True, common_modalities=True)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.3), draws=4, antithetic=True, common_modalities=True)
     plan, pre = _plan(case, settings)
     n = len(plan.copies)
     with count_syncs(monkeypatch) as counter:
@@ -741,7 +744,7 @@ def test_building_copies_makes_no_host_sync(case, monkeypatch):
 def test_gradients_only_at_perturbed_entries(case):
     """The autograd leaves are exactly the perturbed entries: one [entries, kv_heads, head_dim]
     tensor per layer and K/V, placed at each copy's modality positions of its own cache copy."""
-    settings = MCSSettings(sigmas=(0.1,), draws=2)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1,), draws=2)
     plan, pre = _plan(case, settings)
     built = plan.build(0, len(plan.copies))
     n_layers, (_, kv, _, dim) = len(pre.keys), pre.keys[0].shape
@@ -769,7 +772,7 @@ def test_noise_is_one_draw_per_sample_sigma_and_modality(heads, dim, positions):
     [kv_heads, n_m, head_dim] when kv_heads * n_m * head_dim is a multiple of 16 (torch fills
     normals in blocks of 16), and not otherwise."""
     layers, tokens, draws, seed = 3, 10, 3, 11
-    settings = MCSSettings(sigmas=(0.1, 0.2), draws=draws, relative=False)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.2), draws=draws, relative=False)
     zeros = [torch.zeros(1, heads, tokens, dim) for _ in range(layers)]
     pos = (torch.arange(1, 1 + positions[0]), torch.tensor([0, 8, 9])[: positions[1]])
     smp = _Sample(row=0, sample_id="x", positions=pos, generator=torch.Generator().manual_seed(seed))
@@ -799,7 +802,7 @@ def test_modality_std_equals_torch_std(case):
     torch.std (population) of that sample's entries at that modality's positions: exactly, once
     rounded to float32, for a float32 cache (as the former per-entry torch.std computed it), and
     to 1e-13 in float64. Padding never enters, even when it holds NaN."""
-    plan, pre = _plan(case, MCSSettings())
+    plan, pre = _plan(case, FIXED)
     layers = [t for pair in zip(pre.keys, pre.values) for t in pair]
     samples = list({id(c.sample): c.sample for c in plan.copies}.values())
     bsz, _, tokens, _ = layers[0].shape
@@ -826,7 +829,7 @@ def test_noise_independent_of_batch_composition_and_chunking(relative):
     """A sample's perturbed entries do not depend on the other samples of its batch, its row, its
     padding or how the copies are split into passes (a cache made of the same entries at other
     positions)."""
-    settings = MCSSettings(sigmas=(0.1, 0.2), draws=3, relative=relative, antithetic=False, common_sigmas=True)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.2), draws=3, relative=relative, antithetic=False, common_sigmas=True)
     g = torch.Generator().manual_seed(0)
     alone = [torch.randn(1, 2, 12, 16, generator=g) * 3 for _ in range(4)]
     pos = (torch.arange(2, 8), torch.tensor([0, 1, 8, 9, 10, 11]))
@@ -866,18 +869,19 @@ def test_noise_independent_of_batch_composition_and_chunking(relative):
 def test_chunking_never_changes_results(case, monkeypatch):
     """1, 7 or all copies per pass, or the memory-derived default (here forced below all copies):
     the same scores, to float64 rounding; the default makes ceil(copies / copies_per_pass) passes."""
-    from amps_eval.mcs import score as score_module
+    from amps_eval.mcs import copies as copies_module
+    from amps_eval.mcs import memory as memory_module
 
-    settings = MCSSettings(sigmas=(0.1, 0.3), draws=4)
+    settings = dataclasses.replace(FIXED, sigmas=(0.1, 0.3), draws=4)
     with as_dtype(case, torch.float64):
         plan, pre = _plan(case, settings)
         per_copy = plan.footprint(case.model, pre.logits.shape[-1])
         budget = per_copy.fixed_bytes() + 5 * per_copy.bytes_per_copy() + 1
         assert copies_per_pass(per_copy, budget, len(plan.copies)) == 5
-        monkeypatch.setattr(score_module, "HOST_MEMORY_BUDGET", budget)
+        monkeypatch.setattr(memory_module, "HOST_MEMORY_BUDGET", budget)
         passes = []
-        real_forward = score_module.forward_last_token
-        monkeypatch.setattr(score_module, "forward_last_token",
+        real_forward = copies_module.forward_last_token
+        monkeypatch.setattr(copies_module, "forward_last_token",
                             lambda model, ids, *a: passes.append(ids.shape[0]) or real_forward(model, ids, *a))
         derived = run(case, settings)
         assert passes == [5] * (len(plan.copies) // 5) + ([len(plan.copies) % 5] if len(plan.copies) % 5 else [])
@@ -914,15 +918,15 @@ def test_input_validation(case):
     right = dict(case.inputs)
     right["attention_mask"] = case.inputs["attention_mask"].flip(1)
     with pytest.raises(ValueError, match="LEFT"):
-        compute_mcs(case.model, right, v, t, MCSSettings())
+        compute_mcs(case.model, right, v, t, FIXED)
     with pytest.raises(ValueError, match="overlap"):
-        compute_mcs(case.model, case.inputs, v, torch.ones_like(t), MCSSettings())
+        compute_mcs(case.model, case.inputs, v, torch.ones_like(t), FIXED)
     with pytest.raises(ValueError, match="vision_mask"):
-        compute_mcs(case.model, case.inputs, v[:, 1:], t, MCSSettings())
+        compute_mcs(case.model, case.inputs, v[:, 1:], t, FIXED)
     with pytest.raises(ValueError, match="no vision positions"):
-        compute_mcs(case.model, case.inputs, torch.zeros_like(v), t, MCSSettings(), sample_ids=case.ids)
+        compute_mcs(case.model, case.inputs, torch.zeros_like(v), t, FIXED, sample_ids=case.ids)
     with pytest.raises(ValueError, match="sample_ids"):
-        compute_mcs(case.model, case.inputs, v, t, MCSSettings(), sample_ids=["x"])
+        compute_mcs(case.model, case.inputs, v, t, FIXED, sample_ids=["x"])
 
 
 # --------------------------------------------------------------------------------------------------
@@ -962,11 +966,11 @@ def test_with_saved_checkpoint_and_processor(arch, tmp_path_factory):
     assert int(batch["attention_mask"][1, 0]) == 0, "the second prompt should be left-padded"
     vision = batch["input_ids"] == img
     ids = ["long", "short"]
-    res = compute_mcs(model, batch, vision, ~vision, MCSSettings(), sample_ids=ids)
-    loop = compute_mcs(model, batch, vision, ~vision, MCSSettings(batched=False), sample_ids=ids)
+    res = compute_mcs(model, batch, vision, ~vision, FIXED, sample_ids=ids)
+    loop = compute_mcs(model, batch, vision, ~vision, dataclasses.replace(FIXED, batched=False), sample_ids=ids)
     assert_close(res.scores, loop.scores, 1e-3, "processor batch: batched vs loop")
     assert ((res.r_v >= 0) & (res.r_v <= 1)).all() and (res.c_v > 0).all() and (res.c_t > 0).all()
     alone = encode([1])
     v1 = alone["input_ids"] == img
-    single = compute_mcs(model, alone, v1, ~v1, MCSSettings(), sample_ids=["short"])
+    single = compute_mcs(model, alone, v1, ~v1, FIXED, sample_ids=["short"])
     assert_close(single.scores, res.scores[1:], 1e-3, "processor batch: padding invariance")

@@ -268,18 +268,27 @@ def test_settings_are_validated():
     assert architecture("llava").lmms_model == "amps_llava"
 
 
+# the organism's design is checked with the precise fixed estimator (16 draws, 96 perturbations): the
+# default sequential one is within the retest target, but its noise moved the paired share of the
+# LLaVA organism to 84% (threshold 85%) in this test
+DESIGN_MCS_KW = {"tolerance": None, "draws": 16}
+
+
 def test_mcs_of_the_shipped_organism_agrees_with_its_design(organism, tmp_path):
     """The MCS diagnostic against the known truth, on held-out items: the visual ratio is higher on
     the image-leaning categories than on the text-leaning ones, and under the image instruction than
     under the text instruction."""
     from amps_eval.mc2.synthetic import write_synthetic_mc2
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs.settings import MCSSettings
+    from amps_eval.mcs_run import run_mcs
+
+    DESIGN_MCS = MCSSettings(**DESIGN_MCS_KW)
     from amps_eval.study import mcs_check
 
     data = write_synthetic_mc2(tmp_path / "data", n_per_category=4, seed=7, image_size=84, progress=False).out
     for prompt in ("none", "visual", "text"):
         run_mcs(organism[0], str(organism[1]), tmp_path / "mcs" / f"organism_{prompt}.jsonl", data=data, prompt=prompt,
-                batch_size=8, device="cpu", progress=False)
+                batch_size=8, device="cpu", progress=False, settings=DESIGN_MCS)
     check = mcs_check(tmp_path / "mcs", "organism")
     assert check["leaning_ordered"] and check["instruction_ordered"], check
 

@@ -76,7 +76,7 @@ class Pipeline:
 @pytest.fixture(scope="session")
 def pipeline(tmp_path_factory, tiny_qwen_path, tiny_llava_path, synthetic_mc2_dir) -> Pipeline:
     from amps_eval.mc2.source import ENV_VAR
-    from amps_eval.mcs.run import run_mcs
+    from amps_eval.mcs_run import run_mcs
     from amps_eval.report.sweep import SweepSettings, run_sweep
     from amps_eval.runner import run_lmms_eval
     from amps_eval.mcs.score import MCSSettings

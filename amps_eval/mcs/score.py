@@ -29,17 +29,34 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   neighbourhood where the gradient is informative (a local sensitivity probe), large enough that
   ``p_z`` differs measurably from ``p_x`` in bf16; three levels average out the dependence on one
   scale.
-* **Draws and ratio** default ``draws=16`` and ``ratio="per_sigma"``: 3 sigmas x 2 modalities x 16
-  draws = 96 perturbations per sample, and r_v = mean over sigmas of C_V(s) / (C_V(s) + C_T(s)).
+* **Draws and ratio** default: the sequential estimator (below) with ``tolerance=0.05``,
+  ``min_draws=4``, ``round_draws=2``, at most ``draws=8``: 24 to 48 perturbations per sample (3
+  sigmas x 2 modalities x 4 to 8 draws), 31.4 on average over the 256 demo items of both shipped
+  organisms (32.9 Qwen, 30.0 LLaVA), where two ``--mcs-seed`` runs agree to Spearman 0.964 / 0.967
+  and mean |r_v difference| 0.045 / 0.028 (benchmarks/README.md, "Sequential MCS"). Before it the
+  default was a fixed ``draws=16`` (96 perturbations per sample; ``tolerance=None, draws=16``).
+  r_v = mean over sigmas of C_V(s) / (C_V(s) + C_T(s)).
   Chosen with ``benchmarks/bench_mcs_retest.py`` (benchmarks/README.md, "MCS reliability"). With the
   former ``draws=2`` and the pooled ratio ``C_V / (C_V + C_T)``, two ``--mcs-seed`` runs over the 128
-  demo items agreed only to Spearman 0.878-0.917 and mean |r_v difference| 0.090-0.125. With these
-  defaults they agree to Spearman >= 0.986 and mean |difference| <= 0.037 on both shipped
+  demo items agreed only to Spearman 0.878-0.917 and mean |r_v difference| 0.090-0.125. With 16
+  fixed draws they agree to Spearman >= 0.986 and mean |difference| <= 0.037 on both shipped
   organisms (two seed pairs each), inside the target of 0.95 and 0.05. A score grows about as
   sigma^2, so the pooled ratio is dominated by the largest sigma. The per-sigma mean weights the
   three levels equally and agreed better at every draw count. It has the same limit as the pooled
   ratio when both modalities scale alike with sigma. ``ratio="sums"`` is Eq. 7 as written.
   ``c_v`` / ``c_t`` are the plain means in every case.
+* **Sequential draws** (``tolerance`` not None): a sample's draws come in rounds, ``min_draws``
+  per (sigma, modality) first, then ``round_draws`` more per round (`MCSSettings.rounds`, the last
+  cut to reach ``draws``). After each round the sample's r_v standard error (`mcs_stderr` over all
+  its draws so far, the estimator's own formula) is compared with ``tolerance``: at most it, the
+  sample stops; otherwise it takes the next round, up to ``draws``. So a sample takes between
+  ``min_draws`` and ``draws`` draws (``MCSResult.draws``; ``MCSResult.perturbations`` = sigmas x 2 x
+  draws), and its c_v, c_t, r_v and standard errors are those of its own draws. Each round draws
+  its normals from the sample's generator in the order above (per round: for sigma, for modality,
+  ``[round draws, ...]``), so a sample's noise, its rounds and its r_v depend on the settings,
+  the seed and its sample id only, never on the other samples of the batch. A sample with
+  non-finite scores stops and is refused as below. ``tolerance=None`` is one round of ``draws``,
+  the fixed estimator, bit for bit as before.
 * **Cache positions**: the prompt is prefilled once (full prompt, with explicit position ids) and the
   cache is cut to the first ``T-1`` positions; ``p_x`` is the prefill's distribution at the last
   prompt token, which is exactly the distribution the single-token pass yields on the unperturbed
@@ -126,11 +143,9 @@ Caveats for wrapper authors
 * LLaVA: positions are ``cumsum(attention_mask) - 1`` (as in ``generate``), so a left-padded sample
   gets the same positions as the same sample alone.
 """
-
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -138,11 +153,17 @@ from typing import Any
 
 import torch
 
-from amps_eval.vocabulary import TARGETS
+from amps_eval.mcs.copies import (  # noqa: F401  (re-exported for tests and benchmarks)
+    _build_copies,
+    _Copy,
+    _CopyPlan,
+    _grad_sq_per_copy,
+    _run_copies,
+    _Sample,
+    modality_std,
+)
 from amps_eval.mcs.kv_cache import (
     Prefill,
-    _last_position_ids,
-    _work_dtype,
     forward_last_token,
     frozen_eval,
     prefill,
@@ -150,8 +171,24 @@ from amps_eval.mcs.kv_cache import (
     prompt_position_ids,
     uses_mrope,
 )
-
-from amps_eval.mcs.settings import MODALITIES, RATIOS, MCSSettings  # re-exported
+from amps_eval.mcs.memory import (
+    CUDA_MEMORY_FRACTION,
+    HOST_MEMORY_BUDGET,
+    CopyFootprint,
+    copies_per_pass,
+    memory_budget,
+)
+from amps_eval.mcs.seeding import noise_key, sample_seed
+from amps_eval.mcs.settings import MCS_KEYS, MODALITIES, RATIOS, MCSSettings
+from amps_eval.mcs.stats import (
+    _estimator,
+    _finite_or_none,
+    cross_entropy,
+    mcs_ratio,
+    mcs_score,
+    mcs_stderr,
+    visual_ratio,
+)
 
 
 class NonFiniteMCSError(ValueError):
@@ -163,19 +200,17 @@ class NonFiniteMCSError(ValueError):
         self.values = values or {}
 
 
-# --------------------------------------------------------------------------------------------------
-# settings and result
-# --------------------------------------------------------------------------------------------------
-
-
 @dataclass
 class MCSResult:
     """Per-sample MCS. Tensors are float64 on CPU, first dim = batch.
 
-    c_v, c_t, r_v: [B] (r_v as ``settings["ratio"]`` says, see `mcs_ratio`). scores, ce: [B, len(sigmas), 2 (vision, text), draws] (the per-perturbation
-    score ||grad||^2 / max(CE, eps) and the CE itself). ce_clean: [B], CE(p_x, p_x) = entropy of p_x
-    (the floor of every CE). n_vision, n_text: perturbed positions per sample. c_v_stderr,
-    c_t_stderr, r_v_stderr: [B] Monte Carlo standard errors (`mcs_stderr`; NaN with one draw).
+    c_v, c_t, r_v: [B] (r_v as ``settings["ratio"]`` says, see `mcs_ratio`). scores, ce: [B,
+    len(sigmas), 2 (vision, text), draws] (the per-perturbation score ||grad||^2 / max(CE, eps) and
+    the CE itself; with sequential settings ``draws`` is the most any sample took and a sample's
+    later draws are NaN). ce_clean: [B], CE(p_x, p_x) = entropy of p_x (the floor of every CE).
+    n_vision, n_text: perturbed positions per sample. c_v_stderr, c_t_stderr, r_v_stderr: [B] Monte
+    Carlo standard errors (`mcs_stderr`; NaN with one draw). draws: [B] the draws per (sigma,
+    modality) each sample took (all ``scores.shape[-1]`` unless sequential).
     """
 
     sample_ids: list[str]
@@ -191,13 +226,33 @@ class MCSResult:
     c_v_stderr: torch.Tensor | None = None
     c_t_stderr: torch.Tensor | None = None
     r_v_stderr: torch.Tensor | None = None
+    draws: list[int] | None = None
 
     def __post_init__(self) -> None:
         if self.r_v_stderr is None:
             self.c_v_stderr, self.c_t_stderr, self.r_v_stderr = mcs_stderr(self.scores, **_estimator(self.settings))
+        if self.draws is None:
+            self.draws = [int(self.scores.shape[-1])] * len(self.sample_ids)
 
     def __len__(self) -> int:
         return len(self.sample_ids)
+
+    @property
+    def perturbations(self) -> list[int]:
+        """Perturbed passes per sample: sigmas x 2 modalities x its draws."""
+        return [int(self.scores.shape[1]) * len(MODALITIES) * n for n in self.draws]
+
+    def select(self, rows: Sequence[int]) -> MCSResult:
+        """The samples at ``rows`` (in that order)."""
+        index = torch.tensor(list(rows), dtype=torch.long)
+        pick = lambda t: t.index_select(0, index)  # noqa: E731
+        return MCSResult(
+            sample_ids=[self.sample_ids[i] for i in rows], c_v=pick(self.c_v), c_t=pick(self.c_t),
+            r_v=pick(self.r_v), scores=pick(self.scores), ce=pick(self.ce), ce_clean=pick(self.ce_clean),
+            n_vision=[self.n_vision[i] for i in rows], n_text=[self.n_text[i] for i in rows],
+            settings=dict(self.settings), c_v_stderr=pick(self.c_v_stderr), c_t_stderr=pick(self.c_t_stderr),
+            r_v_stderr=pick(self.r_v_stderr), draws=[self.draws[i] for i in rows],
+        )
 
     def to_records(self) -> list[dict[str, Any]]:
         """One JSON-serialisable dict per sample."""
@@ -212,6 +267,7 @@ class MCSResult:
                     "c_v_stderr": _finite_or_none(self.c_v_stderr[i]),
                     "c_t_stderr": _finite_or_none(self.c_t_stderr[i]),
                     "r_v_stderr": _finite_or_none(self.r_v_stderr[i]),
+                    "perturbations": self.perturbations[i],
                     "ce_clean": float(self.ce_clean[i]),
                     "n_vision": self.n_vision[i],
                     "n_text": self.n_text[i],
@@ -220,481 +276,6 @@ class MCSResult:
                 }
             )
         return out
-
-
-# --------------------------------------------------------------------------------------------------
-# pure math
-# --------------------------------------------------------------------------------------------------
-
-
-def cross_entropy(p_x: torch.Tensor, logits_z: torch.Tensor) -> torch.Tensor:
-    """CE(p_x, p_z) = -sum_v p_x[v] log softmax(logits_z)[v] over the last dim, in float32
-    (float64 for a float64 model).
-
-    ``p_x`` is a probability vector (treated as a constant); entries with p_x == 0 contribute 0.
-    """
-    work = _work_dtype(logits_z.dtype)
-    log_pz = torch.log_softmax(logits_z.to(work), dim=-1)
-    p_x = p_x.to(work)
-    terms = torch.where(p_x > 0, p_x * log_pz, torch.zeros((), dtype=log_pz.dtype, device=log_pz.device))
-    return -terms.sum(dim=-1)
-
-
-def mcs_score(grad_sq_norm: torch.Tensor, ce: torch.Tensor, eps: float) -> torch.Tensor:
-    """Eq. 7 per perturbation: ||grad||^2 / max(L, eps) (elementwise, float64)."""
-    return grad_sq_norm.double() / ce.double().clamp_min(eps)
-
-
-def visual_ratio(c_v: torch.Tensor, c_t: torch.Tensor) -> torch.Tensor:
-    """r_v = C_V / (C_V + C_T) (elementwise; NaN where both are 0, callers check)."""
-    c_v = c_v.double()
-    c_t = c_t.double()
-    return c_v / (c_v + c_t)
-
-
-_ESTIMATOR_KEYS = ("ratio", "antithetic", "common_sigmas", "common_modalities")
-
-
-def _estimator(settings: dict[str, Any]) -> dict[str, Any]:
-    """The `mcs_stderr` keywords recorded in a settings dict (absent keys: the plain estimator)."""
-    return {k: settings[k] for k in _ESTIMATOR_KEYS if k in settings}
-
-
-def mcs_ratio(scores: torch.Tensor, ratio: str = "sums") -> torch.Tensor:
-    """r_v [B] from scores [B, S, 2, N] (float64; NaN where a denominator is 0, callers check).
-
-    "sums": C_V / (C_V + C_T) with C_m the mean over sigmas and draws (the paper's Eq. 7);
-    "per_sigma": mean over sigmas s of C_V(s) / (C_V(s) + C_T(s)), C_m(s) the mean over draws;
-    "per_draw": mean over sigmas and draws of score_V / (score_V + score_T) (draw n of the vision
-    perturbation paired with draw n of the text one).
-    """
-    scores = scores.double()
-    if ratio == "sums":
-        c = scores.mean(dim=(1, 3))
-        return visual_ratio(c[:, 0], c[:, 1])
-    if ratio == "per_sigma":
-        c = scores.mean(dim=3)  # [B, S, 2]
-        return visual_ratio(c[..., 0], c[..., 1]).mean(dim=1)
-    if ratio == "per_draw":
-        return visual_ratio(scores[:, :, 0], scores[:, :, 1]).mean(dim=(1, 2))
-    raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
-
-
-def _se_of_weighted_mean(x: torch.Tensor, w: torch.Tensor, dependent: torch.Tensor) -> torch.Tensor:
-    """Standard error of sum_k w_k mean_u x[k, u] over U independent units, [B]; x [B, K, U],
-    w [B, K]; ``dependent`` [K, K] bool says which blocks share noise (only their sample
-    covariances, ddof 1, enter; the others are independent by construction)."""
-    units = x.shape[-1]
-    xc = x - x.mean(dim=-1, keepdim=True)
-    cov = xc @ xc.transpose(1, 2) / (units - 1)  # [B, K, K]
-    cov = cov * dependent.to(cov.dtype)
-    var = torch.einsum("bk,bkl,bl->b", w, cov, w) / units
-    return var.clamp_min(0).sqrt()
-
-
-def mcs_stderr(
-    scores: torch.Tensor,
-    ratio: str = "sums",
-    antithetic: bool = False,
-    common_sigmas: bool = False,
-    common_modalities: bool = False,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Monte Carlo standard errors (C_V, C_T, r_v), each [B], from scores [B, S, 2, N].
-
-    The independent units are the draws (the antithetic pairs (2k, 2k+1) with ``antithetic``, whose
-    two scores are averaged first). C_m is the mean over the S noise levels of the mean over the
-    units, so with independent levels Var(C_m) = sum_s var_s / U / S^2 (var_s the sample variance,
-    ddof 1, of the units at level s). r_v is linearised (delta method): r_v ~ sum_k w_k mean_u x_ku
-    over blocks k = (level, modality) (for "per_draw": k = level and x the per-draw ratio), and
-    Var(r_v) = sum_kl w_k w_l cov(x_k, x_l) / U, where only blocks that share noise contribute a
-    covariance: the same block; the same modality at two levels with ``common_sigmas``; the two
-    modalities at one level with ``common_modalities``; both with both. For the plain estimator this
-    is se(r_v)^2 = ((C_T se_V)^2 + (C_V se_T)^2) / (C_V + C_T)^4. NaN with fewer than 2 units.
-    """
-    scores = scores.double()
-    bsz, n_sigmas, _, draws = scores.shape
-    units = draws // 2 if antithetic else draws
-    if antithetic and draws % 2:
-        raise ValueError(f"antithetic scores need an even number of draws, got {draws}")
-    if ratio not in RATIOS:
-        raise ValueError(f"ratio must be one of {RATIOS}, got {ratio!r}")
-    if units < 2:
-        nan = torch.full((bsz,), math.nan, dtype=torch.float64)
-        return nan, nan.clone(), nan.clone()
-
-    def per_unit(x: torch.Tensor) -> torch.Tensor:  # [..., N] -> [..., U]
-        return x.reshape(*x.shape[:-1], units, 2).mean(dim=-1) if antithetic else x
-
-    eye_s = torch.eye(n_sigmas, dtype=torch.bool)
-    sig_dep = torch.ones_like(eye_s) if common_sigmas else eye_s
-    se_c = []
-    for m in (0, 1):
-        w = torch.full((bsz, n_sigmas), 1.0 / n_sigmas, dtype=torch.float64)
-        se_c.append(_se_of_weighted_mean(per_unit(scores[:, :, m]), w, sig_dep))
-    if ratio == "per_draw":
-        x = per_unit(visual_ratio(scores[:, :, 0], scores[:, :, 1]))  # [B, S, U]
-        w = torch.full((bsz, n_sigmas), 1.0 / n_sigmas, dtype=torch.float64)
-        return se_c[0], se_c[1], _se_of_weighted_mean(x, w, sig_dep)
-    mod_dep = torch.ones(2, 2, dtype=torch.bool) if common_modalities else torch.eye(2, dtype=torch.bool)
-    dependent = (sig_dep[:, None, :, None] & mod_dep[None, :, None, :]).reshape(2 * n_sigmas, 2 * n_sigmas)
-    if ratio == "sums":
-        c = scores.mean(dim=(1, 3))[:, None, :].expand(bsz, n_sigmas, 2)  # [B, S, 2], the same at every level
-    else:  # per_sigma
-        c = scores.mean(dim=3)  # [B, S, 2]
-    total = c.sum(dim=-1)
-    w = torch.stack((c[..., 1], -c[..., 0]), dim=-1) / total[..., None] ** 2 / n_sigmas  # [B, S, 2]
-    x = per_unit(scores)  # [B, S, 2, U]
-    se_r = _se_of_weighted_mean(x.reshape(bsz, 2 * n_sigmas, units), w.reshape(bsz, 2 * n_sigmas), dependent)
-    return se_c[0], se_c[1], se_r
-
-
-def _finite_or_none(value: torch.Tensor) -> float | None:
-    number = float(value)
-    return number if math.isfinite(number) else None
-
-
-def noise_key(mc2_id: Any, prompt: str = "none") -> str:
-    """The sample id that seeds an MC2 item's MCS noise: a function of the item and the prompt
-    variant only, so that `fit` (which computes the anchors) and `mean_mcs` at inference give the
-    same r_v for the same prompt, in any batch."""
-    return f"mc2_id={mc2_id}/prompt={prompt}"
-
-
-def sample_seed(seed: int, sample_id: str) -> int:
-    """Deterministic 63-bit generator seed for one sample (independent of batch and process)."""
-    digest = hashlib.sha256(f"amps-mcs:{int(seed)}:{sample_id}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") & ((1 << 63) - 1)
-
-
-# --------------------------------------------------------------------------------------------------
-# memory of one batched pass
-# --------------------------------------------------------------------------------------------------
-
-HOST_MEMORY_BUDGET = 4 * 2**30
-"""Bytes that the perturbed copies of one pass may take on a device other than CUDA, when
-``max_copies_per_pass`` is None (`copies_per_pass`)."""
-CUDA_MEMORY_FRACTION = 0.5
-"""Share of a CUDA device's free memory (``torch.cuda.mem_get_info`` plus what torch's allocator
-holds unused) that the perturbed copies of one pass may take, when ``max_copies_per_pass`` is None."""
-
-
-@dataclass(frozen=True)
-class CopyFootprint:
-    """The sizes that set the memory of one batched MCS pass (`bytes_per_copy`, `fixed_bytes`).
-
-    layers, kv_heads, head_dim: the cache's; tokens: the cut cache's length (prompt - 1);
-    entries: the most positions one copy perturbs; group_width, draws: the positions and draws of
-    the widest noise group; cache_bytes / work_bytes: element sizes of the cache dtype and of the
-    work dtype; query_heads: attention heads (> kv_heads for grouped-query attention); vocab,
-    hidden, intermediate: the language model's sizes (hidden / intermediate 0 when unknown).
-    """
-
-    layers: int
-    kv_heads: int
-    head_dim: int
-    tokens: int
-    entries: int
-    group_width: int
-    draws: int
-    cache_bytes: int
-    work_bytes: int
-    query_heads: int
-    vocab: int
-    hidden: int = 0
-    intermediate: int = 0
-
-    def bytes_per_copy(self) -> int:
-        """Estimated bytes one perturbed copy adds to a pass: its cache copy; inside the pass, the
-        copy concatenated with the query token's K/V and, for grouped-query attention, repeated to
-        the query heads (both kept for the backward), plus one layer's gradient of those; its
-        perturbed entries (leaves, their gradients, the gathered clean entries and the stacked
-        gradients in the cache dtype, the noise and the squared gradients in the work dtype); the
-        one-token activations (about 12 hidden + 4 intermediate vectors per layer) and 4 vectors of
-        vocabulary size (logits, log-softmax, their gradients)."""
-        per_position = self.layers * 2 * self.kv_heads * self.head_dim  # K/V elements, all layers
-        repeat = self.query_heads // self.kv_heads if self.query_heads > self.kv_heads else 0
-        cache = per_position * self.tokens * self.cache_bytes
-        in_pass = per_position * (self.tokens + 1) * self.cache_bytes * (1 + repeat + max(repeat, 1) / self.layers)
-        entries = per_position * self.entries * (4 * self.cache_bytes + 2 * self.work_bytes)
-        activations = (self.layers * (12 * self.hidden + 4 * self.intermediate) + 4 * self.vocab) * self.work_bytes
-        return int(cache + in_pass + entries + activations)
-
-    def fixed_bytes(self) -> int:
-        """Bytes a pass holds whatever its size: up to two noise groups (float32) drawn ahead."""
-        return 2 * self.draws * self.layers * 2 * self.kv_heads * self.group_width * self.head_dim * 4
-
-
-def copies_per_pass(footprint: CopyFootprint, budget_bytes: int, total: int) -> int:
-    """The most perturbed copies (at least 1, at most ``total``) whose `CopyFootprint` fits
-    ``budget_bytes``."""
-    room = budget_bytes - footprint.fixed_bytes()
-    return max(1, min(total, room // max(footprint.bytes_per_copy(), 1)))
-
-
-def memory_budget(device: torch.device) -> int:
-    """Bytes the perturbed copies of one pass may take on ``device``: `CUDA_MEMORY_FRACTION` of the
-    free memory of a CUDA device, `HOST_MEMORY_BUDGET` elsewhere."""
-    if device.type == "cuda":
-        free, _total = torch.cuda.mem_get_info(device)
-        free += torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-        return int(CUDA_MEMORY_FRACTION * free)
-    return HOST_MEMORY_BUDGET
-
-
-def _language_sizes(model: torch.nn.Module) -> dict[str, int]:
-    """The language model's num_attention_heads, hidden_size and intermediate_size from its
-    config (the keys it lacks are left out)."""
-    config = getattr(model, "config", None)
-    if config is not None and hasattr(config, "get_text_config"):
-        config = config.get_text_config()
-    sizes = {}
-    for name in ("num_attention_heads", "hidden_size", "intermediate_size"):
-        value = getattr(config, name, None)
-        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-            sizes[name] = value
-    return sizes
-
-
-# --------------------------------------------------------------------------------------------------
-# perturbation plan and noise
-# --------------------------------------------------------------------------------------------------
-
-
-@dataclass
-class _Sample:
-    row: int
-    sample_id: str
-    positions: tuple[torch.Tensor, torch.Tensor]  # (vision idx, text idx) into the cut cache, increasing
-    generator: torch.Generator
-
-
-@dataclass
-class _Copy:
-    sample: _Sample
-    s: int
-    m: int
-    n: int
-
-
-def modality_std(layers: Sequence[torch.Tensor], masks: torch.Tensor) -> torch.Tensor:
-    """Population std of each of ``layers`` (cache tensors [B, kv_heads, T, head_dim]) over the heads,
-    the positions of ``masks`` (bool [B, M, T]) and the head dims: [len(layers), B, M] float64.
-
-    Two passes (mean, then mean squared deviation) in float64, as torch.std accumulates a float32
-    tensor on CPU; positions outside the mask never enter (not even as NaN). A row/mask with no
-    position gives NaN."""
-    heads, dim = layers[0].shape[1], layers[0].shape[3]
-    mask = masks[:, :, None, :, None]  # [B, M, 1, T, 1]
-    count = masks.sum(dim=-1).to(torch.float64) * (heads * dim)
-    zero = torch.zeros((), dtype=torch.float64, device=masks.device)
-    out = []
-    for x in layers:
-        x = x.to(torch.float64)[:, None]  # [B, 1, H, T, D]
-        mean = torch.where(mask, x, zero).sum(dim=(2, 3, 4)) / count  # [B, M]
-        dev = torch.where(mask, x - mean[:, :, None, None, None], zero)
-        out.append(dev.square_().sum(dim=(2, 3, 4)) / count)
-    return torch.stack(out).sqrt_()
-
-
-@dataclass
-class _Built:
-    """The perturbed cache copies of one pass: per layer keys / values [P, kv_heads, T-1, head_dim],
-    the autograd leaves (the perturbed entries, [E, kv_heads, head_dim] per layer and K/V, in the
-    order layer 0 K, layer 0 V, layer 1 K, ...), and for each entry its copy in the pass and its
-    slot (index among that copy's perturbed positions)."""
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    leaves: list[torch.Tensor]
-    entry_copy: torch.Tensor
-    entry_slot: torch.Tensor
-
-
-class _CopyPlan:
-    """What the perturbed copies of one call share, computed once (host synchronisation is
-    allowed here, never in `build`): the copies in order; their perturbed entries (entry ``e`` is
-    position ``entry_pos[e]`` of batch row ``entry_row[e]``; copy ``p`` owns entries
-    ``offsets[p]:offsets[p + 1]``, its modality's positions in increasing order); the clean K/V
-    stacked as [layers, 2, B, T-1, kv_heads, head_dim]; the noise std of every (layer, K/V, copy)
-    in the work dtype; and the noise groups drawn and not yet used up."""
-
-    def __init__(self, copies: Sequence[_Copy], keys: Sequence[torch.Tensor], values: Sequence[torch.Tensor],
-                 settings: MCSSettings):
-        device = keys[0].device
-        self.copies = list(copies)
-        self.keys, self.values, self.settings = list(keys), list(values), settings
-        self.work = _work_dtype(keys[0].dtype)
-        self.counts = [int(c.sample.positions[c.m].numel()) for c in self.copies]
-        self.offsets = [0]
-        for n in self.counts:
-            self.offsets.append(self.offsets[-1] + n)
-        self.n_slots = max(self.counts)
-        counts = torch.tensor(self.counts)
-        self.copy_row = torch.tensor([c.sample.row for c in self.copies], device=device)
-        self.entry_copy = torch.repeat_interleave(torch.arange(len(self.copies)), counts).to(device)
-        starts = torch.repeat_interleave(torch.tensor(self.offsets[:-1]), counts)
-        self.entry_slot = (torch.arange(self.offsets[-1]) - starts).to(device)
-        self.entry_row = self.copy_row.index_select(0, self.entry_copy)
-        self.entry_pos = torch.cat([c.sample.positions[c.m].to(device) for c in self.copies])
-        self.clean = torch.stack([torch.stack((k, v)) for k, v in zip(keys, values)]).transpose(3, 4)
-        n_layers, n_copies = len(self.keys), len(self.copies)
-        sigma = torch.tensor([settings.sigmas[c.s] for c in self.copies], dtype=torch.float64, device=device)
-        if settings.relative:
-            bsz, _kv, tokens, _dim = keys[0].shape
-            masks = torch.zeros(bsz, len(MODALITIES), tokens, dtype=torch.bool, device=device)
-            for smp in {id(c.sample): c.sample for c in self.copies}.values():
-                for m, idx in enumerate(smp.positions):
-                    masks[smp.row, m, idx.to(device)] = True
-            layers = [t for pair in zip(keys, values) for t in pair]
-            # rounded to the work dtype, as the std of the work-dtype entries
-            std = modality_std(layers, masks).to(self.work).to(torch.float64).view(n_layers, 2, bsz, len(MODALITIES))
-            copy_m = torch.tensor([c.m for c in self.copies], device=device)
-            self.scale = (sigma * std[:, :, self.copy_row, copy_m]).to(self.work)  # [L, 2, P]
-        else:
-            self.scale = sigma.to(self.work).expand(n_layers, 2, n_copies)
-        self.groups: dict[tuple[int, int, int], torch.Tensor] = {}
-        self.uses: dict[tuple[int, int, int], int] = {}
-        for c in self.copies:
-            self.uses[self._source(c)] = self.uses.get(self._source(c), 0) + 1
-
-    def _source(self, c: _Copy) -> tuple[int, int, int]:
-        """The noise group whose normals copy ``c`` uses: (row, sigma index, modality index) of the
-        fresh draw (the module docstring's reuse rules)."""
-        st = self.settings
-        return c.sample.row, 0 if st.common_sigmas else c.s, 0 if st.common_modalities else c.m
-
-    def _group(self, c: _Copy) -> torch.Tensor:
-        """The standard normals of copy ``c``'s noise group, [draws, layers, 2, kv_heads, width,
-        head_dim] float32, drawn from the sample's generator the first time it is needed."""
-        key = self._source(c)
-        if key not in self.groups:
-            st, smp = self.settings, c.sample
-            if st.common_modalities:
-                width = max(int(smp.positions[0].numel()), int(smp.positions[1].numel()))
-            else:
-                width = int(smp.positions[key[2]].numel())
-            n_layers, _, _, _, kv, dim = self.clean.shape
-            fresh = st.draws // 2 if st.antithetic else st.draws
-            z = torch.randn((fresh, n_layers, 2, kv, width, dim), generator=smp.generator, dtype=torch.float32,
-                            device=self.clean.device)
-            if st.antithetic:  # draw 2k + 1 is -(draw 2k)
-                z = torch.stack((z, -z), dim=1).flatten(0, 1)
-            self.groups[key] = z
-        return self.groups[key]
-
-    def _release(self, c: _Copy, used: int) -> None:
-        key = self._source(c)
-        self.uses[key] -= used
-        if self.uses[key] == 0:
-            del self.groups[key]
-
-    def _run_end(self, p: int, stop: int) -> int:
-        """The end of the run of copies from ``p`` (before ``stop``) with consecutive draws of one
-        (sample, sigma, modality)."""
-        c, q = self.copies[p], p + 1
-        while q < stop:
-            d = self.copies[q]
-            if d.sample is not c.sample or (d.s, d.m, d.n) != (c.s, c.m, c.n + q - p):
-                break
-            q += 1
-        return q
-
-    def build(self, start: int, stop: int) -> _Built:
-        """The perturbed cache copies of ``copies[start:stop]`` (no host synchronisation)."""
-        e0, e1 = self.offsets[start], self.offsets[stop]
-        n_layers, _, _, _, kv, dim = self.clean.shape
-        z = torch.empty((n_layers, 2, e1 - e0, kv, dim), dtype=self.work, device=self.clean.device)
-        p = start
-        while p < stop:  # one run of consecutive draws of one (sample, sigma, modality) at a time
-            c, q = self.copies[p], self._run_end(p, stop)
-            n_m = self.counts[p]
-            src = self._group(c)[c.n : c.n + q - p, :, :, :, :n_m].permute(1, 2, 0, 4, 3, 5)
-            z[:, :, self.offsets[p] - e0 : self.offsets[q] - e0].unflatten(2, (q - p, n_m)).copy_(src)
-            self._release(c, q - p)
-            p = q
-        copy_ids = self.entry_copy[e0:e1]
-        z.mul_(self.scale.index_select(2, copy_ids)[..., None, None])
-        z.add_(self.clean[:, :, self.entry_row[e0:e1], self.entry_pos[e0:e1]])  # = clean + std * z
-        leaves = list(z.to(self.keys[0].dtype).flatten(0, 1).unbind(0))
-        for leaf in leaves:
-            leaf.requires_grad_(True)
-        rows, local, pos = self.copy_row[start:stop], copy_ids - start, self.entry_pos[e0:e1]
-        new_k, new_v = [], []
-        with torch.enable_grad():  # the scatter of the leaves must be recorded, even for a no_grad caller
-            for layer, (k, v) in enumerate(zip(self.keys, self.values)):
-                for kind, (clean, out) in enumerate(((k, new_k), (v, new_v))):
-                    copy = clean.index_select(0, rows)
-                    copy[local, :, pos, :] = leaves[2 * layer + kind]
-                    out.append(copy)
-        return _Built(new_k, new_v, leaves, local, self.entry_slot[e0:e1])
-
-    def footprint(self, model: torch.nn.Module, vocab: int) -> CopyFootprint:
-        n_layers, _, _, tokens, kv, dim = self.clean.shape
-        widths = [max(int(c.sample.positions[0].numel()), int(c.sample.positions[1].numel())) for c in self.copies]
-        sizes = _language_sizes(model)
-        return CopyFootprint(
-            layers=n_layers, kv_heads=kv, head_dim=dim, tokens=tokens, entries=self.n_slots, group_width=max(widths),
-            draws=self.settings.draws, cache_bytes=self.keys[0].element_size(),
-            work_bytes=torch.empty((), dtype=self.work).element_size(),
-            query_heads=sizes.get("num_attention_heads", kv), vocab=vocab, hidden=sizes.get("hidden_size", 0),
-            intermediate=sizes.get("intermediate_size", 0),
-        )
-
-
-def _build_copies(
-    copies: Sequence[_Copy],
-    keys: Sequence[torch.Tensor],
-    values: Sequence[torch.Tensor],
-    settings: MCSSettings,
-) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
-    """All of ``copies`` in one pass, as `compute_mcs` builds them: per layer perturbed keys and
-    values [P, kv_heads, T-1, head_dim] (their perturbed entries are the autograd leaves), plus the
-    boolean mask [P, T-1] of each copy's perturbed positions (to look at the noise)."""
-    plan = _CopyPlan(copies, keys, values, settings)
-    built = plan.build(0, len(plan.copies))
-    mask = torch.zeros(len(plan.copies), keys[0].shape[2], dtype=torch.bool, device=keys[0].device)
-    mask[built.entry_copy, plan.entry_pos] = True
-    return built.keys, built.values, mask
-
-
-def _grad_sq_per_copy(grads: Sequence[torch.Tensor], built: _Built, n_copies: int, n_slots: int) -> torch.Tensor:
-    """Squared norm of each copy's gradient from the leaves' gradients (per layer and K/V
-    [E, kv_heads, head_dim]): per entry in the work dtype, then a segment sum over each copy's
-    entries (written to [copies, slots] and summed: deterministic, unlike an atomic index_add)."""
-    sq = torch.stack(list(grads)).to(_work_dtype(grads[0].dtype))
-    per_entry = sq.square_().sum(dim=(0, 2, 3))
-    slots = per_entry.new_zeros((n_copies, n_slots))
-    slots[built.entry_copy, built.entry_slot] = per_entry
-    return slots.sum(dim=1)
-
-
-def _run_copies(
-    model: torch.nn.Module,
-    plan: _CopyPlan,
-    start: int,
-    stop: int,
-    p_x: torch.Tensor,
-    last_ids: torch.Tensor,
-    position_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """One forward + one backward over ``plan.copies[start:stop]``. Returns (grad_sq_norm [P], ce [P])
-    in the work dtype."""
-    built = plan.build(start, stop)
-    rows = plan.copy_row[start:stop]
-    with torch.enable_grad():
-        logits = forward_last_token(
-            model,
-            last_ids.index_select(0, rows),
-            _last_position_ids(position_ids, rows),
-            attention_mask.index_select(0, rows),
-            built.keys,
-            built.values,
-        )
-        ce = cross_entropy(p_x.index_select(0, rows), logits)
-        grads = torch.autograd.grad(ce.sum(), built.leaves)
-    grad_sq = _grad_sq_per_copy(grads, built, stop - start, plan.n_slots)
-    return grad_sq.detach(), ce.detach()
 
 
 # --------------------------------------------------------------------------------------------------
@@ -791,40 +372,50 @@ def compute_mcs(
             gen.manual_seed(sample_seed(settings.seed, sample_ids[i]))
             samples.append(_Sample(row=i, sample_id=sample_ids[i], positions=(iv, it), generator=gen))
 
-        n_s, n_d = len(settings.sigmas), settings.draws
-        copies = [
-            _Copy(smp, s, m, n) for smp in samples for s in range(n_s) for m in range(2) for n in range(n_d)
-        ]
-        plan = _CopyPlan(copies, keys, values, settings)
-        if not settings.batched:
-            chunk = 1
-        elif settings.max_copies_per_pass is not None:
-            chunk = settings.max_copies_per_pass
-        else:
-            chunk = copies_per_pass(plan.footprint(model, p_x.shape[-1]), memory_budget(device), len(copies))
         last_ids = input_ids[:, -1:].to(device)
         am = attention_mask.to(device)
         pos = position_ids.to(device)
-        grad_sq_parts, ce_parts = [], []
-        for start in range(0, len(copies), chunk):
-            g, c = _run_copies(model, plan, start, min(start + chunk, len(copies)), p_x, last_ids, pos, am)
-            grad_sq_parts.append(g)
-            ce_parts.append(c)
-        del plan
+        estimator = _estimator(settings.to_dict())
+        rounds: list[list[tuple[torch.Tensor, torch.Tensor]]] = [[] for _ in range(bsz)]  # per sample: (grad_sq, ce)
+        active = list(range(bsz))
+        for size in settings.rounds():
+            g, c = _score_round(model, [samples[i] for i in active], size, keys, values, settings, p_x, last_ids, pos,
+                                am)
+            for j, i in enumerate(active):
+                rounds[i].append((g[j], c[j]))
+            if not settings.sequential:
+                break
+            active = [i for i in active if not _precise_enough(rounds[i], settings, estimator)]
+            if not active:
+                break
 
-    grad_sq = torch.cat(grad_sq_parts).double().cpu().view(bsz, n_s, 2, n_d)
-    ce = torch.cat(ce_parts).double().cpu().view(bsz, n_s, 2, n_d)
+    draws = [sum(int(g.shape[-1]) for g, _ in parts) for parts in rounds]
+    n_s, n_d = len(settings.sigmas), max(draws)
+    grad_sq = torch.full((bsz, n_s, 2, n_d), math.nan, dtype=torch.float64)
+    ce = torch.full((bsz, n_s, 2, n_d), math.nan, dtype=torch.float64)
+    for i, parts in enumerate(rounds):
+        grad_sq[i, ..., : draws[i]] = torch.cat([g for g, _ in parts], dim=-1)
+        ce[i, ..., : draws[i]] = torch.cat([c for _, c in parts], dim=-1)
     scores = mcs_score(grad_sq, ce, settings.eps)
-    c_v = scores[:, :, 0, :].mean(dim=(1, 2))
-    c_t = scores[:, :, 1, :].mean(dim=(1, 2))
-    r_v = mcs_ratio(scores, settings.ratio)
+    if all(n == n_d for n in draws):
+        c_v = scores[:, :, 0, :].mean(dim=(1, 2))
+        c_t = scores[:, :, 1, :].mean(dim=(1, 2))
+        r_v = mcs_ratio(scores, settings.ratio)
+        stderrs = mcs_stderr(scores, **estimator)
+    else:  # each sample over its own draws
+        own = [scores[i : i + 1, ..., : draws[i]] for i in range(bsz)]
+        c_v = torch.cat([x[:, :, 0, :].mean(dim=(1, 2)) for x in own])
+        c_t = torch.cat([x[:, :, 1, :].mean(dim=(1, 2)) for x in own])
+        r_v = torch.cat([mcs_ratio(x, settings.ratio) for x in own])
+        per_sample = [mcs_stderr(x, **estimator) for x in own]
+        stderrs = tuple(torch.cat([se[k] for se in per_sample]) for k in range(3))
 
     bad_rows = [
         i
         for i in range(bsz)
         if not (
-            bool(torch.isfinite(scores[i]).all())
-            and bool(torch.isfinite(ce[i]).all())
+            bool(torch.isfinite(scores[i, ..., : draws[i]]).all())
+            and bool(torch.isfinite(ce[i, ..., : draws[i]]).all())
             and math.isfinite(float(r_v[i]))
         )
     ]
@@ -834,8 +425,8 @@ def compute_mcs(
                 "c_v": float(c_v[i]),
                 "c_t": float(c_t[i]),
                 "r_v": float(r_v[i]),
-                "ce": ce[i].flatten().tolist(),
-                "grad_sq": grad_sq[i].flatten().tolist(),
+                "ce": ce[i, ..., : draws[i]].flatten().tolist(),
+                "grad_sq": grad_sq[i, ..., : draws[i]].flatten().tolist(),
             }
             for i in bad_rows
         }
@@ -859,10 +450,53 @@ def compute_mcs(
         n_vision=[int(s.positions[0].numel()) for s in samples],
         n_text=[int(s.positions[1].numel()) for s in samples],
         settings=settings.to_dict(),
+        c_v_stderr=stderrs[0],
+        c_t_stderr=stderrs[1],
+        r_v_stderr=stderrs[2],
+        draws=draws,
     )
 
 
+def _score_round(model, samples: list[_Sample], draws: int, keys, values, settings: MCSSettings, p_x, last_ids, pos,
+                 am) -> tuple[torch.Tensor, torch.Tensor]:
+    """One round: ``draws`` more draws per (sigma, modality) of each of ``samples`` (their
+    generators continue where the last round stopped). Returns (grad_sq, ce) [len(samples),
+    sigmas, 2, draws] float64 on the CPU."""
+    n_s = len(settings.sigmas)
+    copies = [_Copy(smp, s, m, n) for smp in samples for s in range(n_s) for m in range(2) for n in range(draws)]
+    plan = _CopyPlan(copies, keys, values, settings, draws)
+    if not settings.batched:
+        chunk = 1
+    elif settings.max_copies_per_pass is not None:
+        chunk = settings.max_copies_per_pass
+    else:
+        chunk = copies_per_pass(plan.footprint(model, p_x.shape[-1]), memory_budget(keys[0].device), len(copies))
+    grad_sq_parts, ce_parts = [], []
+    for start in range(0, len(copies), chunk):
+        g, c = _run_copies(model, plan, start, min(start + chunk, len(copies)), p_x, last_ids, pos, am)
+        grad_sq_parts.append(g)
+        ce_parts.append(c)
+    del plan
+    shape = (len(samples), n_s, 2, draws)
+    return torch.cat(grad_sq_parts).double().cpu().view(shape), torch.cat(ce_parts).double().cpu().view(shape)
+
+
+def _precise_enough(parts: list[tuple[torch.Tensor, torch.Tensor]], settings: MCSSettings,
+                    estimator: dict[str, Any]) -> bool:
+    """The sequential stopping rule for one sample after a round: its r_v standard error
+    (`mcs_stderr` over all its draws so far) is at most ``settings.tolerance``. A sample whose
+    scores are not finite stops too (it is refused after the last round)."""
+    grad_sq = torch.cat([g for g, _ in parts], dim=-1)[None]
+    ce = torch.cat([c for _, c in parts], dim=-1)[None]
+    scores = mcs_score(grad_sq, ce, settings.eps)
+    if not bool(torch.isfinite(scores).all()):
+        return True
+    se = float(mcs_stderr(scores, **estimator)[2][0])
+    return math.isfinite(se) and se <= settings.tolerance
+
+
 __all__ = [
+    "MCS_KEYS",
     "CUDA_MEMORY_FRACTION",
     "CopyFootprint",
     "HOST_MEMORY_BUDGET",

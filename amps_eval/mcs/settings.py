@@ -1,17 +1,18 @@
-"""`MCSSettings`: the settings of the MCS estimate (`amps_eval.mcs.score` computes it).
-
-Apart from the score, without torch, so that the command line reads its defaults at once.
-"""
+"""The MCS settings, declared once: `MCSSettings` (every field validated here), the noise and
+ratio vocabularies, and `MCS_KEYS`, the fields that change an MCS value (the item cache's key and
+the comparison of a steering file's recorded settings both use it). The decisions behind the
+defaults are in `amps_eval.mcs.score`'s docstring."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from amps_eval.vocabulary import TARGETS
 
-__all__ = ["MODALITIES", "RATIOS", "MCSSettings"]
+__all__ = ["BATCHING", "MCSSettings", "MCS_KEYS", "MODALITIES", "RATIOS"]
 
 MODALITIES: tuple[str, str] = TARGETS  # the order of every per-modality axis: vision, then text
 RATIOS: tuple[str, ...] = ("sums", "per_sigma", "per_draw")
@@ -23,7 +24,7 @@ class MCSSettings:
 
     sigmas: noise levels (relative to the perturbed entries' std when ``relative``).
     relative: noise std = sigma * std of that layer's K (resp. V) at the perturbed positions.
-    draws: Monte Carlo draws N per (sigma, modality).
+    draws: Monte Carlo draws N per (sigma, modality); with ``tolerance``, the most an item takes.
     seed: base seed; each sample's noise uses ``sample_seed(seed, sample_id)``.
     eps: lower bound on the CE in the score's denominator.
     batched: all perturbations of the batch in one forward/backward (False: one per pass).
@@ -37,11 +38,19 @@ class MCSSettings:
     ratio: how r_v is formed from the scores: "sums" (C_V / (C_V + C_T), the paper's Eq. 7),
         "per_sigma" (the mean over sigmas of C_V(s) / (C_V(s) + C_T(s))), "per_draw" (the mean over
         sigmas and draws of the per-draw ratio score_V / (score_V + score_T)).
+    tolerance: None: every item takes ``draws`` draws. A number: the sequential estimator
+        (`amps_eval.mcs.score`, "Sequential draws"): an item takes ``min_draws`` draws, then
+        ``round_draws`` more per round until its r_v standard error (`mcs_stderr`) is at most
+        ``tolerance``, or it has ``draws``.
+    min_draws: the draws of an item's first round (sequential only; at most ``draws``: with
+        ``draws <= min_draws`` the sequential estimator is the fixed one). A standard error needs two
+        draws, so a sample with one draw always takes the next round.
+    round_draws: the draws each later round adds (sequential only; the last round stops at ``draws``).
     """
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
     relative: bool = True
-    draws: int = 16
+    draws: int = 8
     seed: int = 0
     eps: float = 1e-8
     batched: bool = True
@@ -50,6 +59,9 @@ class MCSSettings:
     common_sigmas: bool = False
     common_modalities: bool = False
     ratio: str = "per_sigma"
+    tolerance: float | None = 0.05
+    min_draws: int = 4
+    round_draws: int = 2
 
     def __post_init__(self) -> None:
         sigmas = self.sigmas
@@ -87,10 +99,38 @@ class MCSSettings:
             raise ValueError(f"antithetic draws come in pairs: draws must be even, got {self.draws!r}")
         if self.ratio not in RATIOS:
             raise ValueError(f"ratio must be one of {RATIOS}, got {self.ratio!r}")
+        t = self.tolerance
+        if t is not None:
+            if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or t <= 0:
+                raise ValueError(f"tolerance must be None or a finite number > 0, got {t!r}")
+            object.__setattr__(self, "tolerance", float(t))
+        for name in ("min_draws", "round_draws"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+            if self.antithetic and value % 2:
+                raise ValueError(f"antithetic draws come in pairs: {name} must be even, got {value!r}")
 
     @property
     def perturbations_per_sample(self) -> int:
+        """Perturbations of one sample; with ``tolerance``, the most one sample takes."""
         return len(self.sigmas) * len(MODALITIES) * self.draws
+
+    @property
+    def sequential(self) -> bool:
+        return self.tolerance is not None
+
+    def rounds(self) -> list[int]:
+        """The draws of each round of an item, in order: ``[draws]`` with a fixed count; else
+        ``min_draws``, then ``round_draws`` each, the last cut to reach ``draws`` exactly."""
+        if not self.sequential:
+            return [self.draws]
+        first = min(self.min_draws, self.draws)  # draws is the most an item takes
+        out, total = [first], first
+        while total < self.draws:
+            out.append(min(self.round_draws, self.draws - total))
+            total += out[-1]
+        return out
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -98,3 +138,9 @@ class MCSSettings:
         d["modalities"] = list(MODALITIES)
         d["noise"] = "relative_to_perturbed_entries_std" if self.relative else "absolute"
         return d
+
+
+BATCHING = ("batched", "max_copies_per_pass")
+MCS_KEYS = tuple(f.name for f in dataclasses.fields(MCSSettings) if f.name not in BATCHING)
+"""The MCS settings that change its values: every field but the batching ones (derived, so a new
+setting is compared without being listed here)."""

@@ -10,20 +10,16 @@ whose MCS settings differ from those that made the anchors is refused (`check_mc
 
 from __future__ import annotations
 
-import dataclasses
-import math
 
 import torch
 
 from amps_eval.methods.base import SteeringMethod
-from amps_eval.mcs.score import MCSSettings, compute_mcs, noise_key
+from amps_eval.mcs.score import compute_mcs, noise_key
+from amps_eval.mcs.settings import MCS_KEYS, MCSSettings
 from amps_eval.steering.scaling import gamma
 
-BATCHING = ("batched", "max_copies_per_pass")
-MCS_KEYS = tuple(f.name for f in dataclasses.fields(MCSSettings) if f.name not in BATCHING)
-"""The MCS settings that change its values: every field but the batching ones (derived, so a new
-setting is compared without being listed here)."""
-LEGACY_MCS = {"ratio": "sums", "antithetic": False, "common_sigmas": False, "common_modalities": False}
+LEGACY_MCS = {"ratio": "sums", "antithetic": False, "common_sigmas": False, "common_modalities": False,
+              "tolerance": None, "min_draws": MCSSettings.min_draws, "round_draws": MCSSettings.round_draws}
 """What a steering file written before these settings existed used."""
 
 
@@ -44,7 +40,8 @@ def check_mcs_settings(file, mcs) -> None:
         what = ", ".join(f"{k} {a!r} (file) vs {b!r} (run)" for k, (a, b) in differ.items())
         raise ValueError(
             f"{file.source}: its MCS anchors were computed with other MCS settings than this mean_mcs run uses "
-            f"({what}); pass mcs_sigmas=, mcs_draws=, mcs_relative=, mcs_ratio= and seed= as the fit had them, or refit"
+            f"({what}); pass mcs_sigmas=, mcs_draws=, mcs_relative=, mcs_ratio=, mcs_tolerance=, mcs_min_draws=, "
+            f"mcs_round_draws= and seed= as the fit had them, or refit"
         )
 
 
@@ -59,12 +56,11 @@ class MeanMCS(SteeringMethod):
         check_mcs_settings(file, config.mcs)
 
     def row_scales(self, model, batch, rows: list[dict], file, config, prefilled=None) -> list[float]:
-        mcs = _row_mcs(model, batch.encoded, [noise_key(r["mc2_id"]) for r in rows], [str(r["mc2_id"]) for r in rows],
-                       config, prefilled)
+        mcs = _row_mcs(model, batch.encoded, [str(r["mc2_id"]) for r in rows], config, prefilled)
         recorded = file.settings
         fold_anchors = recorded.get("fold_anchors") or {}
         scales = []
-        for row, (c_v, c_t, r_v, r_v_se) in zip(rows, mcs):
+        for row, (c_v, c_t, r_v, r_v_se, perturbations) in zip(rows, mcs):
             # the anchors of the fold that steers the row (fitted without it); files from before
             # per-fold anchors fall back to the file's, which saw every item
             anchors = fold_anchors.get(file.folds[row["fold"]].name) or file.anchors
@@ -73,32 +69,35 @@ class MeanMCS(SteeringMethod):
                 raise ValueError(f"no MCS anchor for category {row['category']!r} in {file.source}")
             g = float(gamma(torch.tensor(r_v), mu_v, config.beta, row["target"], config.convention,
                             cap=recorded.get("gamma_max"), anchor_floor=recorded.get("anchor_floor", 0.0)))
-            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se,
+            row.update(c_v=c_v, c_t=c_t, r_v=r_v, r_v_stderr=r_v_se, perturbations=perturbations,
                        anchor=mu_v, gamma=g)
             scales.append(g)
         return scales
 
 
-def _row_mcs(model, encoded, sample_ids: list[str], mc2_ids: list[str], config, prefilled=None) -> list[tuple]:
-    """(c_v, c_t, r_v, r_v_stderr or None) per row: from the item cache (``config.item_cache``,
-    `amps_eval.item_cache`) when every row's prompt is there, else computed for the batch (and
-    stored). A sweep over alpha thus scores each prompt once; a fit's or `amps-eval mcs`'s entries
-    for the same prompt are reused. ``prefilled``: the batch's clean prefill, when the caller has one."""
-    from amps_eval.item_cache import MCSCache, mcs_entry_key, model_key
+def _row_mcs(model, encoded, mc2_ids: list[str], config, prefilled=None) -> list[tuple]:
+    """(c_v, c_t, r_v, r_v_stderr or None, perturbations) per row (`amps_eval.mcs.item.item_mcs`): from the item
+    cache (``config.item_cache``) where the row's prompt is there, else computed for the batch (the
+    batch's inputs are scored together) and stored. A sweep over alpha thus scores each prompt once;
+    a fit's or `amps-eval mcs`'s entries for the same prompt are reused. ``prefilled``: the batch's
+    clean prefill, when the caller has one."""
+    from amps_eval.item_cache import MCSCache, model_key
+    from amps_eval.mcs.item import entry_key, item_mcs
 
     cache = keys = None
     if getattr(config, "item_cache", None) and encoded.prompt_digests is not None:
         cache = MCSCache(config.item_cache, model_key(model), config.mcs)
-        keys = [mcs_entry_key(d, s) for d, s in zip(encoded.prompt_digests, sample_ids)]
-        hits = [cache.get(key) for key in keys]
-        if all(hit is not None for hit in hits):
-            return [(h["c_v"], h["c_t"], h["r_v"], h["r_v_stderr"]) for h in hits]
-    result = compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, config.mcs,
-                         sample_ids=sample_ids, prefilled=prefilled)
-    if cache is not None:
-        return [(r["c_v"], r["c_t"], r["r_v"], r["r_v_stderr"]) for r in cache.put(keys, mc2_ids, result)]
-    return [(c_v, c_t, r_v, se if math.isfinite(se) else None) for c_v, c_t, r_v, se in
-            zip(result.c_v.tolist(), result.c_t.tolist(), result.r_v.tolist(), result.r_v_stderr.tolist())]
+        keys = [entry_key(d, i, "none") for d, i in zip(encoded.prompt_digests, mc2_ids)]
+    batch: list = []
+
+    def compute(rows: list[int]):
+        if not batch:  # the inputs are one batch: score all of it once, take the rows asked for
+            batch.append(compute_mcs(model, encoded.inputs, encoded.vision_mask, encoded.text_mask, config.mcs,
+                                     sample_ids=[noise_key(i, "none") for i in mc2_ids], prefilled=prefilled))
+        return batch[0].select(rows)
+
+    records = item_mcs(mc2_ids, compute, cache, keys)
+    return [(r["c_v"], r["c_t"], r["r_v"], r["r_v_stderr"], r["perturbations"]) for r in records]
 
 
 METHODS = {"mean_mcs": MeanMCS()}

@@ -1,6 +1,6 @@
 """Per-item visual MCS ratios r_v for Figures 4 and 5, from either of the two files that hold them.
 
-* ``amps-eval mcs --out FILE.jsonl`` (``amps_eval.mcs.run``): one line per item with ``mc2_id``,
+* ``amps-eval mcs --out FILE.jsonl`` (``amps_eval.mcs_run``): one line per item with ``mc2_id``,
   ``category``, ``prompt`` (none | visual | text), ``c_v``, ``c_t``, ``r_v``; the model is in the
   sidecar ``FILE.jsonl.meta.json`` (``pretrained``, else ``model``), else the file name stands in;
 * the wrappers' steering diagnostics (``diagnostics=DIR``, ``amps_diagnostics_*.jsonl``): a first

@@ -3,7 +3,8 @@
 Writes three files:
 
 * ``<out>`` (JSONL): one line per item, ``{"mc2_id", "category", "prompt", "c_v", "c_t", "r_v",
-  "c_v_stderr", "c_t_stderr", "r_v_stderr"}`` (the Monte Carlo standard errors; null with one draw)
+  "c_v_stderr", "c_t_stderr", "r_v_stderr", "perturbations"}`` (the Monte Carlo standard errors, null
+  with one draw, and the perturbations the item's estimate took: `amps_eval.mcs.item.VALUES`)
   and nothing else, so every line has the same keys and the file loads as a table as it is;
 * ``<out>.meta.json`` (sidecar): what produced it: model, pretrained, MCS settings, prompt, the data
   description and data hash, versions, and the sha256 of the rows file it describes (``rows_sha256``).
@@ -35,12 +36,12 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from amps_eval.files import ensure_writable, output_error, replace_together
-from amps_eval.mcs.score import MCSSettings
+from amps_eval.mcs.item import VALUES
+from amps_eval.mcs.settings import MCSSettings
 
 __all__ = ["MCS_PROMPTS", "run_mcs", "summarise"]
 
 MCS_PROMPTS = {"none": "none", "visual": "vision", "text": "text"}  # CLI name -> fit_data.PROMPTS kind
-_VALUES = ("c_v", "c_t", "r_v", "c_v_stderr", "c_t_stderr", "r_v_stderr")
 
 
 def _stats(values: list[float]) -> dict:
@@ -86,8 +87,8 @@ def run_mcs(
     from amps_eval.encoding import load_encoder
     from amps_eval.files import ensure_folder
     from amps_eval.fit_data import load_items
-    from amps_eval.item_cache import MCSCache, mcs_entry_key, model_key
-    from amps_eval.mcs.score import noise_key
+    from amps_eval.item_cache import MCSCache, model_key
+    from amps_eval.mcs.item import entry_key, item_mcs
     from amps_eval.steering.file import current_versions
 
     if prompt not in MCS_PROMPTS:
@@ -113,29 +114,24 @@ def run_mcs(
     }
     kind = MCS_PROMPTS[prompt]
     cache = MCSCache(Path(cache_dir), model_key(encoder.model, encoder.pretrained), settings) if cache_dir else None
-    scored: dict[int, dict] = {}  # row -> c_v, c_t, r_v and their standard errors
-    keys: dict[int, str] = {}
+    keys = None
     if cache is not None:
-        for i, (item, turns) in enumerate(zip(items.ids, items.conversations(list(range(len(items))), kind))):
-            keys[i] = mcs_entry_key(encoder.prompt_digest(turns), noise_key(item, kind))
-            if (hit := cache.get(keys[i])) is not None:
-                scored[i] = hit
-    missing = [i for i in range(len(items)) if i not in scored]
-    bar = tqdm(total=len(missing), desc=f"MCS ({prompt} prompt)", disable=not progress)
-    for start in range(0, len(missing), batch_size):
-        rows = missing[start : start + batch_size]
-        ids = [items.ids[i] for i in rows]
-        result = mcs_batch(encoder, items.conversations(rows, kind), ids, settings, kind)
-        if cache is not None:
-            fresh = cache.put([keys[i] for i in rows], ids, result)
-        else:
-            fresh = [{k: v for k, v in r.items() if k in _VALUES} for r in result.to_records()]
-        scored.update(zip(rows, fresh))
-        bar.update(len(rows))
+        keys = [entry_key(encoder.prompt_digest(turns), item, kind)
+                for item, turns in zip(items.ids, items.conversations(list(range(len(items))), kind))]
+    computed = 0
+
+    def compute(rows: list[int]):
+        nonlocal computed
+        computed += len(rows)
+        return mcs_batch(encoder, items.conversations(rows, kind), [items.ids[i] for i in rows], settings, kind)
+
+    bar = tqdm(total=len(items), desc=f"MCS ({prompt} prompt)", disable=not progress)
+    scored = item_mcs(items.ids, compute, cache, keys, batch_size, bar.update)
+    bar.update(len(items) - computed)  # the items read from the cache
     bar.close()
-    meta["n_from_cache"] = len(items) - len(missing)
+    meta["n_from_cache"] = len(items) - computed
     records = [{"mc2_id": int(item) if item.isdigit() else item, "category": items.categories[i], "prompt": prompt,
-                **{key: scored[i][key] for key in _VALUES}} for i, item in enumerate(items.ids)]
+                **{key: scored[i][key] for key in VALUES}} for i, item in enumerate(items.ids)]
     # Every item is scored: now the three files, together (see the module docstring).
     lines = "".join(json.dumps(record, allow_nan=False) + "\n" for record in records).encode("utf-8")
     meta["rows_sha256"] = hashlib.sha256(lines).hexdigest()

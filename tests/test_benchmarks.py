@@ -1,0 +1,54 @@
+"""The benchmark scripts keep running: each in its tiny dry-run form, as a subprocess (what a user
+runs). ``gpu_check.sh --dry-run`` covers bench_full_size.py, bench_steering.py, bench_mcs.py and
+bench_lmms_run.py; bench_mcs_retest.py runs its sequential rows on four items."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def test_gpu_check_dry_run_writes_its_json_and_table(tmp_path):
+    out = tmp_path / "gpu_check"
+    done = subprocess.run([str(ROOT / "benchmarks/gpu_check.sh"), "--dry-run", "--out", str(out)], cwd=ROOT,
+                          capture_output=True, text=True, env=ENV, timeout=1800, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    record = json.loads((out / "gpu_check.json").read_text())
+    assert record["dry_run"] and [s["step"] for s in record["steps"]] == ["full_size", "steering", "mcs", "lmms_eval"]
+    assert all(s["returncode"] == 0 and s["result"] for s in record["steps"])
+    steps = {s["step"]: s["result"] for s in record["steps"]}
+    assert {p["phase"].split(" ")[0] for p in steps["full_size"]["phases"]} >= {"extract", "mcs", "fit", "generate"}
+    runs = steps["lmms_eval"]["runs"]
+    assert set(runs) == {"none", "amps"} and all(r["items"] == 4 and r["tokens"] > 0 for r in runs.values())
+    table = (out / "gpu_check.md").read_text()
+    assert table.count("| ok |") == 4 and "tokens/s" in table
+
+
+def test_retest_benchmark_runs_its_sequential_rows(tmp_path):
+    out = tmp_path / "retest.json"
+    done = subprocess.run([sys.executable, "benchmarks/bench_mcs_retest.py", "--organisms", "qwen", "--limit", "4",
+                           "--draws", "2", "--options", "", "--tolerances", "0.05", "--min-draws", "2",
+                           "--round-draws", "1", "--max-draws", "4", "--out", str(out)],
+                          cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    rows = json.loads(out.read_text())["rows"]
+    seq = [r for r in rows if r["noise"] == "seq0.05"]
+    assert len(seq) == 1 and len(seq[0]["per_item_perturbations"]) == 8  # 4 items x 2 seeds
+    assert all(12 <= p <= 24 and p % 6 == 0 for p in seq[0]["per_item_perturbations"])  # 3 sigmas x 2 x 2..4 draws
+    assert "reliability against mean perturbations" in done.stdout
+
+
+def test_gpu_hours_projection_adds_up_and_scales_with_the_mcs_cost():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from project_study_gpu_hours import main
+
+    cheap, dear = main(["--mcs-perturbations", "32"]), main(["--mcs-perturbations", "96"])
+    for out in (cheap, dear):
+        assert abs(out["total_gpu_hours"] - sum(h for _, h in out["rows"])) < 1e-9
+    assert dear["rows"][0][1] > cheap["rows"][0][1] and dear["rows"][1:] == cheap["rows"][1:]

@@ -1,0 +1,74 @@
+"""The wrapper's settings are declared once and its steering file is read once: the MCS a wrapper
+computes uses every one of its MCS settings (seed included), and building a steered wrapper's
+settings then its steering loads the file once and hashes it once."""
+
+from __future__ import annotations
+
+import dataclasses
+from types import SimpleNamespace
+
+import pytest
+
+from amps_eval.mcs.settings import MCSSettings
+from amps_eval.settings import WrapperSettings, load_steering
+
+
+def test_the_wrappers_mcs_settings_carry_every_argument_seed_included():
+    """Dropping any of seed, mcs_sigmas, mcs_draws, mcs_relative, mcs_ratio from the MCS call
+    makes the settings differ from the ones built directly (each differs from its default here)."""
+    args = {"seed": 7, "mcs_sigmas": "0.3/0.6", "mcs_draws": 5, "mcs_relative": False, "mcs_ratio": "sums"}
+    settings = WrapperSettings(pretrained="x", **args)
+    expected = MCSSettings(sigmas=(0.3, 0.6), draws=5, relative=False, seed=7, ratio="sums")
+    defaults = MCSSettings()
+    assert expected.seed != defaults.seed and expected.draws != defaults.draws  # the test can fail
+    assert settings.mcs_settings() == expected
+    assert settings.steering_config().mcs == expected  # what mean_mcs's MCS call is given
+
+
+def test_every_mcs_argument_is_an_mcs_setting_with_its_default():
+    from amps_eval.settings import MCS_ARGS
+
+    fields = {f.name: f.default for f in dataclasses.fields(MCSSettings)}
+    wrapper = WrapperSettings(pretrained="x")
+    assert set(MCS_ARGS.values()) <= set(fields) and "seed" in MCS_ARGS
+    for arg, field in MCS_ARGS.items():
+        default = fields[field]
+        got = getattr(wrapper, arg)
+        assert (got == "/".join(map(str, default)) if field == "sigmas" else got == default), arg
+    # every MCS setting that changes a value is an argument, but eps and the variance-reduction options
+    # (Python only, documented in docs/method.md)
+    from amps_eval.mcs.settings import MCS_KEYS
+
+    assert set(MCS_KEYS) - set(MCS_ARGS.values()) == {"eps", "antithetic", "common_sigmas", "common_modalities"}
+
+
+def test_a_steered_wrapper_loads_and_hashes_its_steering_file_once(tmp_path, monkeypatch):
+    from test_bad_inputs_steering import build
+
+    from amps_eval.methods import steering as steering_module
+    from amps_eval.steering import file as file_module
+
+    path = tmp_path / "mean.safetensors"
+    build(method="mean").save(path)
+    loads, hashes = [], []
+    real_load, real_sha = file_module.SteeringFile.load.__func__, file_module.sha256
+    monkeypatch.setattr(file_module.SteeringFile, "load",
+                        classmethod(lambda cls, p: loads.append(p) or real_load(cls, p)))
+    monkeypatch.setattr(file_module, "sha256", lambda p: hashes.append(p) or real_sha(p))
+    monkeypatch.setattr(file_module.SteeringFile, "check_compatible", lambda self, *a: None)
+    made = []
+    monkeypatch.setattr(steering_module, "Steering", lambda file, config, model: made.append(file) or file)
+
+    settings = WrapperSettings(pretrained="x", method="mean", steering=str(path))
+    steering = load_steering(settings, model=SimpleNamespace(config=None))
+    assert (len(loads), len(hashes)) == (1, 1)
+    assert steering is settings.steering_file()[1] and made == [steering]
+    # a copy with other settings reads the file anew (its own load, its own digest)
+    dataclasses.replace(settings, alpha=2.0)
+    assert (len(loads), len(hashes)) == (2, 2)
+
+
+def test_a_prompt_method_has_no_steering_file():
+    assert WrapperSettings(pretrained="x").steering_file() is None
+    with pytest.raises(Exception):
+        WrapperSettings(pretrained="x", method="mean")  # needs steering=
