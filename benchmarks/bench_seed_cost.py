@@ -38,9 +38,13 @@ def main(argv: list[str] | None = None) -> list[dict]:
     from amps_eval.fit import FitSettings, fit
     from amps_eval.organism import organism_path
     from amps_eval.steering.module import TrainSettings
+    from amps_eval.methods.registry import info
     from amps_eval.study import TRAINED, StudySettings, _layer
+    from amps_eval.study_data import DataChoice, n_items, study_lr
 
     study = StudySettings()
+    trained = [m for m in TRAINED if info(m).needs_column is None]  # amps_oracle needs graded data
+    lr = study_lr(n_items(DataChoice(args.data, ""), study.n_per_category, args.limit))  # as the study sets it
     pretrained = str(organism_path(args.model))
     layer = _layer(study, pretrained)
     epochs = args.epochs or study.epochs
@@ -48,8 +52,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     with tempfile.TemporaryDirectory() as tmp:
         cache = Path(tmp) / "cache"
         for seed in range(args.seeds):
-            for method in TRAINED:
-                train = TrainSettings(epochs=epochs, lr=study.lr, seed=seed)
+            for method in trained:
+                train = TrainSettings(epochs=epochs, lr=lr, seed=seed)
                 started = time.perf_counter()
                 fit(FitSettings(model=args.model, pretrained=pretrained, method=method, layer=layer, train=train,
                                 batch_size=study.batch_size, device="cpu", dtype="float32", data=args.data,
@@ -62,7 +66,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                       flush=True)
     extra = [r["seconds"] for r in rows if r["seed"] > 0]
     if extra:
-        print(f"one more seed: {sum(extra):.2f} s of fitting for {len(TRAINED)} methods (model {args.model}, "
+        print(f"one more seed: {sum(extra):.2f} s of fitting for {len(trained)} methods (model {args.model}, "
               f"{args.limit or 'all'} items, {epochs} epochs)")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2))

@@ -166,8 +166,16 @@ def expect(text: str, *wanted: str, absent: tuple[str, ...] = ()) -> str:
 
 
 def totals(text: str) -> list[str]:
-    """The Total cell of every MLLM-only row of a github report, in order."""
-    return [line.strip("|").split("|")[-1].strip() for line in text.splitlines() if line.startswith("| MLLM-only ")]
+    """The Total cell of every MLLM-only row of a github report, in order (the column headed Total:
+    a log-odds column may follow it)."""
+    out, column = [], -1
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        if line.startswith("|") and "Total" in cells:
+            column = cells.index("Total")
+        elif line.startswith("| MLLM-only "):
+            out.append(cells[column])
+    return out
 
 
 def separate(text: str) -> str:

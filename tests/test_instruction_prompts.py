@@ -120,7 +120,7 @@ def test_generation_stops_at_the_end_of_turn_token(arch, task_dict):
 
     def recording_generate(**kwargs):
         out = real_generate(**kwargs)
-        generated.append(out.shape[1] - kwargs["input_ids"].shape[1])
+        generated.append(out.sequences.shape[1] - kwargs["input_ids"].shape[1])
         return out
 
     wrapper.model.generate = recording_generate
