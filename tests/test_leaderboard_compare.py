@@ -36,7 +36,7 @@ def test_steered_rows_are_ranked_at_matched_strength_and_compared_with_l2s(demo_
         rows = [r for r in demo_rows if r.model == model]
         steered = [r for r in rows if r.method in STEERED]
         assert rows[-len(steered):] == steered  # the steered rows come after the others
-        assert {r.method for r in steered} == set(STEERED)
+        assert {r.method for r in steered} == set(STEERED) - {"amps_oracle"}  # the oracle needs graded data
         totals = [sum(r.ranks.values()) for r in steered]
         assert totals == sorted(totals) and all(set(r.ranks) == {"vision", "text"} for r in steered)
         for target in ("vision", "text"):
