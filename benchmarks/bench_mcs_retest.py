@@ -66,27 +66,10 @@ def _ints(text: str) -> list[int]:
 
 
 def spearman(a: list[float], b: list[float]) -> float:
-    """Spearman's rho (average ranks for ties)."""
+    """Spearman's rho (average ranks for ties): the known-answer tests' implementation."""
+    from amps_eval.known_answer.stats import spearman as rank_correlation
 
-    def ranks(x: list[float]) -> list[float]:
-        order = sorted(range(len(x)), key=lambda i: x[i])
-        out = [0.0] * len(x)
-        i = 0
-        while i < len(order):
-            j = i
-            while j + 1 < len(order) and x[order[j + 1]] == x[order[i]]:
-                j += 1
-            for k in range(i, j + 1):
-                out[order[k]] = (i + j) / 2.0
-            i = j + 1
-        return out
-
-    ra, rb = ranks(a), ranks(b)
-    ma, mb = statistics.fmean(ra), statistics.fmean(rb)
-    cov = sum((x - ma) * (y - mb) for x, y in zip(ra, rb))
-    va = sum((x - ma) ** 2 for x in ra)
-    vb = sum((y - mb) ** 2 for y in rb)
-    return cov / (va * vb) ** 0.5
+    return rank_correlation(a, b)
 
 
 def score_run(wrapper, items, settings, batch_size: int) -> tuple[torch.Tensor, float]:
