@@ -41,7 +41,7 @@ from pathlib import Path
 from amps_eval.methods.registry import BY_NAME, FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info, usable_on
 
 from amps_eval.steering.train_settings import TrainSettings
-from amps_eval.study_plan import StepClock, select
+from amps_eval.study_plan import TRAINED, StepClock, select  # noqa: F401 - TRAINED re-exported
 from amps_eval.vocabulary import DTYPES, TARGETS, did_you_mean  # noqa: F401 - DTYPES re-exported
 
 
@@ -97,12 +97,6 @@ class StudySettings:
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
-
-
-TRAINED = ("l2s", "amps_beta0", "amps", "amps_oracle")
-"""The fitted methods whose fit trains an MLP from a random start (the mean fit is a plain average):
-with ``seeds`` > 1 each is fitted once per training seed (`TrainSettings.seed` 0, 1, ...; the
-cross-fit folds stay the same), and every steered method that reads it is swept once per file."""
 
 
 def recorded_path(path: str) -> str:

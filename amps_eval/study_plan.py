@@ -12,8 +12,13 @@ from dataclasses import dataclass
 
 from amps_eval.methods.registry import FIT_METHODS, PROMPT_METHODS, STEERING_METHODS, info
 
-__all__ = ["MCS_PROMPTS", "TASKS", "Selection", "Step", "StudyPlan", "estimate_lines", "plan", "print_plan", "select",
-           "step_minutes", "StepClock"]
+__all__ = ["MCS_PROMPTS", "TASKS", "TRAINED", "Selection", "Step", "StudyPlan", "estimate_lines", "plan", "print_plan",
+           "runnable_on", "select", "step_minutes", "StepClock"]
+
+TRAINED = ("l2s", "amps_beta0", "amps", "amps_oracle")
+"""The fitted methods whose fit trains an MLP from a random start (the mean fit is a plain average):
+with ``seeds`` > 1 each is fitted once per training seed (`TrainSettings.seed` 0, 1, ...; the
+cross-fit folds stay the same), and every steered method that reads it is swept once per file."""
 
 TASKS = {"vision": "mc2_visual", "text": "mc2_text"}
 """The task of each target."""
@@ -68,10 +73,25 @@ class StudyPlan:
         return out
 
 
-def plan(models: tuple[str, ...], items: int, selection: Selection, alphas: tuple[float, ...]) -> StudyPlan:
+def runnable_on(selection: Selection, columns) -> Selection:
+    """``selection`` without the methods whose fit needs a data column that ``columns`` lacks
+    (``amps_oracle`` runs only on graded data)."""
+    columns = set(columns)
+
+    def ok(method: str) -> bool:
+        needs = info(info(method).file_method or method).needs_column
+        return needs is None or needs in columns
+
+    return Selection(selection.prompt_methods, tuple(m for m in selection.fit_methods if ok(m)),
+                     tuple(m for m in selection.steering_methods if ok(m)), selection.tasks)
+
+
+def plan(models: tuple[str, ...], items: int, selection: Selection, alphas: tuple[float, ...],
+         seeds: int = 1) -> StudyPlan:
     """The steps of a study over ``items`` items (after ``--limit``); each lmms-eval run is one pass
-    over the items per task."""
+    over the items per task; a steered method that reads a trained file is swept once per seed."""
     n_tasks = len(selection.tasks)
+    sweeps = sum(seeds if info(m).file_method in TRAINED else 1 for m in selection.steering_methods)
     steps = [Step("mcs", f"MCS, prompts {', '.join(MCS_PROMPTS)}", len(MCS_PROMPTS), items)]
     if selection.fit_methods:
         steps.append(Step("fit", f"hidden states and MLP fits ({', '.join(selection.fit_methods)})", 1, items))
@@ -80,7 +100,8 @@ def plan(models: tuple[str, ...], items: int, selection: Selection, alphas: tupl
                           len(selection.prompt_methods) * n_tasks, items))
     if selection.steering_methods:
         steps.append(Step("sweeps", f"{', '.join(selection.steering_methods)} x alpha {', '.join(f'{a:g}' for a in alphas)}"
-                          f" on {', '.join(selection.tasks)}", len(selection.steering_methods) * len(alphas) * n_tasks,
+                          f" on {', '.join(selection.tasks)}" + (f", {seeds} training seeds" if seeds > 1 else ""),
+                          sweeps * len(alphas) * n_tasks,
                           items))
     return StudyPlan(tuple(models), items, tuple(steps))
 
@@ -131,9 +152,12 @@ def print_plan(settings, environ=None) -> None:
 
     choice = DataChoice(settings.data, "")
     items = n_items(choice, settings.n_per_category, settings.limit)
-    selection = select(settings.methods, settings.targets)
+    from amps_eval.study import is_graded_organism
+
+    graded = settings.graded or (settings.pretrained is not None and all(map(is_graded_organism, settings.pretrained)))
+    selection = runnable_on(select(settings.methods, settings.targets), {"planted_p_vision"} if graded else ())
     alphas = tuple(sorted(set(settings.alphas) | ({settings.table_alpha} if settings.table_alpha is not None else set())))
-    the_plan = plan(settings.models, items, selection, alphas)
+    the_plan = plan(settings.models, items, selection, alphas, settings.seeds)
     for line in the_plan.lines():
         print(line, flush=True)
     sizes = None
@@ -152,8 +176,7 @@ def print_plan(settings, environ=None) -> None:
         print(f"estimate: none ({why}; docs/cost.md lists 3B, 7B and 13B checkpoints on a GPU); the progress bars "
               "show each step's remaining time", flush=True)
         return
-    mcs = MCSSettings()
-    perturbations = len(mcs.sigmas) * 2 * mcs.draws
+    perturbations = MCSSettings().perturbations_per_sample  # the most an item takes (sequential: fewer)
     for line in estimate_lines(the_plan, selection, sizes, DEVICES["h100"], settings.batch_size, perturbations, gpu):
         print(line, flush=True)
 

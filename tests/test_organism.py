@@ -193,7 +193,7 @@ def test_shipped_organism_stops_at_eos(organism, task_dict):
     def recording_generate(**kwargs):
         out = real_generate(**kwargs)
         assert kwargs["max_new_tokens"] == 64
-        new = out[:, kwargs["input_ids"].shape[1]:]
+        new = out.sequences[:, kwargs["input_ids"].shape[1]:]
         for row in new:
             stops = torch.isin(row, torch.tensor(wrapper.stop_ids)).nonzero()
             lengths.append(int(stops[0]) + 1 if len(stops) else len(row))
@@ -313,7 +313,7 @@ def test_study_settings_are_validated():
 
     with pytest.raises(ValueError, match="amps_foo"):
         StudySettings(models=("amps_foo",))
-    with pytest.raises(ValueError, match="exactly one --model"):
+    with pytest.raises(ValueError, match="one checkpoint per model"):
         StudySettings(models=("amps_qwen", "amps_llava"), pretrained="some/checkpoint")
 
 

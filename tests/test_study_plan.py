@@ -12,7 +12,8 @@ import pytest
 
 from amps_eval.study import StudySettings
 from amps_eval.study_cost import DEVICES, SIZES, by_config, generation_bytes, mcs_copy_bytes, step_seconds, weights_bytes
-from amps_eval.study_plan import StepClock, plan, print_plan, select, step_minutes
+from amps_eval.mcs.settings import MCSSettings
+from amps_eval.study_plan import StepClock, plan, print_plan, runnable_on, select, step_minutes
 
 MIB, GIB = 2**20, 2**30
 # benchmarks/README.md, "Full-size widths", float32 at full depth: weights GiB; "MCS K/V (clean + 12
@@ -53,7 +54,14 @@ def test_the_time_model_is_the_documented_count():
 def test_the_plan_counts_the_passes_of_each_step():
     settings = StudySettings()
     full = plan(("m",), 1000, select(settings.methods, settings.targets), settings.alphas)
-    assert [(s.name, s.runs) for s in full.steps] == [("mcs", 3), ("fit", 1), ("baselines", 8), ("sweeps", 50)]
+    # 6 steered methods (amps_oracle included) x 5 alphas x 2 tasks; with 3 training seeds the four
+    # methods that read a trained file (l2s, amps_beta0, amps, amps_oracle) are swept 3 times each
+    assert [(s.name, s.runs) for s in full.steps] == [("mcs", 3), ("fit", 1), ("baselines", 8), ("sweeps", 60)]
+    seeded = plan(("m",), 1000, select(settings.methods, settings.targets), settings.alphas, seeds=3)
+    assert seeded.steps[-1].runs == (1 + 1 + 4 * 3) * 5 * 2
+    plain = runnable_on(select(settings.methods, settings.targets), ())  # not graded data: no oracle
+    assert "amps_oracle" not in plain.steering_methods + plain.fit_methods
+    assert plan(("m",), 1000, plain, settings.alphas).steps[-1].runs == 50
     subset = plan(("m", "n"), 200, select(("none", "inst", "l2s", "amps"), ("vision",)), (0.0, 1.0))
     assert [(s.name, s.runs) for s in subset.steps] == [("mcs", 3), ("fit", 1), ("baselines", 2), ("sweeps", 4)]
     assert "2 model(s)" in subset.lines()[0] and "200 items" in subset.lines()[0]
@@ -66,7 +74,7 @@ def test_the_minutes_of_a_step_are_its_passes_times_the_item_cost():
     selection = select(settings.methods, settings.targets)
     the_plan = plan(("m",), 1000, selection, settings.alphas)
     minutes = dict(step_minutes(the_plan, selection, SIZES[0], DEVICES["h100"], 8, 96))
-    assert minutes["sweeps"] == pytest.approx(50 * 1000 * step_seconds("generate", SIZES[0], DEVICES["h100"]) / 60)
+    assert minutes["sweeps"] == pytest.approx(60 * 1000 * step_seconds("generate", SIZES[0], DEVICES["h100"]) / 60)
     assert minutes["mcs"] == pytest.approx(3 * 1000 * step_seconds("mcs", SIZES[0], DEVICES["h100"]) / 60)
     plain = 1000 * 2 * step_seconds("generate", SIZES[0], DEVICES["h100"]) / 60
     assert minutes["baselines"] > 4 * plain  # cot's 512 tokens and fewshot's three images cost more
@@ -84,7 +92,7 @@ def test_the_step_clock_projects_the_rest_from_what_is_done():
 def test_the_study_prints_its_plan_before_it_starts(capsys, monkeypatch, tmp_path):
     print_plan(StudySettings(n_per_category=2, methods=("none", "amps"), targets=("vision",)))
     out = capsys.readouterr().out
-    assert "plan: 1 model(s) (amps_qwen) x 16 items" in out and "sweeps" in out and "5 pass(es)" in out
+    assert "plan: 1 model(s) (amps_qwen) x 16 items" in out and "sweeps" in out and "15 pass(es)" in out  # amps: 3 seeds
     assert "estimate: none (not on a GPU" in out
     from transformers import Qwen2_5_VLConfig
 
@@ -95,9 +103,10 @@ def test_the_study_prints_its_plan_before_it_starts(capsys, monkeypatch, tmp_pat
     assert "estimate (projected lower bounds for qwen2.5-vl-7b on an H100" in out and "your GPU: Test GPU" in out
     total = float(out.split("in all at least ")[1].split(" min")[0])
     settings = StudySettings()
-    selection = select(settings.methods, settings.targets)
-    expected = sum(m for _, m in step_minutes(plan(("m",), 1000, selection, settings.alphas), selection, SIZES[1],
-                                              DEVICES["h100"], settings.batch_size, 96))
+    selection = runnable_on(select(settings.methods, settings.targets), ())  # a real checkpoint: no oracle
+    the_plan = plan(("m",), 1000, selection, settings.alphas, settings.seeds)
+    expected = sum(m for _, m in step_minutes(the_plan, selection, SIZES[1], DEVICES["h100"], settings.batch_size,
+                                              MCSSettings().perturbations_per_sample))
     assert total == pytest.approx(expected, abs=0.5)
 
 

@@ -39,7 +39,8 @@ NOT_IDENTITY = {"pretrained", "method", "alpha", "steering", "steering_sha256", 
                 "diagnostics", "item_cache", "batch_size", "max_batch_size", "attn_implementation"}
 """Model arguments that do not make a run another variant: where things are read or written (a
 cache, a diagnostics folder), how they are batched or placed, or what the row already shows."""
-STEERING_ONLY = {"positions", "beta", "convention", "mcs_sigmas", "mcs_draws", "mcs_relative", "mcs_ratio"}
+STEERING_ONLY = {"positions", "beta", "convention", "mcs_sigmas", "mcs_draws", "mcs_relative", "mcs_ratio",
+                 "mcs_tolerance", "mcs_min_draws", "mcs_round_draws"}
 
 
 @dataclass(frozen=True)
@@ -174,8 +175,9 @@ WRAPPER_DEFAULTS: dict[str, object] = {
     "device": None, "dtype": "auto", "batch_size": 1, "attn_implementation": None, "device_map": None,
     "method": "none", "fewshot_k": 2, "instruction_style": "mc2_authors", "max_new_tokens": 64,
     "cot_max_new_tokens": 512, "seed": 0, "steering": None, "steering_sha256": None, "alpha": 1.0,
-    "positions": "all", "beta": 1.0, "convention": "prose", "mcs_sigmas": "0.05/0.1/0.2", "mcs_draws": 16,
-    "mcs_relative": True, "mcs_ratio": "per_sigma", "item_cache": None, "diagnostics": None, "min_pixels": None,
+    "positions": "all", "beta": 1.0, "convention": "prose", "mcs_sigmas": "0.05/0.1/0.2", "mcs_draws": 8,
+    "mcs_relative": True, "mcs_ratio": "per_sigma", "mcs_tolerance": 0.05, "mcs_min_draws": 4, "mcs_round_draws": 2,
+    "item_cache": None, "diagnostics": None, "min_pixels": None,
     "max_pixels": None}
 """The wrappers' default model arguments (`amps_eval.settings.QwenSettings`), written out here because
 the settings module imports torch and the report must not (its docs: it reads files). A test
