@@ -241,6 +241,7 @@ def resolve_data_and_lr(settings: StudySettings, environ=None) -> StudySettings:
     from amps_eval.study_data import choose_data, n_items, study_lr
 
     organisms = settings.pretrained is None or all((Path(p) / MANIFEST_NAME).is_file() for p in settings.pretrained)
+    organisms = organisms or settings.graded  # the known-answer tests run on the generated graded set
     choice = choose_data(settings.data, settings.synthetic, organisms, os.environ if environ is None else environ)
     print(f"MC2 data: {choice.how}")
     items = n_items(choice, settings.n_per_category, settings.limit)

@@ -2,6 +2,7 @@
 same batches, the files of one run per alpha, on the tiny models and the generated MC2 set."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -21,15 +22,23 @@ ALPHAS = (0.0, 4.0, 8.0)
 MEASURED = ("vector_norm", "shift_norm", "relative_shift")
 """Diagnostics measured on hidden states: equal up to float rounding (a decode step's matrix products
 over more rows may round otherwise in the last bit: 1e-8 on the tiny Qwen); every other field exactly."""
+MCS_FIELDS = ("c_v", "c_t", "r_v", "r_v_stderr", "gamma", "strength")
+"""mean_mcs's MCS and what follows from it: since the sequential MCS and the one home of an item's MCS
+merged, the pass's MCS agrees with a run alone to ~2e-5 relative (float32 sums of scores ~1e-10 over
+other chunkings), not bit for bit; compared to rel 1e-3. The answers are still identical."""
 
 
 def same_rows(rows, others) -> bool:
     assert len(rows) == len(others)
     for row, other in zip(rows, others):
-        assert {k: v for k, v in row.items() if k not in MEASURED} == {k: v for k, v in other.items() if k not in MEASURED}
+        loose = MEASURED + MCS_FIELDS
+        assert {k: v for k, v in row.items() if k not in loose} == {k: v for k, v in other.items() if k not in loose}
         for key in MEASURED:
             if key in row or key in other:
                 assert row[key] == pytest.approx(other[key], rel=1e-5, abs=1e-7), key
+        for key in MCS_FIELDS:
+            if key in row or key in other:
+                assert row[key] == pytest.approx(other[key], rel=1e-3, abs=1e-12), key
     return True
 
 
@@ -237,6 +246,17 @@ pytest.importorskip("lmms_eval")
 
 
 @pytest.mark.slow
+def _close(a, b, path: str = "") -> bool:
+    """``a == b``, except that floats under a key naming image_logodds need only agree to rel 1e-5."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], f"{path}/{k}") for k in a)
+    if isinstance(a, list) and isinstance(b, list):
+        return len(a) == len(b) and all(_close(x, y, path) for x, y in zip(a, b))
+    if "image_logodds" in path and isinstance(a, float) and isinstance(b, float):
+        return math.isclose(a, b, rel_tol=1e-5, abs_tol=1e-7)
+    return a == b
+
+
 def test_a_sweep_in_one_pass_writes_the_files_of_one_run_per_alpha(tiny_qwen_path, synthetic_mc2_dir, tmp_path,
                                                                   monkeypatch):
     from amps_eval.report.sweep import SweepSettings, run_sweep
@@ -284,8 +304,14 @@ def test_a_sweep_in_one_pass_writes_the_files_of_one_run_per_alpha(tiny_qwen_pat
         def same_paths(value, a=str(one), b=str(per), c=str(tmp_path / "cache_True"), d=str(tmp_path / "cache_False")):
             return json.loads(json.dumps(value).replace(a, b).replace(c, d))
 
-        assert same_paths(results_one) == results_per
-        assert samples_one == samples_per and len(samples_one) == 2
+        # equal, but image_logodds (a float of the first step's logits) to rel 1e-5: a step over 3x the rows
+        # rounds differently in the last bits, as the diagnostics' norms do (docs/sweeps.md)
+        assert _close(same_paths(results_one), results_per)
+        assert samples_one.keys() == samples_per.keys() and len(samples_one) == 2
+        for task in samples_one:
+            lines_one = [json.loads(line) for line in samples_one[task].splitlines()]
+            lines_per = [json.loads(line) for line in samples_per[task].splitlines()]
+            assert _close(lines_one, lines_per)
         answers.add(tuple(json.loads(line)["filtered_resps"] for text in samples_one.values() for line in text.splitlines()))
     assert len(answers) > 1  # the alphas answered differently
 
@@ -321,10 +347,10 @@ def test_the_study_runs_each_sweep_in_one_pass(tmp_path, monkeypatch):
                                results_file=results_file)
 
     monkeypatch.setattr(EvalSession, "run", run)
-    files = {}
+    files = {}  # one steering file per fitted method (one training seed)
     for method in STEERING_METHODS:
-        files[info(method).file_method] = tmp_path / f"{info(method).file_method}.safetensors"
-        files[info(method).file_method].write_bytes(b"")
+        files[info(method).file_method] = [tmp_path / f"{info(method).file_method}.safetensors"]
+        files[info(method).file_method][0].write_bytes(b"")
     settings = study.StudySettings(out=tmp_path / "study", alphas=(0.0, 2.0), table_alpha=1.0)
     with EvalSession() as session:
         study._baselines_and_sweeps(settings, "amps_qwen", "some/checkpoint", files, tmp_path, tmp_path / "study",
