@@ -138,8 +138,11 @@ def _settings(out: Path, pretrained: Path, **changes):
 
 def _published(out: Path) -> dict[str, bytes]:
     """The study's outputs that must not depend on the interruptions (lmms-eval's results files and
-    the summary carry dates and timings; the steering files the data folder's absolute path)."""
+    the summary carry dates and timings; the steering files the data folder's absolute path, and so
+    the reports' steering_sha256 of each run)."""
     stamp = re.compile(rb"\d{8}_\d{6}(\.\d+)?")  # lmms-eval's file names: the time of the run
+    sha = re.compile(rb"steering_sha256=[0-9a-f]{64}")
+    date = re.compile(rb"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?Z?")  # the leaderboard's run dates
     keep = {}
     for path in sorted(out.rglob("*")):
         rel = str(path.relative_to(out))
@@ -150,7 +153,7 @@ def _published(out: Path) -> dict[str, bytes]:
             from safetensors.torch import load_file
 
             data = repr(sorted((k, v.tolist()) for k, v in load_file(path).items())).encode()
-        keep[stamp.sub(b"STAMP", rel.encode()).decode()] = stamp.sub(b"STAMP", data)
+        keep[stamp.sub(b"STAMP", rel.encode()).decode()] = date.sub(b"DATE", sha.sub(b"steering_sha256=SHA", stamp.sub(b"STAMP", data)))
     return keep
 
 
@@ -349,7 +352,7 @@ def test_a_study_killed_with_sigkill_resumes_from_its_finished_units(tmp_path, t
     staging = staging_path(out.absolute())
     command = [sys.executable, "-m", "amps_eval.cli", "study", "--model", "amps_qwen", "--pretrained",
                str(tiny_qwen_path), "--out", str(out), "--n-per-category", "1", "--alphas", "0", "--epochs", "1",
-               "--device", "cpu", "--limit", "4"]
+               "--device", "cpu", "--limit", "4", "--synthetic"]
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                env={**os.environ, "HF_HUB_OFFLINE": "1"})
     deadline = time.monotonic() + 300
