@@ -163,7 +163,7 @@ def cheap_study(monkeypatch):
     files from its arguments (the orchestration, the data and the resume logic stay real): fast."""
     import amps_eval.families
     import amps_eval.fit
-    import amps_eval.mcs.run
+    import amps_eval.mcs_run
     import amps_eval.report.sweep
     import amps_eval.runner
     import amps_eval.study as study
@@ -200,7 +200,7 @@ def cheap_study(monkeypatch):
         (out / "tables.md").write_text("\n".join(files))
         return type("Report", (), {"text": "tables", "figures": []})()
 
-    monkeypatch.setattr(amps_eval.mcs.run, "run_mcs", run_mcs)
+    monkeypatch.setattr(amps_eval.mcs_run, "run_mcs", run_mcs)
     monkeypatch.setattr(amps_eval.fit, "fit", fit)
     monkeypatch.setattr(amps_eval.runner, "EvalSession", Session)
     monkeypatch.setattr(amps_eval.report.sweep, "run_sweep", run_sweep)
