@@ -84,7 +84,23 @@ def study_settings(args: argparse.Namespace):
         device=args.device, dtype=args.dtype, epochs=args.epochs, lr=args.lr, limit=args.limit,
         synthetic=args.synthetic, methods=split_list(args.methods), targets=split_list(args.targets),
         graded=getattr(args, "graded", False), seeds=args.seeds,
+        **_workers(args),
     )
+
+
+SHIPPED = ("demo", "validate")
+"""The commands on the shipped organisms by default: their models run side by side, one torch
+thread each (the same numbers on every machine; docs/demo.md)."""
+
+
+def _workers(args: argparse.Namespace) -> dict:
+    """``jobs`` and ``threads`` of a study command line: as given, else the command's default."""
+    shipped = getattr(args, "command_name", "study") in SHIPPED
+    jobs, threads = getattr(args, "jobs", None), getattr(args, "threads", None)
+    from amps_eval.vocabulary import split_list
+
+    return {"jobs": jobs if jobs is not None else (len(split_list(args.model)) if shipped else 1),
+            "threads": threads if threads is not None else (1 if shipped else None)}
 
 
 def _study(args: argparse.Namespace) -> int:
@@ -260,13 +276,14 @@ def build_parser() -> argparse.ArgumentParser:
 
     organism_models = [a.lmms_model for a in ARCHITECTURES.values()]
     for name, help_text in (
-        ("demo", "the whole study offline on CPU on the shipped model organism (what `make demo` runs)"),
+        ("demo", "the whole study offline on CPU on the shipped graded model organisms, with the known-answer "
+                 "tests (what `make demo` runs)"),
         ("study", "the whole study (MCS, fit, baselines, sweeps, tables, figures, leaderboard) on any checkpoint"),
         ("validate", "the known-answer tests: the study on the graded organisms (planted per-item preference) "
                      "with the AMPS oracle; writes known_answer.md and known_answer.json besides the study's outputs"),
     ):
         p = sub.add_parser(name, help=help_text, description=help_text)
-        p.set_defaults(graded=name == "validate")
+        p.set_defaults(graded=name in SHIPPED, command_name=name)
         if name == "demo":
             p.add_argument("--out", default=str(default_of(StudySettings, "out")), help="output folder")
         else:
@@ -307,6 +324,12 @@ def build_parser() -> argparse.ArgumentParser:
                        f"1e-3: the papers' {TrainSettings.lr:g} on the real 2,000 items, 1e-3 on ~100, where "
                        f"{TrainSettings.lr:g} barely moves a module in 100 epochs)")
         p.add_argument("--limit", type=int, default=StudySettings.limit, help="documents per task (default: all)")
+        p.add_argument("--jobs", type=int, default=None,
+                       help="models studied at once, one worker process each (default: every model for demo and "
+                       "validate, else 1: one after the other in this process)")
+        p.add_argument("--threads", type=int, default=None,
+                       help="torch threads of each worker process (default: 1 for demo and validate, whose numbers "
+                       "are then the same on every machine; else the cores shared out among the workers)")
         p.add_argument("--seeds", type=int, default=StudySettings.seeds,
                        help="training seeds of each trained method (L2S, AMPS, AMPS beta=0): each seed is fitted "
                        "and swept, and the report compares the methods over the seeds' mean, with their spread")

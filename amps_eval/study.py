@@ -68,6 +68,8 @@ class StudySettings:
     targets: tuple[str, ...] = TARGETS  # which tasks: vision -> mc2_visual, text -> mc2_text
     graded: bool = False  # the graded organisms on graded data, and the known-answer tests (amps-eval validate)
     seeds: int = 3  # training seeds of each trained method (TRAINED): one steering file and sweep per seed
+    jobs: int = 1  # models studied at once, one worker process each (amps_eval.study_workers); 1: in this process
+    threads: int | None = None  # torch threads of each worker (None: the cores shared out); set: workers even for 1 job
 
     def __post_init__(self) -> None:
         from amps_eval.plugin import MODEL_CLASSES
@@ -94,6 +96,16 @@ class StudySettings:
             raise ValueError(f"lr must be > 0, got {self.lr}")
         if not isinstance(self.seeds, int) or isinstance(self.seeds, bool) or self.seeds < 1:
             raise ValueError(f"seeds must be an int >= 1 (training seeds per trained method), got {self.seeds!r}")
+        if not isinstance(self.jobs, int) or isinstance(self.jobs, bool) or self.jobs < 1:
+            raise ValueError(f"jobs must be an int >= 1 (models studied at once), got {self.jobs!r}")
+        if self.threads is not None and (not isinstance(self.threads, int) or isinstance(self.threads, bool)
+                                         or self.threads < 1):
+            raise ValueError(f"threads must be an int >= 1 (torch threads per worker) or None, got {self.threads!r}")
+
+    @property
+    def in_workers(self) -> bool:
+        """Whether the models are studied in worker processes (`amps_eval.study_workers`)."""
+        return self.jobs > 1 or self.threads is not None
 
     def to_dict(self) -> dict:
         return {k: str(v) if isinstance(v, Path) else v for k, v in asdict(self).items()}
@@ -291,7 +303,8 @@ def resume_context(settings: StudySettings) -> dict:
     (new settings are included without a change here) and the amps-eval version."""
     from amps_eval import __version__
 
-    return {"settings": settings.to_dict(), "amps_eval": __version__}
+    recorded = {k: v for k, v in settings.to_dict().items() if k != "jobs"}  # how many at once changes no number
+    return {"settings": recorded, "amps_eval": __version__}
 
 
 def resumable(staging: Path, context: dict) -> bool:
@@ -333,9 +346,14 @@ def _run_study(settings: StudySettings, out: Path, previous: Path | None) -> dic
         units.run("data", [out / "data"], lambda: _data(settings, out, previous, graded=graded))
     data = _data(settings, out, previous, graded=graded) if settings.data is not None else out / "data"
     print(f"MC2 data: {data}")
-    per_model = {}
-    for stem, (model, pretrained, organism) in checkpoints.items():
-        per_model[stem] = study_model(settings, model, pretrained, organism, data, out, stem=stem, units=units)
+    if settings.in_workers:
+        from amps_eval.study_workers import ModelJob, run_jobs
+
+        jobs = [ModelJob(stem, model, pretrained, organism) for stem, (model, pretrained, organism) in checkpoints.items()]
+        per_model = run_jobs(settings, jobs, data, out, context, out / RECORDS)
+    else:
+        per_model = {stem: study_model(settings, model, pretrained, organism, data, out, stem=stem, units=units)
+                     for stem, (model, pretrained, organism) in checkpoints.items()}
     checks = {m: r["mcs_check"] for m, r in per_model.items() if r["mcs_check"] is not None}
     if checks:
         (out / "mcs_check.json").write_text(json.dumps(checks, indent=2))
