@@ -157,9 +157,9 @@ def build_tiny_vlm(model_type: str, out_dir: str | os.PathLike, seed: int = 0, e
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
     from transformers.models.auto.image_processing_auto import (IMAGE_PROCESSOR_MAPPING_NAMES,
                                                                 get_image_processor_class_from_name)
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    from amps_eval.processors import _processor_class, without_media_slots
+    from amps_eval.families import GENERIC
+    from amps_eval.processors import without_media_slots
     from amps_eval.tiny_models import _padded_vocab
 
     if model_type not in SPECS:
@@ -172,13 +172,6 @@ def build_tiny_vlm(model_type: str, out_dir: str | os.PathLike, seed: int = 0, e
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in spec.tokens.items()}
     bos, eos, pad = (tokenizer.convert_tokens_to_ids(t) for t in ("<bos>", "<|im_end|>", "<|endoftext|>"))
 
-    image_processor = get_image_processor_class_from_name(IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"])(
-        **spec.image_processor)
-    processor_class = without_media_slots(_processor_class(PROCESSOR_MAPPING_NAMES[model_type]))
-    template = CHAT_TEMPLATE.replace("IMAGE_MARK", spec.image_mark)
-    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
-                                **spec.processor)
-
     text = {**TEXT, **spec.text, **text_overrides, "vocab_size": _padded_vocab(len(tokenizer)), "bos_token_id": bos,
             "eos_token_id": eos, "pad_token_id": pad}
     text.update({k: ids[v] for k, v in spec.text_token_ids.items()})
@@ -189,5 +182,13 @@ def build_tiny_vlm(model_type: str, out_dir: str | os.PathLike, seed: int = 0, e
         model = AutoModelForImageTextToText.from_config(config).eval()
     model.generation_config = GenerationConfig(do_sample=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model.save_pretrained(out_dir)
+
+    image_processor = get_image_processor_class_from_name(IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"])(
+        **spec.image_processor)
+    # the processor class amps_auto builds for this folder (its family's hook where one differs)
+    processor_class = without_media_slots(GENERIC.for_model_type(model_type).processor_class(out_dir))
+    template = CHAT_TEMPLATE.replace("IMAGE_MARK", spec.image_mark)
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
+                                **spec.processor)
     processor.save_pretrained(out_dir)
     return out_dir

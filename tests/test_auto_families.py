@@ -24,8 +24,7 @@ from amps_eval.tiny_vlms import build_tiny_vlm
 LEGACY = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}  # hub-faithful builders
 FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "paligemma",
             "idefics3", "smolvlm", "internvl", "mistral3"]
-NEEDS = {"smolvlm": ("num2words", "its processor imports num2words"),
-         "mistral3": ("torchvision", "PixtralProcessor needs torchvision in transformers 5.24")}
+NEEDS = {"smolvlm": ("num2words", "its processor imports num2words (in the lock)")}
 LAYER = 1
 
 
