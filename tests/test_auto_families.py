@@ -279,11 +279,72 @@ def test_sliding_window_refused_only_when_shorter_than_the_prompt(checkpoints):
     assert "layer 0 is a 'sliding_attention' layer with a window of 512 tokens" in kv_refusal(model, 600)
 
 
-def test_missing_torchvision_names_the_extra(checkpoints, tmp_path):
+def test_mistral3_processor_expands_the_image_as_pixtral_does(loaded):
+    """Without torchvision, Mistral3's processor (`amps_eval.families.mistral3`) writes what transformers'
+    PixtralProcessor writes: one ``[IMG]`` per merged patch, rows closed by ``[IMG_BREAK]``, the last by
+    ``[IMG_END]``, from the image size the image processor reports."""
+    _, model = loaded("mistral3")
+    processor = model.processor
+    if importlib.util.find_spec("torchvision") is None:
+        assert type(processor).__name__ == "PixtralPilProcessor"
+    batch = processor(images=[[tiny_image(64, 40, seed=1)]], text=["a [IMG] b"], return_tensors="pt")
+    height, width = (int(v) for v in batch["image_sizes"][0])
+    merged = processor.patch_size * processor.spatial_merge_size
+    rows, cols = height // merged, width // merged
+    assert rows >= 1 and cols >= 1 and (rows, cols) != (1, 1)
+    tok = processor.tokenizer
+    want = ([tok.convert_tokens_to_ids("[IMG]")] * cols + [tok.convert_tokens_to_ids("[IMG_BREAK]")]) * rows
+    want[-1] = tok.convert_tokens_to_ids("[IMG_END]")
+    ids = batch["input_ids"][0].tolist()
+    start = ids.index(want[0])
+    assert ids[start:start + len(want)] == want
+    assert ids.count(model.model.config.image_token_index) == rows * cols
+
+
+def test_llama4_needs_torchvision_names_the_extra(checkpoints):
     if importlib.util.find_spec("torchvision") is not None:
         pytest.skip("torchvision is installed")
-    with pytest.raises(ImportError, match=r"pip install 'amps-eval\[torchvision\]'"):
-        build_tiny_vlm("mistral3", tmp_path)
+    from amps_eval.model_wrappers.registered import AmpsAuto
+
+    settings = AmpsAuto.settings_class.from_model_args(pretrained=str(checkpoints("llama4")), device="cpu",
+                                                       dtype="float32")
+    with pytest.raises(ImportError, match=r"needs torchvision.*pip install 'amps-eval\[torchvision\]'"):
+        AmpsAuto.load_checkpoint(settings)
+
+
+def test_llama4_patched_forward_and_mcs(checkpoints):
+    """Llama 4's model without its processor (torchvision-only here): transformers 5.24's forward fails
+    on its own output; the family's patch makes it return the logits of the model's parts composed by
+    hand, and the MCS on hand-built inputs (image tokens where the tile's features go) equals the
+    independent autograd computation."""
+    from amps_eval.families import GENERIC
+
+    path = checkpoints("llama4")
+    from transformers import AutoConfig
+
+    raw = GENERIC.load_model_class(AutoConfig.from_pretrained(path))
+    unpatched = raw.from_pretrained(path, dtype=torch.float64).eval()
+    model = GENERIC.load_model(path, dtype=torch.float64).eval()
+    image = model.config.image_token_index
+    ids = torch.tensor([[3, 5, image, 6, 7, 8]])  # a 28-pixel tile: 4 patches, pixel shuffle 0.5 -> 1 token
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "pixel_values": torch.randn((1, 3, 28, 28), generator=torch.Generator().manual_seed(0),
+                                          dtype=torch.float64)}
+    with torch.no_grad():
+        with pytest.raises(AttributeError, match="image_outputs"):  # transformers' bug the patch works around
+            unpatched(**inputs)
+        got = model(**inputs).logits
+        features = model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).last_hidden_state
+        projected = model.multi_modal_projector(features.view(-1, features.size(-1)))
+        embeds = model.get_input_embeddings()(ids)
+        embeds = embeds.masked_scatter((ids == image)[..., None], projected)
+        want = model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+    assert torch.allclose(got, want, atol=1e-10), float((got - want).abs().max())
+    vision = ids == image
+    settings = MCSSettings(sigmas=(0.1, 0.3), draws=2, seed=3)
+    mcs = compute_mcs(model, inputs, vision, ~vision, settings, sample_ids=["s"])
+    c_v, c_t = direct_mcs(model, inputs, vision, settings, "s")
+    assert math.isclose(float(mcs.c_v[0]), c_v, rel_tol=1e-6) and math.isclose(float(mcs.c_t[0]), c_t, rel_tol=1e-6)
 
 
 @pytest.mark.slow

@@ -13,9 +13,13 @@ Hooks a family may override (each defaults to the generic rule):
   without video / audio slots);
 * ``fill_processor_dict(path, processor_dict)``: complete the processor arguments of old folders;
 * ``image_token_id(config, processor)``: the image placeholder token;
-* ``patch_model(model)``: fix a model after loading (e.g. give it a ``get_rope_index`` for its
-  positions, which `amps_eval.anatomy.position_ids` then uses);
-* ``kv_refusal(model, prompt_length)``: why the MCS cannot run on it.
+* ``patch_model(model)``: fix a model after loading, on that instance (Llama 4's forward bug, or a
+  ``get_rope_index`` for its positions, which `amps_eval.anatomy.position_ids` then uses).
+
+A family file for a model type that `amps_auto` serves registers its adapter in the generic one's
+``type_hooks`` (`amps_eval.families.auto`); `for_model_type` / `for_checkpoint` pick it by the
+checkpoint's ``config.model_type``. The model-level answers (layers, hidden size, positions, K/V
+support) are `amps_eval.anatomy`'s rules, which the steering, fit and MCS code call directly.
 
 This module and the family modules stay import-light (no torch, no transformers at import):
 `amps_eval.plugin` reads the registry while lmms-eval loads its entry points.
