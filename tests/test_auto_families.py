@@ -301,10 +301,18 @@ def test_mistral3_processor_expands_the_image_as_pixtral_does(loaded):
     assert ids.count(model.model.config.image_token_index) == rows * cols
 
 
-def test_llama4_needs_torchvision_names_the_extra(checkpoints):
+def test_llama4_needs_torchvision_names_the_extra(checkpoints, monkeypatch):
+    """Llama 4's image processor is torchvision-only in 5.24: `amps_auto` refuses it, naming the extra,
+    before any weights load."""
     if importlib.util.find_spec("torchvision") is not None:
         pytest.skip("torchvision is installed")
+    from amps_eval.families import FamilyAdapter
     from amps_eval.model_wrappers.registered import AmpsAuto
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights loaded before the processor was refused")
+
+    monkeypatch.setattr(FamilyAdapter, "load_model", no_weights)
 
     settings = AmpsAuto.settings_class.from_model_args(pretrained=str(checkpoints("llama4")), device="cpu",
                                                        dtype="float32")
