@@ -6,7 +6,9 @@ L2S and AMPS (one shared extraction cache); ``alpha=0`` equals ``method=none``; 
 MCS equals an independent autograd computation (prefill without the last token by the model's own
 forward, explicit noise tensors on a clone of the cache, ``torch.autograd.grad``). A cross-attention
 model (Mllama) and a hybrid one (Qwen3.5) get the MCS refusal naming the layer and its type.
-Each checkpoint is built and loaded once per session.
+Mistral3 and SmolVLM go through their family files' processor hooks; Llama 4, whose image processor
+needs torchvision, is refused naming the extra, and its patched model and MCS are checked on
+hand-built inputs. Each checkpoint is built and loaded once per session.
 """
 
 from __future__ import annotations
