@@ -216,8 +216,8 @@ def load_encoder(model: str, pretrained: str | os.PathLike, device: str | None =
     family = check_pretrained(pretrained, model)
     where = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, where)
+    processor = family.load_processor(str(pretrained), **image_kwargs)  # refused before the weights load
     loaded = family.load_model(str(pretrained), **model_load_kwargs(torch_dtype, where))
     loaded.eval()
-    processor = family.load_processor(str(pretrained), **image_kwargs)
     processor.tokenizer.padding_side = "left"
     return LoadedModel(family, loaded, processor, str(pretrained), where, torch_dtype)

@@ -85,9 +85,10 @@ def _processor_class(name: str) -> type | None:
 
 def _defining_module_class(name: str) -> type | None:
     """The processor class ``name`` from the module that defines it. transformers' top-level lazy
-    import hands out a placeholder when an optional backend of the class's declaration is missing
-    (PixtralProcessor declares torchvision in 5.x but does not use it for images); the class itself,
-    imported from its own module, works or fails at use with the real reason."""
+    import hands out a placeholder when an optional backend of the class's declaration is missing;
+    the class itself, imported from its own module, works or fails at use with the real reason. A
+    module that itself imports torchvision (PixtralProcessor's, in 5.24) is skipped: Mistral3's family
+    hook (`amps_eval.families.mistral3`) builds its processor."""
     import importlib
 
     from transformers.models.auto.configuration_auto import model_type_to_module_name

@@ -116,6 +116,19 @@ SPECS: dict[str, TinySpec] = {
         processor={"patch_size": 14, "spatial_merge_size": 2},
         config={"spatial_merge_size": 2, "vision_feature_layer": -1},
         text={"model_type": "mistral"}, token_ids={"image_token_index": "image_token"}),
+    "llama4": TinySpec(  # its image processor is torchvision-only in 5.24 (see build_tiny_vlm)
+        "<|image|>", {"image_token": "<|image|>", "patch_token": "<|patch|>", "start_of_image_token": "<|image_start|>",
+                      "end_of_image_token": "<|image_end|>", "tile_x_separator_token": "<|tile_x_separator|>",
+                      "tile_y_separator_token": "<|tile_y_separator|>"},
+        {"hidden_size": 32, "intermediate_size": 128, "num_hidden_layers": 1, "num_attention_heads": 2,
+         "image_size": 28, "patch_size": 14, "vision_output_dim": 32, "projector_input_dim": 32,
+         "projector_output_dim": 32, "pixel_shuffle_ratio": 0.5},
+        image_processor={"size": {"height": 28, "width": 28}, "max_patches": 1},
+        processor={"patch_size": 14, "pixel_shuffle_ratio": 0.5},
+        text={"intermediate_size_mlp": 128, "num_local_experts": 1, "moe_layers": [], "attention_chunk_size": 8192,
+              "no_rope_layers": [1, 1]},
+        token_ids={"image_token_index": "patch_token", "boi_token_index": "start_of_image_token",
+                   "eoi_token_index": "end_of_image_token"}),
 }
 SPECS["smolvlm"] = TinySpec(**{**SPECS["idefics3"].__dict__, "tokens": {**SPECS["idefics3"].tokens,
                                                                         "video_token": "<video>"}})
@@ -157,9 +170,9 @@ def build_tiny_vlm(model_type: str, out_dir: str | os.PathLike, seed: int = 0, e
     from transformers import AutoConfig, AutoModelForImageTextToText, GenerationConfig
     from transformers.models.auto.image_processing_auto import (IMAGE_PROCESSOR_MAPPING_NAMES,
                                                                 get_image_processor_class_from_name)
-    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
-    from amps_eval.processors import _processor_class, without_media_slots
+    from amps_eval.families import GENERIC
+    from amps_eval.processors import without_media_slots
     from amps_eval.tiny_models import _padded_vocab
 
     if model_type not in SPECS:
@@ -172,13 +185,6 @@ def build_tiny_vlm(model_type: str, out_dir: str | os.PathLike, seed: int = 0, e
     ids = {name: tokenizer.convert_tokens_to_ids(token) for name, token in spec.tokens.items()}
     bos, eos, pad = (tokenizer.convert_tokens_to_ids(t) for t in ("<bos>", "<|im_end|>", "<|endoftext|>"))
 
-    image_processor = get_image_processor_class_from_name(IMAGE_PROCESSOR_MAPPING_NAMES[model_type]["pil"])(
-        **spec.image_processor)
-    processor_class = without_media_slots(_processor_class(PROCESSOR_MAPPING_NAMES[model_type]))
-    template = CHAT_TEMPLATE.replace("IMAGE_MARK", spec.image_mark)
-    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
-                                **spec.processor)
-
     text = {**TEXT, **spec.text, **text_overrides, "vocab_size": _padded_vocab(len(tokenizer)), "bos_token_id": bos,
             "eos_token_id": eos, "pad_token_id": pad}
     text.update({k: ids[v] for k, v in spec.text_token_ids.items()})
@@ -189,5 +195,28 @@ def build_tiny_vlm(model_type: str, out_dir: str | os.PathLike, seed: int = 0, e
         model = AutoModelForImageTextToText.from_config(config).eval()
     model.generation_config = GenerationConfig(do_sample=False, bos_token_id=bos, eos_token_id=eos, pad_token_id=pad)
     model.save_pretrained(out_dir)
+
+    # the processor class amps_auto builds for this folder (its family's hook where one differs)
+    processor_class = without_media_slots(GENERIC.for_model_type(model_type).processor_class(out_dir))
+    template = CHAT_TEMPLATE.replace("IMAGE_MARK", spec.image_mark)
+    backends = IMAGE_PROCESSOR_MAPPING_NAMES[model_type]
+    if "pil" not in backends:  # a torchvision-only image processor (Llama4): its files as the hub has them
+        _write_processor_files(out_dir, tokenizer, template, {"image_processor_type": backends["torchvision"],
+                                                              **spec.image_processor},
+                               {"processor_class": processor_class.__name__, **spec.processor})
+        return out_dir
+    image_processor = get_image_processor_class_from_name(backends["pil"])(**spec.image_processor)
+    processor = processor_class(image_processor=image_processor, tokenizer=tokenizer, chat_template=template,
+                                **spec.processor)
     processor.save_pretrained(out_dir)
     return out_dir
+
+
+def _write_processor_files(out_dir: Path, tokenizer, template: str, image_processor: dict, processor: dict) -> None:
+    """The processor's files without building it (its image processor needs a backend not installed)."""
+    import json
+
+    tokenizer.save_pretrained(out_dir)
+    (out_dir / "preprocessor_config.json").write_text(json.dumps(image_processor, indent=2))
+    (out_dir / "processor_config.json").write_text(json.dumps(processor, indent=2))
+    (out_dir / "chat_template.jinja").write_text(template)

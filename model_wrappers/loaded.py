@@ -60,11 +60,12 @@ class LoadedModel:
             device = f"cuda:{accelerator.local_process_index}" if torch.cuda.is_available() else "cpu"
         device = resolve_device(device)
         dtype = resolve_dtype(settings.dtype, device)
+        # the processor first: one that cannot load here (e.g. it needs torchvision) is refused before the weights load
+        bounds = {k: getattr(settings, k) for k in family.image_kwargs if getattr(settings, k, None)}
+        processor = family.load_processor(settings.pretrained, **bounds)
         model = family.load_model(settings.pretrained,
                                   **model_load_kwargs(dtype, device, settings.attn_implementation, settings.device_map))
         model.eval()
-        bounds = {k: getattr(settings, k) for k in family.image_kwargs if getattr(settings, k, None)}
-        processor = family.load_processor(settings.pretrained, **bounds)
         processor.tokenizer.padding_side = "left"
         encoder = PromptEncoder(family, model, processor, name=str(settings.pretrained))
         return cls(family, load_key(family, settings), model, processor, encoder, encoder.stop_token_ids(),

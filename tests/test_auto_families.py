@@ -6,7 +6,9 @@ L2S and AMPS (one shared extraction cache); ``alpha=0`` equals ``method=none``; 
 MCS equals an independent autograd computation (prefill without the last token by the model's own
 forward, explicit noise tensors on a clone of the cache, ``torch.autograd.grad``). A cross-attention
 model (Mllama) and a hybrid one (Qwen3.5) get the MCS refusal naming the layer and its type.
-Each checkpoint is built and loaded once per session.
+Mistral3 and SmolVLM go through their family files' processor hooks; Llama 4, whose image processor
+needs torchvision, is refused naming the extra, and its patched model and MCS are checked on
+hand-built inputs. Each checkpoint is built and loaded once per session.
 """
 
 from __future__ import annotations
@@ -24,8 +26,7 @@ from amps_eval.tiny_vlms import build_tiny_vlm
 LEGACY = {"llava": "llava", "qwen2_vl": "qwen2_vl", "qwen2_5_vl": "qwen2_5_vl"}  # hub-faithful builders
 FAMILIES = ["llava", "llava_next", "llava_onevision", "qwen2_vl", "qwen2_5_vl", "qwen3_vl", "gemma3", "paligemma",
             "idefics3", "smolvlm", "internvl", "mistral3"]
-NEEDS = {"smolvlm": ("num2words", "its processor imports num2words"),
-         "mistral3": ("torchvision", "PixtralProcessor needs torchvision in transformers 5.24")}
+NEEDS = {"smolvlm": ("num2words", "its processor imports num2words (in the lock)")}
 LAYER = 1
 
 
@@ -280,11 +281,80 @@ def test_sliding_window_refused_only_when_shorter_than_the_prompt(checkpoints):
     assert "layer 0 is a 'sliding_attention' layer with a window of 512 tokens" in kv_refusal(model, 600)
 
 
-def test_missing_torchvision_names_the_extra(checkpoints, tmp_path):
+def test_mistral3_processor_expands_the_image_as_pixtral_does(loaded):
+    """Without torchvision, Mistral3's processor (`amps_eval.families.mistral3`) writes what transformers'
+    PixtralProcessor writes: one ``[IMG]`` per merged patch, rows closed by ``[IMG_BREAK]``, the last by
+    ``[IMG_END]``, from the image size the image processor reports."""
+    _, model = loaded("mistral3")
+    processor = model.processor
+    if importlib.util.find_spec("torchvision") is None:
+        assert type(processor).__name__ == "PixtralPilProcessor"
+    batch = processor(images=[[tiny_image(64, 40, seed=1)]], text=["a [IMG] b"], return_tensors="pt")
+    height, width = (int(v) for v in batch["image_sizes"][0])
+    merged = processor.patch_size * processor.spatial_merge_size
+    rows, cols = height // merged, width // merged
+    assert rows >= 1 and cols >= 1 and (rows, cols) != (1, 1)
+    tok = processor.tokenizer
+    want = ([tok.convert_tokens_to_ids("[IMG]")] * cols + [tok.convert_tokens_to_ids("[IMG_BREAK]")]) * rows
+    want[-1] = tok.convert_tokens_to_ids("[IMG_END]")
+    ids = batch["input_ids"][0].tolist()
+    start = ids.index(want[0])
+    assert ids[start:start + len(want)] == want
+    assert ids.count(model.model.config.image_token_index) == rows * cols
+
+
+def test_llama4_needs_torchvision_names_the_extra(checkpoints, monkeypatch):
+    """Llama 4's image processor is torchvision-only in 5.24: `amps_auto` refuses it, naming the extra,
+    before any weights load."""
     if importlib.util.find_spec("torchvision") is not None:
         pytest.skip("torchvision is installed")
-    with pytest.raises(ImportError, match=r"pip install 'amps-eval\[torchvision\]'"):
-        build_tiny_vlm("mistral3", tmp_path)
+    from amps_eval.families import FamilyAdapter
+    from amps_eval.model_wrappers.registered import AmpsAuto
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the weights loaded before the processor was refused")
+
+    monkeypatch.setattr(FamilyAdapter, "load_model", no_weights)
+
+    settings = AmpsAuto.settings_class.from_model_args(pretrained=str(checkpoints("llama4")), device="cpu",
+                                                       dtype="float32")
+    with pytest.raises(ImportError, match=r"needs torchvision.*pip install 'amps-eval\[torchvision\]'"):
+        AmpsAuto.load_checkpoint(settings)
+
+
+def test_llama4_patched_forward_and_mcs(checkpoints):
+    """Llama 4's model without its processor (torchvision-only here): transformers 5.24's forward fails
+    on its own output; the family's patch makes it return the logits of the model's parts composed by
+    hand, and the MCS on hand-built inputs (image tokens where the tile's features go) equals the
+    independent autograd computation."""
+    from amps_eval.families import GENERIC
+
+    path = checkpoints("llama4")
+    from transformers import AutoConfig
+
+    raw = GENERIC.load_model_class(AutoConfig.from_pretrained(path))
+    unpatched = raw.from_pretrained(path, dtype=torch.float64).eval()
+    model = GENERIC.load_model(path, dtype=torch.float64).eval()
+    image = model.config.image_token_index
+    ids = torch.tensor([[3, 5, image, 6, 7, 8]])  # a 28-pixel tile: 4 patches, pixel shuffle 0.5 -> 1 token
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
+              "pixel_values": torch.randn((1, 3, 28, 28), generator=torch.Generator().manual_seed(0),
+                                          dtype=torch.float64)}
+    with torch.no_grad():
+        with pytest.raises(AttributeError, match="image_outputs"):  # transformers' bug the patch works around
+            unpatched(**inputs)
+        got = model(**inputs).logits
+        features = model.get_image_features(pixel_values=inputs["pixel_values"], return_dict=True).last_hidden_state
+        projected = model.multi_modal_projector(features.view(-1, features.size(-1)))
+        embeds = model.get_input_embeddings()(ids)
+        embeds = embeds.masked_scatter((ids == image)[..., None], projected)
+        want = model.language_model(inputs_embeds=embeds, attention_mask=inputs["attention_mask"]).logits
+    assert torch.allclose(got, want, atol=1e-10), float((got - want).abs().max())
+    vision = ids == image
+    settings = MCSSettings(sigmas=(0.1, 0.3), draws=2, seed=3)
+    mcs = compute_mcs(model, inputs, vision, ~vision, settings, sample_ids=["s"])
+    c_v, c_t = direct_mcs(model, inputs, vision, settings, "s")
+    assert math.isclose(float(mcs.c_v[0]), c_v, rel_tol=1e-6) and math.isclose(float(mcs.c_t[0]), c_t, rel_tol=1e-6)
 
 
 @pytest.mark.slow

@@ -4,7 +4,9 @@
 generic rules; ``amps_qwen``, ``amps_llava`` and ``amps_qwen2`` are the same generic adapter
 restricted to one ``model_type`` (with the organism and L2S width of their family). A family file
 exists only for a model that differs, overriding a hook of `FamilyAdapter` (see docs/models.md,
-"Adding a family"): write ``amps_eval/families/<name>.py`` defining ``FAMILY`` and import it below.
+"Adding a family"): ``mistral3``, ``smolvlm`` and ``llama4`` define ``HOOKS``, which ``amps_auto``
+uses for their ``model_type`` (`amps_eval.families.auto`); a family with its own lmms-eval name
+defines ``FAMILY``, imported below.
 Import-light (no torch / transformers): `amps_eval.plugin` reads it while lmms-eval starts.
 """
 

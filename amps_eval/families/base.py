@@ -13,9 +13,13 @@ Hooks a family may override (each defaults to the generic rule):
   without video / audio slots);
 * ``fill_processor_dict(path, processor_dict)``: complete the processor arguments of old folders;
 * ``image_token_id(config, processor)``: the image placeholder token;
-* ``patch_model(model)``: fix a model after loading (e.g. give it a ``get_rope_index`` for its
-  positions, which `amps_eval.anatomy.position_ids` then uses);
-* ``kv_refusal(model, prompt_length)``: why the MCS cannot run on it.
+* ``patch_model(model)``: fix a model after loading, on that instance (Llama 4's forward bug, or a
+  ``get_rope_index`` for its positions, which `amps_eval.anatomy.position_ids` then uses).
+
+A family file for a model type that `amps_auto` serves registers its adapter in the generic one's
+``type_hooks`` (`amps_eval.families.auto`); `for_model_type` / `for_checkpoint` pick it by the
+checkpoint's ``config.model_type``. The model-level answers (layers, hidden size, positions, K/V
+support) are `amps_eval.anatomy`'s rules, which the steering, fit and MCS code call directly.
 
 This module and the family modules stay import-light (no torch, no transformers at import):
 `amps_eval.plugin` reads the registry while lmms-eval loads its entry points.
@@ -68,7 +72,22 @@ class FamilyAdapter:
     image_kwargs: tuple[str, ...] = ()  # image-processor bounds a run may set (model args of the wrapper)
     wrapper_class_name: str = ""  # the lmms-eval wrapper's class name (amps_eval.model_wrappers.registered)
     organism: OrganismSpec | None = None
+    # model_type -> the family file whose hooks serve a checkpoint of that type (`amps_auto`'s Mistral3, SmolVLM)
+    type_hooks: dict[str, "FamilyAdapter"] = field(default_factory=dict, compare=False)
     extra: dict = field(default_factory=dict, compare=False)
+
+    def for_model_type(self, model_type: str | None) -> "FamilyAdapter":
+        """The adapter whose hooks serve a checkpoint of ``model_type``: the family file registered for
+        it in ``type_hooks``, else this adapter."""
+        return self.type_hooks.get(model_type, self) if model_type else self
+
+    def for_checkpoint(self, path: str | os.PathLike) -> "FamilyAdapter":
+        """`for_model_type` of the checkpoint ``path`` (its config is read only when some type has hooks)."""
+        if not self.type_hooks:
+            return self
+        from transformers import AutoConfig
+
+        return self.for_model_type(getattr(AutoConfig.from_pretrained(os.fspath(path)), "model_type", None))
 
     def mlp_hidden(self, model_type: str | None) -> int:
         """L2S's MLP width for a checkpoint of ``model_type``: the family's ``default_mlp_hidden``; for
@@ -106,7 +125,7 @@ class FamilyAdapter:
 
         config = AutoConfig.from_pretrained(pretrained)
         model = self.load_model_class(config).from_pretrained(pretrained, **kwargs)
-        self.patch_model(model)
+        self.for_model_type(config.model_type).patch_model(model)
         return model
 
     def patch_model(self, model: Any) -> None:
@@ -124,11 +143,15 @@ class FamilyAdapter:
     def load_processor(self, pretrained: str | os.PathLike, **image_kwargs: Any):
         from amps_eval.processors import load_processor
 
-        return load_processor(pretrained, self.processor_class(pretrained),
-                              fill_processor_dict=self.fill_processor_dict, **image_kwargs)
+        hooks = self.for_checkpoint(pretrained)
+        return load_processor(pretrained, hooks.processor_class(pretrained),
+                              fill_processor_dict=hooks.fill_processor_dict, **image_kwargs)
 
     # --- model structure (the generic rules of amps_eval.anatomy) -----------------------------
     def image_token_id(self, config: Any, processor: Any = None) -> int:
+        hooks = self.for_model_type(getattr(config, "model_type", None))
+        if hooks is not self:
+            return hooks.image_token_id(config, processor)
         return anatomy.image_token_id(config, processor)
 
     def decoder_layers(self, model: Any):
