@@ -55,7 +55,7 @@ from amps_eval.report.cells import TOTAL, Cell
 from amps_eval.report.matched import MatchedRow, MatchedTable, matched_table
 from amps_eval.report.render import write_text_atomic
 from amps_eval.report.runs import DataId, Run, discover, model_display_name
-from amps_eval.report.select import ResultIndex, Variant, build_index, require_usable
+from amps_eval.report.select import ResultIndex, Variant, build_index, require_usable, seed_alphas
 from amps_eval.report.series import SweepPoint, alpha_series
 from amps_eval.report.style import method_color, method_label
 from amps_eval.report.tables import TARGETS, methods_of
@@ -86,10 +86,11 @@ class Side:
     choice: str  # short: "held-out", "single α", "best on all items", "" (no steering)
     choice_note: str  # a sentence
     runs: tuple[Path, ...]  # the results files the numbers come from
+    alpha_label: str = ""  # with several training seeds: each seed's alpha(s), "1; 2 / 4; 1" (seed order)
 
     @property
     def alpha_text(self) -> str:
-        return " / ".join(f"{a:g}" for a in self.alphas)
+        return self.alpha_label or " / ".join(f"{a:g}" for a in self.alphas)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,21 @@ def _side(index: ResultIndex, variant: Variant, target: str) -> Side:
     if variant.method not in STEERED:
         return Side(target, variant, cell, (), "", "no steering", (cell.run,))
     settings = dict(variant.settings)
+    per_seed = seed_alphas(settings.get("alpha_choice", "")) if variant.alpha is None else None
+    if per_seed is not None:  # the seed-averaged composite of select._held_out
+        base = {k: v for k, v in variant.settings if k != "alpha_choice"}
+        groups = index.seed_groups([c for c in index.candidates(variant.pretrained, variant.method, target,
+                                                                variant.orders) if c.alpha is not None])
+        files = groups.get(tuple(sorted(base.items())), [])
+        runs = sorted({index.cells[(c, target)][TOTAL].run for (_, members), alphas in zip(files, per_seed)
+                       for c in members if any(abs(c.alpha - a) < 1e-12 for a in alphas)
+                       and TOTAL in index.cells[(c, target)]}) or [cell.run]
+        label = "; ".join(" / ".join(f"{a:g}" for a in alphas) for alphas in per_seed)
+        return Side(target, variant, cell, tuple(a for alphas in per_seed for a in alphas),
+                    f"held-out, {len(per_seed)} seeds",
+                    f"mean over {len(per_seed)} training seeds (one steering file each), each seed's alpha chosen on "
+                    f"held-out halves ({settings['alpha_choice']}): the highest target share with at most 5% "
+                    "collapse, alpha 0 excluded; the share's range over the seeds is in brackets", tuple(runs), label)
     if variant.alpha is None and "alpha_choice" in settings:  # the composite of select._held_out
         description = settings["alpha_choice"]
         match = _HELD_OUT.match(description)
@@ -291,7 +307,8 @@ def _target_values(side: Side | None) -> list[tuple[str, float | None]]:
     if side is None:
         return [("-", None)] * len(TARGET_COLUMNS)
     cell = side.cell
-    return [(_pct(cell.target_acc), 100 * cell.target_acc),
+    spread = "" if cell.seed_range is None else f" ({_pct(cell.seed_range[0])}–{_pct(cell.seed_range[1])})"
+    return [(_pct(cell.target_acc) + spread, 100 * cell.target_acc),
             (_pct(cell.stderr), None if cell.stderr is None else 100 * cell.stderr),
             (_pct(cell.others), None if cell.others is None else 100 * cell.others),
             ("-" if cell.logodds is None else f"{cell.logodds:+.2f}", cell.logodds),
