@@ -216,3 +216,27 @@ def test_the_suggested_steering_file_does_not_depend_on_run_dates(tmp_path, orde
     # the text target has no run: its command names the seed-0 file, whichever seed ran last
     assert f"steering={steering_name(0)}" in text
     assert "_seed1.safetensors,alpha" not in text and "_seed2.safetensors,alpha" not in text
+
+
+def test_a_fixed_alpha_averages_the_seeds_at_that_alpha(tmp_path):
+    root = make_seeded(tmp_path / "runs")
+    rows = table_rows(build_report(ReportOptions(root, tables=("1",), alpha=1.0)).text, "target: vision")
+    label = next(k for k in rows if k.startswith("L2S"))
+    assert label == "L2S (α=1, 3 seedsᶜ)"
+    # at alpha 1 the seeds' shares are 6/8, 0 and 7/8: not the best seed's 87.5
+    assert rows[label][-1] == f"{100 * (0.75 + 0 + 0.875) / 3:.1f} (seeds 0.0-87.5)"
+
+
+def test_seeds_with_one_alpha_each_are_averaged_not_picked(tmp_path):
+    from amps_eval.report.leaderboard import leaderboard_rows
+
+    root = tmp_path / "runs"
+    for seed, follows in enumerate(([V] * 2 + [T] * 6, [V] * 6 + [T] * 2, [V] * 4 + [T] * 4)):
+        write_run(root / f"s{seed}", f"2026010{seed + 1}_080000",
+                  {"pretrained": MODEL, "method": "amps", "steering": f"x_amps_seed{seed}.safetensors", "alpha": 2},
+                  follows)
+    runs, problems = discover(root)
+    index = build_index(runs, problems)
+    side = next(r for r in leaderboard_rows(index) if r.method == "amps").sides["vision"]
+    assert side.cell.target_acc == pytest.approx(0.5) and side.cell.seed_range == (0.25, 0.75)
+    assert side.choice == "single α, 3 seeds" and len(side.runs) == 3

@@ -161,9 +161,18 @@ def _side(index: ResultIndex, variant: Variant, target: str) -> Side:
         return Side(target, variant, cell, alphas, "held-out",
                     f"each half of the items scored at the alpha chosen on the other half ({description}): the "
                     "highest target share with at most 5% collapse, alpha 0 excluded", tuple(runs))
+    alphas = () if variant.alpha is None else (variant.alpha,)
+    if "training_seeds" in settings:  # the seed mean at one alpha (select.ResultIndex._seed_mean_at)
+        own = tuple(kv for kv in variant.settings if kv[0] != "training_seeds")
+        seeds = [v for v in index.candidates(variant.pretrained, variant.method, target, variant.orders)
+                 if v.alpha == variant.alpha and tuple(kv for kv in v.settings if kv[0] != "steering") == own]
+        return Side(target, variant, cell, alphas, f"single α, {settings['training_seeds']} seeds",
+                    f"the only non-zero alpha that ran, mean over {settings['training_seeds']} training seeds (one "
+                    "steering file each); the share's range over the seeds is in brackets",
+                    tuple(sorted({index.cells[(v, target)][TOTAL].run for v in seeds
+                                  if TOTAL in index.cells[(v, target)]})) or (cell.run,))
     others = {c.alpha for c in index.candidates(variant.pretrained, variant.method, target, variant.orders)
               if c.settings == variant.settings and c.alpha not in (None, 0)}
-    alphas = () if variant.alpha is None else (variant.alpha,)
     if len(others) <= 1:
         return Side(target, variant, cell, alphas, "single α", "the only non-zero alpha that ran", (cell.run,))
     return Side(target, variant, cell, alphas, "best on all items",

@@ -129,7 +129,29 @@ class ResultIndex:
             total = cells[TOTAL].target_acc if TOTAL in cells else -1.0
             return (total, -abs(v.alpha or 0.0), max(c.date for c in cells.values()))
 
-        return max(found, key=preference)
+        best = max(found, key=preference)
+        return self._seed_mean_at(best, target) if method in STEERED else best
+
+    def _seed_mean_at(self, variant: Variant, target: str) -> Variant:
+        """``variant`` averaged with the other training seeds of its settings at its alpha (a composite
+        with the setting ``training_seeds``, its cells from ``seeds.seed_cells``); ``variant`` itself
+        when it has no other seed there or a seed lacks per-item records."""
+        if variant.alpha is None:
+            return variant
+        same = [v for v in self.candidates(variant.pretrained, variant.method, target, variant.orders)
+                if v.alpha is not None and abs(v.alpha - variant.alpha) < 1e-9]
+        own = tuple(kv for kv in variant.settings if kv[0] != "steering")
+        seeds = self.seed_groups(same).get(own, [])
+        if len(seeds) < 2 or not all(len(members) == 1 and (members[0], target) in self.records
+                                     for _, members in seeds):
+            return variant
+        members = [m[0] for _, m in seeds]
+        composite = dataclasses.replace(variant, settings=tuple(sorted((*own, ("training_seeds", str(len(members)))))))
+        newest = max((self.cells[(v, target)][TOTAL] for v in members if TOTAL in self.cells[(v, target)]),
+                     key=lambda c: c.date)
+        self.cells[(composite, target)] = seed_cells([self.records[(v, target)] for v in members], newest.run,
+                                                     newest.date)
+        return composite
 
     def seed_groups(self, variants: list[Variant]) -> dict[tuple, list[tuple[str, list[Variant]]]]:
         """Variants grouped by their settings without the steering file, each group split by steering

@@ -51,8 +51,8 @@ def alpha_series(index: ResultIndex, pretrained: str, method: str, target: str) 
     for (variant, t), cells in sorted(index.cells.items(), key=lambda kv: min(c.date for c in kv[1].values())):
         if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
             continue
-        if variant.alpha is None:  # a composite row (alpha chosen on held-out items), not a sweep point
-            continue
+        if variant.alpha is None or "training_seeds" in dict(variant.settings):  # a composite row (alpha
+            continue  # chosen on held-out items, or a mean over training seeds), not a sweep point
         base = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method_label(method)
         steering.setdefault(base, [])
         if dict(variant.settings).get("steering", "") not in steering[base]:
@@ -67,7 +67,7 @@ def alpha_series(index: ResultIndex, pretrained: str, method: str, target: str) 
     for (variant, t), cells in index.cells.items():
         if t != target or variant.pretrained != pretrained or variant.method != method or TOTAL not in cells:
             continue
-        if variant.alpha is None:
+        if variant.alpha is None or "training_seeds" in dict(variant.settings):
             continue
         label = ", ".join(f"{k}={v}" for k, v in variant.settings if k != "steering") or method_label(method)
         files = steering[label]

@@ -59,9 +59,9 @@ FOOTNOTES = {
     "ᵇ": "ᵇ α tied: every alpha of the sweep gave the same target share and collapse on both choosing halves, so no "
          "alpha was really chosen (the row shows the smallest).",
     "ᶜ": "ᶜ mean over training seeds: the method was fitted with several seeds (one steering file each, *_seed<k>); "
-         "each seed's alpha is chosen on held-out halves as in ᵃ (\"α 2 / 1; 2; 4\": seeds 0, 1, 2 in order); each "
-         "cell is the mean over the seeds, ± the standard error over items of the items' seed means, and "
-         "(seeds lo-hi) the lowest and highest of the seeds' own shares.",
+         "each cell is the mean over the seeds, ± the standard error over items of the items' seed means, and "
+         "(seeds lo-hi) the lowest and highest of the seeds' own shares; with a held-out choice each seed's alpha is "
+         "chosen on its own, as in ᵃ (\"α 2 / 1; 2; 4\": seeds 0, 1, 2 in order).",
 }
 
 @dataclass(frozen=True)
@@ -112,12 +112,15 @@ def row_label(base: str, index: ResultIndex, variant: Variant | None, target: st
             extras.append(text)
             if mark:
                 marks.update(mark)
+        elif key == "training_seeds":  # the seed mean at one alpha (select.ResultIndex._seed_mean_at)
+            extras.append(f"{value} seedsᶜ")
+            marks.add("ᶜ")
     total = index.cells.get((variant, target), {}).get(TOTAL)
     if total is not None and total.strength is not None:
         extras.append(f"s={total.strength:.3g}")
     others = index.candidates(variant.pretrained, variant.method, target, variant.orders)
     for key, value in variant.settings:
-        if key == "alpha_choice":
+        if key in ("alpha_choice", "training_seeds"):
             continue
         if any(dict(o.settings).get(key) != value for o in others if o.alpha == variant.alpha):
             extras.append(f"{key}={value}")
