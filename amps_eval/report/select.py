@@ -20,6 +20,11 @@ that differ in other settings too, the group with the most alphas is used. Witho
 (or with fewer than two items), and with ``alpha_choice="optimistic"``, the variant with the highest
 Total target share is shown (ties: the smaller |alpha|, then the newest), labelled as a choice on the
 evaluated items. Alpha 0 (the unsteered model) is never a steered row.
+
+Training seeds: steering files that differ in nothing else (`ResultIndex.seed_groups`, ordered by the
+seed in the file name, ``seeds.seed_order``) are one method's training seeds. A row averages them
+(``seeds.seed_cells``): with the held-out choice each seed chooses its own alphas; with a fixed
+alpha (``--alpha``, the best alpha, or one alpha per seed) the seeds are averaged at that alpha.
 """
 
 from __future__ import annotations
