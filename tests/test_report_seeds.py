@@ -203,6 +203,11 @@ def test_the_leaderboard_row_shows_the_seed_mean_and_spread(tmp_path):
     md = to_markdown(rows, index, root)
     line = next(x for x in md.splitlines() if "| L2S " in x)
     assert f"{100 * (0.75 + 0.5 + 0.875) / 3:.1f} (50.0–87.5)" in line
+    from amps_eval.report.leaderboard import write_leaderboard
+
+    html, _ = write_leaderboard(root, tmp_path / "site")
+    page = html.read_text()
+    assert "70.8 (50.0–87.5)" in page and "mean over 3 training seeds, 50.0–87.5" in page
 
 
 @pytest.mark.parametrize("order", [(0, 1, 2), (2, 1, 0), (1, 2, 0)])

@@ -279,7 +279,8 @@ TARGET_COLUMNS = (("share", "share", "target share: answers that follow the targ
                                           "answer position (+ favours the image; amps_eval.logodds)"),
                   ("strength", "strength", "effective strength: mean ‖shift‖ / ‖hidden state‖ over the steered "
                                            "positions and items"),
-                  ("alpha", "α", "the steering strength shown (two values: one per half of the items)"))
+                  ("alpha", "α", "the steering strength shown (two values: one per half of the items; "
+                                 "\"1; 2; 1\": one per training seed)"))
 MATCHED_COLUMNS = (("matched", "best ≤5%", "at matched strength: the highest target share whose collapse stays at most "
                                          "5 %, the common strength chosen on held-out halves of the items (%)"),
                    ("vs_l2s", "Δ L2S", "difference to L2S at matched strength, percentage points, with the paired 95 % "
@@ -372,7 +373,9 @@ def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
              "neither option; log-odds: mean image_logodds, log p(image option) - log p(text option) at the first "
              "answer position (+ favours the image); strength: the effective strength, mean ‖shift‖ / ‖hidden "
              "state‖; α: the alpha shown "
-             "(two values: each half of the items scored at the alpha chosen on the other half). "
+             "(two values: each half of the items scored at the alpha chosen on the other half; \"1; 2 / 4; 1\": one "
+             "per training seed, in seed order). A share with (lo–hi): the mean over a trained method's training "
+             "seeds, each at its own chosen alpha, with the lowest and highest seed's share. "
              f"{MATCHED_NOTE} Dates are UTC. "
              "`leaderboard.html` (same folder) sorts, filters and charts the sweeps.", "",
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "No runs.", ""]
@@ -445,7 +448,10 @@ def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dic
     for target, side in row.sides.items():
         cell = side.cell
         details.append((f"target {target}",
-                        f"share {_pct(cell.target_acc)} % ± {_pct(cell.stderr)}, collapse {_pct(cell.others)} %, "
+                        f"share {_pct(cell.target_acc)} % ± {_pct(cell.stderr)}"
+                        + ("" if cell.seed_range is None else f" (mean over {cell.n_seeds} training seeds, "
+                           f"{_pct(cell.seed_range[0])}–{_pct(cell.seed_range[1])})")
+                        + f", collapse {_pct(cell.others)} %, "
                         f"effective strength {_strength(cell.strength)}, {cell.n_items or '?'} items "
                         f"(from the {cell.source} file{'s' if cell.source == 'samples' else ''}), "
                         f"run {iso_utc(cell.date) or cell.date}"))

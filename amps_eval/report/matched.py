@@ -38,7 +38,6 @@ AMPS moves the hidden state more than one of L2S), so methods are compared at th
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from amps_eval.mc2.metrics import item_decisions
