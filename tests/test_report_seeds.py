@@ -19,7 +19,7 @@ from amps_eval.report.build import ReportOptions, build_report
 from amps_eval.report.cells import COLUMNS, TOTAL
 from amps_eval.report.commands import steering_of
 from amps_eval.report.runs import discover
-from amps_eval.report.seeds import seed_numbers, training_seed
+from amps_eval.report.seeds import seed_numbers, seed_order, training_seed
 from amps_eval.report.select import build_index, seed_alphas
 from report_helpers import table_rows
 
@@ -87,6 +87,8 @@ def test_training_seed_is_read_from_the_steering_file_name():
     assert training_seed("a/b/org_l2s_seed2.safetensors") == 2
     assert training_seed("org_amps_beta0_seed11.safetensors") == 11
     assert training_seed("sha256:0123456789ab") == 0
+    names = ["b/x_seed10.safetensors", "a/x_seed2.safetensors", "c/x.safetensors"]
+    assert sorted(names, key=seed_order) == ["c/x.safetensors", "a/x_seed2.safetensors", "b/x_seed10.safetensors"]
 
 
 def test_table_cells_are_seed_means_with_the_spread_against_a_hand_computation(tmp_path):
@@ -221,6 +223,8 @@ def test_the_suggested_steering_file_does_not_depend_on_run_dates(tmp_path, orde
     # the text target has no run: its command names the seed-0 file, whichever seed ran last
     assert f"steering={steering_name(0)}" in text
     assert "_seed1.safetensors,alpha" not in text and "_seed2.safetensors,alpha" not in text
+    # and the row lists the seeds' alphas in seed order, whatever order they ran in
+    assert "L2S (3 seeds, α 1; 2; 1ᵃᶜ)" in table_rows(text, "target: vision")
 
 
 def test_a_fixed_alpha_averages_the_seeds_at_that_alpha(tmp_path):
