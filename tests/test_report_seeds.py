@@ -249,3 +249,12 @@ def test_seeds_with_one_alpha_each_are_averaged_not_picked(tmp_path):
     side = next(r for r in leaderboard_rows(index) if r.method == "amps").sides["vision"]
     assert side.cell.target_acc == pytest.approx(0.5) and side.cell.seed_range == (0.25, 0.75)
     assert side.choice == "single α, 3 seeds" and len(side.runs) == 3
+
+
+@pytest.mark.parametrize("order", [(0, 1, 2), (2, 0, 1)])
+def test_susceptibility_sweeps_name_each_training_seed_in_seed_order(tmp_path, order):
+    from amps_eval.report.susceptibility_report import find_sweeps
+
+    root = make_seeded(tmp_path / "runs", {seed: f"2026010{p + 1}" for p, seed in enumerate(order)})
+    sweeps = [s for s in find_sweeps(root, []) if s.method == "l2s"]
+    assert [s.setup for s in sweeps] == [f"training seed {k}, steering {Path(steering_name(k)).name}" for k in range(3)]
