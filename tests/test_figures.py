@@ -133,3 +133,31 @@ def test_figure6_on_the_demo_is_readable_no_two_labels_overlap_bands_differ_and_
         assert len(hatches) == 2  # L2S plain, the other two hatched apart
         legend = [t.get_text() for t in fig.legends[0].get_texts()]
         assert any(t.startswith("marker size") for t in legend)
+
+
+def test_figures_draw_the_mean_image_logodds_below_the_shares_where_the_runs_recorded_it(tmp_path):
+    from test_report_seeds import MODEL, make_seeded
+
+    runs, problems = discover(make_seeded(tmp_path / "runs"))
+    index = build_index(runs, problems)
+    fig = figure_alpha(index, MODEL, ("l2s",), "Figure 6")
+    _assert_legends_outside_axes(fig)
+    assert len(fig.axes) == 4  # shares above, log-odds below, per target
+    vision_logodds = fig.axes[2]
+    assert "image_logodds" in vision_logodds.get_ylabel()
+    lines = [line for line in vision_logodds.get_lines() if line.get_marker() != "None" and len(line.get_xdata()) > 1]
+    # one series per training seed (seed k from the file name); every item's log-odds is i - 3 + k: mean 0.5 + k
+    assert sorted(tuple(line.get_ydata()) for line in lines) == [(0.5, 0.5), (1.5, 1.5), (2.5, 2.5)]
+    assert [list(line.get_xdata()) for line in lines] == [[1.0, 2.0]] * 3
+    assert len(vision_logodds.collections) == 3  # a band of one standard error per series
+    assert not fig.axes[3].get_lines()[1:]  # no text runs: the text panels hold no series (only the zero line)
+    legend = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert any("image_logodds" in t for t in legend)
+    assert sorted(t for t in legend if t.startswith("L2S")) == [f"L2S (seed {k})" for k in range(3)]
+
+
+def test_figures_without_recorded_logodds_keep_one_row(tmp_path):
+    index = _index(tmp_path)
+    fig = figure_alpha(index, ALPHA, ("mean",), "Figure 1: mean steering")
+    assert len(fig.axes) == 2
+    assert not any("image_logodds" in t.get_text() for t in fig.legends[0].get_texts())

@@ -143,9 +143,8 @@ def _published(out: Path) -> dict[str, bytes]:
     stamp = re.compile(rb"\d{8}_\d{6}(\.\d+)?")  # lmms-eval's file names: the time of the run
     sha = re.compile(rb"steering_sha256=[0-9a-f]{64}")
     date = re.compile(rb"\d{4}-\d{2}-\d{2}T\d{2}:\d{2}(:\d{2})?Z?")  # the leaderboard's run dates
-    # a missing run's suggested command names the steering file of the newest run of its kind: with
-    # training seeds, which seed's file that is follows the runs' dates (amps_eval.report.commands)
-    seed_file = re.compile(rb"_seed\d+\.safetensors")
+    # (a missing run's suggested command names the lowest training seed's steering file, whatever the
+    # runs' dates: amps_eval.report.commands.steering_of; so the seed files are compared unmasked)
     keep = {}
     for path in sorted(out.rglob("*")):
         rel = str(path.relative_to(out))
@@ -156,7 +155,8 @@ def _published(out: Path) -> dict[str, bytes]:
             from safetensors.torch import load_file
 
             data = repr(sorted((k, v.tolist()) for k, v in load_file(path).items())).encode()
-        keep[stamp.sub(b"STAMP", rel.encode()).decode()] = seed_file.sub(b".safetensors", date.sub(b"DATE", sha.sub(b"steering_sha256=SHA", stamp.sub(b"STAMP", data))))
+        keep[stamp.sub(b"STAMP", rel.encode()).decode()] = date.sub(b"DATE", sha.sub(b"steering_sha256=SHA",
+                                                                                stamp.sub(b"STAMP", data)))
     return keep
 
 

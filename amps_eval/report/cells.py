@@ -38,6 +38,8 @@ class Cell:
     strength: float | None = None  # mean effective strength of the items (steered runs with diagnostics)
     logodds: float | None = None  # mean image_logodds of the answers that have one (amps_eval.logodds)
     logodds_stderr: float | None = None  # its standard error over those answers
+    n_seeds: int = 1  # training seeds averaged (``seeds.seed_cells``); 1: one run
+    seed_range: tuple[float, float] | None = None  # with several seeds: the lowest and highest seed's share
 
 
 def _number(value) -> float | None:

@@ -3,7 +3,7 @@
 A report is only useful for planning if it says how to get what it lacks: every missing (model,
 method, targets) becomes one ``lmms-eval`` command line. The steering file of a steered method is
 taken from an existing run of the same model that used a file of the same kind (mean / mean_mcs
-share one); when there is none, the command holds a placeholder and the ``amps-eval fit`` command
+share one; among several, the lowest training seed by file name, `steering_of`); when there is none, the command holds a placeholder and the ``amps-eval fit`` command
 that writes the file. A table of runs cut by ``--limit`` gets the same ``--limit`` (a full run would
 be other data, shown in another table), and the data folder the row's runs read is named.
 """
@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from amps_eval.methods.registry import BY_NAME
 from amps_eval.report import STEERED
 from amps_eval.report.runs import DataId, Run
+from amps_eval.report.seeds import seed_order
 
 FILE_KIND = {m.name: m.file_method for m in BY_NAME.values() if m.steered}
 TASKS = {("vision", "one"): "mc2_visual", ("text", "one"): "mc2_text",
@@ -35,12 +36,17 @@ class MissingRun:
 
 
 def steering_of(runs: list[Run], pretrained: str, method: str) -> tuple[str, str | None] | None:
-    """(path, sha256) of the newest steering file of this kind used with this model, if any."""
+    """(path, sha256) of a steering file of this kind used with this model, if any: the one of the
+    lowest training seed (``seeds.training_seed``: seed 0 is the file without ``_seed<k>``), then of
+    the smallest path, then sha256; never chosen by run date, so the suggestion does not depend on
+    which seed's runs finished last."""
     kind = FILE_KIND[method]
-    for run in sorted(runs, key=lambda r: r.date, reverse=True):
-        if run.pretrained == pretrained and FILE_KIND.get(run.method) == kind and run.settings.get("steering"):
-            return run.settings["steering"], run.settings.get("steering_sha256")
-    return None
+    found = {(run.settings["steering"], run.settings.get("steering_sha256") or "") for run in runs
+             if run.pretrained == pretrained and FILE_KIND.get(run.method) == kind and run.settings.get("steering")}
+    if not found:
+        return None
+    path, sha = min(found, key=lambda f: (*seed_order(f[0]), f[1]))
+    return path, sha or None
 
 
 def missing_run(runs: list[Run], lmms_model: str, pretrained: str, method: str, targets: tuple[str, ...],

@@ -3,7 +3,9 @@
 * Figure 1: mean steering, target share and collapse rate (answers following neither option)
   against the effective strength (each point labelled with its alpha), one panel per target, one
   file per model (``figure1_mean_strength_<model>``; ``..._alpha_...`` when the runs recorded no
-  strength and the axis is alpha);
+  strength and the axis is alpha); where the runs recorded ``image_logodds`` (the parse-free
+  preference, ``amps_eval.logodds``), a second row of panels draws its mean ± 1 s.e. against the
+  same axis (Figures 1 and 6 alike; older results without it keep the one row);
 * Figure 4: the distribution of the visual MCS ratio r_v per category and model (plain prompt);
 * Figure 5: the same with the instruction toward the image and toward the text, one panel per model;
 * Figure 6: L2S, AMPS with beta = 0 (this project's ablation) and AMPS, target share and collapse against the
@@ -99,20 +101,33 @@ def place_labels(fig: Figure, labels: list[tuple]) -> None:
             note.remove()
 
 
+LOGODDS_LABEL = "mean image_logodds\nlog p(image option) − log p(text option)"
+
+
 def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], title: str) -> Figure | None:
     """Target share (solid) and collapse (dashed) of each method against its effective strength, each
     point labelled with its alpha, with bands of one standard error; against alpha when a series of
-    the figure has no recorded strength (the axis says which: one axis, one quantity)."""
+    the figure has no recorded strength (the axis says which: one axis, one quantity). When any run
+    of the figure recorded ``image_logodds``, a second row of panels draws its mean (band: ± 1 s.e.)
+    against the same axis, for the series whose every point has it; without it the figure has one row."""
     drawn = {(method, target): alpha_series(index, pretrained, method, target) for method in methods
              for target in TARGETS}
     if not any(drawn.values()):
         return None
     measured = all(p.strength is not None for found in drawn.values() for points in found.values() for p in points)
-    fig = Figure(figsize=(10, 4.8), layout="constrained")
-    axes = fig.subplots(1, 2, sharey=True)
+    logodds = any(p.logodds is not None for found in drawn.values() for points in found.values() for p in points)
+    fig = Figure(figsize=(10, 8.2 if logodds else 4.8), layout="constrained")
+    grid = fig.subplots(2 if logodds else 1, 2, sharex="col", squeeze=False,
+                        **({"height_ratios": (1.5, 1)} if logodds else {}))
+    axes = grid[0]
+    for ax in axes[1:]:
+        ax.sharey(axes[0])
+    lower = grid[1] if logodds else ()
+    for ax in lower[1:]:
+        ax.sharey(lower[0])
     legend: dict[str, Line2D] = {}
     labels: list[tuple] = []
-    for ax, target in zip(axes, TARGETS):
+    for column, (ax, target) in enumerate(zip(axes, TARGETS)):
         for position, method in enumerate(methods):
             size = max(3.5, 7.5 - 1.5 * position)  # later methods' markers are smaller: coinciding points stay visible
             hatch = HATCHES[position % len(HATCHES)] if len(methods) > 1 else ""
@@ -120,7 +135,7 @@ def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], 
                 points = sorted(points, key=lambda p: (p.strength if measured else p.alpha, p.alpha))
                 xs = [p.strength if measured else p.alpha for p in points]
                 color, marker = method_color(method), MARKERS[number % len(MARKERS)]
-                name = method_label(method) + ("" if label == method_label(method) else f" [{label}]")
+                name = label if label.startswith(method_label(method)) else f"{method_label(method)} [{label}]"
                 shares = [p.share for p in points]
                 ax.plot(xs, shares, marker=marker, color=color, markersize=size)
                 _band(ax, xs, shares, [p.stderr for p in points], color, hatch)
@@ -129,6 +144,10 @@ def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], 
                     ax.plot(xs, collapse, marker=marker, markerfacecolor="white", linestyle="--", color=color,
                             markersize=size - 1)
                     _band(ax, xs, collapse, [p.collapse_stderr for p in points], color, hatch)
+                if logodds and all(p.logodds is not None for p in points):
+                    values = [p.logodds for p in points]
+                    lower[column].plot(xs, values, marker=marker, color=color, markersize=size)
+                    _band(lower[column], xs, values, [p.logodds_stderr for p in points], color, hatch)
                 if measured:
                     labels += [(ax, x, p.share, f"α={p.alpha:g}", color) for x, p in zip(xs, points)]
                 legend.setdefault(name, Line2D([], [], color=color, marker=marker, linewidth=2, label=name))
@@ -137,11 +156,23 @@ def figure_alpha(index: ResultIndex, pretrained: str, methods: tuple[str, ...], 
         ax.set_ylim(-2, 105)
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("% of items")
+    xlabel = STRENGTH_LABEL if measured else ALPHA_LABEL
+    for ax in lower:
+        ax.axhline(0, color="0.5", linewidth=0.8)
+        ax.grid(alpha=0.3)
+        ax.set_xlabel(xlabel, fontsize=9)
+    if logodds:
+        lower[0].set_ylabel(LOGODDS_LABEL, fontsize=9)
+        for ax in axes:
+            ax.tick_params(labelbottom=True)
     for ax in axes:
-        ax.set_xlabel(STRENGTH_LABEL if measured else ALPHA_LABEL, fontsize=9)
+        ax.set_xlabel(xlabel, fontsize=9)
     styles = [Line2D([], [], color="0.35", marker="o", label="target share (band: ± 1 s.e.)"),
               Line2D([], [], color="0.35", marker="o", markerfacecolor="white", linestyle="--",
                      label="collapse: neither option")]
+    if logodds:
+        styles.append(Line2D([], [], color="0.35", marker="o", label="lower panels: mean image_logodds, + favours "
+                                                                     "the image (band: ± 1 s.e.)"))
     if len(methods) > 1:
         styles.append(Line2D([], [], color="0.35", marker="o", markersize=7.5, linestyle="none",
                              label="marker size: by method only (coinciding points stay visible)"))

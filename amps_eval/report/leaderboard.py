@@ -55,7 +55,7 @@ from amps_eval.report.cells import TOTAL, Cell
 from amps_eval.report.matched import MatchedRow, MatchedTable, matched_table
 from amps_eval.report.render import write_text_atomic
 from amps_eval.report.runs import DataId, Run, discover, model_display_name
-from amps_eval.report.select import ResultIndex, Variant, build_index, require_usable
+from amps_eval.report.select import ResultIndex, Variant, build_index, require_usable, seed_alphas
 from amps_eval.report.series import SweepPoint, alpha_series
 from amps_eval.report.style import method_color, method_label
 from amps_eval.report.tables import TARGETS, methods_of
@@ -86,10 +86,11 @@ class Side:
     choice: str  # short: "held-out", "single α", "best on all items", "" (no steering)
     choice_note: str  # a sentence
     runs: tuple[Path, ...]  # the results files the numbers come from
+    alpha_label: str = ""  # with several training seeds: each seed's alpha(s), "1; 2 / 4; 1" (seed order)
 
     @property
     def alpha_text(self) -> str:
-        return " / ".join(f"{a:g}" for a in self.alphas)
+        return self.alpha_label or " / ".join(f"{a:g}" for a in self.alphas)
 
 
 @dataclass(frozen=True)
@@ -132,6 +133,21 @@ def _side(index: ResultIndex, variant: Variant, target: str) -> Side:
     if variant.method not in STEERED:
         return Side(target, variant, cell, (), "", "no steering", (cell.run,))
     settings = dict(variant.settings)
+    per_seed = seed_alphas(settings.get("alpha_choice", "")) if variant.alpha is None else None
+    if per_seed is not None:  # the seed-averaged composite of select._held_out
+        base = {k: v for k, v in variant.settings if k != "alpha_choice"}
+        groups = index.seed_groups([c for c in index.candidates(variant.pretrained, variant.method, target,
+                                                                variant.orders) if c.alpha is not None])
+        files = groups.get(tuple(sorted(base.items())), [])
+        runs = sorted({index.cells[(c, target)][TOTAL].run for (_, members), alphas in zip(files, per_seed)
+                       for c in members if any(abs(c.alpha - a) < 1e-12 for a in alphas)
+                       and TOTAL in index.cells[(c, target)]}) or [cell.run]
+        label = "; ".join(" / ".join(f"{a:g}" for a in alphas) for alphas in per_seed)
+        return Side(target, variant, cell, tuple(a for alphas in per_seed for a in alphas),
+                    f"held-out, {len(per_seed)} seeds",
+                    f"mean over {len(per_seed)} training seeds (one steering file each), each seed's alpha chosen on "
+                    f"held-out halves ({settings['alpha_choice']}): the highest target share with at most 5% "
+                    "collapse, alpha 0 excluded; the share's range over the seeds is in brackets", tuple(runs), label)
     if variant.alpha is None and "alpha_choice" in settings:  # the composite of select._held_out
         description = settings["alpha_choice"]
         match = _HELD_OUT.match(description)
@@ -145,9 +161,18 @@ def _side(index: ResultIndex, variant: Variant, target: str) -> Side:
         return Side(target, variant, cell, alphas, "held-out",
                     f"each half of the items scored at the alpha chosen on the other half ({description}): the "
                     "highest target share with at most 5% collapse, alpha 0 excluded", tuple(runs))
+    alphas = () if variant.alpha is None else (variant.alpha,)
+    if "training_seeds" in settings:  # the seed mean at one alpha (select.ResultIndex._seed_mean_at)
+        own = tuple(kv for kv in variant.settings if kv[0] != "training_seeds")
+        seeds = [v for v in index.candidates(variant.pretrained, variant.method, target, variant.orders)
+                 if v.alpha == variant.alpha and tuple(kv for kv in v.settings if kv[0] != "steering") == own]
+        return Side(target, variant, cell, alphas, f"single α, {settings['training_seeds']} seeds",
+                    f"the only non-zero alpha that ran, mean over {settings['training_seeds']} training seeds (one "
+                    "steering file each); the share's range over the seeds is in brackets",
+                    tuple(sorted({index.cells[(v, target)][TOTAL].run for v in seeds
+                                  if TOTAL in index.cells[(v, target)]})) or (cell.run,))
     others = {c.alpha for c in index.candidates(variant.pretrained, variant.method, target, variant.orders)
               if c.settings == variant.settings and c.alpha not in (None, 0)}
-    alphas = () if variant.alpha is None else (variant.alpha,)
     if len(others) <= 1:
         return Side(target, variant, cell, alphas, "single α", "the only non-zero alpha that ran", (cell.run,))
     return Side(target, variant, cell, alphas, "best on all items",
@@ -254,7 +279,8 @@ TARGET_COLUMNS = (("share", "share", "target share: answers that follow the targ
                                           "answer position (+ favours the image; amps_eval.logodds)"),
                   ("strength", "strength", "effective strength: mean ‖shift‖ / ‖hidden state‖ over the steered "
                                            "positions and items"),
-                  ("alpha", "α", "the steering strength shown (two values: one per half of the items)"))
+                  ("alpha", "α", "the steering strength shown (two values: one per half of the items; "
+                                 "\"1; 2; 1\": one per training seed)"))
 MATCHED_COLUMNS = (("matched", "best ≤5%", "at matched strength: the highest target share whose collapse stays at most "
                                          "5 %, the common strength chosen on held-out halves of the items (%)"),
                    ("vs_l2s", "Δ L2S", "difference to L2S at matched strength, percentage points, with the paired 95 % "
@@ -291,7 +317,8 @@ def _target_values(side: Side | None) -> list[tuple[str, float | None]]:
     if side is None:
         return [("-", None)] * len(TARGET_COLUMNS)
     cell = side.cell
-    return [(_pct(cell.target_acc), 100 * cell.target_acc),
+    spread = "" if cell.seed_range is None else f" ({_pct(cell.seed_range[0])}–{_pct(cell.seed_range[1])})"
+    return [(_pct(cell.target_acc) + spread, 100 * cell.target_acc),
             (_pct(cell.stderr), None if cell.stderr is None else 100 * cell.stderr),
             (_pct(cell.others), None if cell.others is None else 100 * cell.others),
             ("-" if cell.logodds is None else f"{cell.logodds:+.2f}", cell.logodds),
@@ -346,7 +373,9 @@ def to_markdown(rows: list[Row], index: ResultIndex, folder: Path) -> str:
              "neither option; log-odds: mean image_logodds, log p(image option) - log p(text option) at the first "
              "answer position (+ favours the image); strength: the effective strength, mean ‖shift‖ / ‖hidden "
              "state‖; α: the alpha shown "
-             "(two values: each half of the items scored at the alpha chosen on the other half). "
+             "(two values: each half of the items scored at the alpha chosen on the other half; \"1; 2 / 4; 1\": one "
+             "per training seed, in seed order). A share with (lo–hi): the mean over a trained method's training "
+             "seeds, each at its own chosen alpha, with the lowest and highest seed's share. "
              f"{MATCHED_NOTE} Dates are UTC. "
              "`leaderboard.html` (same folder) sorts, filters and charts the sweeps.", "",
              tabulate(table, headers=headers, tablefmt="github", disable_numparse=True) if table else "No runs.", ""]
@@ -419,7 +448,10 @@ def _html_row(number: int, row: Row, runs: dict[Path, Run], folder: Path) -> dic
     for target, side in row.sides.items():
         cell = side.cell
         details.append((f"target {target}",
-                        f"share {_pct(cell.target_acc)} % ± {_pct(cell.stderr)}, collapse {_pct(cell.others)} %, "
+                        f"share {_pct(cell.target_acc)} % ± {_pct(cell.stderr)}"
+                        + ("" if cell.seed_range is None else f" (mean over {cell.n_seeds} training seeds, "
+                           f"{_pct(cell.seed_range[0])}–{_pct(cell.seed_range[1])})")
+                        + f", collapse {_pct(cell.others)} %, "
                         f"effective strength {_strength(cell.strength)}, {cell.n_items or '?'} items "
                         f"(from the {cell.source} file{'s' if cell.source == 'samples' else ''}), "
                         f"run {iso_utc(cell.date) or cell.date}"))

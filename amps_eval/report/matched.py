@@ -38,13 +38,13 @@ AMPS moves the hidden state more than one of L2S), so methods are compared at th
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from dataclasses import dataclass, field
 
 from amps_eval.mc2.metrics import item_decisions
 from amps_eval.report import STEERED
 from amps_eval.report.alpha_choice import AlphaRule, halves
 from amps_eval.report.paired import PairedDifference, item_means, paired_difference
+from amps_eval.report.seeds import mean_values
 from amps_eval.report.select import ResultIndex
 
 BASELINE = "l2s"
@@ -153,12 +153,6 @@ class Summary:
         return min(means), max(means)
 
 
-def mean_values(parts: list[Values]) -> Values:
-    """Item by item, the mean over ``parts`` (items every part has)."""
-    shared = set.intersection(*(set(p) for p in parts)) if parts else set()
-    return {i: sum(p[i] for p in parts) / len(parts) for i in shared}
-
-
 def seed_summary(summaries: list[Summary]) -> Summary | None:
     """The summary of several training seeds: item values averaged over the seeds, each seed's
     strengths chosen on held-out halves of its own curve (step 4 per seed)."""
@@ -225,21 +219,22 @@ def seed_sweeps(index: ResultIndex, pretrained: str, method: str, target: str, o
     Variants are grouped by their settings without the steering file; the group with the most runs
     is used, and within it every steering file is one sweep (the files of one method and settings
     fitted with different seeds: ``amps-eval study --seeds``)."""
-    groups: dict[tuple, dict[str, list]] = defaultdict(lambda: defaultdict(list))
-    for variant in index.candidates(pretrained, method, target, orders):
-        if variant.alpha is None or (variant, target) not in index.records:
-            continue
-        records = list(index.records[(variant, target)])
-        strength = _record_strength(records)
-        if strength is None and variant.alpha == 0:
-            strength = 0.0  # the unsteered model: no shift, whatever the diagnostics say
-        settings = dict(variant.settings)
-        steering = settings.pop("steering", "")
-        groups[tuple(sorted(settings.items()))][steering].append((variant.alpha, strength, records))
+    groups = index.seed_groups([v for v in index.candidates(pretrained, method, target, orders)
+                                if v.alpha is not None and (v, target) in index.records])
     if not groups:
         return []
-    chosen = max(groups.values(), key=lambda g: sum(len(v) for v in g.values()))
-    return [chosen[k] for k in sorted(chosen)]
+    chosen = max(groups.values(), key=lambda seeds: sum(len(members) for _, members in seeds))
+    sweeps = []
+    for _, members in chosen:  # training-seed order (ResultIndex.seed_groups)
+        sweep = []
+        for variant in members:
+            records = list(index.records[(variant, target)])
+            strength = _record_strength(records)
+            if strength is None and variant.alpha == 0:
+                strength = 0.0  # the unsteered model: no shift, whatever the diagnostics say
+            sweep.append((variant.alpha, strength, records))
+        sweeps.append(sweep)
+    return sweeps
 
 
 def sweep_points(index: ResultIndex, pretrained: str, method: str, target: str, orders: str = "one"):

@@ -106,6 +106,8 @@ def cell_text(cell: Cell | None, options: RenderOptions, published=None, publish
     text = f"{100 * cell.target_acc:.1f}"
     if options.stderr:
         text += f" ± {100 * cell.stderr:.1f}" if cell.stderr is not None else " ± ?"
+    if cell.seed_range is not None:  # several training seeds (seeds.py): their spread beside the item-level error
+        text += f" (seeds {100 * cell.seed_range[0]:.1f}-{100 * cell.seed_range[1]:.1f})"
     if options.collapse:
         text += f" / {100 * cell.others:.1f}" if cell.others is not None else " / ?"
     if published is not None:
@@ -178,7 +180,7 @@ def _latex(table: Table, options: RenderOptions, headers: list[str]) -> str:
 
 CSV_HEADER = ["table", "target", "row", "method", "alpha", "column", "target_acc", "others_rate", "stderr", "n_items",
               "source_file", "paper", "paper_diff", "data", "data_key", "data_items", "data_limit", "image_logodds",
-              "image_logodds_stderr"]
+              "image_logodds_stderr", "n_seeds", "seed_low", "seed_high"]
 
 
 def render_csv(tables: list[Table], options: RenderOptions) -> str:
@@ -206,7 +208,10 @@ def render_csv(tables: list[Table], options: RenderOptions) -> str:
                                      pct(cell and cell.target_acc), pct(cell and cell.others),
                                      pct(cell and cell.stderr), "" if cell is None else cell.n_items,
                                      "" if cell is None else str(cell.run), paper, diff, *about,
-                                     _plain(cell and cell.logodds), _plain(cell and cell.logodds_stderr)])
+                                     _plain(cell and cell.logodds), _plain(cell and cell.logodds_stderr),
+                                     "" if cell is None else cell.n_seeds,
+                                     pct(cell.seed_range[0]) if cell and cell.seed_range else "",
+                                     pct(cell.seed_range[1]) if cell and cell.seed_range else ""])
     return out.getvalue()
 
 

@@ -20,20 +20,27 @@ that differ in other settings too, the group with the most alphas is used. Witho
 (or with fewer than two items), and with ``alpha_choice="optimistic"``, the variant with the highest
 Total target share is shown (ties: the smaller |alpha|, then the newest), labelled as a choice on the
 evaluated items. Alpha 0 (the unsteered model) is never a steered row.
+
+Training seeds: steering files that differ in nothing else (`ResultIndex.seed_groups`, ordered by the
+seed in the file name, ``seeds.seed_order``) are one method's training seeds. A row averages them
+(``seeds.seed_cells``): with the held-out choice each seed chooses its own alphas; with a fixed
+alpha (``--alpha``, the best alpha, or one alpha per seed) the seeds are averaged at that alpha.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from amps_eval.report import STEERED
-from amps_eval.report.alpha_choice import held_out_choice
+from amps_eval.report.alpha_choice import TIED, HeldOutChoice, held_out_choice
 from amps_eval.report.cells import TOTAL, Cell, cells_from_records, run_cells
 from amps_eval.report.runs import UNRECORDED, DataId, Problem, Run
+from amps_eval.report.seeds import seed_cells, seed_order, steering_files
 
 NOT_IDENTITY = {"pretrained", "method", "alpha", "steering", "steering_sha256", "device", "device_map",
                 "diagnostics", "item_cache", "batch_size", "max_batch_size", "attn_implementation"}
@@ -127,32 +134,104 @@ class ResultIndex:
             total = cells[TOTAL].target_acc if TOTAL in cells else -1.0
             return (total, -abs(v.alpha or 0.0), max(c.date for c in cells.values()))
 
-        return max(found, key=preference)
+        best = max(found, key=preference)
+        return self._seed_mean_at(best, target) if method in STEERED else best
+
+    def _seed_mean_at(self, variant: Variant, target: str) -> Variant:
+        """``variant`` averaged with the other training seeds of its settings at its alpha (a composite
+        with the setting ``training_seeds``, its cells from ``seeds.seed_cells``); ``variant`` itself
+        when it has no other seed there or a seed lacks per-item records."""
+        if variant.alpha is None:
+            return variant
+        same = [v for v in self.candidates(variant.pretrained, variant.method, target, variant.orders)
+                if v.alpha is not None and abs(v.alpha - variant.alpha) < 1e-9]
+        own = tuple(kv for kv in variant.settings if kv[0] != "steering")
+        seeds = self.seed_groups(same).get(own, [])
+        if len(seeds) < 2 or not all(len(members) == 1 and (members[0], target) in self.records
+                                     for _, members in seeds):
+            return variant
+        members = [m[0] for _, m in seeds]
+        composite = dataclasses.replace(variant, settings=tuple(sorted((*own, ("training_seeds", str(len(members)))))))
+        newest = max((self.cells[(v, target)][TOTAL] for v in members if TOTAL in self.cells[(v, target)]),
+                     key=lambda c: c.date)
+        self.cells[(composite, target)] = seed_cells([self.records[(v, target)] for v in members], newest.run,
+                                                     newest.date)
+        return composite
+
+    def seed_groups(self, variants: list[Variant]) -> dict[tuple, list[tuple[str, list[Variant]]]]:
+        """Variants grouped by their settings without the steering file, each group split by steering
+        file: settings -> [(steering id, variants), ...] in training-seed order (``seeds.seed_order``:
+        the seed in the file's name, then its path; never the run date). The steering files of one
+        group are the training seeds of one method and settings (``amps-eval study``: ``*_seed<k>``)."""
+        files = steering_files(self.runs)
+        groups: dict[tuple, dict[str, list[Variant]]] = defaultdict(lambda: defaultdict(list))
+        for v in variants:
+            settings = dict(v.settings)
+            steering = settings.pop("steering", "")
+            groups[tuple(sorted(settings.items()))][steering].append(v)
+        return {settings: sorted(by_file.items(), key=lambda kv: seed_order(kv[0], files.get(kv[0])))
+                for settings, by_file in groups.items()}
 
     def _held_out(self, found: list[Variant], target: str) -> Variant | None:
         """A composite variant scored with alphas chosen on held-out halves, its cells added to the
-        index; None when it cannot be made (one alpha, no per-item records, too few items)."""
-        groups: dict[tuple, list[Variant]] = defaultdict(list)
-        for v in found:
-            groups[v.settings].append(v)
+        index; None when it cannot be made (one alpha, no per-item records, too few items).
+
+        The variants are grouped by `seed_groups`; the group with the most runs is used (ties: the
+        newest). With one steering file (one training seed) in it, the composite's cells are that
+        sweep's at the chosen alphas; with several, each seed chooses its own alphas on held-out
+        halves and the cells are averaged over the seeds (``seeds.seed_cells``)."""
+        groups = self.seed_groups(found)
         if not groups:
             return None
-        settings, members = max(groups.items(), key=lambda kv: (len(kv[1]), max(
-            c.date for v in kv[1] for c in self.cells[(v, target)].values())))
-        with_records = {v.alpha: v for v in members if v.alpha is not None and (v, target) in self.records}
-        if len(with_records) < 2:
+        settings, seeds = max(groups.items(), key=lambda kv: (sum(len(v) for _, v in kv[1]), max(
+            c.date for _, members in kv[1] for v in members for c in self.cells[(v, target)].values())))
+        choices, used = [], []
+        for steering, members in seeds:
+            with_records = {v.alpha: v for v in members if v.alpha is not None and (v, target) in self.records}
+            if len(with_records) < 2:
+                continue
+            try:
+                choices.append((steering, held_out_choice({a: list(self.records[(v, target)])
+                                                           for a, v in with_records.items()})))
+            except ValueError:
+                continue
+            used += list(with_records.values())
+        if not choices:
             return None
-        try:
-            choice = held_out_choice({a: list(self.records[(v, target)]) for a, v in with_records.items()})
-        except ValueError:
-            return None
-        first = members[0]
-        variant = dataclasses.replace(first, alpha=None, settings=tuple(sorted(
-            (*settings, ("alpha_choice", choice.describe())))))
-        newest = max((self.cells[(v, target)][TOTAL] for v in with_records.values() if TOTAL in self.cells[(v, target)]),
+        newest = max((self.cells[(v, target)][TOTAL] for v in used if TOTAL in self.cells[(v, target)]),
                      key=lambda c: c.date)
-        self.cells[(variant, target)] = cells_from_records(choice.records, newest.run, newest.date)
+        if len(choices) == 1:
+            steering, choice = choices[0]
+            extra = (("steering", steering),) if steering else ()
+            variant = dataclasses.replace(used[0], alpha=None, settings=tuple(sorted(
+                (*settings, *extra, ("alpha_choice", choice.describe())))))
+            self.cells[(variant, target)] = cells_from_records(choice.records, newest.run, newest.date)
+            return variant
+        variant = dataclasses.replace(used[0], alpha=None, settings=tuple(sorted(
+            (*settings, ("alpha_choice", describe_seeds([c for _, c in choices]))))))
+        self.cells[(variant, target)] = seed_cells([c.records for _, c in choices], newest.run, newest.date)
         return variant
+
+
+SEEDS_CHOICE = re.compile(r"^(\d+) training seeds: α (.+), each chosen on held-out halves of (\d+)\+(\d+) items")
+"""The ``alpha_choice`` text of a seed-averaged composite (`describe_seeds`)."""
+
+
+def describe_seeds(choices: list[HeldOutChoice]) -> str:
+    """e.g. "3 training seeds: α 2 / 1; 2; 4, each chosen on held-out halves of 64+64 items"."""
+    alphas = "; ".join(" / ".join(dict.fromkeys(f"{a:g}" for a in c.alphas)) for c in choices)
+    first = choices[0]
+    text = (f"{len(choices)} training seeds: α {alphas}, each chosen on held-out halves of "
+            f"{first.n_choosing[0]}+{first.n_choosing[1]} items")
+    return text + (f"; {TIED}" if all(all(c.tied) for c in choices) else "")
+
+
+def seed_alphas(description: str) -> list[tuple[float, ...]] | None:
+    """Each seed's alphas of a `describe_seeds` text, in seed order; None for any other text."""
+    match = SEEDS_CHOICE.match(description)
+    if match is None:
+        return None
+    return [tuple(float(a) for a in part.split(" / ")) for part in match.group(2).split("; ")]
 
 
 def _model_of_checkpoint(pretrained: str) -> str:

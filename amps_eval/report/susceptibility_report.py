@@ -27,6 +27,7 @@ from pathlib import Path
 from amps_eval.mc2.schema import CATEGORIES, CATEGORY_ABBREV
 from amps_eval.report import METHOD_LABELS, STEERED
 from amps_eval.report.runs import Problem, model_display_name
+from amps_eval.report.seeds import seed_order, steering_files, training_seed
 from amps_eval.vocabulary import TARGETS
 from amps_eval.report.susceptibility import (
     EVENTS,
@@ -112,9 +113,22 @@ def find_sweeps(runs_dir: Path, problems: list[Problem]) -> list[Sweep]:
             continue
         groups[(dataclasses.replace(variant, alpha=None), target)][variant.alpha] = records
     several_data = len({v.data for v, _ in groups}) > 1
+    files = steering_files(runs)
+
+    def without_steering(v) -> tuple:
+        return tuple(kv for kv in v.settings if kv[0] != "steering")
+
+    def file_order(v) -> tuple:  # training seeds in seed order (seeds.seed_order), never by run date
+        steering = dict(v.settings).get("steering", "")
+        return seed_order(steering, files.get(steering))
+
+    seeded = defaultdict(set)  # (model, method, other settings, data) -> its steering files (several: training seeds)
+    for v, _ in groups:
+        seeded[(v.pretrained, v.method, without_steering(v), v.data)].add(dict(v.settings).get("steering", ""))
     sweeps = []
     for (variant, target), points in sorted(groups.items(), key=lambda kv: (
-            kv[0][0].pretrained, kv[0][0].method, kv[0][0].settings, kv[0][0].data.key, kv[0][1])):
+            kv[0][0].pretrained, kv[0][0].method, without_steering(kv[0][0]), file_order(kv[0][0]),
+            kv[0][0].data.key, kv[0][1])):
         if len([a for a in points if a >= 0]) < 2:
             continue
         if any(len({r["mc2_id"] for r in records}) != len(records) for records in points.values()):
@@ -125,7 +139,9 @@ def find_sweeps(runs_dir: Path, problems: list[Problem]) -> list[Sweep]:
             setup = ", ".join(filter(None, [setup, f"data: {variant.data.describe()}"]))
         steering = dict(variant.settings).get("steering")
         if steering:
-            setup = ", ".join(filter(None, [setup, f"steering {steering}"]))
+            several = len(seeded[(variant.pretrained, variant.method, without_steering(variant), variant.data)]) > 1
+            seed = f"training seed {training_seed(files.get(steering, steering))}, " if several else ""
+            setup = ", ".join(filter(None, [setup, f"{seed}steering {steering}"]))
         sweeps.append(Sweep(model_display_name(variant.pretrained), variant.pretrained, variant.method, target, setup,
                             tuple(sorted(a for a in points if a >= 0)), scale, steps, categories, tuple(notes)))
     return sweeps

@@ -25,7 +25,8 @@ from amps_eval.report import METHOD_LABELS, STEERED
 from amps_eval.report.cells import TOTAL, Cell
 from amps_eval.report.commands import MissingRun, missing_run
 from amps_eval.report.runs import DataId, model_display_name
-from amps_eval.report.select import ResultIndex, Variant
+from amps_eval.report.alpha_choice import TIED
+from amps_eval.report.select import SEEDS_CHOICE, ResultIndex, Variant
 from amps_eval.vocabulary import TARGETS
 
 BLOCK_TITLES = {"vision": "target: vision (answers that follow the image)",
@@ -57,6 +58,10 @@ FOOTNOTES = {
          "\"α 2 / 4\": the first half at alpha 2, the second at 4; one value: both halves chose it.",
     "ᵇ": "ᵇ α tied: every alpha of the sweep gave the same target share and collapse on both choosing halves, so no "
          "alpha was really chosen (the row shows the smallest).",
+    "ᶜ": "ᶜ mean over training seeds: the method was fitted with several seeds (one steering file each, *_seed<k>); "
+         "each cell is the mean over the seeds, ± the standard error over items of the items' seed means, and "
+         "(seeds lo-hi) the lowest and highest of the seeds' own shares; with a held-out choice each seed's alpha is "
+         "chosen on its own, as in ᵃ (\"α 2 / 1; 2; 4\": seeds 0, 1, 2 in order).",
 }
 
 @dataclass(frozen=True)
@@ -77,7 +82,13 @@ class TableOptions:
 
 
 def short_choice(description: str) -> tuple[str, str | None]:
-    """A held-out choice's row-label text and footnote mark: "α 2 / 4ᵃ", "α tiedᵇ" (else unchanged)."""
+    """A held-out choice's row-label text and footnote marks: "α 2 / 4ᵃ", "α tiedᵇ", "3 seeds, α 2; 2 / 1; 4ᵃᶜ"
+    (else unchanged)."""
+    seeds = SEEDS_CHOICE.match(description)
+    if seeds is not None:
+        if TIED in description:
+            return f"{seeds.group(1)} seeds, α tiedᵇᶜ", "ᵇᶜ"
+        return f"{seeds.group(1)} seeds, α {seeds.group(2)}ᵃᶜ", "ᵃᶜ"
     match = HELD_OUT.match(description)
     if match is None:
         return description, None
@@ -100,13 +111,16 @@ def row_label(base: str, index: ResultIndex, variant: Variant | None, target: st
             text, mark = short_choice(value)
             extras.append(text)
             if mark:
-                marks.add(mark)
+                marks.update(mark)
+        elif key == "training_seeds":  # the seed mean at one alpha (select.ResultIndex._seed_mean_at)
+            extras.append(f"{value} seedsᶜ")
+            marks.add("ᶜ")
     total = index.cells.get((variant, target), {}).get(TOTAL)
     if total is not None and total.strength is not None:
         extras.append(f"s={total.strength:.3g}")
     others = index.candidates(variant.pretrained, variant.method, target, variant.orders)
     for key, value in variant.settings:
-        if key == "alpha_choice":
+        if key in ("alpha_choice", "training_seeds"):
             continue
         if any(dict(o.settings).get(key) != value for o in others if o.alpha == variant.alpha):
             extras.append(f"{key}={value}")
