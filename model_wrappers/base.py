@@ -121,6 +121,7 @@ class AmpsWrapper(lmms):
             raise TypeError(f"sweep= takes a SweepPass, not {type(sweep).__name__}")
         self.sweep = sweep
         self.settings = self.settings_class.from_model_args(**model_args)
+        self.owns_load = loaded is None  # whether lmms-eval's clean-up after the run may free it (`clean`)
         if loaded is None:
             loaded = LoadedModel.load(self.family, self.settings)
         elif not isinstance(loaded, LoadedModel):
@@ -324,6 +325,15 @@ class AmpsWrapper(lmms):
             rows = batch.rows[k * n : (k + 1) * n] if batch.rows else [None] * n
             self.sweep.keep(keys, alpha, [Answer(t, r) for t, r in zip(texts[k * n : (k + 1) * n], rows)])
         return texts[:n]
+
+    def clean(self) -> None:
+        """lmms-eval's clean-up after a run (a full garbage collection, the device caches emptied,
+        the modules dropped), for a wrapper that loaded its checkpoint itself. Over a shared load
+        (an `amps_eval.runner.EvalSession`'s) the weights outlive the run and the session frees
+        them when it closes: nothing to free here, and the two full collections would cost about
+        1 s of CPU per run (a study makes hundreds of runs; benchmarks/README.md)."""
+        if self.owns_load:
+            super().clean()
 
     def loglikelihood(self, requests):
         raise NotImplementedError(f"{type(self).__name__} answers generate_until tasks (such as the MC2 tasks) only")

@@ -126,3 +126,20 @@ def test_a_sweep_loads_the_model_once(tiny_qwen_path, synthetic_mc2_dir, steerin
     assert [f.parent.parent.name for f in files] == ["alpha_0", "alpha_2"]
     recorded = [json.loads(f.read_text())["config"]["model_args"] for f in files]
     assert [dict(kv.split("=", 1) for kv in r.split(","))["alpha"] for r in recorded] == ["0", "2"]
+
+
+def test_lmms_evals_clean_up_frees_only_a_load_the_wrapper_owns(tiny_qwen_path, monkeypatch):
+    """lmms-eval calls ``lm.clean()`` after every run: a wrapper over a session's load leaves the
+    shared weights (and skips the full garbage collections); one that loaded them frees them."""
+    import lmms_eval.api.model
+
+    cleaned = []
+    monkeypatch.setattr(lmms_eval.api.model.lmms, "clean", lambda self: cleaned.append(self))
+    with EvalSession() as session:
+        shared = session.wrapper("amps_qwen", _args(tiny_qwen_path, "none"))
+        shared.clean()
+        assert cleaned == [] and shared.model is session.models[0].model and not shared.owns_load
+    alone = type(shared)(pretrained=str(tiny_qwen_path), device="cpu")
+    assert alone.owns_load
+    alone.clean()
+    assert cleaned == [alone]
