@@ -128,6 +128,40 @@ def test_premise_sees_an_oracle_that_helps_and_mcs_validity_sees_a_perfect_mcs()
     assert "MCS validity" in text and "amps_oracle - amps_beta0" in text and "Susceptibility" in text
 
 
+def test_premise_averages_the_training_seeds_item_by_item_at_matched_strength():
+    """Two seeds of a method whose strengths differ: each seed is interpolated at the matched
+    strength and an item's outcome is the mean over the seeds (computed here by hand); the largest
+    strength every method reaches is the smallest over the seeds' largest strengths."""
+    one = _sweep("amps", "vision", lambda i, s: 2 * s, {0: 0.0, 1: 0.5, 2: 1.0}, P)
+    two = _sweep("amps", "vision", lambda i, s: 6 * s, {0: 0.0, 1: 0.4, 2: 0.8}, P)
+    beta0 = _sweep("amps_beta0", "vision", lambda i, s: 2 * s, {0: 0.0, 1: 0.5, 2: 1.2}, P)
+    result = premise({("amps", "vision"): [one, two], ("amps_beta0", "vision"): beta0}, n_boot=50)["vision"]
+    assert result["common_max"] == pytest.approx(0.8)  # min(max 1.0 and 0.8 of amps' seeds, 1.2)
+    top = result["points"][-1]
+    assert top["strength"] == pytest.approx(0.8) and top["methods"]["amps"]["seeds"] == 2
+
+    def logodds(i, response):  # toward the image, at strength 0.8
+        return math.log(P[i] / (1 - P[i])) + response
+
+    by_hand = sum((logodds(i, 2 * 0.8) + logodds(i, 6 * 0.8)) / 2 for i in P) / len(P)
+    assert top["methods"]["amps"]["toward_logodds"] == pytest.approx(by_hand)
+    # the share interpolates each seed's 0/1 outcomes linearly between its alphas
+    def share(sweep, i):
+        values = at_strength(sweep, 0.8, "share")
+        return values[i]
+
+    by_hand_share = 100 * sum((share(one, i) + share(two, i)) / 2 for i in P) / len(P)
+    assert top["methods"]["amps"]["target_share_pct"] == pytest.approx(by_hand_share)
+    # one seed given as a list or alone: the same
+    alone = premise({("amps", "vision"): one, ("amps_beta0", "vision"): beta0}, n_boot=50)
+    listed = premise({("amps", "vision"): [one], ("amps_beta0", "vision"): beta0}, n_boot=50)
+    assert alone == listed
+    # susceptibility reads the first seed
+    rows = susceptibility({("amps", "vision"): [one, two]}, P, {}, n_boot=20)
+    assert rows[0]["seed_sweeps"] == 2
+    assert rows[0]["mean_slope"] == pytest.approx(susceptibility({("amps", "vision"): one}, P, {}, n_boot=20)[0]["mean_slope"])
+
+
 # ------------------------------------------------------------------ amps-eval validate, end to end
 
 

@@ -12,8 +12,11 @@ On a graded organism (`amps_eval.organism.graded`) each item's probability of fo
    the answer follows the target (0/1) and its ``image_logodds`` toward the target (the log-odds
    signed so that positive favours the target). Each item's outcome at strength s is linearly
    interpolated between the two alphas whose S bracket s (:func:`interpolate`). The strengths
-   compared are ``MATCH_FRACTIONS`` of the largest strength every method reaches. Differences between
-   methods are paired over the same items (mean difference, 95% paired bootstrap interval).
+   compared are ``MATCH_FRACTIONS`` of the largest strength every method (every training seed of it)
+   reaches. With several training seeds (``amps-eval study --seeds``) each seed's sweep is
+   interpolated at s and an item's outcome is the mean over the seeds (:func:`seed_mean`).
+   Differences between methods are paired over the same items (mean difference, 95% paired
+   bootstrap interval).
 3. **Susceptibility** (:func:`susceptibility`): per item, method and target, the slope of the
    toward-target ``image_logodds`` against the item's own effective strength (least squares through
    its sweep points) and its flip point (first strength at which the answer follows the target;
@@ -21,7 +24,9 @@ On a graded organism (`amps_eval.organism.graded`) each item's probability of fo
    flip, as in `amps_eval.report.susceptibility`); each against the planted margin ``|logit p|``,
    against the signed margin away from the target (``logit p`` toward the text, ``-logit p`` toward
    the image: how strongly the item prefers the other modality) and against the MCS reliance on the
-   modality steered away from. Spearman with 95% bootstrap intervals.
+   modality steered away from. Spearman with 95% bootstrap intervals. With several training seeds,
+   on the first seed's sweep (one fitted module's response; the seed is read from the steering
+   file's name, so the choice does not depend on run dates).
 
 Whatever the numbers are, they are reported as measured; no claim is drawn here.
 """
@@ -161,9 +166,11 @@ def premise(sweeps: dict[tuple[str, str], SweepData], n_boot: int = 1000, seed: 
     differences of :data:`COMPARISONS` (target share in points, toward-target log-odds)."""
     out: dict[str, Any] = {}
     for target in TARGETS:
-        present = {m: sweeps[(m, target)] for m in PREMISE_METHODS if (m, target) in sweeps}
-        maxima = {m: max((sw.mean_strength(a) or 0.0) for a in sw.alphas) for m, sw in present.items()
-                  if all(sw.mean_strength(a) is not None for a in sw.alphas)}
+        present = {m: seed_sweeps(sweeps[(m, target)]) for m in PREMISE_METHODS
+                   if (m, target) in sweeps and seed_sweeps(sweeps[(m, target)])}
+        maxima = {m: min(max((sw.mean_strength(a) or 0.0) for a in sw.alphas) for sw in seeds)
+                  for m, seeds in present.items()
+                  if all(sw.mean_strength(a) is not None for sw in seeds for a in sw.alphas)}
         if len(maxima) < 2:
             out[target] = {"note": f"fewer than two of {PREMISE_METHODS} have a sweep with effective strengths"}
             continue
@@ -171,12 +178,13 @@ def premise(sweeps: dict[tuple[str, str], SweepData], n_boot: int = 1000, seed: 
         points = []
         for fraction in MATCH_FRACTIONS:
             s = fraction * common
-            outcomes = {kind: {m: at_strength(present[m], s, kind) for m in maxima} for kind in ("share", "logodds")}
+            outcomes = {kind: {m: seed_mean([at_strength(sw, s, kind) for sw in present[m]]) for m in maxima}
+                        for kind in ("share", "logodds")}
             entry: dict[str, Any] = {"strength": s, "fraction_of_common_max": fraction, "methods": {}, "differences": []}
             for m in maxima:
                 share, lo = outcomes["share"][m], outcomes["logodds"][m]
                 entry["methods"][m] = {"target_share_pct": 100 * _mean(share.values()), "toward_logodds": _mean(lo.values()),
-                                       "n": len(share)}
+                                       "n": len(share), "seeds": len(present[m])}
             for a, b in COMPARISONS:
                 if a not in maxima or b not in maxima:
                     continue
@@ -190,6 +198,12 @@ def premise(sweeps: dict[tuple[str, str], SweepData], n_boot: int = 1000, seed: 
             points.append(entry)
         out[target] = {"max_strength": maxima, "common_max": common, "points": points}
     return out
+
+
+def seed_mean(per_seed: Sequence[dict[int, float]]) -> dict[int, float]:
+    """Item by item, the mean over the training seeds of an outcome (the items every seed has)."""
+    shared = set.intersection(*(set(p) for p in per_seed)) if per_seed else set()
+    return {i: sum(p[i] for p in per_seed) / len(per_seed) for i in sorted(shared)}
 
 
 def _mean(values) -> float:
@@ -237,7 +251,11 @@ def susceptibility(sweeps: dict[tuple[str, str], SweepData], planted: dict[int, 
     """Per (method, target): Spearman of the slope and of the flip point with |logit p|, the signed
     margin away from the target and the MCS reliance away from the target."""
     rows = []
-    for (method, target), sweep in sorted(sweeps.items()):
+    for (method, target), value in sorted(sweeps.items()):
+        seeds = seed_sweeps(value)
+        if not seeds:
+            continue
+        sweep = seeds[0]  # the first training seed's module (the premise averages the seeds)
         if not sweep.alphas or any(sweep.mean_strength(a) is None for a in sweep.alphas):
             continue  # no effective strengths recorded (a run without diagnostics)
         ids = [i for i in sweep.items() if i in planted]
@@ -248,7 +266,7 @@ def susceptibility(sweeps: dict[tuple[str, str], SweepData], planted: dict[int, 
         }
         if r_v:
             predictors["MCS reliance away"] = {i: (1 - r_v[i]) if target == "vision" else r_v[i] for i in ids if i in r_v}
-        row: dict[str, Any] = {"method": method, "target": target, "n": len(ids),
+        row: dict[str, Any] = {"method": method, "target": target, "n": len(ids), "seed_sweeps": len(seeds),
                                "flipped": sum(not responses[i][2] for i in ids), "slope": {}, "flip": {}}
         for name, values in predictors.items():
             with_slope = [i for i in ids if i in values and responses[i][0] is not None]
@@ -267,24 +285,37 @@ def susceptibility(sweeps: dict[tuple[str, str], SweepData], planted: dict[int, 
 # ----------------------------------------------------------------------------- reading a study
 
 
-def read_sweeps(runs_dir: Path, pretrained: str | None = None) -> dict[str, dict[tuple[str, str], SweepData]]:
-    """pretrained -> (method, target) -> SweepData, from the runs (with diagnostics) of a folder."""
+def read_sweeps(runs_dir: Path, pretrained: str | None = None) -> dict[str, dict[tuple[str, str], list[SweepData]]]:
+    """pretrained -> (method, target) -> one SweepData per training seed (in seed order: the seed in
+    the steering file's name, never the run date), from the runs (with diagnostics) of a folder."""
     from amps_eval.methods.registry import STEERING_METHODS
     from amps_eval.report.runs import discover
+    from amps_eval.report.seeds import seed_order, steering_files
     from amps_eval.report.select import build_index
 
     problems: list = []
     runs, found = discover(Path(runs_dir))
     index = build_index(runs, problems + found)
-    out: dict[str, dict[tuple[str, str], dict[float, dict[int, dict]]]] = defaultdict(lambda: defaultdict(dict))
+    files = steering_files(runs)
+    out: dict = defaultdict(lambda: defaultdict(lambda: defaultdict(dict)))
     for (variant, target), records in index.records.items():
         if variant.method not in STEERING_METHODS or variant.alpha is None or variant.orders != "one":
             continue
         if pretrained is not None and variant.pretrained != pretrained:
             continue
-        out[variant.pretrained][(variant.method, target)][variant.alpha] = {int(r["mc2_id"]): r for r in records}
-    return {p: {k: SweepData(k[0], k[1], dict(points)) for k, points in by.items() if len(points) >= 2}
+        steering = str(dict(variant.settings).get("steering", ""))
+        out[variant.pretrained][(variant.method, target)][steering][variant.alpha] = {
+            int(r["mc2_id"]): r for r in records}
+    return {p: {k: [SweepData(k[0], k[1], dict(by_seed[steering]))
+                    for steering in sorted(by_seed, key=lambda f: seed_order(f, files.get(f)))
+                    if len(by_seed[steering]) >= 2]
+                for k, by_seed in by.items()}
             for p, by in out.items()}
+
+
+def seed_sweeps(value: SweepData | Sequence[SweepData]) -> list[SweepData]:
+    """A (method, target)'s sweeps, one per training seed (a single sweep: one seed)."""
+    return [value] if isinstance(value, SweepData) else list(value)
 
 
 def read_r_v(mcs_dir: Path, pretrained: str) -> dict[int, float]:
@@ -303,7 +334,7 @@ def analyse_study(out: Path, data: Path, n_boot: int = 1000, seed: int = 0) -> d
     for pretrained, sweeps in sorted(read_sweeps(Path(out) / "runs").items()):
         r_v = read_r_v(Path(out) / "mcs", pretrained)
         categories = {}
-        for sweep in sweeps.values():
+        for sweep in (sw for value in sweeps.values() for sw in seed_sweeps(value)):
             for points in sweep.points.values():
                 categories.update({i: r["category"] for i, r in points.items()})
         result["models"][pretrained] = {

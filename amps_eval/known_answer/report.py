@@ -50,10 +50,11 @@ def render(result: dict[str, Any]) -> str:
             for point in block["points"]:
                 lines += [f"Toward **{target}** at effective strength {point['strength']:.3g} "
                           f"({point['fraction_of_common_max']:g} x the largest strength every method reaches):", "",
-                          "| method | target share % | toward-target log-odds | n |", "|---|---:|---:|---:|"]
+                          "| method | target share % | toward-target log-odds | n | training seeds |",
+                          "|---|---:|---:|---:|---:|"]
                 for method, m in point["methods"].items():
                     lines.append(f"| {LABELS.get(method, method)} | {_num(m['target_share_pct'], 1)} | "
-                                 f"{_num(m['toward_logodds'])} | {m['n']} |")
+                                 f"{_num(m['toward_logodds'])} | {m['n']} | {m.get('seeds', 1)} |")
                 lines += ["", "| difference (paired) | target share, points [95% CI] | toward log-odds [95% CI] |",
                           "|---|---|---|"]
                 for d in point["differences"]:
@@ -62,7 +63,8 @@ def render(result: dict[str, Any]) -> str:
                 lines.append("")
         lines += ["### 3. Susceptibility", "",
                   "Per item: the slope of the toward-target `image_logodds` per unit of effective strength, and "
-                  "the flip point (censored items ranked above every flip). Spearman [95% CI] with each predictor.", "",
+                  "the flip point (censored items ranked above every flip). Spearman [95% CI] with each predictor. "
+                  "A trained method's row is its first training seed's sweep (section 2 averages the seeds).", "",
                   "| method | target | n | flipped | mean slope | predictor | slope rho | flip-point rho |",
                   "|---|---|---:|---:|---:|---|---|---|"]
         for row in tests["susceptibility"]:
