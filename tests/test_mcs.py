@@ -255,6 +255,7 @@ def test_settings_defaults_and_dict():
     s = MCSSettings()
     assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 8 and s.relative and s.batched
     assert s.ratio == "per_sigma" and not (s.antithetic or s.common_sigmas or s.common_modalities)
+    assert s.noise_design == "gaussian"  # "orthogonal" did not help (benchmarks/README.md, "Orthogonal MCS noise")
     assert (s.tolerance, s.min_draws, s.round_draws) == (0.05, 4, 2) and s.rounds() == [4, 2, 2]
     assert s.perturbations_per_sample == 48  # the most an item takes; 24 the least
     d = s.to_dict()
