@@ -122,7 +122,7 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   ``antithetic`` or ``common_modalities``; with ``common_sigmas`` every sigma reuses the orthogonal
   draws. `mcs_stderr` treats the draws as independent, as before. Not the default: two seeds agree
   no better than with Gaussian draws (benchmarks/README.md, "Orthogonal MCS noise": Spearman and
-  mean |r_v difference| within 0.001 of them, at the same perturbations). Why: a round has a
+  mean |r_v difference| within 0.001 of them, at about the same perturbations). Why: a round has a
   few draws (4, then 2, by default; at most ``draws``) in a space of ``layers x 2 x kv_heads x n_m x head_dim`` dimensions (thousands
   on the organisms, millions on a 7B model), where independent Gaussian draws are already
   orthogonal to ~1/sqrt(dim); and a score is about ``(v' z)^2`` for one direction ``v`` (the
