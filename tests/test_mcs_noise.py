@@ -17,6 +17,7 @@ import torch
 from test_mcs_options import perturbations
 
 from amps_eval.item_cache import mcs_values_key
+from amps_eval.mcs.copies import _Copy, _Sample
 from amps_eval.mcs.noise import NOISE_DESIGNS, orthogonal_draws
 from amps_eval.mcs.settings import MCS_KEYS, MCSSettings
 
@@ -60,6 +61,8 @@ def test_orthogonal_draws_float32_one_draw_and_too_many_draws():
     assert out.dtype == torch.float32
     flat = out.double()
     assert float((flat[0] @ flat[1]).abs()) < 1e-4 * float(flat[0].norm() * flat[1].norm())
+    # the products run over column chunks; their size changes nothing but float64 rounding
+    torch.testing.assert_close(orthogonal_draws(z, chunk=7), out, rtol=1e-6, atol=1e-6)
     one = torch.randn(1, 7)
     assert orthogonal_draws(one) is one  # a round of one draw: nothing to orthogonalise
     with pytest.raises(ValueError, match="more draws than dimensions"):
@@ -74,7 +77,7 @@ def test_an_orthogonalised_draw_is_still_standard_normal():
     chi-square with D degrees of freedom (mean D, variance 2D: a draw stretched to a fixed norm
     would fail this); draws of one round are uncorrelated coordinate by coordinate yet exactly
     orthogonal. Tolerances are about 5 standard errors of the estimates."""
-    rounds, k, dim = 20000, 4, 6
+    rounds, k, dim = 4000, 4, 6
     z = torch.randn(rounds, k, dim, generator=torch.Generator().manual_seed(2), dtype=torch.float64)
     out = torch.stack([orthogonal_draws(block) for block in z]).numpy()  # [rounds, k, D]
     se_mean, se_var = 1 / np.sqrt(rounds), np.sqrt(2 / rounds)
@@ -149,6 +152,21 @@ def test_settings_of_the_noise_design():
     ]:
         with pytest.raises(ValueError, match=message):
             MCSSettings(**kwargs)
+
+
+def test_memory_plan_counts_the_orthogonalised_copy_of_a_noise_group():
+    from amps_eval.mcs.copies import _CopyPlan
+
+    keys = [torch.zeros(1, 2, 9, 4) for _ in range(2)]
+    smp = _Sample(row=0, sample_id="x", positions=(torch.tensor([1, 2, 3]), torch.tensor([0, 4])),
+                  generator=torch.Generator().manual_seed(0))
+    copies = [_Copy(smp, 0, m, n) for m in range(2) for n in range(2)]
+    model = torch.nn.Linear(2, 2)
+    gauss = _CopyPlan(copies, keys, keys, MCSSettings(sigmas=(0.1,), draws=2, tolerance=None)).footprint(model, 10)
+    orth = _CopyPlan(copies, keys, keys, MCSSettings(sigmas=(0.1,), draws=2, tolerance=None,
+                                                     noise_design="orthogonal")).footprint(model, 10)
+    assert gauss.fixed_bytes() == 2 * 2 * 2 * 2 * 2 * 3 * 4 * 4  # 2 groups x draws x layers x K/V x heads x width x dim x 4 B
+    assert orth.fixed_bytes() * 2 == gauss.fixed_bytes() * 3 and orth.bytes_per_copy() == gauss.bytes_per_copy()
 
 
 def test_item_cache_key_names_the_orthogonal_design_and_keeps_the_gaussian_key():

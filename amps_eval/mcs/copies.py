@@ -198,6 +198,7 @@ class _CopyPlan:
             work_bytes=torch.empty((), dtype=self.work).element_size(),
             query_heads=sizes.get("num_attention_heads", kv), vocab=vocab, hidden=sizes.get("hidden_size", 0),
             intermediate=sizes.get("intermediate_size", 0),
+            noise_groups=3 if self.settings.noise_design == "orthogonal" else 2,
         )
 
 
