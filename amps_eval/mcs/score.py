@@ -125,8 +125,8 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   mean |r_v difference| within 0.001 of them, at about the same perturbations). Why: a round has a
   few draws (4, then 2, by default; at most ``draws``) in a space of ``layers x 2 x kv_heads x n_m x head_dim`` dimensions (thousands
   on the organisms, millions on a 7B model), where independent Gaussian draws are already
-  orthogonal to ~1/sqrt(dim); and a score is about ``(v' z)^2`` for one direction ``v`` (the
-  low-rank form above), whose projections of orthogonal draws are as independent as those of
+  orthogonal to ~1/sqrt(dim); and a score is close to ``(v' z)^2`` for about one direction ``v``
+  (the low-rank form above), whose projections of orthogonal draws are as independent as those of
   Gaussian ones. Quasi-random (Sobol) draws were not implemented: the noise has far more
   dimensions than a Sobol sequence supports (torch's `SobolEngine`: 21201), and the same argument
   applies to any design that does not know ``v``.
