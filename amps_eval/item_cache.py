@@ -11,7 +11,8 @@ hashes, readable) and its entries:
 * ``mcs-<key>/records.jsonl`` (`MCSCache`): c_v, c_t, r_v, their standard errors and the item's
   number of perturbations; the namespace
   key: the model and the MCS settings that change the values (`mcs_values_key`: every
-  `MCSSettings` field but the batching ones, as `amps_eval.mcs.settings.MCS_KEYS`); an entry:
+  `MCSSettings` field but the batching ones, as `amps_eval.mcs.settings.MCS_KEYS`, a setting added
+  later left out at the value caches written before it used, `ADDED_SETTINGS`); an entry:
   `mcs_entry_key` = the prompt's content digest (`PromptEncoder.prompt_digest`: processor settings,
   the rendered chat prompt, the images' pixels) and the noise's sample id (`noise_key`: mc2_id and
   prompt variant). So an MCS is shared wherever the model sees the very same prompt with the
@@ -82,10 +83,11 @@ def mcs_values_key(settings) -> dict:
     """The MCS settings that change the values (every field but the batching ones) and how each
     item's noise is seeded (a cache made with another seeding scheme is not reused)."""
     from amps_eval.mcs.seeding import noise_key
-    from amps_eval.mcs.settings import MCS_KEYS
+    from amps_eval.mcs.settings import ADDED_SETTINGS, MCS_KEYS
 
     values = settings.to_dict()
-    return {**{k: values[k] for k in MCS_KEYS}, "seeding": noise_key("ID", "none")}
+    keep = [k for k in MCS_KEYS if k not in ADDED_SETTINGS or values[k] != ADDED_SETTINGS[k]]
+    return {**{k: values[k] for k in keep}, "seeding": noise_key("ID", "none")}
 
 
 def mcs_entry_key(prompt_digest: str, sample_id: str) -> str:

@@ -29,6 +29,15 @@ Sequential rows (``--tolerances``, noise ``seqT``): the sequential estimator (`M
 = T, at most ``--max-draws`` draws), r_v and its standard error as `compute_mcs` returns them;
 ``pert`` is then the mean perturbations per item over both seeds. The run ends with the curve of
 reliability (Spearman / mean |d|) against mean perturbations per item.
+
+Noise designs (``--noise-designs``, `MCSSettings.noise_design`): the plain fixed-draw rows and the
+sequential rows run once per design, ``gaussian`` (independent draws; rows ``plain``, ``seqT``) and
+``orthogonal`` (the draws of each round orthogonalised, `amps_eval.mcs.noise`; rows ``orth``,
+``orth-seqT``), on the same items in the same run; the run ends with one line per organism and
+tolerance comparing the designs (Spearman, mean |d|, mean perturbations per item).
+
+    python benchmarks/bench_mcs_retest.py --options '' --draws 2 --tolerances 0.05 --min-draws 4 \
+        --round-draws 2 --max-draws 8 --noise-designs gaussian,orthogonal   # orthogonal vs gaussian draws
 """
 
 from __future__ import annotations
@@ -59,6 +68,16 @@ NOISES = {  # name -> MCSSettings fields
     "crn-m": {"common_modalities": True},
 }
 TARGET_RHO, TARGET_MAD = 0.95, 0.05
+DESIGN_PREFIX = {"gaussian": "", "orthogonal": "orth-"}  # row names: plain / seqT, orth / orth-seqT
+
+
+def fixed_row_noise(noise: str, design: str) -> str:
+    """The row name of a fixed-draw row: the option's name, ``orth`` for the orthogonal plain rows."""
+    return "orth" if (noise, design) == ("plain", "orthogonal") else noise
+
+
+def seq_row_noise(tol: float, design: str) -> str:
+    return f"{DESIGN_PREFIX[design]}seq{tol:g}"
 
 
 def _ints(text: str) -> list[int]:
@@ -109,6 +128,9 @@ def main(argv: list[str] | None = None) -> dict:
                     "(default: MCSSettings')")
     ap.add_argument("--round-draws", type=int, default=None, help="sequential rows: draws per later round")
     ap.add_argument("--max-draws", type=int, default=16, help="sequential rows: the most draws an item takes")
+    ap.add_argument("--noise-designs", default="gaussian",
+                    help="comma-separated MCSSettings.noise_design values of the plain and sequential rows "
+                         "(gaussian, orthogonal); default gaussian")
     ap.add_argument("--sigmas", default="0.05,0.1,0.2")
     ap.add_argument("--batch-size", type=int, default=8, help="items per compute_mcs call")
     ap.add_argument("--threads", type=int, default=1, help=THREADS_HELP)
@@ -127,10 +149,16 @@ def main(argv: list[str] | None = None) -> dict:
     for o in options:
         if o not in NOISES or o == "plain":
             ap.error(f"unknown option {o!r}; choose from {', '.join(k for k in NOISES if k != 'plain')}")
-    plan = [("plain", d) for d in args.draws] + [(o, d) for o in options for d in args.option_draws]
+    from amps_eval.mcs.noise import NOISE_DESIGNS
+
+    designs = [d for d in args.noise_designs.split(",") if d]
+    if not designs or any(d not in NOISE_DESIGNS for d in designs):
+        ap.error(f"--noise-designs takes a comma-separated list of {', '.join(NOISE_DESIGNS)}, got {args.noise_designs!r}")
+    plan = ([("plain", d, design) for design in designs for d in args.draws]
+            + [(o, d, "gaussian") for o in options for d in args.option_draws])
     sequential = {k: v for k, v in (("min_draws", args.min_draws), ("round_draws", args.round_draws)) if v is not None}
-    if ("plain", 2) not in plan:
-        plan.insert(0, ("plain", 2))  # the cost reference
+    if ("plain", 2, "gaussian") not in plan:
+        plan.insert(0, ("plain", 2, "gaussian"))  # the cost reference
     items = load_items(args.data, args.limit)
     t_start = time.perf_counter()
     rows: list[dict] = []
@@ -139,12 +167,14 @@ def main(argv: list[str] | None = None) -> dict:
         wrapper = load_encoder(model, str(pretrained), "cpu", "auto")
         score_run(wrapper, items, MCSSettings(sigmas=sigmas, draws=2, tolerance=None), args.batch_size)  # warm-up
         org_rows = []
-        for noise, draws in plan:
-            base = MCSSettings(sigmas=sigmas, draws=draws, tolerance=None, **NOISES[noise])  # fixed draws
+        for option, draws, design in plan:
+            base = MCSSettings(sigmas=sigmas, draws=draws, tolerance=None, noise_design=design,
+                               **NOISES[option])  # fixed draws
+            noise = fixed_row_noise(option, design)
             runs = [score_run(wrapper, items, dataclasses.replace(base, seed=seed), args.batch_size) for seed in args.seeds]
             s_per_item = statistics.fmean(t for _, t in runs) / len(items)
             print(f"  {org} {noise} {draws} draws: {s_per_item:.4f} s/item", file=sys.stderr, flush=True)
-            for ratio in ("sums", "per_sigma", "per_draw") if noise == "plain" else ("sums", "per_sigma"):
+            for ratio in ("sums", "per_sigma", "per_draw") if option == "plain" else ("sums", "per_sigma"):
                 settings = dataclasses.replace(base, ratio=ratio)
                 est = {k: getattr(settings, k) for k in ("ratio", "antithetic", "common_sigmas", "common_modalities")}
                 r = [mcs_ratio(scores, ratio).tolist() for scores, _ in runs]
@@ -159,8 +189,8 @@ def main(argv: list[str] | None = None) -> dict:
                     "s_per_item": s_per_item, "seconds": [t for _, t in runs], "meets_target": rho >= TARGET_RHO and mad <= TARGET_MAD,
                     "settings": settings.to_dict(), "r_v": r,
                 })
-        for tol in args.tolerances:
-            base = MCSSettings(sigmas=sigmas, draws=args.max_draws, tolerance=tol, **sequential)
+        for tol, design in [(tol, design) for tol in args.tolerances for design in designs]:
+            base = MCSSettings(sigmas=sigmas, draws=args.max_draws, tolerance=tol, noise_design=design, **sequential)
             runs = [result_run(wrapper, items, dataclasses.replace(base, seed=seed), args.batch_size)
                     for seed in args.seeds]
             s_per_item = statistics.fmean(t for _, t in runs) / len(items)
@@ -169,10 +199,10 @@ def main(argv: list[str] | None = None) -> dict:
             pert = [p for results, _ in runs for x in results for p in x.perturbations]
             diffs = [abs(x - y) for x, y in zip(*r)]
             rho, mad = spearman(*r), statistics.fmean(diffs)
-            print(f"  {org} seq tol {tol}: {statistics.fmean(pert):.1f} perturbations/item, {s_per_item:.4f} s/item",
-                  file=sys.stderr, flush=True)
+            print(f"  {org} {design} seq tol {tol}: {statistics.fmean(pert):.1f} perturbations/item, "
+                  f"{s_per_item:.4f} s/item", file=sys.stderr, flush=True)
             org_rows.append({
-                "organism": org, "noise": f"seq{tol:g}", "ratio": base.ratio, "draws": args.max_draws,
+                "organism": org, "noise": seq_row_noise(tol, design), "ratio": base.ratio, "draws": args.max_draws,
                 "perturbations": statistics.fmean(pert), "perturbations_range": [min(pert), max(pert)],
                 "spearman": rho, "mean_abs_diff": mad, "max_abs_diff": max(diffs), "mean_stderr": float(se.nanmean()),
                 "s_per_item": s_per_item, "seconds": [t for _, t in runs],
@@ -203,12 +233,23 @@ def main(argv: list[str] | None = None) -> dict:
           f"{args.seeds[1]}); cost = s/item / plain/sums 2-draw s/item of the same organism")
     orgs = args.organisms.split(",")
     print("reliability against mean perturbations per item (per_sigma ratio; plain = fixed draws, seqT = sequential "
-          "with tolerance T, max " f"{args.max_draws} draws):")
+          "with tolerance T, max " f"{args.max_draws} draws; orth = orthogonal noise):")
     for org in orgs:
         curve = sorted((x for x in rows if x["organism"] == org and x["ratio"] == "per_sigma"
-                        and (x["noise"] == "plain" or x["noise"].startswith("seq"))), key=lambda x: x["perturbations"])
+                        and (x["noise"] in ("plain", "orth") or "seq" in x["noise"])), key=lambda x: x["perturbations"])
         print(f"  {org:<6} " + "  ".join(f"{x['noise']}:{x['perturbations']:.1f}->{x['spearman']:.3f}/{x['mean_abs_diff']:.3f}"
                                      for x in curve))
+    if len(designs) > 1:
+        print("noise designs, same items and seeds (per_sigma ratio): spearman / mean |d| / mean perturbations per item")
+        for org in orgs:
+            pairs = [(f"{d} {args.draws[i]} draws", [x for x in rows if x["organism"] == org and x["ratio"] == "per_sigma"
+                                                      and x["noise"] == fixed_row_noise("plain", d)
+                                                      and x["draws"] == args.draws[i]]) for i in range(len(args.draws))
+                     for d in designs]
+            pairs += [(f"{d} seq{tol:g}", [x for x in rows if x["organism"] == org and x["noise"] == seq_row_noise(tol, d)])
+                      for tol in args.tolerances for d in designs]
+            print(f"  {org:<6} " + "  ".join(f"{name}: {x[0]['spearman']:.3f}/{x[0]['mean_abs_diff']:.3f}/"
+                                             f"{x[0]['perturbations']:.1f}" for name, x in pairs if x))
     best = {}
     for x in rows:
         key = (x["noise"], x["ratio"], x["draws"])

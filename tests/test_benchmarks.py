@@ -1,6 +1,6 @@
 """The benchmark scripts keep running: each in its tiny dry-run form, as a subprocess (what a user
 runs). ``gpu_check.sh --dry-run`` covers bench_full_size.py, bench_steering.py, bench_mcs.py and
-bench_lmms_run.py; bench_mcs_retest.py runs its sequential rows on four items."""
+bench_lmms_run.py; bench_mcs_retest.py runs its sequential rows on four items, with both noise designs."""
 
 from __future__ import annotations
 
@@ -34,7 +34,8 @@ def test_retest_benchmark_runs_its_sequential_rows(tmp_path):
     out = tmp_path / "retest.json"
     done = subprocess.run([sys.executable, "benchmarks/bench_mcs_retest.py", "--organisms", "qwen", "--limit", "4",
                            "--draws", "2", "--options", "", "--tolerances", "0.05", "--min-draws", "2",
-                           "--round-draws", "1", "--max-draws", "4", "--out", str(out)],
+                           "--round-draws", "1", "--max-draws", "4", "--noise-designs", "gaussian,orthogonal",
+                           "--out", str(out)],
                           cwd=ROOT, capture_output=True, text=True, env=ENV, timeout=900, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     rows = json.loads(out.read_text())["rows"]
@@ -42,6 +43,11 @@ def test_retest_benchmark_runs_its_sequential_rows(tmp_path):
     assert len(seq) == 1 and len(seq[0]["per_item_perturbations"]) == 8  # 4 items x 2 seeds
     assert all(12 <= p <= 24 and p % 6 == 0 for p in seq[0]["per_item_perturbations"])  # 3 sigmas x 2 x 2..4 draws
     assert "reliability against mean perturbations" in done.stdout
+    orth = [r for r in rows if r["noise"] == "orth-seq0.05"]  # the same rows with orthogonal noise
+    assert len(orth) == 1 and orth[0]["settings"]["noise_design"] == "orthogonal"
+    assert all(12 <= p <= 24 and p % 6 == 0 for p in orth[0]["per_item_perturbations"])
+    assert {r["noise"] for r in rows if r["ratio"] == "per_sigma"} == {"plain", "orth", "seq0.05", "orth-seq0.05"}
+    assert "noise designs, same items and seeds" in done.stdout
 
 
 def test_gpu_hours_projection_adds_up_and_scales_with_the_mcs_cost():

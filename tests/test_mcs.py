@@ -255,6 +255,7 @@ def test_settings_defaults_and_dict():
     s = MCSSettings()
     assert s.sigmas == (0.05, 0.1, 0.2) and s.draws == 8 and s.relative and s.batched
     assert s.ratio == "per_sigma" and not (s.antithetic or s.common_sigmas or s.common_modalities)
+    assert s.noise_design == "gaussian"  # "orthogonal" did not help (benchmarks/README.md, "Orthogonal MCS noise")
     assert (s.tolerance, s.min_draws, s.round_draws) == (0.05, 4, 2) and s.rounds() == [4, 2, 2]
     assert s.perturbations_per_sample == 48  # the most an item takes; 24 the least
     d = s.to_dict()
@@ -359,7 +360,8 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
     the model's own position logic, add the documented noise to a clone of the cache through an
     explicit noise tensor, forward the last token, CE, autograd.grad w.r.t. that noise tensor.
     Returns (C_V, C_T, scores [S, 2, N]). The noise follows the module docstring, including the
-    reuse rules of antithetic / common_sigmas / common_modalities."""
+    reuse rules of antithetic / common_sigmas / common_modalities, and ``noise_design="orthogonal"``
+    (`_gram_schmidt` of each (sigma, modality)'s fresh draws, written out)."""
     model = case.model
     single = case.singles[k]
     ids = single["input_ids"]
@@ -399,6 +401,11 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
                     noise[si, mi, n] = [
                         torch.randn((c.shape[1], width, c.shape[3]), generator=gen) for kc, vc in clean for c in (kc, vc)
                     ]
+            fresh = not (settings.common_sigmas and si > 0)  # (antithetic, common_modalities: not with orthogonal)
+            if settings.noise_design == "orthogonal" and fresh:
+                draws = [noise[si, mi, n] for n in range(settings.draws)]
+                for n, zs in enumerate(_gram_schmidt(draws)):
+                    noise[si, mi, n] = zs
     scores = {"vision": [], "text": []}
     for si, sigma in enumerate(settings.sigmas):
         for mi, mod in enumerate(("vision", "text")):
@@ -429,6 +436,28 @@ def _direct_mcs(case: Case, k: int, settings: MCSSettings, sample_id: str) -> tu
     table = torch.tensor([scores["vision"], scores["text"]], dtype=torch.float64)  # [2, S * N]
     table = table.view(2, len(settings.sigmas), settings.draws).transpose(0, 1)  # [S, 2, N]
     return sum(scores["vision"]) / len(scores["vision"]), sum(scores["text"]) / len(scores["text"]), table
+
+
+def _gram_schmidt(draws: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """Classical Gram-Schmidt in float64 of the draws (each a list of per-layer K, V normals, taken
+    as one vector), each orthonormal direction stretched back to its own draw's norm; the results
+    rounded to the normals' dtype, in the same per-layer pieces."""
+    shapes = [z.shape for z in draws[0]]
+    vectors = [torch.cat([z.double().flatten() for z in zs]) for zs in draws]
+    basis, out = [], []
+    for v in vectors:
+        w = v.clone()
+        for q in basis:
+            w = w - (q @ v) * q
+        basis.append(w / w.norm())
+        scaled = basis[-1] * v.norm()
+        pieces, start = [], 0
+        for shape in shapes:
+            size = math.prod(shape)
+            pieces.append(scaled[start : start + size].view(shape).to(draws[0][0].dtype))
+            start += size
+        out.append(pieces)
+    return out
 
 
 @pytest.mark.parametrize("relative", [True, False])
@@ -462,6 +491,8 @@ def _direct_ratio(table: torch.Tensor, ratio: str) -> float:
         dict(common_sigmas=True, ratio="per_draw"),
         dict(common_modalities=True),
         dict(antithetic=True, common_sigmas=True, common_modalities=True, ratio="per_sigma"),
+        dict(noise_design="orthogonal", ratio="per_sigma"),
+        dict(noise_design="orthogonal", common_sigmas=True, ratio="sums"),
     ],
 )
 def test_options_match_direct_autograd(case, options):

@@ -39,7 +39,8 @@ def test_every_mcs_argument_is_an_mcs_setting_with_its_default():
     # (Python only, documented in docs/method.md)
     from amps_eval.mcs.settings import MCS_KEYS
 
-    assert set(MCS_KEYS) - set(MCS_ARGS.values()) == {"eps", "antithetic", "common_sigmas", "common_modalities"}
+    assert set(MCS_KEYS) - set(MCS_ARGS.values()) == {"eps", "antithetic", "common_sigmas", "common_modalities",
+                                                      "noise_design"}
 
 
 def test_a_steered_wrapper_loads_and_hashes_its_steering_file_once(tmp_path, monkeypatch):

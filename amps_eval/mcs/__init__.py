@@ -5,6 +5,7 @@
 * :mod:`amps_eval.mcs.settings` - `MCSSettings` and `MCS_KEYS` (the fields that change a value);
 * :mod:`amps_eval.mcs.stats` - the pure statistics (score, ratio, standard errors);
 * :mod:`amps_eval.mcs.seeding` - how each sample's noise is seeded;
+* :mod:`amps_eval.mcs.noise` - the noise designs (`MCSSettings.noise_design`): Gaussian or orthogonal draws;
 * :mod:`amps_eval.mcs.memory` - how many perturbed copies one pass may hold;
 * :mod:`amps_eval.mcs.copies` - the perturbed cache copies and one forward + backward over them;
 * :mod:`amps_eval.mcs.item` - the MCS of MC2 items: item cache lookup, else compute, then store;

@@ -11,6 +11,7 @@ import torch
 
 from amps_eval.mcs.kv_cache import _last_position_ids, _work_dtype, forward_last_token
 from amps_eval.mcs.memory import CopyFootprint, _language_sizes
+from amps_eval.mcs.noise import orthogonal_draws
 from amps_eval.mcs.settings import MODALITIES, MCSSettings
 from amps_eval.mcs.stats import cross_entropy
 
@@ -136,6 +137,8 @@ class _CopyPlan:
                             device=self.clean.device)
             if st.antithetic:  # draw 2k + 1 is -(draw 2k)
                 z = torch.stack((z, -z), dim=1).flatten(0, 1)
+            if st.noise_design == "orthogonal":  # this round's draws of the group, mutually orthogonal
+                z = orthogonal_draws(z)
             self.groups[key] = z
         return self.groups[key]
 
@@ -195,6 +198,7 @@ class _CopyPlan:
             work_bytes=torch.empty((), dtype=self.work).element_size(),
             query_heads=sizes.get("num_attention_heads", kv), vocab=vocab, hidden=sizes.get("hidden_size", 0),
             intermediate=sizes.get("intermediate_size", 0),
+            noise_groups=3 if self.settings.noise_design == "orthogonal" else 2,
         )
 
 

@@ -24,7 +24,9 @@ class CopyFootprint:
     entries: the most positions one copy perturbs; group_width, draws: the positions and draws of
     the widest noise group; cache_bytes / work_bytes: element sizes of the cache dtype and of the
     work dtype; query_heads: attention heads (> kv_heads for grouped-query attention); vocab,
-    hidden, intermediate: the language model's sizes (hidden / intermediate 0 when unknown).
+    hidden, intermediate: the language model's sizes (hidden / intermediate 0 when unknown);
+    noise_groups: the noise groups a pass may hold at once (2; 3 with orthogonal noise, whose
+    newest group is held with its orthogonalised copy while it is made, `amps_eval.mcs.noise`).
     """
 
     layers: int
@@ -40,6 +42,7 @@ class CopyFootprint:
     vocab: int
     hidden: int = 0
     intermediate: int = 0
+    noise_groups: int = 2
 
     def bytes_per_copy(self) -> int:
         """Estimated bytes one perturbed copy adds to a pass: its cache copy; inside the pass, the
@@ -58,8 +61,8 @@ class CopyFootprint:
         return int(cache + in_pass + entries + activations)
 
     def fixed_bytes(self) -> int:
-        """Bytes a pass holds whatever its size: up to two noise groups (float32) drawn ahead."""
-        return 2 * self.draws * self.layers * 2 * self.kv_heads * self.group_width * self.head_dim * 4
+        """Bytes a pass holds whatever its size: up to ``noise_groups`` noise groups (float32) drawn ahead."""
+        return self.noise_groups * self.draws * self.layers * 2 * self.kv_heads * self.group_width * self.head_dim * 4
 
 
 def copies_per_pass(footprint: CopyFootprint, budget_bytes: int, total: int) -> int:

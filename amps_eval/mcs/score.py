@@ -111,6 +111,25 @@ Decisions (the paper leaves them open, see docs/method.md, "MCS")
   uncorrelated). The variance is that of ``z' A z`` for an ``A`` of low effective rank (one draw's
   score had a coefficient of variation of ~1.2-1.5), which only more draws reduce, or the
   per-sigma ratio, which gives the three levels equal weight instead of ~1 : 4 : 16.
+* **Noise design** (``MCSSettings.noise_design``, `amps_eval.mcs.noise`): ``"gaussian"`` (default)
+  uses the draws as the generator gives them; ``"orthogonal"`` makes the draws of each round of a
+  (sample, sigma, modality) group mutually orthogonal (Gram-Schmidt in draw order of the flattened
+  ``[layers, 2, kv_heads, n_m, head_dim]`` draws, in float64), each stretched back to the norm of
+  the Gaussian draw it came from, so every draw is still exactly N(0, I) (`orthogonal_draws`
+  explains why) and the generator advances exactly as with ``"gaussian"`` (no extra number drawn;
+  the first draw of a round is unchanged). Rounds are orthogonalised separately (a sequential
+  item's later rounds are not orthogonal to its earlier ones). It cannot be combined with
+  ``antithetic`` or ``common_modalities``; with ``common_sigmas`` every sigma reuses the orthogonal
+  draws. `mcs_stderr` treats the draws as independent, as before. Not the default: two seeds agree
+  no better than with Gaussian draws (benchmarks/README.md, "Orthogonal MCS noise": Spearman and
+  mean |r_v difference| within 0.001 of them, at about the same perturbations). Why: a round has a
+  few draws (4, then 2, by default; at most ``draws``) in a space of ``layers x 2 x kv_heads x n_m x head_dim`` dimensions (thousands
+  on the organisms, millions on a 7B model), where independent Gaussian draws are already
+  orthogonal to ~1/sqrt(dim); and a score is close to ``(v' z)^2`` for about one direction ``v``
+  (the low-rank form above), whose projections of orthogonal draws are as independent as those of
+  Gaussian ones. Quasi-random (Sobol) draws were not implemented: the noise has far more
+  dimensions than a Sobol sequence supports (torch's `SobolEngine`: 21201), and the same argument
+  applies to any design that does not know ``v``.
 * **Batched mode** replicates the cut cache once per perturbation (of all samples) along the batch
   dimension and runs ONE forward and ONE backward: the gradient of the summed losses w.r.t. copy
   ``p``'s cache is copy ``p``'s own gradient because copies never interact. The gradient is taken

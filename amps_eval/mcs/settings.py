@@ -10,9 +10,10 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from amps_eval.mcs.noise import NOISE_DESIGNS
 from amps_eval.vocabulary import TARGETS
 
-__all__ = ["BATCHING", "MCSSettings", "MCS_KEYS", "MODALITIES", "RATIOS"]
+__all__ = ["ADDED_SETTINGS", "BATCHING", "MCSSettings", "MCS_KEYS", "MODALITIES", "NOISE_DESIGNS", "RATIOS"]
 
 MODALITIES: tuple[str, str] = TARGETS  # the order of every per-modality axis: vision, then text
 RATIOS: tuple[str, ...] = ("sums", "per_sigma", "per_draw")
@@ -46,6 +47,11 @@ class MCSSettings:
         ``draws <= min_draws`` the sequential estimator is the fixed one). A standard error needs two
         draws, so a sample with one draw always takes the next round.
     round_draws: the draws each later round adds (sequential only; the last round stops at ``draws``).
+    noise_design: ``"gaussian"`` (independent draws) or ``"orthogonal"`` (the draws of each round
+        of a (sample, sigma, modality) made mutually orthogonal, each keeping its Gaussian norm, so
+        every draw is still exactly N(0, I); `amps_eval.mcs.noise`). ``"orthogonal"`` cannot be
+        combined with ``antithetic`` (its pairs are collinear) or ``common_modalities`` (the text
+        perturbation takes a slice of the vision draw, which orthogonality does not survive).
     """
 
     sigmas: tuple[float, ...] = (0.05, 0.1, 0.2)
@@ -62,6 +68,7 @@ class MCSSettings:
     tolerance: float | None = 0.05
     min_draws: int = 4
     round_draws: int = 2
+    noise_design: str = "gaussian"
 
     def __post_init__(self) -> None:
         sigmas = self.sigmas
@@ -110,6 +117,13 @@ class MCSSettings:
                 raise ValueError(f"{name} must be an int >= 1, got {value!r}")
             if self.antithetic and value % 2:
                 raise ValueError(f"antithetic draws come in pairs: {name} must be even, got {value!r}")
+        if self.noise_design not in NOISE_DESIGNS:
+            raise ValueError(f"noise_design must be one of {NOISE_DESIGNS}, got {self.noise_design!r}")
+        if self.noise_design == "orthogonal":
+            for name in ("antithetic", "common_modalities"):
+                if getattr(self, name):
+                    raise ValueError(f"noise_design='orthogonal' cannot be combined with {name}=True (antithetic "
+                                     "pairs are collinear; common_modalities slices the draws); turn one off")
 
     @property
     def perturbations_per_sample(self) -> int:
@@ -144,3 +158,9 @@ BATCHING = ("batched", "max_copies_per_pass")
 MCS_KEYS = tuple(f.name for f in dataclasses.fields(MCSSettings) if f.name not in BATCHING)
 """The MCS settings that change its values: every field but the batching ones (derived, so a new
 setting is compared without being listed here)."""
+
+ADDED_SETTINGS: dict[str, Any] = {"noise_design": "gaussian"}
+"""MCS settings added after item caches and steering files recorded the MCS settings, with the value
+everything recorded before them used: at that value a setting is left out of the item cache's key
+(`amps_eval.item_cache.mcs_values_key`, so caches written before stay valid), and a steering file
+that does not record it is read as having it (`amps_eval.methods.mean_mcs.check_mcs_settings`)."""

@@ -15,11 +15,12 @@ import torch
 
 from amps_eval.methods.base import SteeringMethod
 from amps_eval.mcs.score import compute_mcs, noise_key
-from amps_eval.mcs.settings import MCS_KEYS, MCSSettings
+from amps_eval.mcs.settings import ADDED_SETTINGS, MCS_KEYS, MCSSettings
 from amps_eval.steering.scaling import gamma
 
 LEGACY_MCS = {"ratio": "sums", "antithetic": False, "common_sigmas": False, "common_modalities": False,
-              "tolerance": None, "min_draws": MCSSettings.min_draws, "round_draws": MCSSettings.round_draws}
+              "tolerance": None, "min_draws": MCSSettings.min_draws, "round_draws": MCSSettings.round_draws,
+              **ADDED_SETTINGS}
 """What a steering file written before these settings existed used."""
 
 
