@@ -151,3 +151,16 @@ def test_the_fit_and_the_run_read_their_defaults_from_the_one_declaration(monkey
     # the fit's default beta follows SteeringConfig's at run time (it is read there, not copied)
     monkeypatch.setattr(SteeringConfig, "beta", 0.25)
     assert FitSettings(model="amps_qwen", pretrained="x", method="amps").fit_beta == 0.25
+
+
+def test_a_mean_mcs_run_with_other_mcs_settings_than_its_file_names_every_mcs_argument():
+    """The refusal names the differing setting and the model arguments to pass (`MCS_ARGS`, the one
+    list of them), seed included."""
+    from amps_eval.methods.mean_mcs import check_mcs_settings
+    from amps_eval.settings import MCS_ARGS
+
+    file = SimpleNamespace(source="mean.safetensors", settings={"mcs": MCSSettings(seed=3).to_dict()})
+    check_mcs_settings(file, MCSSettings(seed=3))  # the same settings: accepted
+    with pytest.raises(ValueError, match=r"seed 3 \(file\) vs 0 \(run\)") as refused:
+        check_mcs_settings(file, MCSSettings())
+    assert all(f"{arg}=" in str(refused.value) for arg in MCS_ARGS) and "and seed= as the fit had them" in str(refused.value)
