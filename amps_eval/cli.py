@@ -417,6 +417,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_lock_option(sub)  # last: every command with an output option gets --wait-for-lock
     return parser
 
+
 SIGPIPE_EXIT = 141
 """The exit code of a command whose standard output was closed (128 + SIGPIPE, what a shell reports
 for a program that a closed pipe ended, e.g. ``yes | head -1``)."""
