@@ -440,11 +440,35 @@ def build_parser() -> argparse.ArgumentParser:
     add_lock_option(sub)  # last: every command with an output option gets --wait-for-lock
     return parser
 
+
+SIGPIPE_EXIT = 141
+"""The exit code of a command whose standard output was closed (128 + SIGPIPE, what a shell reports
+for a program that a closed pipe ended, e.g. ``yes | head -1``)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run one command. Exit codes: 0 done; 2 an input or environment error (one line on stderr:
     ``amps-eval <command>: error: <message>``; argparse's usage errors also exit 2); 1 an unexpected
     error, i.e. a bug (one line; the traceback with ``--debug`` or ``AMPS_EVAL_DEBUG=1``);
-    130 interrupted (Ctrl-C)."""
+    130 interrupted (Ctrl-C); 141 (`SIGPIPE_EXIT`), without a message, when the reader of standard
+    output went away (``amps-eval report ... | head -1``)."""
+    import os
+
+    try:
+        try:
+            return _run(argv)
+        finally:
+            sys.stdout.flush()  # a closed pipe shows here, not as a traceback at the interpreter's exit
+    except BrokenPipeError:
+        # what is still buffered for stdout goes nowhere: the interpreter's last flush finds no closed pipe
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+        return SIGPIPE_EXIT
+
+
+def _run(argv: list[str] | None) -> int:
+    """`main` but for a closed standard output."""
     import os
     import traceback
 
@@ -461,6 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{name}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        raise  # `main`: the reader of stdout went away, not an error of the command
     except Exception as error:  # noqa: BLE001 - every failure becomes a message and an exit code
         if debug:
             traceback.print_exc()

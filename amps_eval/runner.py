@@ -108,7 +108,7 @@ class EvalSession:
         if key not in self._models:
             self._models[key] = cls.load_checkpoint(settings)
             self.loads += 1
-        return cls(loaded=self._models[key], sweep=self._sweep, **args)
+        return cls(loaded=self._models[key], sweep=self._sweep, settings=settings)  # reads its steering file once
 
     def run(self, model: str, model_args: str, tasks: list[str], output_path: Path, **kwargs) -> "EvalRun":
         """`run_lmms_eval` over this session's models and task index."""

@@ -23,14 +23,11 @@ from amps_eval.vocabulary import DTYPES, did_you_mean, join_list, split_numbers
 # Arguments lmms-eval itself always passes to a model's constructor, accepted and handled here.
 LMMS_EVAL_ARGS = ("max_batch_size",)
 
-_STEERING = {f.name: f.default for f in dataclasses.fields(SteeringConfig)}
-
 MCS_ARGS = {"mcs_sigmas": "sigmas", "mcs_draws": "draws", "mcs_relative": "relative", "mcs_ratio": "ratio",
             "mcs_tolerance": "tolerance", "mcs_min_draws": "min_draws", "mcs_round_draws": "round_draws",
             "seed": "seed"}
 """The model arguments that make the run's `MCSSettings`: argument -> MCSSettings field (their
 defaults are MCSSettings'; `tests/test_settings_once.py` checks both)."""
-"""SteeringConfig's defaults: those of the model arguments of the same names."""
 
 __all__ = ["DTYPES", "FLOAT32_MAX", "LMMS_EVAL_ARGS", "QwenSettings", "SettingsError", "WrapperSettings",
            "load_steering", "settings_class"]
@@ -61,10 +58,11 @@ class WrapperSettings:
     # steering (method=mean|mean_mcs|l2s|amps_beta0|amps): the fields of SteeringConfig, flat
     steering: str | None = None  # the file written by `amps-eval fit`
     steering_sha256: str | None = None  # optional: refuse a file with other content (and key lmms-eval's cache)
-    alpha: float = _STEERING["alpha"]
-    positions: str = _STEERING["positions"]
-    beta: float = _STEERING["beta"]  # mean_mcs: strength of the per-sample scaling (Eq. 9)
-    convention: str = _STEERING["convention"]  # mean_mcs: sign convention of Eq. 9 (amps_eval/steering/scaling.py)
+    # their defaults are SteeringConfig's, read from its class (a dataclass's defaults are class attributes)
+    alpha: float = SteeringConfig.alpha
+    positions: str = SteeringConfig.positions
+    beta: float = SteeringConfig.beta  # mean_mcs: strength of the per-sample scaling (Eq. 9)
+    convention: str = SteeringConfig.convention  # mean_mcs: sign convention of Eq. 9 (amps_eval/steering/scaling.py)
     # mean_mcs: the MCS settings, defaulting to MCSSettings' own (sigmas "/"-separated: commas
     # separate model arguments); they must equal those the steering file's anchors were made with
     mcs_sigmas: str = join_list(MCSSettings.sigmas)

@@ -3,6 +3,7 @@ after the shared prefix (issue 15, "compute nothing twice").
 
     python benchmarks/bench_fit_reuse.py --config organism-qwen                 # the shipped organism, CPU
     python benchmarks/bench_fit_reuse.py --config qwen2.5-vl-7b --layers 1      # real widths, 1 layer, CPU
+    python benchmarks/bench_fit_reuse.py --dry-run                               # 2 items, 1 repetition, 2 draws (tests)
 
 Per item the fit needs the layer output at the last token of [I,T], [I,T,P_v], [I,T,P_t] and the MCS
 of [I,T]. Arms, on the same loaded model and the same items, interleaved (the order rotates every
@@ -102,7 +103,7 @@ def load(args, tmp: Path, dtype_name: str, device):
             f"{ck.hub_id} widths, random weights, {layers} decoder layer(s), one 640x480 MC2 item")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     from tabulate import tabulate
 
     from amps_eval.extract import item_batch
@@ -116,8 +117,12 @@ def main() -> None:
     ap.add_argument("--items", type=int, default=4, help="organism configs: items per batch (left-padded)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--draws", type=int, default=MCSSettings.draws, help="MCS draws per (sigma, modality)")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="seconds, for the tests: --items 2 --reps 1 --draws 2 (the figures mean nothing)")
     add_runtime_args(ap)
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
+    if args.dry_run:
+        args.items, args.reps, args.draws = 2, 1, 2
     device, dtype_name = runtime(args)
     mcs = MCSSettings(draws=args.draws)
     with tempfile.TemporaryDirectory(prefix="bench_fit_reuse-") as tmp:

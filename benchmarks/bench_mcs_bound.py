@@ -3,6 +3,7 @@
     python benchmarks/bench_mcs_bound.py                                   # qwen2.5-vl-3b, 4 layers, CPU
     python benchmarks/bench_mcs_bound.py --baseline 48ad9db                # also the code of that commit
     python benchmarks/bench_mcs_bound.py --config qwen2.5-vl-7b --layers 28 --device cuda --batch-size 8
+    python benchmarks/bench_mcs_bound.py --dry-run                         # tiny widths, seconds (tests)
 
 1. Time. A RANDOMLY INITIALISED Qwen2.5-VL with a real checkpoint's widths (`bench_full_size.py`'s
    configurations and cut: every width and the vocabulary at full size, N decoder layers and vision
@@ -20,6 +21,11 @@
      revision REV (loaded from ``git show``), on the same prefill.
 
    The ratio mcs / bound (median times) is the target: <= 1.5.
+
+   ``--dry-run`` (the tests): the tiny widths of ``bench_full_size.py``'s ``tiny-qwen2.5-vl`` (with
+   the real vocabulary, which the prompt's token ids need), 2 layers, 16 image tokens, 12 text
+   tokens, 1 repeat, the copies at 2 layers and batch 2: it checks that the script runs; its figures
+   mean nothing.
 2. Dispatched operations. One more run of each arm under a TorchDispatchMode that counts every aten
    op, and the host synchronisations among them (``_local_scalar_dense``: item / float / int /
    bool; ``nonzero``). The ops of the MCS beyond the bound are its own work: the noise, the copies,
@@ -59,6 +65,7 @@ from amps_eval.mcs.kv_cache import _last_position_ids, forward_last_token, froze
 REPO = Path(__file__).resolve().parent.parent
 SPECIAL = dict(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652, vision_end_token_id=151653)
 SYNC_OPS = ("_local_scalar_dense", "nonzero")
+DRY_RUN = "tiny-qwen2.5-vl"  # bench_full_size.py's tiny widths
 
 
 class OpCounter(TorchDispatchMode):
@@ -93,6 +100,8 @@ def build_model(config: str, layers: int | None, device: torch.device, dtype: to
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     ck = CHECKPOINTS[config]
+    if not ck.vocab:  # the dry run's tiny widths: the prompts' token ids are the real vocabulary's
+        ck = dataclasses.replace(ck, vocab=CHECKPOINTS["qwen2.5-vl-7b"].vocab)
     if ck.family != "qwen2_5_vl":
         raise SystemExit(f"--config {config}: this benchmark builds Qwen2.5-VL checkpoints only")
     n_layers, vision = cut(ck, layers)
@@ -176,8 +185,12 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--baseline", default=None, help="also time the compute_mcs of this git revision")
     ap.add_argument("--count-layers", type=int, default=None, help="layers of the copy op count (default: full depth)")
     ap.add_argument("--count-batch", type=int, default=8)
+    ap.add_argument("--dry-run", action="store_true", help="tiny widths, seconds (module docstring; the tests)")
     add_runtime_args(ap)
     args = ap.parse_args(argv)
+    if args.dry_run:
+        args.config, args.layers, args.image_tokens, args.text_tokens = DRY_RUN, 2, 16, 12
+        args.repeats, args.count_layers, args.count_batch = 1, 2, 2
     device, dtype_name = runtime(args)
     dtype = getattr(torch, dtype_name)
     baseline = load_baseline(args.baseline) if args.baseline else None

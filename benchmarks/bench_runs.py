@@ -18,6 +18,10 @@ order. Reported: median seconds per call and the ratio to ``none``. Target: mean
 
     .venv/bin/python benchmarks/bench_runs.py              # the qwen organism on CPU
     .venv/bin/python benchmarks/bench_runs.py --model amps_llava --out results/bench_runs.json
+    .venv/bin/python benchmarks/bench_runs.py --dry-run    # the tests: 2 runs of 2 items, 1 round, 2 requests, 1 rep
+
+``--dry-run`` checks that the script runs (its figures mean nothing): ``--runs 2 --rounds 1 --limit 2
+--requests 2 --batch-size 2 --new-tokens 2 --reps 1``, the model load and the task index timed once.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ def _timed(fn) -> float:
 
 
 def bench_session(model: str, pretrained: str, data: Path, device: str, runs: int, rounds: int, limit: int,
-                  work: Path) -> dict:
+                  work: Path, timings: int = 3) -> dict:
     from amps_eval.model_wrappers.loaded import LoadedModel
     from amps_eval.model_wrappers.registered import WRAPPERS
     from amps_eval.runner import EvalSession, _task_manager, run_lmms_eval
@@ -70,8 +74,8 @@ def bench_session(model: str, pretrained: str, data: Path, device: str, runs: in
             times[arm].append(seconds / len(args))
     cls = WRAPPERS[model]
     settings = cls.settings_class.from_model_args(pretrained=pretrained, device=device)
-    load = [_timed(lambda: LoadedModel.load(cls.family, settings)) for _ in range(3)]
-    index = [_timed(lambda: _task_manager("WARNING")) for _ in range(3)]
+    load = [_timed(lambda: LoadedModel.load(cls.family, settings)) for _ in range(timings)]
+    index = [_timed(lambda: _task_manager("WARNING")) for _ in range(timings)]
     per_name, per_session = statistics.median(times["by_name"]), statistics.median(times["session"])
     return {"runs_per_round": len(args), "rounds": rounds, "limit": limit, "seconds_per_run": times,
             "median_by_name": per_name, "median_session": per_session, "ratio_session_to_by_name": per_session / per_name,
@@ -151,8 +155,11 @@ def main(argv=None) -> None:
     ap.add_argument("--batch-size", type=int, default=8)
     ap.add_argument("--new-tokens", type=int, default=16)
     ap.add_argument("--reps", type=int, default=4, help="mean_mcs: timed calls per arm")
+    ap.add_argument("--dry-run", action="store_true", help="tiny sizes, seconds (module docstring; the tests)")
     add_runtime_args(ap)
     args = ap.parse_args(argv)
+    if args.dry_run:
+        args.runs, args.rounds, args.limit, args.requests, args.batch_size, args.new_tokens, args.reps = 2, 1, 2, 2, 2, 2, 1
     device, _ = runtime(args)
 
     from amps_eval.mc2.synthetic import write_synthetic_mc2
@@ -165,7 +172,8 @@ def main(argv=None) -> None:
         data = work / "mc2"
         write_synthetic_mc2(data, n_per_category=2, seed=3, progress=False)
         if args.part in ("session", "both"):
-            s = bench_session(args.model, pretrained, data, str(device), args.runs, args.rounds, args.limit, work)
+            s = bench_session(args.model, pretrained, data, str(device), args.runs, args.rounds, args.limit, work,
+                              timings=1 if args.dry_run else 3)
             out["session"] = s
             print(f"session ({args.model} organism, {s['runs_per_round']} runs of {s['limit']} items, {s['rounds']} rounds):")
             print(f"  by name {s['median_by_name']:.3f} s/run, in one session {s['median_session']:.3f} s/run: "

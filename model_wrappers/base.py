@@ -111,17 +111,32 @@ class AmpsWrapper(lmms):
         """Load the checkpoint of ``settings`` once, to hand to several wrappers (``loaded=``)."""
         return LoadedModel.load(cls.family, settings)
 
-    def __init__(self, *, loaded: LoadedModel | None = None, sweep: SweepPass | None = None, **model_args) -> None:
+    def __init__(self, *, loaded: LoadedModel | None = None, sweep: SweepPass | None = None,
+                 settings: WrapperSettings | None = None, **model_args) -> None:
         """``loaded``: a checkpoint already loaded with the same loading settings (`LoadedModel`),
         shared by several runs in one process (`amps_eval.runner.EvalSession`); None loads it here.
         ``sweep``: the `SweepPass` of the sweep this run belongs to (its batches are generated for
-        every alpha of the sweep at once, or taken from an earlier run of it); None: this alpha only."""
+        every alpha of the sweep at once, or taken from an earlier run of it); None: this alpha only.
+        ``settings``: the run's settings already built from its model arguments (in code, in place of
+        ``model_args``: its steering file was read once, when they were built); None: built here from
+        ``model_args``, as lmms-eval passes them."""
         super().__init__()
         if sweep is not None and not isinstance(sweep, SweepPass):
             raise TypeError(f"sweep= takes a SweepPass, not {type(sweep).__name__}")
         self.sweep = sweep
+<<<<<<< HEAD
         self.settings = self.settings_class.from_model_args(**model_args)
         self.owns_load = loaded is None  # whether lmms-eval's clean-up after the run may free it (`clean`)
+=======
+        if settings is None:
+            settings = self.settings_class.from_model_args(**model_args)
+        elif not isinstance(settings, self.settings_class):
+            raise TypeError(f"settings= takes a {self.settings_class.__name__} (built in code), "
+                            f"not {type(settings).__name__}")
+        elif model_args:
+            raise TypeError(f"pass settings= or model arguments, not both (got {sorted(model_args)})")
+        self.settings = settings
+>>>>>>> settings-once
         if loaded is None:
             loaded = LoadedModel.load(self.family, self.settings)
         elif not isinstance(loaded, LoadedModel):

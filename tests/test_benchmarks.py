@@ -1,11 +1,15 @@
 """The benchmark scripts keep running: each in its tiny dry-run form, as a subprocess (what a user
 runs). ``gpu_check.sh --dry-run`` covers bench_full_size.py, bench_steering.py, bench_mcs.py and
-bench_lmms_run.py; bench_mcs_retest.py runs its sequential rows on four items, with both noise designs."""
+bench_lmms_run.py; bench_mcs_retest.py runs its sequential rows on four items, with both noise designs;
+bench_fit_reuse.py, bench_mcs_bound.py and bench_runs.py run their ``--dry-run``. bench_sweep.py's dry
+run is in test_sweep_pass.py, bench_seed_cost.py's in test_bench_seed_cost.py, cost_table.py's in
+test_study_plan.py (`test_every_benchmark_script_runs_in_a_test` checks that none is forgotten)."""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -58,3 +62,48 @@ def test_gpu_hours_projection_adds_up_and_scales_with_the_mcs_cost():
     for out in (cheap, dear):
         assert abs(out["total_gpu_hours"] - sum(h for _, h in out["rows"])) < 1e-9
     assert dear["rows"][0][1] > cheap["rows"][0][1] and dear["rows"][1:] == cheap["rows"][1:]
+
+
+def _dry_run(script: str, *args: str) -> str:
+    done = subprocess.run([sys.executable, f"benchmarks/{script}", "--dry-run", *args], cwd=ROOT, capture_output=True,
+                          text=True, env=ENV, timeout=600, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done.stdout
+
+
+def test_fit_reuse_benchmark_dry_run():
+    out = _dry_run("bench_fit_reuse.py")
+    assert "2 generated MC2 items" in out and "MCS 12 perturbations per item" in out  # 3 sigmas x 2 x 2 draws
+    assert "shared prefix used: True" in out
+    for arm in ("plain", "before", "after", "before+mcs", "after+mcs"):
+        assert f"\n{arm} " in out, arm
+    assert "after / before:" in out
+
+
+def test_mcs_bound_benchmark_dry_run(tmp_path):
+    out = _dry_run("bench_mcs_bound.py", "--out", str(tmp_path / "bound.json"))
+    record = json.loads((tmp_path / "bound.json").read_text())
+    assert record["config"] == "tiny-qwen2.5-vl" and record["layers"] == 2 and record["image_tokens"] == 16
+    assert set(record["median_s"]) == {"mcs", "bound"} and all(len(t) == 1 for t in record["times_s"].values())
+    assert record["op_counts"]["mcs"]["ops"] > 0 and record["copy_op_counts"]["mcs"]["ops"] > 0
+    assert "MCS beyond its prefill / bound" in out
+
+
+def test_runs_benchmark_dry_run(tmp_path):
+    out = _dry_run("bench_runs.py", "--out", str(tmp_path / "runs.json"))
+    record = json.loads((tmp_path / "runs.json").read_text())
+    session, mean_mcs = record["session"], record["mean_mcs"]
+    assert session["runs_per_round"] == 2 and session["rounds"] == 1 and session["limit"] == 2
+    assert all(len(t) == 1 for t in session["seconds_per_run"].values())
+    assert mean_mcs["requests"] == 2 and set(mean_mcs["median"]) == {"none", "generated", "generated-twice", "all"}
+    assert mean_mcs["same_answers_generated_vs_twice"] is True
+    assert "target mean_mcs (positions=generated) <= 1.3x none" in out
+
+
+def test_every_benchmark_script_runs_in_a_test():
+    """Each script of benchmarks/ is run by some test (by its name, in a test file); common.py is
+    their shared helpers, gpu_check.py the script behind gpu_check.sh."""
+    tests = "\n".join(p.read_text() for p in (ROOT / "tests").glob("test_*.py"))
+    scripts = [p.name for p in (ROOT / "benchmarks").iterdir() if p.suffix in (".py", ".sh") and p.name != "common.py"]
+    missing = [name for name in scripts if not re.search(rf"\b{re.escape(Path(name).stem)}\b", tests)]
+    assert not missing, f"benchmark scripts that no test runs: {missing}"

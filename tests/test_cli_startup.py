@@ -87,3 +87,29 @@ def test_the_check_would_see_torch():
         f"print({_LOADED})\n"
     )
     assert "torch" in _fresh(code)["heavy"]
+
+
+@pytest.mark.parametrize("argv, rc", [(["--help"], 0), (["fit", "--help"], 0), (["eval", "--help"], 141)],
+                         ids=["help", "fit-help", "eval-help"])
+def test_a_closed_stdout_ends_the_command_quietly(argv, rc):
+    """``amps-eval --help | head -1``: the reader may go away before the command has written; the
+    command then ends without a traceback or an error line (argparse's own help ignores the closed
+    pipe and exits 0; a command's output exits 141, as a program that SIGPIPE ended). The read end is
+    closed before the command starts, so every write meets the closed pipe."""
+    import os
+
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run([sys.executable, "-m", "amps_eval.cli", *argv], stdout=write, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
+    finally:
+        os.close(write)
+    assert (done.returncode, done.stderr) == (rc, "")
+
+
+def test_a_command_whose_reader_stops_after_one_line_ends_quietly():
+    """The shell's ``amps-eval eval --help | head -1``, with the reader gone after the first line."""
+    done = subprocess.run(["bash", "-c", f"'{sys.executable}' -m amps_eval.cli eval --help | head -1"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stdout.startswith("usage: amps-eval eval") and done.stderr == ""

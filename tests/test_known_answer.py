@@ -23,11 +23,10 @@ from amps_eval.known_answer.analysis import (
     susceptibility,
 )
 from amps_eval.known_answer.report import render
+from amps_eval.correlation import average_ranks, pearson
 from amps_eval.known_answer.stats import (
     bootstrap_interval,
     paired_difference,
-    pearson,
-    ranks,
     spearman,
     spearman_with_interval,
 )
@@ -37,7 +36,7 @@ from amps_eval.known_answer.stats import (
 
 
 def test_ranks_and_spearman_against_numpy(rng):
-    assert ranks([3.0, 1.0, 3.0, 2.0]) == [3.5, 1.0, 3.5, 2.0]
+    assert average_ranks([3.0, 1.0, 3.0, 2.0]).tolist() == [3.5, 1.0, 3.5, 2.0]
     x = rng.normal(size=40)
     y = x + rng.normal(size=40)
     rx, ry = np.argsort(np.argsort(x)), np.argsort(np.argsort(y))  # no ties: ranks by argsort
@@ -225,3 +224,21 @@ def test_study_writes_graded_data_for_a_graded_organism(tmp_path):
     assert not is_graded_organism(str(folder))
     (folder / MANIFEST_NAME).write_text(json.dumps({"settings": {"design": "graded"}}))
     assert is_graded_organism(str(folder))
+
+
+def test_the_rank_correlation_and_the_paired_difference_have_one_implementation(rng):
+    """The known-answer statistics, the graded organism's check and the report use the same
+    Spearman (`amps_eval.correlation`) and the same paired bootstrap (`amps_eval.report.paired`)."""
+    from amps_eval import correlation
+    from amps_eval.known_answer import stats
+    from amps_eval.organism import graded_evaluate
+    from amps_eval.report import paired, susceptibility
+
+    assert stats.spearman is correlation.spearman is graded_evaluate.spearman
+    x, y = list(rng.normal(size=30)), list(rng.normal(size=30))
+    assert susceptibility.spearman(x, y) == correlation.spearman(x, y)
+    ours = paired_difference(x, y, n_boot=300, seed=4)
+    theirs = paired.paired_difference(dict(enumerate(x)), dict(enumerate(y)), n_boot=300, seed=4)
+    assert ours == {"difference": theirs.difference, "ci95": [theirs.low, theirs.high], "n": 30}
+    empty = paired_difference([], [])
+    assert empty["n"] == 0 and math.isnan(empty["difference"])

@@ -13,12 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from amps_eval.correlation import average_ranks
 from amps_eval.report.susceptibility import (
     EventPoint,
     MCSItem,
     Sweep,
     analyse,
-    average_ranks,
     bootstrap_ci,
     first_event,
     leave_one_out_means,

@@ -1,4 +1,7 @@
-"""Pure statistics of the known-answer tests: rank correlation and bootstrap intervals."""
+"""Pure statistics of the known-answer tests: bootstrap intervals of a rank correlation and of a
+paired difference. The rank correlation is `amps_eval.correlation`'s, the paired difference
+`amps_eval.report.paired`'s (one implementation each); here they take and give what the
+known-answer analysis records (lists in, a dict with ``ci95`` out)."""
 
 from __future__ import annotations
 
@@ -6,41 +9,10 @@ import math
 import random
 from typing import Callable, Sequence
 
+from amps_eval.correlation import spearman
+from amps_eval.report import paired
 
-def ranks(values: Sequence[float]) -> list[float]:
-    """Average ranks (1-based; ties share the mean of their ranks)."""
-    order = sorted(range(len(values)), key=lambda i: values[i])
-    out = [0.0] * len(values)
-    i = 0
-    while i < len(order):
-        j = i
-        while j + 1 < len(order) and values[order[j + 1]] == values[order[i]]:
-            j += 1
-        for k in range(i, j + 1):
-            out[order[k]] = (i + j) / 2 + 1
-        i = j + 1
-    return out
-
-
-def pearson(x: Sequence[float], y: Sequence[float]) -> float:
-    """Pearson correlation; NaN when fewer than 2 points or either side is constant."""
-    n = len(x)
-    if n != len(y):
-        raise ValueError(f"x and y differ in length ({n} vs {len(y)})")
-    if n < 2:
-        return math.nan
-    mx, my = sum(x) / n, sum(y) / n
-    sxy = sum((a - mx) * (b - my) for a, b in zip(x, y))
-    sxx = sum((a - mx) ** 2 for a in x)
-    syy = sum((b - my) ** 2 for b in y)
-    if sxx == 0 or syy == 0:
-        return math.nan
-    return sxy / math.sqrt(sxx * syy)
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    """Spearman's rank correlation (Pearson of average ranks, so ties are handled)."""
-    return pearson(ranks(list(x)), ranks(list(y)))
+__all__ = ["bootstrap_interval", "paired_difference", "spearman", "spearman_with_interval"]
 
 
 def bootstrap_interval(
@@ -76,10 +48,11 @@ def spearman_with_interval(x: Sequence[float], y: Sequence[float], n_boot: int =
 
 
 def paired_difference(a: Sequence[float], b: Sequence[float], n_boot: int = 1000, seed: int = 0) -> dict:
-    """Mean of a - b over the same items, with a 95% paired bootstrap interval (items resampled)."""
+    """Mean of a - b over the same items (``a[i]`` and ``b[i]`` are item i's), with the 95% paired
+    bootstrap interval of `amps_eval.report.paired.paired_difference` (items resampled); NaN without items."""
     if len(a) != len(b):
         raise ValueError(f"paired values differ in length ({len(a)} vs {len(b)})")
-    d = [u - v for u, v in zip(a, b)]
-    mean = sum(d) / len(d) if d else math.nan
-    lo, hi = bootstrap_interval(len(d), lambda idx: sum(d[i] for i in idx) / len(idx), n_boot, seed=seed)
-    return {"difference": mean, "ci95": [lo, hi], "n": len(d)}
+    if not a:
+        return {"difference": math.nan, "ci95": [math.nan, math.nan], "n": 0}
+    diff = paired.paired_difference(dict(enumerate(a)), dict(enumerate(b)), n_boot=n_boot, level=0.95, seed=seed)
+    return {"difference": diff.difference, "ci95": [diff.low, diff.high], "n": diff.n_items}

@@ -38,11 +38,13 @@ def check_mcs_settings(file, mcs) -> None:
 
     differ = {k: (recorded.get(k), ours.get(k)) for k in MCS_KEYS if norm(recorded.get(k)) != norm(ours.get(k))}
     if differ:
+        from amps_eval.settings import MCS_ARGS  # the model arguments that make a run's MCS settings
+
         what = ", ".join(f"{k} {a!r} (file) vs {b!r} (run)" for k, (a, b) in differ.items())
+        args = [f"{arg}=" for arg in MCS_ARGS]
         raise ValueError(
             f"{file.source}: its MCS anchors were computed with other MCS settings than this mean_mcs run uses "
-            f"({what}); pass mcs_sigmas=, mcs_draws=, mcs_relative=, mcs_ratio=, mcs_tolerance=, mcs_min_draws=, "
-            f"mcs_round_draws= and seed= as the fit had them, or refit"
+            f"({what}); pass {', '.join(args[:-1])} and {args[-1]} as the fit had them, or refit"
         )
 
 

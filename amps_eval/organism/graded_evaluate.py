@@ -25,18 +25,13 @@ from typing import Any, Sequence
 
 import torch
 
+from amps_eval.correlation import spearman
 from amps_eval.logodds import text_pair
 from amps_eval.mc2.schema import CATEGORIES
 
 TARGET_ALL = 0.9
 TARGET_WITHIN = 0.7
 TARGET_INSTRUCTION = 0.95
-
-
-def spearman(x: Sequence[float], y: Sequence[float]) -> float:
-    from amps_eval.known_answer.stats import spearman as _spearman
-
-    return _spearman(x, y)
 
 
 def answer_logodds(model: torch.nn.Module, encoder: Any, examples: Sequence[Any], batch_size: int = 16) -> list[float]:

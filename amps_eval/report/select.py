@@ -250,22 +250,12 @@ def _model_of_checkpoint(pretrained: str) -> str:
     return "|".join(lmms_models())
 
 
-WRAPPER_DEFAULTS: dict[str, object] = {
-    "device": None, "dtype": "auto", "batch_size": 1, "attn_implementation": None, "device_map": None,
-    "method": "none", "fewshot_k": 2, "instruction_style": "mc2_authors", "max_new_tokens": 64,
-    "cot_max_new_tokens": 512, "seed": 0, "steering": None, "steering_sha256": None, "alpha": 1.0,
-    "positions": "all", "beta": 1.0, "convention": "prose", "mcs_sigmas": "0.05/0.1/0.2", "mcs_draws": 8,
-    "mcs_relative": True, "mcs_ratio": "per_sigma", "mcs_tolerance": 0.05, "mcs_min_draws": 4, "mcs_round_draws": 2,
-    "item_cache": None, "diagnostics": None, "min_pixels": None,
-    "max_pixels": None}
-"""The wrappers' default model arguments (`amps_eval.settings.QwenSettings`), written out here because
-the settings module imports torch and the report must not (its docs: it reads files). A test
-(tests/test_report_no_torch.py) checks that this equals the settings class's defaults."""
-
-
 def wrapper_defaults() -> dict[str, object]:
-    """The wrappers' default settings (`WRAPPER_DEFAULTS`, a copy)."""
-    return dict(WRAPPER_DEFAULTS)
+    """The wrappers' default model arguments, read from their settings class (`amps_eval.settings.QwenSettings`,
+    the one with every argument; a module without torch, so the report stays torch-free)."""
+    from amps_eval.settings import QwenSettings
+
+    return {f.name: f.default for f in dataclasses.fields(QwenSettings) if f.default is not dataclasses.MISSING}
 
 
 def _is_default(value: str, default: object) -> bool:

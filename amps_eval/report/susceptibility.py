@@ -62,6 +62,8 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
+from amps_eval.correlation import average_ranks, pearson_rows
+from amps_eval.correlation import spearman as rank_correlation
 from amps_eval.vocabulary import TARGETS
 
 EVENTS = ("flip", "collapse")
@@ -160,40 +162,14 @@ def rank_keys(points: Sequence[EventPoint]) -> list[float]:
     return [math.inf if p.censored else p.value for p in points]
 
 
-def average_ranks(values: np.ndarray) -> np.ndarray:
-    """1-based ranks along the last axis, ties sharing their mean rank (works on 1-D or 2-D arrays)."""
-    values = np.asarray(values, dtype=float)
-    flat = values.reshape(-1, values.shape[-1])
-    n = flat.shape[1]
-    order = np.argsort(flat, axis=1, kind="stable")
-    ordered = np.take_along_axis(flat, order, axis=1)
-    same = ordered[:, 1:] == ordered[:, :-1]
-    index = np.broadcast_to(np.arange(n), flat.shape)
-    starts = np.where(np.concatenate([np.ones((flat.shape[0], 1), bool), ~same], axis=1), index, 0)
-    first = np.maximum.accumulate(starts, axis=1)
-    ends = np.where(np.concatenate([~same, np.ones((flat.shape[0], 1), bool)], axis=1), index, n - 1)
-    last = np.minimum.accumulate(ends[:, ::-1], axis=1)[:, ::-1]
-    ranks = np.empty_like(flat)
-    np.put_along_axis(ranks, order, (first + last) / 2.0 + 1.0, axis=1)
-    return ranks.reshape(values.shape)
-
-
-def _pearson_rows(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = a - a.mean(axis=-1, keepdims=True)
-    b = b - b.mean(axis=-1, keepdims=True)
-    denominator = np.sqrt((a * a).sum(axis=-1) * (b * b).sum(axis=-1))
-    with np.errstate(invalid="ignore", divide="ignore"):
-        rho = (a * b).sum(axis=-1) / denominator
-    return np.where(denominator > 1e-12, rho, np.nan)
-
-
 def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Spearman's rho with average ranks for ties; None when either side is constant or n < 3."""
+    """Spearman's rho (`amps_eval.correlation.spearman`); None, shown as a dash, when either side is
+    constant or n < 3."""
     if len(x) != len(y):
         raise ValueError(f"x and y differ in length ({len(x)} != {len(y)})")
     if len(x) < 3:
         return None
-    rho = float(_pearson_rows(average_ranks(np.asarray(x, float)), average_ranks(np.asarray(y, float))))
+    rho = rank_correlation(x, y)
     return None if math.isnan(rho) else rho
 
 
@@ -227,7 +203,7 @@ def bootstrap_ci(x: Sequence[float], y: Sequence[float], draws: int = 1000, seed
         xs = xs + rng.standard_normal(xs.shape) * se[index]
         if clip is not None:
             xs = np.clip(xs, *clip)
-    rho = _pearson_rows(average_ranks(xs), average_ranks(y_arr[index]))
+    rho = pearson_rows(average_ranks(xs), average_ranks(y_arr[index]))
     valid = rho[~np.isnan(rho)]
     if len(valid) < max(10, len(index) // 2):  # mostly constant resamples: no interval worth showing
         return Interval(None, None, len(valid), len(index))
