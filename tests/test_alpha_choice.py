@@ -95,8 +95,8 @@ def test_the_report_rows_of_a_sweep_say_their_alpha_was_chosen_on_held_out_items
     honest = capsys.readouterr().out
     tables = honest.split("## At matched strength")[0]
     steered = [line for line in tables.splitlines() if line.startswith(("| L2S", "| AMPS", "| Mean steering"))]
-    assert steered and all(re.search(r"\(α ([\d.]+( / [\d.]+)?ᵃ|tiedᵇ), s=", line) for line in steered), steered
-    assert all(len(line.split("|")[1].strip()) <= 40 for line in steered)  # short labels, the rest in a footnote
+    assert steered and all(re.search(r"\(α ([\d.]+( / [\d.]+)?ᵃ|tiedᵇ|[\d./]+(; [\d./]+)+ᵃᶜ), s=", line) for line in steered), steered
+    assert all(len(line.split("|")[1].strip()) <= 48 for line in steered)  # short labels, the rest in a footnote
     assert "ᵃ α chosen on held-out halves" in tables and '"α 2 / 4": the first half at alpha 2' in tables
     assert "(α=0" not in honest
     assert main(["report", str(runs), "--table", "1", "--alpha-choice", "optimistic"]) == 0

@@ -21,7 +21,8 @@ import pytest
 from tests.bad_inputs import BadInput, CLIFailed, check, params
 
 ROOT = Path(__file__).resolve().parents[1]
-DEMO_RUN = ROOT / "results" / "demo" / "runs" / "amps_qwen" / "none" / "organism__amps-organism-qwen2.5-vl"
+DEMO_RUN = ROOT / "results" / "demo" / "runs" / "amps_qwen" / "none" / "organism__amps-organism-graded-qwen2.5-vl"
+DEMO_NONE_VISION = "46.9"  # the demo's unsteered vision Total on the graded Qwen organism (results/demo/tables.md)
 DEMO_MANIFEST = ROOT / "results" / "demo" / "data" / "mc2_manifest.json"
 # the demo run's file prefix (its timestamp changes each time `make demo` regenerates results/demo)
 STAMP = next(DEMO_RUN.glob("*_results.json")).name.removesuffix("_results.json")
@@ -181,7 +182,7 @@ def totals(text: str) -> list[str]:
 def separate(text: str) -> str:
     """Two data identities, each with its own tables: the demo's numbers (vision Total 50%) first,
     then the edited copy's (100%); neither run was dropped as a duplicate of the other."""
-    assert totals(text)[0] == "50.0" and totals(text)[2:] == ["100.0", "100.0"], totals(text)
+    assert totals(text)[0] == DEMO_NONE_VISION and totals(text)[2:] == ["100.0", "100.0"], totals(text)
     return expect(text, "## Duplicate runs (newest used)\n\nNone.")
 
 
@@ -230,16 +231,16 @@ TABLE: list[BadInput] = [
                               "| MLLM-only "),
              raises=None, why="one valid run: the tables render and the corrupt file is listed under Problems"),
     BadInput("report-same-run-on-two-data-sets", two_data,
-             lambda r: separate(expect(report(r, "--table", "1"), "data: generated MC2-format set, seed 3, 128 items",
-                                       "data: generated MC2-format set, seed 5, 128 items", "on 2 different data sets")),
+             lambda r: separate(expect(report(r, "--table", "1"), "data: generated graded MC2-format set, seed 3, 128 items",
+                                       "data: generated graded MC2-format set, seed 5, 128 items", "on 2 different data sets")),
              raises=None, why="not duplicates: one set of tables per data, each block names its data"),
     BadInput("leaderboard-same-run-on-two-data-sets", two_data,
-             lambda r: expect(leaderboard_md(r), "| generated, seed 3 |", "| generated, seed 5 |",
-                              "- generated MC2-format set, seed 3, 128 items", "- generated MC2-format set, seed 5, 128 items",
+             lambda r: expect(leaderboard_md(r), "| generated, graded, seed 3 |", "| generated, graded, seed 5 |",
+                              "- generated graded MC2-format set, seed 3, 128 items", "- generated graded MC2-format set, seed 5, 128 items",
                               absent=("Superseded",)),
              raises=None, why="not duplicates: a row per data, each naming its data, and the data listed"),
     BadInput("report-same-run-with-and-without-limit", with_and_without_limit,
-             lambda r: separate(expect(report(r, "--table", "1"), "data: generated MC2-format set, seed 3, 128 items\n",
+             lambda r: separate(expect(report(r, "--table", "1"), "data: generated graded MC2-format set, seed 3, 128 items\n",
                                        "only the first 8 documents per task (--limit 8)")),
              raises=None, why="a --limit run is other data: its own tables, the full run is not dropped"),
     BadInput("report-missing-row-of-a-limited-table-gets-the-limit", with_and_without_limit,
@@ -299,8 +300,8 @@ def test_bad_input(row: BadInput, tmp_path: Path) -> None:
 def test_a_good_copy_of_the_demo_run_reports_cleanly(tmp_path: Path) -> None:
     """The folders above differ from this one only by the bad input."""
     text = report(one_run(tmp_path), "--table", "1")
-    expect(text, "data: generated MC2-format set, seed 3, 128 items", "## Problems\n\nNone.")
-    assert totals(text)[0] == "50.0"
+    expect(text, "data: generated graded MC2-format set, seed 3, 128 items", "## Problems\n\nNone.")
+    assert totals(text)[0] == DEMO_NONE_VISION
 
 
 def test_data_identity_of_a_run(tmp_path: Path) -> None:
@@ -317,8 +318,9 @@ def test_data_identity_of_a_run(tmp_path: Path) -> None:
     copy_run(tmp_path / "r" / "gone", tmp_path / "gone", stamp="20261205_000000")
     runs, problems = discover(tmp_path / "r")
     assert problems == []
-    full, cut, real, gone = (r.data for r in runs)
-    assert full.describe() == "generated MC2-format set, seed 3, 128 items" and full.limit is None
+    by_folder = {r.path.relative_to(tmp_path / "r").parts[0]: r.data for r in runs}
+    full, cut, real, gone = (by_folder[name] for name in ("full", "cut", "real", "gone"))
+    assert full.describe() == "generated graded MC2-format set, seed 3, 128 items" and full.limit is None
     assert cut.key == full.key and cut.limit == 8 and cut != full
     assert real.describe() == "MC2 (questions sha256 7fcb45ef6a49), 128 items"
     assert gone.key == f"path:{tmp_path / 'gone'}" and gone.n_items == 128 and "not found now" in gone.description
@@ -326,4 +328,4 @@ def test_data_identity_of_a_run(tmp_path: Path) -> None:
     manifest.update(n_items=64)
     (tmp_path / "real" / "mc2_manifest.json").write_text(json.dumps(manifest))
     runs, problems = discover(tmp_path / "r")
-    assert runs[2].data.key.startswith("path:") and "rewritten since this run" in str(problems[0])
+    assert next(r for r in runs if "real" in r.path.parts).data.key.startswith("path:") and "rewritten since this run" in str(problems[0])

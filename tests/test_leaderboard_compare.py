@@ -36,7 +36,7 @@ def test_steered_rows_are_ranked_at_matched_strength_and_compared_with_l2s(demo_
         rows = [r for r in demo_rows if r.model == model]
         steered = [r for r in rows if r.method in STEERED]
         assert rows[-len(steered):] == steered  # the steered rows come after the others
-        assert {r.method for r in steered} == set(STEERED) - {"amps_oracle"}  # the oracle needs graded data
+        assert {r.method for r in steered} == set(STEERED)  # the demo's graded data lets the oracle run
         totals = [sum(r.ranks.values()) for r in steered]
         assert totals == sorted(totals) and all(set(r.ranks) == {"vision", "text"} for r in steered)
         for target in ("vision", "text"):
@@ -60,11 +60,11 @@ def test_the_filter_tells_the_model_from_the_method(demo_rows):
         return [(r.model, r.method) for r, keep in zip(demo_rows, filter_keeps(query, table)) if keep]
 
     assert kept("qwen amps") == [(r.model, r.method) for r in demo_rows
-                                 if "qwen" in r.model and r.method in ("amps", "amps_beta0")]
+                                 if "qwen" in r.model and r.method in ("amps", "amps_beta0", "amps_oracle")]
     assert len(kept("qwen")) == len(demo_rows) // 2
-    assert kept("llava method:l2s") == [("amps-organism-llava-1.5", "l2s")]
+    assert kept("llava method:l2s") == [("amps-organism-graded-llava-1.5", "l2s")]
     assert len(kept("model:amps")) == len(demo_rows)  # every organism's name has the word "amps"
-    assert kept("QWEN Mean+MCS") == [("amps-organism-qwen2.5-vl", "mean_mcs")]
+    assert kept("QWEN Mean+MCS") == [("amps-organism-graded-qwen2.5-vl", "mean_mcs")]
     assert kept("qwen nothing") == []
 
 
@@ -72,7 +72,7 @@ def test_no_absolute_machine_path_in_what_the_leaderboard_writes(tmp_path):
     for name in ("runs", "diagnostics"):  # the demo's layout, in a folder of this machine's
         (tmp_path / name).symlink_to(DEMO.parent / name)
     html, md = write_leaderboard(tmp_path / "runs", tmp_path)
-    assert "best ≤5%" in md.read_text() and "amps-organism-qwen2.5-vl" in html.read_text()
+    assert "best ≤5%" in md.read_text() and "amps-organism-graded-qwen2.5-vl" in html.read_text()
     for path in (html, md):
         text = path.read_text()
         assert not re.search(r"(?<![\w.])/(tmp|work|home|root|Users)/", text), path
@@ -183,7 +183,7 @@ def test_the_page_keeps_model_and_method_in_view_at(width, tmp_path):
     assert out["filtered"] and all("qwen" in line and "AMPS" in line for line in out["filtered"]), out["filtered"]
     for key, values in out["sorted"].items():  # the comparison columns sort, rows without a value last
         shown = [v for v in values if v is not None]
-        assert len(shown) == 10 and values[:10] == shown, (key, values)
+        assert len(shown) == 12 and values[:12] == shown, (key, values)  # 2 organisms x 6 steered methods
         assert shown == sorted(shown, reverse=True), (key, shown)  # numbers sort descending on the first click
 
 

@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["NOISE_DESIGNS", "orthogonal_draws"]
+from amps_eval.mcs.settings import NOISE_DESIGNS  # declared with the settings (a module without torch)
 
-NOISE_DESIGNS: tuple[str, ...] = ("gaussian", "orthogonal")
+__all__ = ["NOISE_DESIGNS", "orthogonal_draws"]
 
 
 def orthogonal_draws(z: torch.Tensor, chunk: int = 2**20) -> torch.Tensor:

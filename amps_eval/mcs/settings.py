@@ -10,10 +10,12 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from amps_eval.mcs.noise import NOISE_DESIGNS
 from amps_eval.vocabulary import TARGETS
 
 __all__ = ["ADDED_SETTINGS", "BATCHING", "MCSSettings", "MCS_KEYS", "MODALITIES", "NOISE_DESIGNS", "RATIOS"]
+
+NOISE_DESIGNS: tuple[str, ...] = ("gaussian", "orthogonal")
+"""The noise of a round of draws (`amps_eval.mcs.noise`): independent Gaussian, or orthogonalised."""
 
 MODALITIES: tuple[str, str] = TARGETS  # the order of every per-modality axis: vision, then text
 RATIOS: tuple[str, ...] = ("sums", "per_sigma", "per_draw")

@@ -57,7 +57,7 @@ METHODS: tuple[MethodInfo, ...] = (
     MethodInfo("amps_beta0", "AMPS β=0 (γ≡1)", steered=True, file_method="amps_beta0", module="amps", fit_beta=0.0,
                ablation=True),
     MethodInfo("amps", "AMPS", steered=True, file_method="amps", module="amps"),
-    MethodInfo("amps_oracle", "AMPS oracle (γ from planted p)", steered=True, file_method="amps_oracle",
+    MethodInfo("amps_oracle", "AMPS oracle", steered=True, file_method="amps_oracle",
                module="amps", ablation=True, needs_column="planted_p_vision"),
 )
 """In the tables' row order."""

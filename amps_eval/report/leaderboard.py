@@ -247,11 +247,12 @@ def _href(path: Path, folder: Path) -> str:
 
 def short_data(data: DataId) -> str:
     """A few words for the data column (the full `DataId.describe` is the cell's tooltip and in the
-    row's details): "generated, seed 3", "MC2 7fcb45ef6a49", a folder name; plus any --limit."""
+    row's details): "generated, seed 3", "generated, graded, seed 3", "MC2 7fcb45ef6a49", a folder name; plus any --limit."""
     key = data.key
-    if key.startswith("synthetic:"):
+    if key.startswith(("synthetic:", "synthetic_graded:")):
         seed = re.search(r"seed=([^,]+)", key)
-        name = f"generated, seed {seed.group(1)}" if seed else "generated"
+        kind = "generated, graded" if key.startswith("synthetic_graded:") else "generated"
+        name = f"{kind}, seed {seed.group(1)}" if seed else kind
     elif key.startswith("mc2:"):
         name = f"MC2 {key[4:]}"
     elif key.startswith("path:"):

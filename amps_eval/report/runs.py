@@ -289,10 +289,12 @@ def fingerprint(manifest: dict, folder: Path) -> tuple[str, str]:
     sha = manifest.get("questions_sha256")
     if source == "questions" and isinstance(sha, str) and sha:
         return f"mc2:{sha[:12]}", f"MC2 (questions sha256 {sha[:12]})"
-    if source == "synthetic" and "seed" in manifest:
+    if source in ("synthetic", "synthetic_graded") and "seed" in manifest:
         parts = [f"seed={manifest['seed']}", f"image_size={manifest.get('image_size', '?')}",
                  f"v{manifest.get('synthetic_version', '?')}"]
-        return f"synthetic:{','.join(parts)}", f"generated MC2-format set, seed {manifest['seed']}"
+        graded = source == "synthetic_graded"  # planted per-item preferences (amps_eval.mc2.graded)
+        return (f"{source}:{','.join(parts)}",
+                f"generated {'graded ' if graded else ''}MC2-format set, seed {manifest['seed']}")
     stable = {k: v for k, v in manifest.items() if k not in ("created", "amps_eval_version")}
     digest = hashlib.sha256(json.dumps(stable, sort_keys=True, default=str).encode()).hexdigest()[:12]
     return f"manifest:{digest}", f"MC2-format folder {folder} ({source or 'unknown source'})"

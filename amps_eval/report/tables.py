@@ -60,8 +60,9 @@ FOOTNOTES = {
          "alpha was really chosen (the row shows the smallest).",
     "ᶜ": "ᶜ mean over training seeds: the method was fitted with several seeds (one steering file each, *_seed<k>); "
          "each cell is the mean over the seeds, ± the standard error over items of the items' seed means, and "
-         "(seeds lo-hi) the lowest and highest of the seeds' own shares; with a held-out choice each seed's alpha is "
-         "chosen on its own, as in ᵃ (\"α 2 / 1; 2; 4\": seeds 0, 1, 2 in order).",
+         "(seeds lo-hi) the lowest and highest of the seeds' own shares; where the alpha is chosen (ᵃ) each seed "
+         "chooses its own (\"α 2/1; 2; 4\": seed 0 split between alpha 2 and 1, seeds 1 and 2 at 2 and 4; as many "
+         "parts as seeds).",
 }
 
 @dataclass(frozen=True)
@@ -82,13 +83,13 @@ class TableOptions:
 
 
 def short_choice(description: str) -> tuple[str, str | None]:
-    """A held-out choice's row-label text and footnote marks: "α 2 / 4ᵃ", "α tiedᵇ", "3 seeds, α 2; 2 / 1; 4ᵃᶜ"
-    (else unchanged)."""
+    """A held-out choice's row-label text and footnote marks: "α 2 / 4ᵃ", "α tiedᵇ", "α 2; 2/1; 4ᵃᶜ"
+    (seeds 0, 1, 2 in order; footnote ᶜ), else unchanged."""
     seeds = SEEDS_CHOICE.match(description)
     if seeds is not None:
         if TIED in description:
             return f"{seeds.group(1)} seeds, α tiedᵇᶜ", "ᵇᶜ"
-        return f"{seeds.group(1)} seeds, α {seeds.group(2)}ᵃᶜ", "ᵃᶜ"
+        return f"α {seeds.group(2).replace(' / ', '/')}ᵃᶜ", "ᵃᶜ"
     match = HELD_OUT.match(description)
     if match is None:
         return description, None
