@@ -124,10 +124,6 @@ class AmpsWrapper(lmms):
         if sweep is not None and not isinstance(sweep, SweepPass):
             raise TypeError(f"sweep= takes a SweepPass, not {type(sweep).__name__}")
         self.sweep = sweep
-<<<<<<< HEAD
-        self.settings = self.settings_class.from_model_args(**model_args)
-        self.owns_load = loaded is None  # whether lmms-eval's clean-up after the run may free it (`clean`)
-=======
         if settings is None:
             settings = self.settings_class.from_model_args(**model_args)
         elif not isinstance(settings, self.settings_class):
@@ -136,7 +132,7 @@ class AmpsWrapper(lmms):
         elif model_args:
             raise TypeError(f"pass settings= or model arguments, not both (got {sorted(model_args)})")
         self.settings = settings
->>>>>>> settings-once
+        self.owns_load = loaded is None  # whether lmms-eval's clean-up after the run may free it (`clean`)
         if loaded is None:
             loaded = LoadedModel.load(self.family, self.settings)
         elif not isinstance(loaded, LoadedModel):

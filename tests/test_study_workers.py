@@ -32,26 +32,32 @@ def _comparable(out: Path) -> dict[str, bytes]:
 
 
 def test_two_workers_publish_what_one_process_does(tmp_path, tiny_qwen_path, tiny_llava_path, capsys):
+    """Three families (the third through the generic adapter, waiting for a free worker) in two
+    workers: the same files as one process, and one leaderboard across the three."""
     import torch
 
     from amps_eval.study import run_study
+    from amps_eval.tiny_vlms import build_tiny_vlm
 
-    pretrained = (str(tiny_qwen_path), str(tiny_llava_path))
-    run_study(_settings(tmp_path / "side_by_side", pretrained, jobs=2, threads=1))
+    gemma = build_tiny_vlm("gemma3", tmp_path / "tiny-gemma3", seed=0)
+    models = ("amps_qwen", "amps_llava", "amps_auto")
+    pretrained = (str(tiny_qwen_path), str(tiny_llava_path), str(gemma))
+    run_study(_settings(tmp_path / "side_by_side", pretrained, models=models, jobs=2, threads=1))
     printed = capsys.readouterr().out
-    assert "2 model(s) in 2 worker process(es) at a time, 1 torch thread(s) each" in printed
+    assert "3 model(s) in 2 worker process(es) at a time, 1 torch thread(s) each" in printed
     # the workers' progress reaches the terminal, each line named by its model
-    assert "[amps_qwen] [study 5/6]" in printed and "[amps_llava] [study 5/6]" in printed
-    assert "[amps_llava] done:" in printed and "[amps_qwen] done:" in printed
+    assert all(f"[{m}] [study 5/6]" in printed and f"[{m}] done:" in printed for m in models)
+    board = (tmp_path / "side_by_side" / "leaderboard.md").read_text()
+    assert all(Path(p).name in board for p in pretrained)  # one leaderboard across the three families
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # what the workers ran with, in this process (restored below)
     try:
-        run_study(_settings(tmp_path / "in_process", pretrained, jobs=1, threads=None))
+        run_study(_settings(tmp_path / "in_process", pretrained, models=models, jobs=1, threads=None))
     finally:
         torch.set_num_threads(threads)
     assert "worker process" not in capsys.readouterr().out
     side, single = _comparable(tmp_path / "side_by_side"), _comparable(tmp_path / "in_process")
-    assert side.keys() == single.keys() and any("amps_llava/sweep_mean" in name for name in side)
+    assert side.keys() == single.keys() and any("amps_auto/sweep_mean" in name for name in side)
     assert side == single
     assert not list((tmp_path / "side_by_side").rglob("*.log"))  # the logs go with the staging records
 
