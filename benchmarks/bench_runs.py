@@ -9,6 +9,11 @@ each arm, their ratio, and the saving per run; and, timed on their own, the two 
 pays once instead of per run: loading the model (`LoadedModel.load`) and building the task index
 (`TaskManager`).
 
+Part ``cleanup``: K prompt-baseline runs in one session with the wrappers skipping lmms-eval's
+clean-up after each run (``AmpsWrapper.clean``: the session owns the load) against the same runs
+with lmms-eval's clean-up (two full garbage collections and the device caches emptied), rounds
+alternating; CPU seconds per run and their ratio.
+
 Part ``mean_mcs``: ``generate_until`` over the same requests (``--batch-size`` rows per batch,
 left-padded) for ``none`` (no steering) and ``mean_mcs`` with the default MCS settings at
 ``positions=generated`` (generation continues from the MCS prefill), ``positions=generated`` with
@@ -83,6 +88,43 @@ def bench_session(model: str, pretrained: str, data: Path, device: str, runs: in
             "task_index_seconds": statistics.median(index)}
 
 
+def bench_cleanup(model: str, pretrained: str, data: Path, device: str, runs: int, rounds: int, limit: int,
+                  work: Path) -> dict:
+    """``runs`` prompt-baseline runs in one session, the wrappers skipping lmms-eval's clean-up after
+    each run (today: the session owns the load) against the same runs with it (``lmms.clean``: two
+    full garbage collections and the device caches emptied); rounds alternate the arms. CPU seconds
+    of this process per run (the clean-up is CPU work, and CPU time is less hurt by a loaded
+    machine than wall time)."""
+    import lmms_eval.api.model
+
+    from amps_eval.model_wrappers.registered import WRAPPERS
+    from amps_eval.runner import EvalSession
+
+    cls = WRAPPERS[model]
+    methods = [("none", "inst")[i % 2] for i in range(runs)]
+    args = [f"pretrained={pretrained},method={m},device={device}" for m in methods]
+    times = {"skipped": [], "lmms_eval": []}
+    with EvalSession() as session:
+        session.run(model, args[0], ["mc2_visual"], work / "cleanup_warm", data=data, limit=limit, batch_size=4)
+        for r in range(rounds):
+            for arm in (["skipped", "lmms_eval"] if r % 2 == 0 else ["lmms_eval", "skipped"]):
+                real = cls.clean
+                if arm == "lmms_eval":
+                    cls.clean = lmms_eval.api.model.lmms.clean  # what lmms-eval does after every run
+                try:
+                    start = time.process_time()
+                    for i, a in enumerate(args):
+                        session.run(model, a, ["mc2_visual"], work / f"cleanup_{arm}_{r}_{i}", data=data, limit=limit,
+                                    batch_size=4)
+                    times[arm].append((time.process_time() - start) / len(args))
+                finally:
+                    cls.clean = real
+    skipped, cleaned = statistics.median(times["skipped"]), statistics.median(times["lmms_eval"])
+    return {"runs_per_round": runs, "rounds": rounds, "limit": limit, "cpu_seconds_per_run": times,
+            "median_skipped": skipped, "median_lmms_eval": cleaned, "ratio_skipped_to_lmms_eval": skipped / cleaned,
+            "saved_per_run": cleaned - skipped}
+
+
 def _mean_file(path: Path, pretrained: str, layer: int, ids: list[str]) -> Path:
     """A mean steering file with random vectors, 2 folds over ``ids`` and a 0.5 anchor."""
     from transformers import AutoConfig
@@ -147,7 +189,7 @@ def bench_mean_mcs(model: str, pretrained: str, data: Path, device: str, n: int,
 def main(argv=None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--model", default="amps_qwen", help="lmms-eval model whose shipped organism is measured")
-    ap.add_argument("--part", choices=("session", "mean_mcs", "both"), default="both")
+    ap.add_argument("--part", choices=("session", "mean_mcs", "cleanup", "all"), default="all")
     ap.add_argument("--runs", type=int, default=4, help="session: runs per round (none and inst in turn)")
     ap.add_argument("--rounds", type=int, default=4, help="session: rounds per arm")
     ap.add_argument("--limit", type=int, default=4, help="session: items of mc2_visual per run")
@@ -171,7 +213,7 @@ def main(argv=None) -> None:
         work = Path(tmp)
         data = work / "mc2"
         write_synthetic_mc2(data, n_per_category=2, seed=3, progress=False)
-        if args.part in ("session", "both"):
+        if args.part in ("session", "all"):
             s = bench_session(args.model, pretrained, data, str(device), args.runs, args.rounds, args.limit, work,
                               timings=1 if args.dry_run else 3)
             out["session"] = s
@@ -179,7 +221,15 @@ def main(argv=None) -> None:
             print(f"  by name {s['median_by_name']:.3f} s/run, in one session {s['median_session']:.3f} s/run: "
                   f"ratio {s['ratio_session_to_by_name']:.3f}, saved {s['saved_per_run']:.3f} s/run")
             print(f"  on their own: model load {s['load_seconds']:.3f} s, task index {s['task_index_seconds']:.3f} s")
-        if args.part in ("mean_mcs", "both"):
+        if args.part in ("cleanup", "all"):
+            c = bench_cleanup(args.model, pretrained, data, str(device), args.runs, args.rounds, args.limit, work)
+            out["cleanup"] = c
+            print(f"cleanup ({args.model} organism, {c['runs_per_round']} runs of {c['limit']} items in one session, "
+                  f"{c['rounds']} rounds, CPU seconds of this process):")
+            print(f"  lmms-eval's clean-up after each run {c['median_lmms_eval']:.3f} s/run, skipped (the session owns "
+                  f"the load) {c['median_skipped']:.3f} s/run: ratio {c['ratio_skipped_to_lmms_eval']:.3f}, saved "
+                  f"{c['saved_per_run']:.3f} s/run")
+        if args.part in ("mean_mcs", "all"):
             m = bench_mean_mcs(args.model, pretrained, data, str(device), args.requests, args.batch_size, args.reps,
                                args.new_tokens, work)
             out["mean_mcs"] = m

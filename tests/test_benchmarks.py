@@ -94,6 +94,9 @@ def test_runs_benchmark_dry_run(tmp_path):
     record = json.loads((tmp_path / "runs.json").read_text())
     session, mean_mcs = record["session"], record["mean_mcs"]
     assert session["runs_per_round"] == 2 and session["rounds"] == 1 and session["limit"] == 2
+    cleanup = record["cleanup"]
+    assert cleanup["rounds"] == 1 and set(cleanup["cpu_seconds_per_run"]) == {"skipped", "lmms_eval"}
+    assert "lmms-eval's clean-up after each run" in out
     assert all(len(t) == 1 for t in session["seconds_per_run"].values())
     assert mean_mcs["requests"] == 2 and set(mean_mcs["median"]) == {"none", "generated", "generated-twice", "all"}
     assert mean_mcs["same_answers_generated_vs_twice"] is True
