@@ -7,12 +7,21 @@ per test session into a temporary folder and loaded by each test through the sam
 
 from __future__ import annotations
 
-from pathlib import Path
+import os
 
-import numpy as np
-import pytest
+# One CPU thread per torch process, for the tests and the processes they start (lmms-eval, amps-eval),
+# unless OMP_NUM_THREADS is already set: tiny models have nothing to parallelise, and on a shared
+# machine every multi-threaded op waits for its threads (benchmarks/common.py: THREADS_HELP); a
+# token of a tiny Qwen2.5-VL measured 13 ms with one thread and 200 ms with two on the loaded 2-core
+# CI machine. Set before torch is imported, so torch and the child processes read it.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-from amps_eval.tiny_models import tiny_model
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+from amps_eval.tiny_models import tiny_model  # noqa: E402
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,12 @@ pytestmark = pytest.mark.slow
 
 SAMPLE_KEYS = {"mc2_id", "category", "target", "order", "follows"}
 
+# 8 new tokens an answer, not the task's 64: the tiny random models never stop on their own, and what
+# these runs check (files, metrics, samples, batching, 2 processes = 1, diagnostics) needs no more.
+# The budget is max(task's, wrapper's), so both are lowered: `--gen_kwargs` and the model argument.
+TOKENS = 8
+SHORT = ["--gen_kwargs", f"max_new_tokens={TOKENS}"]
+
 
 def _env(data_dir):
     return {**os.environ, "AMPS_MC2_DATA": str(data_dir), "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -30,8 +36,8 @@ def _outputs(out: Path, task: str):
 def test_cli_amps_llava_mc2_text_writes_results_and_samples(tiny_llava_path, synthetic_mc2_dir, tmp_path):
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_llava",
-           "--model_args", f"pretrained={tiny_llava_path},device=cpu", "--tasks", "mc2_text", "--limit", "8",
-           "--output_path", str(out), "--log_samples"]
+           "--model_args", f"pretrained={tiny_llava_path},device=cpu,max_new_tokens={TOKENS}", "--tasks", "mc2_text",
+           "--limit", "8", "--output_path", str(out), "--log_samples", *SHORT]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(synthetic_mc2_dir), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, samples = _outputs(out, "mc2_text")
@@ -51,8 +57,8 @@ def test_cli_amps_llava_mc2_text_writes_results_and_samples(tiny_llava_path, syn
 
 
 def test_accelerate_two_processes_match_one(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
-    common = ["--model", "amps_qwen", "--model_args", f"pretrained={tiny_qwen_path},method=inst",
-              "--tasks", "mc2_visual", "--limit", "10", "--log_samples", "--batch_size", "2"]
+    common = ["--model", "amps_qwen", "--model_args", f"pretrained={tiny_qwen_path},method=inst,max_new_tokens={TOKENS}",
+              "--tasks", "mc2_visual", "--limit", "10", "--log_samples", "--batch_size", "2", *SHORT]
     env = _env(synthetic_mc2_dir)
     one = subprocess.run([sys.executable, "-m", "lmms_eval", *common, "--output_path", str(tmp_path / "one")],
                          capture_output=True, text=True, env=env, timeout=600)
@@ -74,8 +80,8 @@ def test_cli_amps_qwen2_mc2_visual(tiny_qwen2_path, synthetic_mc2_dir, tmp_path)
     """The third family (Qwen2-VL) end to end through lmms-eval."""
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "lmms_eval", "--model", "amps_qwen2",
-           "--model_args", f"pretrained={tiny_qwen2_path},device=cpu", "--tasks", "mc2_visual", "--limit", "8",
-           "--output_path", str(out), "--log_samples", "--batch_size", "4"]
+           "--model_args", f"pretrained={tiny_qwen2_path},device=cpu,max_new_tokens={TOKENS}", "--tasks", "mc2_visual",
+           "--limit", "8", "--output_path", str(out), "--log_samples", "--batch_size", "4", *SHORT]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=_env(synthetic_mc2_dir), timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results, samples = _outputs(out, "mc2_visual")
@@ -95,10 +101,11 @@ def test_fit_then_lmms_eval_amps_with_diagnostics(model, fixture, request, synth
     proc = subprocess.run(fit, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     diagnostics = tmp_path / "out" / "diagnostics"
-    args = f"pretrained={tiny_qwen_path},method=amps,steering={steering},alpha=2,diagnostics={diagnostics},device=cpu"
+    args = (f"pretrained={tiny_qwen_path},method=amps,steering={steering},alpha=2,diagnostics={diagnostics},device=cpu,"
+            f"max_new_tokens={TOKENS}")
     cmd = [sys.executable, "-m", "lmms_eval", "--model", model, "--model_args", args, "--tasks",
            "mc2_visual,mc2_text", "--output_path", str(tmp_path / "out"), "--log_samples", "--batch_size", "4",
-           "--verbosity", "DEBUG"]
+           "--verbosity", "DEBUG", *SHORT]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads(next((tmp_path / "out").rglob("*_results.json")).read_text())

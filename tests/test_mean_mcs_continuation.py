@@ -44,7 +44,8 @@ def test_continuing_from_the_mcs_prefill_gives_the_answers_of_two_prefills(arch,
     cls, path = arch
     requests = requests_for(task_dict, "mc2_visual", n=4, max_new_tokens=8) + requests_for(task_dict, "mc2_text", n=4,
                                                                                            max_new_tokens=8)
-    args = {"alpha": 6.0, "batch_size": 4, "mcs_draws": 2, "positions": positions}
+    # 8 new tokens, the requests' budget, for the wrapper too (its default of 64 would win)
+    args = {"alpha": 6.0, "batch_size": 4, "mcs_draws": 2, "positions": positions, "max_new_tokens": 8}
     wrapper = steered(cls, path, task_dict, tmp_path, "mean_mcs", diagnostics=str(tmp_path / "once"), **args)
     lengths = _prompt_forwards(wrapper.model)
     once = wrapper.generate_until(requests)
@@ -57,7 +58,7 @@ def test_continuing_from_the_mcs_prefill_gives_the_answers_of_two_prefills(arch,
     twice = twice_wrapper.generate_until(requests)
     assert len([n for n in lengths if n > 1]) == 4
     assert once == twice
-    plain = make_wrapper(cls, path, task_dict, batch_size=4).generate_until(requests)
+    plain = make_wrapper(cls, path, task_dict, batch_size=4, max_new_tokens=8).generate_until(requests)
     assert once != plain  # the steering changed answers, so equal answers above are a real check
     rows_once, rows_twice = _diagnostics(tmp_path / "once"), _diagnostics(tmp_path / "twice")
     assert len(rows_once) == len(rows_twice) == 8

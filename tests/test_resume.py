@@ -283,12 +283,13 @@ def test_a_study_interrupted_at_several_points_resumes_and_publishes_what_an_uni
         tmp_path, tiny_qwen_path, record_units, monkeypatch, capsys):
     from amps_eval.study import run_study
 
+    # 2 training seeds: each seed still has its own fit and sweep units, and there are fewer than with 3
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
     monkeypatch.chdir(tmp_path / "a")
     state = record_units()
-    run_study(_settings(Path("study"), tiny_qwen_path))
+    run_study(_settings(Path("study"), tiny_qwen_path, seeds=2))
     everything = list(state["computed"])
     reference = _published(tmp_path / "a" / "study")
     assert state["reused"] == [] and everything[0] == "data" and len(everything) == len(set(everything))
@@ -301,14 +302,14 @@ def test_a_study_interrupted_at_several_points_resumes_and_publishes_what_an_uni
     for cut in cuts:
         state = record_units(stop_in=cut)
         with pytest.raises(Stop):
-            run_study(_settings(out, tiny_qwen_path))
+            run_study(_settings(out, tiny_qwen_path, seeds=2))
         at = everything.index(cut)
         assert state["reused"] == everything[:done] and state["computed"] == everything[done:at]
         assert not out.exists() and staging.is_dir()  # nothing published, the finished units kept
         done = at
     capsys.readouterr()
     state = record_units()
-    run_study(_settings(out, tiny_qwen_path))
+    run_study(_settings(out, tiny_qwen_path, seeds=2))
     printed = capsys.readouterr().out
     assert state["reused"] == everything[:done] and state["computed"] == everything[done:]  # only the rest
     assert "resuming the interrupted study" in printed and f"{done} of {len(everything)} units reused" in printed

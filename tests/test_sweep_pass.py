@@ -131,7 +131,8 @@ def _pass_and_alone(cls, path, task_dict, tmp_path, method, positions, batch_siz
     counting the rows of every ``generate``), and from a run of each alpha alone at ``batch_size``."""
     requests = requests_for(task_dict, "mc2_visual", n=5, max_new_tokens=8) + requests_for(task_dict, "mc2_text", n=4,
                                                                                            max_new_tokens=8)
-    args = {"batch_size": 3, "mcs_draws": 2, "positions": positions}
+    # the wrappers' budget is the requests' 8 new tokens too (their default of 64 would win)
+    args = {"batch_size": 3, "mcs_draws": 2, "positions": positions, "max_new_tokens": 8}
     sweep = SweepPass(ALPHAS)
     in_pass, calls = {}, []
     for alpha in (ALPHAS[1], ALPHAS[0], ALPHAS[2]):  # the first run need not be the first alpha
@@ -170,7 +171,7 @@ def test_each_alpha_of_a_pass_answers_as_its_run_alone(family, method, positions
         assert same_rows(in_pass[alpha][1], alone[alpha][1])  # the diagnostics rows, in file order
         assert len(alone[alpha][1]) == len(requests) and {r["alpha"] for r in alone[alpha][1]} == {alpha}
     assert in_pass[0.0][0] != in_pass[8.0][0]  # the alphas answered differently: a real check
-    none = make_wrapper(cls, path, task_dict, batch_size=3).generate_until(requests)
+    none = make_wrapper(cls, path, task_dict, batch_size=3, max_new_tokens=8).generate_until(requests)
     assert in_pass[0.0][0] == none  # the alpha-0 rows of a pass answer as the unsteered model
 
 
