@@ -156,3 +156,50 @@ def test_type_hooks_override_of_amps_auto_takes_effect(monkeypatch):
     vision[0, 1] = True
     with pytest.raises(anatomy.KVSupportError, match=REFUSAL):
         compute_mcs(model, {"input_ids": ids, "attention_mask": torch.ones_like(ids)}, vision, ~vision)
+
+
+def test_kv_refusal_override_stops_an_extraction_that_scores_the_mcs(tiny_llava_path, synthetic_mc2_dir,
+                                                                      monkeypatch):
+    """The fit's extraction (`run_variants` with ``mcs_for``) asks the adapter before any forward;
+    without the MCS it runs (steering still works on such a model)."""
+    from amps_eval.encoding import load_encoder
+    from amps_eval.fit_data import load_items
+    from amps_eval.shared_prefix import run_variants
+
+    encoder = load_encoder("amps_llava", tiny_llava_path, "cpu", "float32")
+    items = load_items(synthetic_mc2_dir)
+    conversations = {kind: items.conversations([0, 1], kind) for kind in ("none", "vision")}
+    _register(monkeypatch)
+
+    def no_forward(*args, **kwargs):
+        raise AssertionError("a forward ran before the refusal")
+
+    with monkeypatch.context() as m:
+        m.setattr(encoder.model, "forward", no_forward)
+        with pytest.raises(anatomy.KVSupportError, match=REFUSAL):
+            run_variants(encoder, conversations, 1, mcs_for=("none",))
+    passes = run_variants(encoder, conversations, 1)
+    assert passes.variants["none"].hidden.shape[-1] == encoder.model.config.text_config.hidden_size
+
+
+def test_processors_and_the_family_registry_do_not_import_each_other():
+    """`amps_eval.processors` imports nothing of `amps_eval.families`; `families/base.py` imports
+    `amps_eval.processors` only inside the hooks that build a processor (import-light registry)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(anatomy.__file__).parent
+
+    def imports(path: Path, top_level_only: bool) -> set[str]:
+        tree = ast.parse(path.read_text())
+        nodes = tree.body if top_level_only else list(ast.walk(tree))
+        found = set()
+        for node in nodes:
+            if isinstance(node, ast.ImportFrom) and node.module:
+                found.add(node.module)
+            elif isinstance(node, ast.Import):
+                found |= {alias.name for alias in node.names}
+        return found
+
+    assert not {m for m in imports(root / "processors.py", False) if m.startswith("amps_eval.families")}
+    assert "amps_eval.processors" not in imports(root / "families" / "base.py", True)
