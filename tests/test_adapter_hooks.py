@@ -3,10 +3,11 @@ model's adapter (`amps_eval.families.adapter_for`), never `amps_eval.anatomy` di
 
 A test-only family adapter, registered for a tiny model's ``model_type`` by monkeypatching the
 registry (a named family in ``FAMILIES``, or a ``type_hooks`` entry of `amps_auto`), overrides
-``decoder_layers`` (the layers in reverse order), ``kv_refusal`` and ``prompt_position_ids``; the
-steering hook then attaches where the override says (its logits equal those of a hook on the
-generic rule's last layer), the MCS refuses with the override's message before any forward, and
-the prefill carries the override's positions. Without the override nothing changes (the generic
+``decoder_layers`` (the layers in reverse order), ``hidden_size``, ``kv_refusal`` and
+``prompt_position_ids``; the steering hook then attaches where the override says (its logits equal
+those of a hook on the generic rule's last layer), a steering vector is checked against the
+overridden width, the MCS (and an extraction that scores it) refuses with the override's message
+before any forward, and the prefill carries the override's positions. Without the override nothing changes (the generic
 rules; the shipped organisms' outputs are checked by tests/test_generic_adapter.py).
 """
 
@@ -112,6 +113,23 @@ def test_decoder_layers_override_moves_the_steering_hook(model, inputs, monkeypa
     assert all(len(layer._forward_hooks) == 0 for layer in generic)
     torch.testing.assert_close(_steered_logits(model, inputs, 0, vector), generic_last, rtol=0, atol=0)
     torch.testing.assert_close(_captured(model, inputs, 0), captured_last, rtol=0, atol=0)
+
+
+def test_hidden_size_override_is_what_a_steering_vector_is_checked_against(model, inputs, monkeypatch):
+    class Wider(ReversedHooks):
+        def hidden_size(self, model):
+            return D + 1
+
+    llava = families.FAMILIES["llava"]
+    cls = type("WiderLlava", (Wider, type(llava)), {})
+    monkeypatch.setitem(families.FAMILIES, "llava", cls(**{f.name: getattr(llava, f.name)
+                                                            for f in dataclasses.fields(llava)}))
+    assert hidden_size(model) == D + 1
+    with pytest.raises(ValueError, match=rf"expected \[{D + 1}\]"):
+        with steer(model, 0, torch.zeros(D), 1.0, attention_mask=inputs["attention_mask"]):
+            pass
+    with steer(model, 0, torch.zeros(D + 1), 1.0, attention_mask=inputs["attention_mask"]):
+        pass  # the shape check passes (the hook is never called: no forward)
 
 
 def test_kv_refusal_override_makes_the_mcs_refuse(model, inputs, monkeypatch):
