@@ -36,8 +36,7 @@ from amps_eval.mcs.item import entry_key, item_mcs
 from amps_eval.mc2.prompt import INSTRUCTIONS
 from amps_eval.mcs.kv_cache import Prefill
 from amps_eval.shared_prefix import PrefixPasses, VariantPass, run_variants
-from amps_eval.anatomy import hidden_size
-from amps_eval.steering.hooks import capture
+from amps_eval.steering.hooks import capture, hidden_size
 from amps_eval.mcs.score import MCSResult, MCSSettings, NonFiniteMCSError, compute_mcs, noise_key
 
 __all__ = ["Extracted", "extract", "item_batch", "last_token_states", "mcs_batch", "mcs_prefilled"]

@@ -104,11 +104,10 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
     load, naming the path); ``out`` is written through a temp file, so it is whole or untouched, and
     a failed write (disk full, read-only) raises `amps_eval.files.OutputError` naming it."""
     from amps_eval.extract import extract
-    from amps_eval.families import check_pretrained
+    from amps_eval.families import adapter_for, check_pretrained
     from amps_eval.encoding import load_encoder
     from amps_eval.fit_data import check_layer, load_items
     from amps_eval.steering.file import Fold, SteeringFile
-    from amps_eval.anatomy import decoder_layers, hidden_size
 
     out = Path(out)
     cache = Path(settings.cache_dir) if settings.cache_dir is not None else Path(str(out) + ".cache")
@@ -150,11 +149,12 @@ def fit(settings: FitSettings, out: Path, progress: bool = True):
         folds.append(Fold(name, fit_ids, held_out, tensors, None if settings.method == "mean" else hidden))
 
     architectures = getattr(model.config, "architectures", None) or [type(model).__name__]
+    adapter = adapter_for(model)
     record = {**settings.to_dict(), "hidden": hidden, "n_items": len(ex.ids), "data_description": items.description,
               "train_losses": losses, "fold_anchors": fold_anchors}
     steering = SteeringFile(
-        method=settings.method, layer=settings.layer, hidden_size=hidden_size(model),
-        num_layers=len(decoder_layers(model)), model_id=settings.pretrained, architecture=architectures[0],
+        method=settings.method, layer=settings.layer, hidden_size=adapter.hidden_size(model),
+        num_layers=len(adapter.decoder_layers(model)), model_id=settings.pretrained, architecture=architectures[0],
         folds=folds, settings=record, anchors=category_anchors(r_v, ex.categories) if r_v is not None else {},
         data_hash=items.data_hash,
     )

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from amps_eval.families import adapter_for
 from amps_eval.mcs.kv_cache import Prefill, _DROP_INPUT_KEYS, _work_dtype, frozen_eval, prompt_position_ids
 from amps_eval.steering.hooks import capture
 
@@ -117,6 +118,8 @@ def run_variants(encoder, conversations: dict[str, list], layer: int, mcs_for: t
     names = list(conversations)
     encoded = {k: encoder.encode_turns(conversations[k]) for k in names}
     with frozen_eval(model), torch.no_grad():
+        for k in mcs_for:  # before any compute, as `prefill` does: the MCS needs every layer's K/V
+            adapter_for(model).check_kv_support(model, int(encoded[k].inputs["input_ids"].shape[1]))
         positions = {k: prompt_position_ids(model, encoded[k].inputs) for k in names}
         plan = _plan(encoded, positions) if share else None
         if plan is None:

@@ -18,8 +18,8 @@ from typing import Any
 
 from amps_eval.families.base import FamilyAdapter, OrganismSpec, WrongFamilyError
 
-__all__ = ["FAMILIES", "GENERIC", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "by_lmms_model", "by_model_type",
-           "check_pretrained", "family", "family_of_model", "lmms_models"]
+__all__ = ["FAMILIES", "GENERIC", "FamilyAdapter", "OrganismSpec", "WrongFamilyError", "adapter_for", "by_lmms_model",
+           "by_model_type", "check_pretrained", "family", "family_of_model", "lmms_models"]
 
 from amps_eval.families import auto, llava, qwen2_5_vl, qwen2_vl  # noqa: E402  (explicit registration)
 
@@ -60,6 +60,15 @@ def by_model_type(model_type: str | None) -> FamilyAdapter | None:
 def family_of_model(model: Any) -> FamilyAdapter:
     """The adapter of a loaded model: its named family (by ``config.model_type``), else the generic one."""
     return by_model_type(getattr(getattr(model, "config", None), "model_type", None)) or GENERIC
+
+
+def adapter_for(model: Any) -> FamilyAdapter:
+    """The adapter that answers the anatomy questions about a loaded model (decoder layers, hidden
+    size, positions against a cache, K/V support): the family file registered for its
+    ``config.model_type`` (a named family, or a ``type_hooks`` entry of `amps_auto`), else the
+    generic adapter. The steering hooks, the fit, the extraction and the MCS all ask it."""
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    return family_of_model(model).for_model_type(model_type)
 
 
 def _looks_local(pretrained: str) -> bool:

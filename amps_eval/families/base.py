@@ -5,8 +5,8 @@ overrides one of its hooks.
 The adapter answers every question about a model: how to load it and its processor, the image
 token, the decoder layers and hidden size, the positions of a pass against a cache and whether the
 MCS applies (K/V support). The model-level answers follow the generic rules of `amps_eval.anatomy`;
-the rest of the code (wrappers, steering, MCS, fit, the study, the report) asks the adapter or
-those rules, never a family name.
+the rest of the code (wrappers, steering, MCS, fit, the study, the report) asks the adapter
+(`amps_eval.families.adapter_for` for a loaded model), never the rules directly nor a family name.
 
 Hooks a family may override (each defaults to the generic rule):
 * ``processor_class(path)``: the processor to build (default: the one ``AutoProcessor`` picks,
@@ -18,8 +18,14 @@ Hooks a family may override (each defaults to the generic rule):
 
 A family file for a model type that `amps_auto` serves registers its adapter in the generic one's
 ``type_hooks`` (`amps_eval.families.auto`); `for_model_type` / `for_checkpoint` pick it by the
-checkpoint's ``config.model_type``. The model-level answers (layers, hidden size, positions, K/V
-support) are `amps_eval.anatomy`'s rules, which the steering, fit and MCS code call directly.
+checkpoint's ``config.model_type``. The model-level hooks (each defaults to `amps_eval.anatomy`'s rule):
+* ``decoder_layers(model)``: the layers a steering hook or a capture attaches to (and the fit's
+  ``num_layers``);
+* ``hidden_size(model)``: their width;
+* ``prompt_position_ids(model, inputs)``: the positions of a prompt for a pass against a cache;
+* ``kv_refusal(model, prompt_length)``: why the MCS cannot run on the model, or None.
+The steering, fit, extraction and MCS code ask the loaded model's adapter for them
+(`amps_eval.families.adapter_for`), so an override takes effect everywhere.
 
 This module and the family modules stay import-light (no torch, no transformers at import):
 `amps_eval.plugin` reads the registry while lmms-eval loads its entry points.
@@ -148,6 +154,12 @@ class FamilyAdapter:
                               fill_processor_dict=hooks.fill_processor_dict, **image_kwargs)
 
     # --- model structure (the generic rules of amps_eval.anatomy) -----------------------------
+    # Each method first hands the question to the family file registered for the model's type
+    # (``type_hooks``), so an override takes effect whichever adapter is asked; the steering, fit and
+    # MCS code ask `amps_eval.families.adapter_for(model)`, never `amps_eval.anatomy` directly.
+    def _hooks_for(self, model: Any) -> "FamilyAdapter":
+        return self.for_model_type(getattr(getattr(model, "config", None), "model_type", None))
+
     def image_token_id(self, config: Any, processor: Any = None) -> int:
         hooks = self.for_model_type(getattr(config, "model_type", None))
         if hooks is not self:
@@ -155,16 +167,31 @@ class FamilyAdapter:
         return anatomy.image_token_id(config, processor)
 
     def decoder_layers(self, model: Any):
-        return anatomy.decoder_layers(model)
+        """The decoder layers (an ``nn.ModuleList``) that steering hooks and captures attach to."""
+        hooks = self._hooks_for(model)
+        return hooks.decoder_layers(model) if hooks is not self else anatomy.decoder_layers(model)
 
     def hidden_size(self, model: Any) -> int:
-        return anatomy.hidden_size(model)
+        """The width of those layers' outputs (steering vectors, L2S inputs)."""
+        hooks = self._hooks_for(model)
+        return hooks.hidden_size(model) if hooks is not self else anatomy.hidden_size(model)
 
     def prompt_position_ids(self, model: Any, inputs: dict[str, Any]):
-        return anatomy.position_ids(model, inputs)
+        """Position ids of a left-padded prompt for a pass against a cache (the MCS, shared prefixes)."""
+        hooks = self._hooks_for(model)
+        return hooks.prompt_position_ids(model, inputs) if hooks is not self else anatomy.position_ids(model, inputs)
 
     def kv_refusal(self, model: Any, prompt_length: int | None = None) -> str | None:
-        return anatomy.kv_refusal(model, prompt_length)
+        """Why the MCS cannot run on ``model`` (prompts of ``prompt_length`` tokens), or None."""
+        hooks = self._hooks_for(model)
+        return hooks.kv_refusal(model, prompt_length) if hooks is not self else anatomy.kv_refusal(model, prompt_length)
+
+    def check_kv_support(self, model: Any, prompt_length: int | None = None) -> None:
+        """Raise `amps_eval.anatomy.KVSupportError` with `kv_refusal`'s message (not a hook: override
+        ``kv_refusal``)."""
+        reason = self.kv_refusal(model, prompt_length)
+        if reason is not None:
+            raise anatomy.KVSupportError(reason)
 
     # --- tiny checkpoints ---------------------------------------------------------------------
     def build_tiny(self, out_dir: str | os.PathLike, seed: int = 0, extra_corpus=(), **overrides: Any) -> Path:

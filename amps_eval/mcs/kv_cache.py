@@ -2,13 +2,14 @@
 
 Both architectures in transformers 5.x: the cache is a `DynamicCache` whose layers hold
 ``keys``/``values`` [batch, kv_heads, tokens, head_dim]; a forward appends to the cache it is given,
-so every perturbed pass gets a fresh one. Positions are always passed explicitly, by the generic
-rule of `amps_eval.anatomy.position_ids` (the model's own ``get_rope_index`` where it has one, 3-D
+so every perturbed pass gets a fresh one. Positions are always passed explicitly, as the model's
+adapter (`amps_eval.families.adapter_for`) answers ``prompt_position_ids`` (by default the generic
+rule of `amps_eval.anatomy.position_ids`: the model's own ``get_rope_index`` where it has one, 3-D
 mrope for Qwen2/2.5/3-VL, else ``cumsum(attention_mask) - 1`` as ``generate`` does), so a
 left-padded sample gets the positions it has alone. Left padding is required. Before any compute,
-`amps_eval.anatomy.check_kv_support` refuses a model whose layers do not all hold self-attention K/V
-over the whole prompt (hybrid, cross-attention, or a window shorter than the prompt), naming the
-layer and its type.
+the adapter's ``kv_refusal`` (by default `amps_eval.anatomy.kv_refusal`) refuses a model whose layers
+do not all hold self-attention K/V over the whole prompt (hybrid, cross-attention, or a window
+shorter than the prompt), naming the layer and its type.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import torch
 
 from amps_eval import anatomy
+from amps_eval.families import adapter_for
 
 # Keys of a processor output that must not reach the prefill forward (set here, or meaningless).
 _DROP_INPUT_KEYS = frozenset(
@@ -67,9 +69,9 @@ def uses_mrope(model: torch.nn.Module) -> bool:
 
 
 def prompt_position_ids(model: torch.nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
-    """Position ids of the (left-padded) prompt (`amps_eval.anatomy.position_ids`): [3, B, T] for
-    mrope models, else [B, T]."""
-    return anatomy.position_ids(model, inputs)
+    """Position ids of the (left-padded) prompt, as the model's adapter answers them (by default
+    `amps_eval.anatomy.position_ids`): [3, B, T] for mrope models, else [B, T]."""
+    return adapter_for(model).prompt_position_ids(model, inputs)
 
 
 def _last_position_ids(position_ids: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
@@ -109,7 +111,7 @@ def prefill(
 ) -> tuple[torch.Tensor, list[torch.Tensor], list[torch.Tensor]]:
     """Prefill the whole prompt. Returns (last-token logits [B, V] float32, keys, values), where
     keys/values are per layer [B, kv_heads, T-1, head_dim]: the cache cut before the last token."""
-    anatomy.check_kv_support(model, int(inputs["input_ids"].shape[1]))
+    adapter_for(model).check_kv_support(model, int(inputs["input_ids"].shape[1]))
     kwargs = {k: v for k, v in inputs.items() if k not in _DROP_INPUT_KEYS}
     out = model(**kwargs, position_ids=position_ids, use_cache=True, logits_to_keep=1)
     cache = out.cache

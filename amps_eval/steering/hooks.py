@@ -44,7 +44,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from amps_eval.anatomy import decoder_layers, hidden_size  # the generic rules (re-exported for callers)
+from amps_eval.families import adapter_for
 from amps_eval.vocabulary import POSITIONS  # re-exported
 
 __all__ = [
@@ -260,6 +260,16 @@ class _NormMeter:
         inverse = inverse.reshape(-1, per_row).sum(dim=1)
         count = count.reshape(-1, per_row).sum(dim=1)
         return torch.where(count > 0, inverse / count.clamp(min=1), torch.full_like(inverse, float("nan")))
+
+
+def decoder_layers(model: nn.Module) -> nn.ModuleList:
+    """The decoder layers a hook attaches to: the model's adapter's answer (`amps_eval.families.adapter_for`)."""
+    return adapter_for(model).decoder_layers(model)
+
+
+def hidden_size(model: nn.Module) -> int:
+    """The width of a decoder layer's output: the model's adapter's answer."""
+    return adapter_for(model).hidden_size(model)
 
 
 def _layer(model: nn.Module, layer: int) -> nn.Module:
