@@ -75,7 +75,9 @@ def test_option_defaults_are_the_settings_defaults(tmp_path):
     assert fit_settings(parser.parse_args([*FIT, "--recipe", "mse_v1"])).train == TrainSettings.mse_v1()
     assert study_settings(parser.parse_args(["study", "--out", "o"])) == StudySettings(out=Path("o"))
     organisms = tuple(a.lmms_model for a in ARCHITECTURES.values())
-    assert study_settings(parser.parse_args(["demo"])) == StudySettings(models=organisms)
+    # the demo: the graded organisms with the known-answer tests, side by side, one thread each
+    assert study_settings(parser.parse_args(["demo"])) == StudySettings(models=organisms, graded=True,
+                                                                        jobs=len(organisms), threads=1)
     steering = tmp_path / "s.safetensors"
     steering.write_bytes(b"x")
     sweep = ["sweep", "--model", "amps_qwen", "--pretrained", "p", "--method", "mean", "--steering", str(steering),
