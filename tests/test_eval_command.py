@@ -116,17 +116,21 @@ def _env(data: Path) -> dict:
 
 def test_a_run_through_lmms_eval_exits_0_only_with_every_task_written(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
     out = tmp_path / "out"
+    # 8 answer tokens (task and wrapper budget): a tiny random model never stops on its own
     common = [sys.executable, "-m", "amps_eval.cli", "eval", "--model", "amps_qwen", "--model_args",
-              f"pretrained={tiny_qwen_path}", "--limit", "2", "--output_path", str(out), "--log_samples"]
-    ok = subprocess.run([*common, "--tasks", "mc2_visual"], capture_output=True, text=True,
-                        env=_env(synthetic_mc2_dir), timeout=600)
-    assert ok.returncode == 0, ok.stdout[-3000:] + ok.stderr[-3000:]
-    assert "every requested task wrote its results" in ok.stdout
+              f"pretrained={tiny_qwen_path},max_new_tokens=8", "--gen_kwargs", "max_new_tokens=8", "--limit", "2",
+              "--log_samples"]
+    # the two runs start together, each into its own folder (each spends most of its time starting
+    # lmms-eval and indexing tasks)
+    runs = [subprocess.Popen([*common, "--tasks", tasks, "--output_path", str(out / name)], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, text=True, env=_env(synthetic_mc2_dir))
+            for name, tasks in (("ok", "mc2_visual"), ("failed", "mc2_visual,mc2_no_such_task"))]
+    (ok_out, ok_err), (_, failed_err) = (run.communicate(timeout=600) for run in runs)
+    assert runs[0].returncode == 0, ok_out[-3000:] + ok_err[-3000:]
+    assert "every requested task wrote its results" in ok_out
     # lmms-eval itself exits 0 on an unknown task after its traceback; amps-eval eval does not
-    failed = subprocess.run([*common, "--tasks", "mc2_visual,mc2_no_such_task"], capture_output=True, text=True,
-                            env=_env(synthetic_mc2_dir), timeout=600)
-    assert failed.returncode == 2
-    assert "amps-eval eval: error: lmms-eval wrote no results file" in failed.stderr
+    assert runs[1].returncode == 2
+    assert "amps-eval eval: error: lmms-eval wrote no results file" in failed_err
 
 
 def test_the_study_s_runs_raise_on_these_failures(tiny_qwen_path, synthetic_mc2_dir, tmp_path):
